@@ -1,0 +1,14 @@
+/* Thread-count queries that compile with or without OpenMP. */
+#ifndef RBE_THREADS_H
+#define RBE_THREADS_H
+
+#ifdef _OPENMP
+#include <omp.h>
+static inline int rbe_openmp_enabled(void) { return 1; }
+static inline int rbe_max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline int rbe_openmp_enabled(void) { return 0; }
+static inline int rbe_max_threads(void) { return 1; }
+#endif
+
+#endif

@@ -1,0 +1,102 @@
+"""Optimisers for rbe layers.
+
+A trainable layer exposes three things:
+
+- ``parameters()``: a dict name -> float array, updated in place by the optimiser;
+- ``grads``: a dict with the same names and shapes, filled by ``backward``;
+- ``after_step()``: called after every update, to re-derive state that depends on the
+  parameters (seed layers apply their state transitions and re-quantise ``hi`` there).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _as_layers(layers):
+    layers = list(layers) if isinstance(layers, (list, tuple)) else [layers]
+    for layer in layers:
+        if not (hasattr(layer, "parameters") and hasattr(layer, "grads")
+                and hasattr(layer, "after_step")):
+            raise ValueError(f"{type(layer).__name__} is not a trainable rbe layer "
+                             "(needs parameters(), grads and after_step())")
+    return layers
+
+
+class Optimizer:
+    """Base class: walks every (parameter, gradient) pair of the layers."""
+
+    def __init__(self, layers, lr: float):
+        if not (np.isfinite(lr) and lr > 0):
+            raise ValueError(f"learning rate must be a positive finite number, got {lr}")
+        self.layers = _as_layers(layers)
+        self.lr = float(lr)
+
+    def _pairs(self):
+        for i, layer in enumerate(self.layers):
+            params = layer.parameters()
+            for name, p in params.items():
+                g = layer.grads.get(name)
+                if g is None:
+                    continue
+                if g.shape != p.shape:
+                    raise ValueError(f"gradient {name!r} has shape {g.shape}, "
+                                     f"parameter has {p.shape}")
+                yield (i, name), p, g
+
+    def step(self) -> None:
+        for key, p, g in self._pairs():
+            self._update(key, p, g)
+        for layer in self.layers:
+            layer.after_step()
+
+    def zero_grad(self) -> None:
+        for layer in self.layers:
+            for g in layer.grads.values():
+                g[...] = 0
+
+    def _update(self, key, p, g):
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """Plain gradient descent, optionally with momentum."""
+
+    def __init__(self, layers, lr: float = 0.01, momentum: float = 0.0):
+        super().__init__(layers, lr)
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = float(momentum)
+        self._velocity = {}
+
+    def _update(self, key, p, g):
+        if self.momentum:
+            v = self._velocity.setdefault(key, np.zeros(p.shape, np.float64))
+            v *= self.momentum
+            v += g
+            g = v
+        p -= (self.lr * g).astype(p.dtype, copy=False)
+
+
+class Adam(Optimizer):
+    """Bias-corrected Adam (beta1 0.9, beta2 0.999, eps 1e-8)."""
+
+    def __init__(self, layers, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
+        super().__init__(layers, lr)
+        self.beta1, self.beta2 = map(float, betas)
+        self.eps = float(eps)
+        self.t = 0
+        self._moments = {}
+
+    def step(self) -> None:
+        self.t += 1
+        super().step()
+
+    def _update(self, key, p, g):
+        m, v = self._moments.setdefault(key, (np.zeros(p.shape), np.zeros(p.shape)))
+        m *= self.beta1
+        m += (1.0 - self.beta1) * g
+        v *= self.beta2
+        v += (1.0 - self.beta2) * np.square(g)
+        m_hat = m / (1.0 - self.beta1 ** self.t)
+        v_hat = v / (1.0 - self.beta2 ** self.t)
+        p -= (self.lr * m_hat / (np.sqrt(v_hat) + self.eps)).astype(p.dtype, copy=False)

@@ -1,0 +1,130 @@
+"""Packed128 seeds: the 16-byte state of one generated weight block.
+
+Bit layout (DESIGN section 2)::
+
+    hi[63:44]  r_q      u20   r = r_q * 2**-20              (Q0.20, [0, 1))
+    hi[43:20]  theta_q  i24   theta = theta_q * 2**-23      (Q1.23, [-1, 1))
+    hi[19:12]  detail   u8    delta = 1 + 0.1 * (detail/255 - 0.5)
+    hi[11:0]   sel      4 x u3, class c at bits 3c..3c+2
+    lo[63:32]  float32 bits of the r master copy (training)
+    lo[31:0]   float32 bits of the theta master copy (training)
+
+Inference reads ``hi`` only; training updates the float copies in ``lo`` and re-derives ``hi``.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8")])
+
+R_BITS, THETA_BITS, DETAIL_BITS, SEL_BITS = 20, 24, 8, 3
+R_SHIFT, THETA_SHIFT, DETAIL_SHIFT = 44, 20, 12
+R_SCALE = float(1 << 20)
+THETA_SCALE = float(1 << 23)
+R_MAX = 1.0 - 2.0**-20
+THETA_MIN, THETA_MAX = -1.0, 1.0 - 2.0**-23
+N_CLASSES, N_STATES = 4, 8
+
+
+class SeedFields(NamedTuple):
+    """Decoded fields of an array of seeds (all arrays shaped like the seeds)."""
+
+    r: np.ndarray             #: float64, from the Q0.20 field of ``hi``
+    theta: np.ndarray         #: float64, from the Q1.23 field of ``hi``
+    sel: np.ndarray           #: uint8, trailing axis of 4: state of each position class
+    detail: np.ndarray        #: uint8
+    r_master: np.ndarray      #: float32 master copy from ``lo``
+    theta_master: np.ndarray  #: float32 master copy from ``lo``
+
+
+def _finite(name: str, value) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} must be finite (got NaN or inf)")
+    return arr
+
+
+def _integer_field(name: str, value, hi: int) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype.kind == "f":
+        arr = np.rint(_finite(name, arr))
+    elif arr.dtype.kind not in "iub":
+        raise ValueError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    return np.clip(arr, 0, hi).astype(np.uint64)
+
+
+def pack(r, theta, sel, detail=128) -> np.ndarray:
+    """Pack parameters into seeds of :data:`DTYPE` (numpy broadcasting).
+
+    ``r`` and ``theta`` are rounded to nearest and saturate to [0, 1 - 2**-20] and
+    [-1, 1 - 2**-23]; ``sel`` (trailing axis of 4) saturates to 0..7 and ``detail`` to 0..255.
+    The float32 master copies in ``lo`` hold the saturated values.
+    """
+    r = np.clip(_finite("r", r), 0.0, R_MAX)
+    theta = np.clip(_finite("theta", theta), THETA_MIN, THETA_MAX)
+    sel = _integer_field("sel", sel, N_STATES - 1)
+    if sel.ndim == 0 or sel.shape[-1] != N_CLASSES:
+        raise ValueError(f"sel must have a trailing axis of {N_CLASSES}, got shape {sel.shape}")
+    detail = _integer_field("detail", detail, 255)
+
+    r_q = np.rint(r * R_SCALE).astype(np.int64).clip(0, (1 << R_BITS) - 1).astype(np.uint64)
+    theta_q = np.rint(theta * THETA_SCALE).astype(np.int64).clip(-(1 << 23), (1 << 23) - 1)
+    theta_u = (theta_q & ((1 << THETA_BITS) - 1)).astype(np.uint64)
+    shifts = np.arange(N_CLASSES, dtype=np.uint64) * np.uint64(SEL_BITS)
+    sel_bits = np.bitwise_or.reduce(sel << shifts, axis=-1)
+
+    r_q, theta_u, detail, sel_bits, r, theta = np.broadcast_arrays(
+        r_q, theta_u, detail, sel_bits, r, theta)
+    out = np.empty(r_q.shape, dtype=DTYPE)
+    out["hi"] = ((r_q << np.uint64(R_SHIFT)) | (theta_u << np.uint64(THETA_SHIFT))
+                 | (detail << np.uint64(DETAIL_SHIFT)) | sel_bits)
+    r_bits = r.astype(np.float32).view(np.uint32).astype(np.uint64)
+    theta_bits = theta.astype(np.float32).view(np.uint32).astype(np.uint64)
+    out["lo"] = (r_bits << np.uint64(32)) | theta_bits
+    return out
+
+
+def _check_seeds(seeds) -> np.ndarray:
+    seeds = np.asarray(seeds)
+    if seeds.dtype != DTYPE:
+        raise ValueError(f"seeds must have dtype rbe.seeds.DTYPE {DTYPE}, got {seeds.dtype}")
+    return seeds
+
+
+def unpack(seeds) -> SeedFields:
+    """Decode seeds into their fields (see :class:`SeedFields`)."""
+    seeds = _check_seeds(seeds)
+    hi, lo = seeds["hi"], seeds["lo"]
+    r_q = (hi >> np.uint64(R_SHIFT)) & np.uint64((1 << R_BITS) - 1)
+    theta_u = ((hi >> np.uint64(THETA_SHIFT)) & np.uint64((1 << THETA_BITS) - 1)).astype(np.int64)
+    theta_q = np.where(theta_u >= (1 << 23), theta_u - (1 << THETA_BITS), theta_u)
+    detail = ((hi >> np.uint64(DETAIL_SHIFT)) & np.uint64(0xFF)).astype(np.uint8)
+    shifts = np.arange(N_CLASSES, dtype=np.uint64) * np.uint64(SEL_BITS)
+    sel = ((hi[..., None] >> shifts) & np.uint64(7)).astype(np.uint8)
+    r_master = (lo >> np.uint64(32)).astype(np.uint32).view(np.float32)
+    theta_master = (lo & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
+    return SeedFields(r_q.astype(np.float64) / R_SCALE, theta_q.astype(np.float64) / THETA_SCALE,
+                      sel, detail, r_master, theta_master)
+
+
+def requantize(seeds) -> np.ndarray:
+    """Re-derive ``hi``'s r and theta fields from the float master copies in ``lo`` (in place).
+
+    Used after an optimiser step: the masters are clamped to the representable ranges and
+    rounded to nearest; ``sel`` and ``detail`` are kept.
+    """
+    seeds = _check_seeds(seeds)
+    fields = unpack(seeds)
+    seeds[...] = pack(fields.r_master, fields.theta_master, fields.sel, fields.detail)
+    return seeds
+
+
+def random(shape, rng=None) -> np.ndarray:
+    """Random seeds: r ~ U[0, 1), theta ~ U[-1, 1), uniform states and detail."""
+    rng = np.random.default_rng(rng)
+    shape = (shape,) if np.isscalar(shape) else tuple(shape)
+    return pack(rng.uniform(0.0, 1.0, shape), rng.uniform(-1.0, 1.0, shape),
+                rng.integers(0, N_STATES, shape + (N_CLASSES,)),
+                rng.integers(0, 256, shape))
