@@ -40,3 +40,102 @@ def get_num_threads():
 
 cdef inline int _threads() noexcept nogil:
     return _num_threads if _num_threads > 0 else rbe_max_threads()
+
+
+# ---- seed-block weight kernel ---------------------------------------------------------------
+
+cdef extern from "rbe/dispatch.h" nogil:
+    ctypedef struct rbe_seed32:
+        pass
+    ctypedef struct rbe_tables:
+        int h, w, g
+        const float *rho
+        const float *sin_phi
+        const float *cos_phi
+    ctypedef void (*rbe_block_fn)(const rbe_seed32 *s, const rbe_tables *t,
+                                  float *W, float *dr, float *dth) noexcept nogil
+    enum:
+        RBE_SIMD_SCALAR
+        RBE_SIMD_AVX2
+        RBE_APPROX_POLY
+        RBE_APPROX_LUT
+        RBE_APPROX_CORDIC
+    rbe_block_fn rbe_block_kernel(int simd, int family, int want_grad)
+    void rbe_generate_block(rbe_block_fn fn, int family, uint64_t hi, const rbe_tables *t,
+                            float *W, float *dr, float *dth)
+    void rbe_block_precise(uint64_t hi, int h, int w, double *W, double *dr, double *dth)
+    int rbe_kernel_init()
+
+SIMD_PATHS = {"scalar": RBE_SIMD_SCALAR, "avx2": RBE_SIMD_AVX2}
+APPROX_FAMILIES = {"poly": RBE_APPROX_POLY, "lut": RBE_APPROX_LUT, "cordic": RBE_APPROX_CORDIC}
+BEST_SIMD = "avx2" if rbe_kernel_init() == RBE_SIMD_AVX2 else "scalar"
+
+
+cdef rbe_tables _shape_tables(const float[:, :, ::1] rho, const float[:, :, ::1] sin_phi,
+                              const float[:, :, ::1] cos_phi, int w) except *:
+    cdef rbe_tables t
+    if not (rho.shape[0] == sin_phi.shape[0] == cos_phi.shape[0]
+            and rho.shape[1] == sin_phi.shape[1] == cos_phi.shape[1] == 4
+            and rho.shape[2] == sin_phi.shape[2] == cos_phi.shape[2]):
+        raise ValueError("shape tables must all be (h, 4, g)")
+    if rho.shape[2] % 8 or 4 * rho.shape[2] < w or w < 1 or rho.shape[0] < 1:
+        raise ValueError(f"shape tables (g={rho.shape[2]}) do not fit block width {w}")
+    t.h, t.w, t.g = rho.shape[0], w, rho.shape[2]
+    t.rho, t.sin_phi, t.cos_phi = &rho[0, 0, 0], &sin_phi[0, 0, 0], &cos_phi[0, 0, 0]
+    return t
+
+
+def generate_fast(const uint64_t[::1] hi, const float[:, :, ::1] rho,
+                  const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi,
+                  float[:, :, ::1] out, float[:, :, ::1] dr=None, float[:, :, ::1] dth=None,
+                  int simd=RBE_SIMD_SCALAR, int family=RBE_APPROX_POLY):
+    """Fill out[k] (and dr[k], dth[k] when given) with the fast weights of seed hi[k]."""
+    cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, out.shape[2])
+    cdef Py_ssize_t n = hi.shape[0], k, hw = <Py_ssize_t>t.h * t.w
+    cdef bint want_grad = dr is not None
+    if out.shape[0] != n or out.shape[1] != t.h:
+        raise ValueError(f"output shape {tuple(out.shape)[:3]} does not match {n} seeds "
+                         f"of {t.h}x{t.w}")
+    if want_grad != (dth is not None):
+        raise ValueError("dr and dth must be given together")
+    if want_grad and (tuple(dr.shape)[:3] != tuple(out.shape)[:3]
+                      or tuple(dth.shape)[:3] != tuple(out.shape)[:3]):
+        raise ValueError("gradient outputs must have the shape of the weights")
+    cdef rbe_block_fn fn = rbe_block_kernel(simd, family, want_grad)
+    if fn == NULL:
+        raise ValueError(f"no kernel for simd={simd}, approx family={family}")
+    if n == 0:
+        return
+    cdef float *w_ptr = &out[0, 0, 0]
+    cdef float *dr_ptr = &dr[0, 0, 0] if want_grad else NULL
+    cdef float *dth_ptr = &dth[0, 0, 0] if want_grad else NULL
+    with nogil:
+        for k in prange(n, schedule="static", num_threads=_threads()):
+            rbe_generate_block(fn, family, hi[k], &t, w_ptr + k * hw,
+                               dr_ptr + k * hw if want_grad else NULL,
+                               dth_ptr + k * hw if want_grad else NULL)
+
+
+def generate_precise(const uint64_t[::1] hi, double[:, :, ::1] out,
+                     double[:, :, ::1] dr=None, double[:, :, ::1] dth=None):
+    """Fill out[k] (and dr[k], dth[k] when given) with the float64 weights of seed hi[k]."""
+    cdef Py_ssize_t n = hi.shape[0], k, hw = out.shape[1] * out.shape[2]
+    cdef int h = out.shape[1], w = out.shape[2]
+    cdef bint want_grad = dr is not None
+    if out.shape[0] != n:
+        raise ValueError(f"output holds {out.shape[0]} blocks for {n} seeds")
+    if want_grad != (dth is not None):
+        raise ValueError("dr and dth must be given together")
+    if want_grad and (tuple(dr.shape)[:3] != tuple(out.shape)[:3]
+                      or tuple(dth.shape)[:3] != tuple(out.shape)[:3]):
+        raise ValueError("gradient outputs must have the shape of the weights")
+    if n == 0 or hw == 0:
+        return
+    cdef double *w_ptr = &out[0, 0, 0]
+    cdef double *dr_ptr = &dr[0, 0, 0] if want_grad else NULL
+    cdef double *dth_ptr = &dth[0, 0, 0] if want_grad else NULL
+    with nogil:
+        for k in prange(n, schedule="static", num_threads=_threads()):
+            rbe_block_precise(hi[k], h, w, w_ptr + k * hw,
+                              dr_ptr + k * hw if want_grad else NULL,
+                              dth_ptr + k * hw if want_grad else NULL)

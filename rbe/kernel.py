@@ -1,0 +1,212 @@
+"""Generate the weights of seed blocks (DESIGN section 3).
+
+``generate`` and ``generate_with_grad`` evaluate the weight function of every position of a
+block for an array of Packed128 seeds. Two modes:
+
+- ``"fast"`` (default): float32, per-shape tables (cached), no per-weight libm call. The
+  transcendentals come from one of three approximation families (``"poly"``, ``"lut"``,
+  ``"cordic"``); the SIMD path (``"avx2"`` or ``"scalar"``) is chosen at run time from the
+  CPU. Both can be overridden with the ``RBE_APPROX`` and ``RBE_SIMD`` environment variables
+  (read at import) or :func:`use_simd` / the ``approx=`` argument.
+- ``"precise"``: float64 with libm, straight from the formula; the oracle for everything else.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _core
+from .seeds import DTYPE
+
+MODES = ("fast", "precise")
+APPROX_FAMILIES = tuple(_core.APPROX_FAMILIES)
+#: The fastest family within the 1e-5 bound on this project's benchmark (bench_kernel.py).
+DEFAULT_APPROX = "poly"
+MAX_BLOCK_SIDE = 65535
+MAX_BLOCK_SIZE = 1 << 24
+
+
+def simd_paths() -> tuple:
+    """SIMD paths this CPU can run, best last."""
+    return ("scalar", "avx2") if _core.BEST_SIMD == "avx2" else ("scalar",)
+
+
+def _check_simd(name: str) -> str:
+    if name not in _core.SIMD_PATHS:
+        raise ValueError(f"unknown SIMD path {name!r}; choose from {sorted(_core.SIMD_PATHS)}")
+    if name not in simd_paths():
+        raise ValueError(f"SIMD path {name!r} is not supported by this CPU")
+    return name
+
+
+def _check_approx(name: str) -> str:
+    if name not in APPROX_FAMILIES:
+        raise ValueError(f"unknown approximation {name!r}; choose from {APPROX_FAMILIES}")
+    return name
+
+
+_simd = _check_simd(os.environ.get("RBE_SIMD", _core.BEST_SIMD))
+_approx = _check_approx(os.environ.get("RBE_APPROX", DEFAULT_APPROX))
+
+
+def current_simd() -> str:
+    """The SIMD path the fast kernels use now."""
+    return _simd
+
+
+def default_approx() -> str:
+    """The approximation family used when ``approx=None``."""
+    return _approx
+
+
+@contextlib.contextmanager
+def use_simd(name: str):
+    """Temporarily force a SIMD path (``"scalar"`` or ``"avx2"``), e.g. in tests."""
+    global _simd
+    previous, _simd = _simd, _check_simd(name)
+    try:
+        yield
+    finally:
+        _simd = previous
+
+
+class ShapeTables(NamedTuple):
+    """Per-shape tables in the class-grouped layout [h][4][g] (column j = 4q + p)."""
+
+    rho: np.ndarray
+    sin_phi: np.ndarray
+    cos_phi: np.ndarray
+
+
+_tables_lock = threading.Lock()
+_tables_cache: dict = {}
+
+
+def coordinates(shape) -> tuple:
+    """Normalised coordinates x (columns) and y (rows) of a block, 0 for a side of 1."""
+    h, w = shape
+    x = 2.0 * np.arange(w) / (w - 1) - 1.0 if w > 1 else np.zeros(1)
+    y = 2.0 * np.arange(h) / (h - 1) - 1.0 if h > 1 else np.zeros(1)
+    return x, y
+
+
+def _build_tables(h: int, w: int) -> ShapeTables:
+    g = -(-(-(-w // 4)) // 8) * 8          # ceil(ceil(w / 4) / 8) * 8
+    x, y = coordinates((h, w))
+    xx, yy = np.meshgrid(x, y)
+    rho, phi = np.hypot(xx, yy), np.arctan2(yy, xx)
+    grouped = np.zeros((3, h, 4, g))
+    for p in range(min(4, w)):
+        cols = slice(p, w, 4)
+        n = len(range(p, w, 4))
+        grouped[0, :, p, :n] = rho[:, cols]
+        grouped[1, :, p, :n] = np.sin(phi[:, cols])
+        grouped[2, :, p, :n] = np.cos(phi[:, cols])
+    tables = np.ascontiguousarray(grouped, dtype=np.float32)
+    for t in tables:
+        t.flags.writeable = False
+    return ShapeTables(*tables)
+
+
+def shape_tables(shape) -> ShapeTables:
+    """Cached tables for a block shape (built once, under a lock, then read-only)."""
+    key = check_block_shape(shape)
+    tables = _tables_cache.get(key)
+    if tables is None:
+        with _tables_lock:
+            tables = _tables_cache.get(key)
+            if tables is None:
+                tables = _tables_cache[key] = _build_tables(*key)
+    return tables
+
+
+def check_block_shape(shape) -> tuple:
+    """Validate a block shape (h, w) and return it as a tuple of ints."""
+    try:
+        h, w = (int(v) for v in shape)
+        if (h, w) != tuple(shape):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"block shape must be a pair of integers, got {shape!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"block shape must be positive, got {(h, w)}")
+    if h > MAX_BLOCK_SIDE or w > MAX_BLOCK_SIDE or h * w > MAX_BLOCK_SIZE:
+        raise ValueError(f"block shape {(h, w)} is too large for the index type "
+                         f"(sides <= {MAX_BLOCK_SIDE}, h*w <= {MAX_BLOCK_SIZE})")
+    return h, w
+
+
+def check_seeds(seeds) -> np.ndarray:
+    """Validate an array of seeds: dtype rbe.seeds.DTYPE, C-contiguous."""
+    if not isinstance(seeds, np.ndarray) or seeds.dtype != DTYPE:
+        got = seeds.dtype if isinstance(seeds, np.ndarray) else type(seeds).__name__
+        raise ValueError(f"seeds must be a numpy array of rbe.seeds.DTYPE, got {got}")
+    if not seeds.flags.c_contiguous:
+        raise ValueError("seeds must be C-contiguous (use np.ascontiguousarray)")
+    return seeds
+
+
+def _run(seeds, shape, mode, approx, with_grad):
+    seeds = check_seeds(seeds)
+    shape = check_block_shape(shape)
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
+    hi = seeds["hi"].reshape(-1)
+    dtype = np.float32 if mode == "fast" else np.float64
+    outs = [np.empty((hi.size,) + shape, dtype) for _ in range(3 if with_grad else 1)]
+    if mode == "fast":
+        family = _core.APPROX_FAMILIES[_check_approx(approx or _approx)]
+        tables = shape_tables(shape)
+        _core.generate_fast(np.ascontiguousarray(hi), *tables, *outs,
+                            simd=_core.SIMD_PATHS[_simd], family=family)
+    else:
+        if approx is not None:
+            raise ValueError("approx= applies to mode='fast' only")
+        _core.generate_precise(np.ascontiguousarray(hi), *outs)
+    return tuple(o.reshape(seeds.shape + shape) for o in outs)
+
+
+def generate(seeds, shape, mode: str = "fast", approx: str | None = None) -> np.ndarray:
+    """Weights of the blocks generated by ``seeds``.
+
+    Parameters
+    ----------
+    seeds : ndarray of rbe.seeds.DTYPE
+        Any shape, C-contiguous.
+    shape : (h, w)
+        Block shape.
+    mode : {"fast", "precise"}
+        float32 tables + approximations, or float64 libm.
+    approx : {"poly", "lut", "cordic"}, optional
+        Approximation family for ``mode="fast"`` (default :func:`default_approx`).
+
+    Returns
+    -------
+    ndarray of shape ``seeds.shape + (h, w)``, float32 (fast) or float64 (precise).
+    """
+    return _run(seeds, shape, mode, approx, with_grad=False)[0]
+
+
+def generate_with_grad(seeds, shape, mode: str = "fast", approx: str | None = None):
+    """Weights and their derivatives ``(W, dW_dr, dW_dtheta)``, computed in one pass.
+
+    The derivatives are exact for the formula (clamps contribute 0 outside their open
+    interval, |v| contributes sign(v)). Arguments as for :func:`generate`.
+    """
+    return _run(seeds, shape, mode, approx, with_grad=True)
+
+
+def kernel_info() -> dict:
+    """What the fast kernels run on: SIMD path, approximation, OpenMP and threads."""
+    return {
+        "simd": _simd,
+        "simd_available": simd_paths(),
+        "approx": _approx,
+        "approx_available": APPROX_FAMILIES,
+        "openmp": _core.openmp_enabled(),
+        "threads": _core.get_num_threads(),
+    }
