@@ -447,10 +447,15 @@ def _classes(shape, modulus: int) -> np.ndarray:
     return ((j - i) % modulus).astype(np.uint64)
 
 
-def _np_params(seeds):
-    """r, theta (float64) and state bits, each with two trailing axes for broadcasting."""
+def _np_params(seeds, r=None, theta=None):
+    """r, theta (float64) and state bits, each with two trailing axes for broadcasting.
+
+    ``r`` and ``theta``, when given, replace the float32 values stored in the seeds.
+    """
     seeds = _seed_array(seeds)
-    r, theta = (v.astype(np.float64)[..., None, None] for v in r_theta(seeds))
+    stored = r_theta(seeds)
+    r, theta = (np.asarray(v if v is not None else s, dtype=np.float64)[..., None, None]
+                for v, s in zip((r, theta), stored))
     state = (seeds["hi"] & np.uint64(STATE_MASK))[..., None, None]
     return r, theta, state
 
@@ -459,10 +464,14 @@ def _field(state, shift, mask: int) -> np.ndarray:
     return ((state >> shift) & np.uint64(mask)).astype(np.int64)
 
 
-def fused_forward_np(seeds, shape) -> np.ndarray:
-    """Float64 rendering of the 4-state ``fused_forward`` (SPEC 3); shape as :func:`generate`."""
-    x, y, rho, phi = coords_np(shape)
-    r, theta, state = _np_params(seeds)
+def fused_forward_np(seeds, shape, r=None, theta=None) -> np.ndarray:
+    """Float64 rendering of the 4-state ``fused_forward`` (SPEC 3); shape as :func:`generate`.
+
+    ``r`` and ``theta`` (float64, broadcasting with ``seeds``) optionally replace the float32
+    values stored in the seeds, e.g. for finite differences finer than float32 allows.
+    """
+    _, _, rho, phi = coords_np(shape)
+    r, theta, state = _np_params(seeds, r, theta)
     base = np.clip(r * (1 - rho) + theta, 0, 1)
     sel = _field(state, 2 * _classes(shape, 4), 3)
     shaped = np.select([sel == 0, sel == 1, sel == 2],
@@ -478,7 +487,7 @@ def gradients_np(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
 
     Zero where the clamp of the base or of the weight is saturated (open intervals).
     """
-    x, y, rho, phi = coords_np(shape)
+    _, _, rho, phi = coords_np(shape)
     r, theta, state = _np_params(seeds)
     u = r * (1 - rho) + theta
     inside = (u > 0) & (u < 1)
@@ -526,7 +535,7 @@ def state_function_np(state, value, phase) -> np.ndarray:
 
 def fused_forward_advanced_np(seeds, shape) -> np.ndarray:
     """Float64 rendering of ``fused_forward_advanced`` (SPEC 4.2)."""
-    x, y, rho, phi = coords_np(shape)
+    _, _, rho, phi = coords_np(shape)
     r, theta, state = _np_params(seeds)
     base = np.clip(r * (1 - rho) + theta, 0, 1)
     h = _classes(shape, 8)
@@ -544,7 +553,7 @@ def packed64_np(hi, shape) -> np.ndarray:
     """Float64 rendering of Packed64 ``compute_weight`` (SPEC 1); shape as :func:`packed64_weights`.
     """
     hi = np.asarray(hi, dtype=np.uint64)[..., None, None]
-    x0, y0, rho, phi = coords_np(shape)
+    _, _, rho, phi = coords_np(shape)
     r = (hi >> np.uint64(44)).astype(np.float64) / (2**20 - 1)
     theta = _field(hi, np.uint64(20), 0xFFFFFF) / (2**24 - 1) * 2 * float(PI32)
     x, y = r * np.cos(phi + theta), r * np.sin(phi + theta)
@@ -595,7 +604,7 @@ def _c1(rows, cols):
 
 
 def _c2(rows, cols):
-    x, y, rho, phi = coords_np((rows, cols))
+    _, _, rho, phi = coords_np((rows, cols))
     return np.clip(np.sin(3 * rho) * np.cos(5 * phi) + np.exp(1 - rho) * 0.3, 0, 1)
 
 
