@@ -27,13 +27,11 @@ cdef extern from "rbe/reference.h":
     void rbe_ref_layer_backward_adam(const rbe_ref_layer *L, rbe_ref_seed *seeds,
                                      const double *x, const double *dy, float *moments,
                                      int epoch, float lr, double *dx) nogil
-    void rbe_ref_generate(const rbe_ref_seed *seeds, size_t count, size_t rows, size_t cols,
-                          int advanced, float *out) nogil
-    void rbe_ref_generate_packed64(const uint64_t *words, size_t count, size_t rows,
-                                   size_t cols, float *out) nogil
-    void rbe_ref_generate_gradient(const rbe_ref_seed *seeds, size_t count, size_t rows,
-                                   size_t cols, int which, float *out) nogil
-
+    void rbe_ref_pointwise(int kind, const rbe_ref_seed *seeds, const int64_t *i,
+                           const int64_t *j, size_t count, size_t rows, size_t cols,
+                           float *out) nogil
+    void rbe_ref_generate(int kind, const rbe_ref_seed *seeds, size_t count, size_t rows,
+                          size_t cols, float *out) nogil
 
 cdef inline void _ref_check_block(Py_ssize_t rows, Py_ssize_t cols) except *:
     if rows < 1 or cols < 1:
@@ -52,43 +50,43 @@ cdef inline void _ref_check_seed_rows(const uint64_t[:, ::1] seeds) except *:
         raise ValueError(f"seeds must be viewed as (n, 2) uint64 words, got {seeds.shape[1]}")
 
 
-def ref_generate(const uint64_t[:, ::1] seeds, Py_ssize_t rows, Py_ssize_t cols, bint advanced,
+cdef inline void _ref_check_kind(int kind) except *:
+    if kind < 0 or kind > 4:
+        raise ValueError(f"kind must be 0 (forward), 1 (advanced), 2 (Packed64), 3 (dW/dr) or "
+                         f"4 (dW/dtheta), got {kind}")
+
+
+def ref_generate(int kind, const uint64_t[:, ::1] seeds, Py_ssize_t rows, Py_ssize_t cols,
                  float[:, :, ::1] out):
-    """out[k] = fused_forward (or fused_forward_advanced) of seeds[k] over a rows x cols block."""
+    """out[k] = the function `kind` of seeds[k] at every position of a rows x cols block."""
+    _ref_check_kind(kind)
     _ref_check_seed_rows(seeds)
     _ref_check_block(rows, cols)
     _ref_check_out(out, seeds.shape[0], rows, cols)
     if seeds.shape[0] == 0:
         return
     with nogil:
-        rbe_ref_generate(<const rbe_ref_seed *>&seeds[0, 0], seeds.shape[0], rows, cols,
-                         advanced, &out[0, 0, 0])
+        rbe_ref_generate(kind, <const rbe_ref_seed *>&seeds[0, 0], seeds.shape[0], rows, cols,
+                         &out[0, 0, 0])
 
 
-def ref_generate_gradient(const uint64_t[:, ::1] seeds, Py_ssize_t rows, Py_ssize_t cols,
-                          int which, float[:, :, ::1] out):
-    """out[k] = dW/dr (which 0) or dW/dtheta (which 1) of seeds[k] over a rows x cols block."""
+def ref_pointwise(int kind, const uint64_t[:, ::1] seeds, const int64_t[::1] i,
+                  const int64_t[::1] j, Py_ssize_t rows, Py_ssize_t cols, float[::1] out):
+    """out[k] = the function `kind` of seeds[k] at position (i[k], j[k]) of a rows x cols block."""
+    cdef Py_ssize_t n = out.shape[0], k
+    _ref_check_kind(kind)
     _ref_check_seed_rows(seeds)
     _ref_check_block(rows, cols)
-    _ref_check_out(out, seeds.shape[0], rows, cols)
-    if which not in (0, 1):
-        raise ValueError(f"which must be 0 (r) or 1 (theta), got {which}")
-    if seeds.shape[0] == 0:
+    if seeds.shape[0] != n or i.shape[0] != n or j.shape[0] != n:
+        raise ValueError("seeds, i, j and out must have the same length")
+    for k in range(n):
+        if i[k] < 0 or j[k] < 0:
+            raise ValueError("positions must be non-negative")
+    if n == 0:
         return
     with nogil:
-        rbe_ref_generate_gradient(<const rbe_ref_seed *>&seeds[0, 0], seeds.shape[0], rows,
-                                  cols, which, &out[0, 0, 0])
-
-
-def ref_generate_packed64(const uint64_t[::1] words, Py_ssize_t rows, Py_ssize_t cols,
-                          float[:, :, ::1] out):
-    """out[k] = Packed64 compute_weight of words[k] over a rows x cols block."""
-    _ref_check_block(rows, cols)
-    _ref_check_out(out, words.shape[0], rows, cols)
-    if words.shape[0] == 0:
-        return
-    with nogil:
-        rbe_ref_generate_packed64(&words[0], words.shape[0], rows, cols, &out[0, 0, 0])
+        rbe_ref_pointwise(kind, <const rbe_ref_seed *>&seeds[0, 0], &i[0], &j[0], n, rows, cols,
+                          &out[0])
 
 
 def ref_state_function(const int32_t[::1] state, const float[::1] value, const float[::1] phase,

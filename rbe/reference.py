@@ -30,7 +30,8 @@ from .seeds import DTYPE
 
 __all__ = [
     "make_seed", "from_continuous", "q0x", "phase", "r_theta",
-    "generate", "generate_advanced", "packed64_weights", "gradients", "state_function",
+    "generate", "generate_advanced", "gradients", "fused_forward", "fused_forward_advanced",
+    "analytical_gradients", "packed64_weights", "state_function",
     "state_transition", "advanced_transition", "adam_update",
     "fused_backward", "fused_backward_fast", "fused_backward_adam", "FusedLayer",
     "coords_np", "fused_forward_np", "fused_forward_advanced_np", "gradients_np",
@@ -151,16 +152,35 @@ def from_continuous(r, theta) -> np.ndarray:
 
 # ---- C-backed float32 functions -------------------------------------------------------------
 
-def _blocks(kernel, seeds, shape, *args) -> np.ndarray:
+# Function selectors of the C core (rbe/include/rbe/reference.h).
+FORWARD, ADVANCED, PACKED64, GRAD_R, GRAD_THETA = range(5)
+
+
+def _blocks(kind: int, seeds, shape) -> np.ndarray:
     seeds = _seed_array(seeds)
     rows, cols = _block_shape(shape)
     out = np.empty((seeds.size, rows, cols), dtype=np.float32)
-    kernel(_seed_words(np.ascontiguousarray(seeds)), rows, cols, *args, out)
+    _core.ref_generate(kind, _seed_words(np.ascontiguousarray(seeds)), rows, cols, out)
     return out.reshape(seeds.shape + (rows, cols))
+
+
+def _points(kind: int, seeds, i, j, shape) -> np.ndarray:
+    seeds, i, j = np.broadcast_arrays(_seed_array(seeds), np.asarray(i), np.asarray(j))
+    if i.dtype.kind not in "ui" or j.dtype.kind not in "ui":
+        raise ValueError("positions i and j must be integer arrays")
+    rows, cols = _block_shape(shape)
+    out = np.empty(seeds.shape, dtype=np.float32)
+    _core.ref_pointwise(kind, _seed_words(np.ascontiguousarray(seeds)),
+                        np.ascontiguousarray(i, np.int64).reshape(-1),
+                        np.ascontiguousarray(j, np.int64).reshape(-1), rows, cols,
+                        out.reshape(-1))
+    return out
 
 
 def generate(seeds, shape) -> np.ndarray:
     """The original weight generator: ``fused_forward`` (SPEC 3) at every position.
+
+    One C function call per weight, as the original: the speed baseline for generation.
 
     Parameters
     ----------
@@ -172,12 +192,12 @@ def generate(seeds, shape) -> np.ndarray:
     -------
     ndarray of float32, shape ``seeds.shape + (rows, cols)``
     """
-    return _blocks(_core.ref_generate, seeds, shape, False)
+    return _blocks(FORWARD, seeds, shape)
 
 
 def generate_advanced(seeds, shape) -> np.ndarray:
     """``fused_forward_advanced`` (SPEC 4.2, 8 states) at every position; see :func:`generate`."""
-    return _blocks(_core.ref_generate, seeds, shape, True)
+    return _blocks(ADVANCED, seeds, shape)
 
 
 def gradients(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
@@ -187,8 +207,37 @@ def gradients(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
     -------
     (dW/dr, dW/dtheta) : two float32 arrays shaped ``seeds.shape + (rows, cols)``
     """
-    return (_blocks(_core.ref_generate_gradient, seeds, shape, 0),
-            _blocks(_core.ref_generate_gradient, seeds, shape, 1))
+    return _blocks(GRAD_R, seeds, shape), _blocks(GRAD_THETA, seeds, shape)
+
+
+def fused_forward(seeds, i, j, shape) -> np.ndarray:
+    """``Packed128::fused_forward(i, j, R, C)`` (SPEC 3) at given positions.
+
+    Parameters
+    ----------
+    seeds : ndarray of rbe.seeds.DTYPE
+    i, j : array_like of non-negative int
+        Positions; broadcast with ``seeds``. Positions outside the block are not rejected (the
+        original does not check them either).
+    shape : (R, C)
+
+    Returns
+    -------
+    ndarray of float32, the broadcast shape of ``seeds``, ``i`` and ``j``.
+    """
+    return _points(FORWARD, seeds, i, j, shape)
+
+
+def fused_forward_advanced(seeds, i, j, shape) -> np.ndarray:
+    """``fused_forward_advanced(i, j, R, C)`` (SPEC 4.2) at given positions; see
+    :func:`fused_forward`."""
+    return _points(ADVANCED, seeds, i, j, shape)
+
+
+def analytical_gradients(seeds, i, j, shape) -> tuple[np.ndarray, np.ndarray]:
+    """``analytical_gradient_r`` and ``analytical_gradient_theta`` (SPEC 5) at given positions;
+    see :func:`fused_forward`."""
+    return _points(GRAD_R, seeds, i, j, shape), _points(GRAD_THETA, seeds, i, j, shape)
 
 
 def packed64_weights(hi, shape) -> np.ndarray:
@@ -207,11 +256,7 @@ def packed64_weights(hi, shape) -> np.ndarray:
     hi = np.asarray(hi)
     if hi.dtype.kind not in "ui":
         raise ValueError(f"hi must be an integer array, got dtype {hi.dtype}")
-    rows, cols = _block_shape(shape)
-    words = np.ascontiguousarray(hi, dtype=np.uint64).reshape(-1)
-    out = np.empty((words.size, rows, cols), dtype=np.float32)
-    _core.ref_generate_packed64(words, rows, cols, out)
-    return out.reshape(hi.shape + (rows, cols))
+    return _blocks(PACKED64, make_seed(0.0, 0.0, hi), shape)
 
 
 def state_function(state, value, phase) -> np.ndarray:
@@ -609,7 +654,7 @@ def _c2(rows, cols):
 
 
 def _c3(rows, cols):
-    x, y, rho, phi = coords_np((rows, cols))
+    x, y, _, _ = coords_np((rows, cols))
     i, j = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     chess = np.where((i // 4 + j // 4) % 2 == 0, 0.8, 0.2)
     return np.clip(0.7 * chess + 0.3 * np.exp(-(x * x + y * y) * 2), 0, 1)

@@ -103,6 +103,20 @@ def test_state_functions_match_oracle(rng):
     np.testing.assert_allclose(got[keep], want[keep], rtol=0, atol=WEIGHT_TOL)
 
 
+def test_pointwise_functions_match_blocks(rng):
+    shape = (5, 7)
+    seeds = random_seeds(40, rng)
+    i, j = rng.integers(0, 5, 40), rng.integers(0, 7, 40)
+    k = np.arange(40)
+    np.testing.assert_array_equal(ref.fused_forward(seeds, i, j, shape),
+                                  ref.generate(seeds, shape)[k, i, j])
+    np.testing.assert_array_equal(ref.fused_forward_advanced(seeds, i, j, shape),
+                                  ref.generate_advanced(seeds, shape)[k, i, j])
+    for got, block in zip(ref.analytical_gradients(seeds, i, j, shape),
+                          ref.gradients(seeds, shape)):
+        np.testing.assert_array_equal(got, block[k, i, j])
+
+
 def test_single_row_or_column_gives_nan():
     seed = ref.make_seed(0.7, 0.2, 0x12345)
     for shape in [(1, 5), (5, 1)]:
@@ -498,3 +512,5 @@ def test_bad_input_raises_value_error():
         ref.pattern("spiral", 4, 4)
     with pytest.raises(ValueError, match="integer"):
         ref.packed64_weights(np.zeros(2), (4, 4))
+    with pytest.raises(ValueError, match="non-negative"):
+        ref.fused_forward(seed, -1, 0, (4, 4))

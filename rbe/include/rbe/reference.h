@@ -500,39 +500,49 @@ static inline void rbe_ref_layer_backward_adam(const rbe_ref_layer *L, rbe_ref_s
     }
 }
 
-/* ---- block generators: the original algorithm, one call per weight -------------------------- */
+/* ---- evaluation at positions and over whole blocks ---------------------------------------- */
 
-/* out[k][i][j] = fused_forward of seeds[k] (advanced = 0) or fused_forward_advanced (1). */
-static inline void rbe_ref_generate(const rbe_ref_seed *seeds, size_t count, size_t rows,
-                                    size_t cols, int advanced, float *out)
+/* What to evaluate: the weight functions of SPEC 3, 4.2, 1 and the gradients of SPEC 5. */
+enum {
+    RBE_REF_FORWARD = 0,
+    RBE_REF_ADVANCED = 1,
+    RBE_REF_PACKED64 = 2, /* of the seed's hi word */
+    RBE_REF_GRAD_R = 3,
+    RBE_REF_GRAD_THETA = 4
+};
+
+static inline float rbe_ref_eval(int kind, rbe_ref_seed s, size_t i, size_t j, size_t rows,
+                                 size_t cols)
 {
-    size_t k, i, j;
-    for (k = 0; k < count; k++)
-        for (i = 0; i < rows; i++)
-            for (j = 0; j < cols; j++)
-                *out++ = advanced ? rbe_ref_fused_forward_advanced(seeds[k], i, j, rows, cols)
-                                  : rbe_ref_fused_forward(seeds[k], i, j, rows, cols);
+    switch (kind) {
+    case RBE_REF_FORWARD: return rbe_ref_fused_forward(s, i, j, rows, cols);
+    case RBE_REF_ADVANCED: return rbe_ref_fused_forward_advanced(s, i, j, rows, cols);
+    case RBE_REF_PACKED64: return rbe_ref_packed64(s.hi, i, j, rows, cols);
+    case RBE_REF_GRAD_R: return rbe_ref_gradient(s, i, j, rows, cols, 0);
+    default: return rbe_ref_gradient(s, i, j, rows, cols, 1);
+    }
 }
 
-static inline void rbe_ref_generate_packed64(const uint64_t *words, size_t count, size_t rows,
-                                             size_t cols, float *out)
+/* out[k] = kind at (i[k], j[k]) of seeds[k], for an R x C block. */
+static inline void rbe_ref_pointwise(int kind, const rbe_ref_seed *seeds, const int64_t *i,
+                                     const int64_t *j, size_t count, size_t rows, size_t cols,
+                                     float *out)
 {
-    size_t k, i, j;
+    size_t k;
     for (k = 0; k < count; k++)
-        for (i = 0; i < rows; i++)
-            for (j = 0; j < cols; j++)
-                *out++ = rbe_ref_packed64(words[k], i, j, rows, cols);
+        out[k] = rbe_ref_eval(kind, seeds[k], (size_t)i[k], (size_t)j[k], rows, cols);
 }
 
-/* out[k][i][j] = dW/dr (which = 0) or dW/dtheta (1) of seeds[k]. */
-static inline void rbe_ref_generate_gradient(const rbe_ref_seed *seeds, size_t count, size_t rows,
-                                             size_t cols, int which, float *out)
+/* out[k][i][j] = kind at every position of seeds[k]'s R x C block. With RBE_REF_FORWARD this is
+ * the original weight generation, one function call per weight: the speed baseline. */
+static inline void rbe_ref_generate(int kind, const rbe_ref_seed *seeds, size_t count,
+                                    size_t rows, size_t cols, float *out)
 {
     size_t k, i, j;
     for (k = 0; k < count; k++)
         for (i = 0; i < rows; i++)
             for (j = 0; j < cols; j++)
-                *out++ = rbe_ref_gradient(seeds[k], i, j, rows, cols, which);
+                *out++ = rbe_ref_eval(kind, seeds[k], i, j, rows, cols);
 }
 
 #if defined(__clang__)
