@@ -125,23 +125,26 @@ def r_theta(seeds) -> tuple[np.ndarray, np.ndarray]:
     return r, theta
 
 
-def _to_u64(v: np.ndarray) -> np.ndarray:
-    """Rust's f32 -> u64 cast: truncation toward zero, negative and NaN give 0."""
-    v = np.where(v > 0, v, np.float32(0))
-    return np.minimum(v.astype(np.float64), 2.0**64 - 1).astype(np.uint64)
+def _quantise(v: np.ndarray, bits: int) -> np.ndarray:
+    """u64(v * f32(2**bits - 1)) for v in [0, 1] or NaN, as Rust's saturating f32 -> u64 cast:
+    truncation toward zero, NaN gives 0."""
+    if not 1 <= int(bits) <= 32:
+        raise ValueError(f"bits must be in 1..32, got {bits}")
+    v = v * np.float32(2**int(bits) - 1)
+    return np.where(v > 0, v, np.float32(0)).astype(np.uint64)
 
 
 def q0x(v, bits: int = 20) -> np.ndarray:
     """``ste_quant_q0x``: u64(clamp(v, 0, 1) * (2**bits - 1)), truncated, in float32."""
-    v = np.clip(np.asarray(v, dtype=np.float32), np.float32(0), np.float32(1))
-    return _to_u64(v * np.float32(2**bits - 1))
+    return _quantise(np.clip(np.asarray(v, dtype=np.float32), np.float32(0), np.float32(1)),
+                     bits)
 
 
 def phase(v, bits: int = 24) -> np.ndarray:
     """``ste_quant_phase``: u64(rem_euclid(v, 2 pi) / 2 pi * (2**bits - 1)), in float32."""
     v = np.fmod(np.asarray(v, dtype=np.float32), TWO_PI32)
     v = np.where(v < 0, v + TWO_PI32, v).astype(np.float32)
-    return _to_u64((v / TWO_PI32) * np.float32(2**bits - 1))
+    return _quantise(v / TWO_PI32, bits)
 
 
 def from_continuous(r, theta) -> np.ndarray:

@@ -363,16 +363,17 @@ def test_fused_backward_adam_matches_python_loop(rng):
 
 # ---- FusedLayer (SPEC 7.3) ----------------------------------------------------------------------
 
-def dense_weights(layer):
-    """The layer's weight matrix assembled from generated blocks (ragged rows cut at M)."""
+def dense_weights(layer, blocks=None):
+    """The layer's weight matrix assembled from its blocks (ragged rows cut at M); by default
+    the blocks the C generator makes."""
     (bh, bw), (m, n) = layer.block, layer.shape
-    blocks = ref.generate(layer.seeds, layer.block).astype(np.float64)
+    if blocks is None:
+        blocks = ref.generate(layer.seeds, layer.block)
     dense = np.zeros((m, n))
-    for bi in range(layer.seeds.shape[0]):
-        for bj in range(layer.seeds.shape[1]):
-            rows = min(bh, m - bi * bh)
-            if rows > 0:
-                dense[bi * bh: bi * bh + rows, bj * bw: bj * bw + bw] = blocks[bi, bj, :rows]
+    for bi, bj in np.ndindex(layer.seeds.shape):
+        rows = min(bh, m - bi * bh)
+        if rows > 0:
+            dense[bi * bh: bi * bh + rows, bj * bw: bj * bw + bw] = blocks[bi, bj, :rows]
     return dense
 
 
@@ -389,13 +390,8 @@ def test_layer_forward_precise(shape, rng):
     y = layer.forward_precise(x)
     np.testing.assert_allclose(y, dense_weights(layer) @ x, rtol=1e-12, atol=1e-12)
     # Against the float64 oracle's weights: float32 weight rounding only.
-    oracle = ref.fused_forward_np(layer.seeds, layer.block)
-    dense = np.zeros(layer.shape)
-    for bi in range(2):
-        for bj in range(3):
-            rows = min(4, layer.shape[0] - 4 * bi)
-            dense[4 * bi: 4 * bi + rows, 3 * bj: 3 * bj + 3] = oracle[bi, bj, :rows]
-    np.testing.assert_allclose(y, dense @ x, rtol=0, atol=WEIGHT_TOL * np.abs(x).sum())
+    oracle = dense_weights(layer, ref.fused_forward_np(layer.seeds, layer.block))
+    np.testing.assert_allclose(y, oracle @ x, rtol=0, atol=WEIGHT_TOL * np.abs(x).sum())
 
 
 def sequential_backward_python(seeds, block, x, dy, lr):
