@@ -5,7 +5,7 @@ Arguments are validated by the Python callers (rbe.kernel, rbe.reference, ...) a
 for sizes, before any pointer is touched; every loop runs without the GIL.
 """
 cimport cython
-from cython.parallel cimport prange
+from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 
 import numpy as np
@@ -53,7 +53,7 @@ cdef extern from "rbe/dispatch.h" nogil:
         const float *sin_phi
         const float *cos_phi
     ctypedef void (*rbe_block_fn)(const rbe_seed32 *s, const rbe_tables *t,
-                                  float *W, float *dr, float *dth) noexcept nogil
+                                  float *W, float *dr, float *dth, float *scratch) noexcept nogil
     enum:
         RBE_SIMD_SCALAR
         RBE_SIMD_AVX2
@@ -62,7 +62,8 @@ cdef extern from "rbe/dispatch.h" nogil:
         RBE_APPROX_CORDIC
     rbe_block_fn rbe_block_kernel(int simd, int family, int want_grad)
     void rbe_generate_block(rbe_block_fn fn, int family, uint64_t hi, const rbe_tables *t,
-                            float *W, float *dr, float *dth)
+                            float *W, float *dr, float *dth, float *scratch)
+    Py_ssize_t rbe_scratch_floats(int g)
     void rbe_block_precise(uint64_t hi, int h, int w, double *W, double *dr, double *dth)
     int rbe_kernel_init()
 
@@ -106,14 +107,17 @@ def generate_fast(const uint64_t[::1] hi, const float[:, :, ::1] rho,
         raise ValueError(f"no kernel for simd={simd}, approx family={family}")
     if n == 0:
         return
+    cdef int threads = _threads()
+    cdef float[:, ::1] scratch = np.empty((threads, rbe_scratch_floats(t.g)), np.float32)
     cdef float *w_ptr = &out[0, 0, 0]
     cdef float *dr_ptr = &dr[0, 0, 0] if want_grad else NULL
     cdef float *dth_ptr = &dth[0, 0, 0] if want_grad else NULL
     with nogil:
-        for k in prange(n, schedule="static", num_threads=_threads()):
+        for k in prange(n, schedule="static", num_threads=threads):
             rbe_generate_block(fn, family, hi[k], &t, w_ptr + k * hw,
                                dr_ptr + k * hw if want_grad else NULL,
-                               dth_ptr + k * hw if want_grad else NULL)
+                               dth_ptr + k * hw if want_grad else NULL,
+                               &scratch[threadid(), 0])
 
 
 def generate_precise(const uint64_t[::1] hi, double[:, :, ::1] out,
@@ -139,3 +143,6 @@ def generate_precise(const uint64_t[::1] hi, double[:, :, ::1] out,
             rbe_block_precise(hi[k], h, w, w_ptr + k * hw,
                               dr_ptr + k * hw if want_grad else NULL,
                               dth_ptr + k * hw if want_grad else NULL)
+
+
+include "_reference.pxi"
