@@ -53,7 +53,8 @@ cdef extern from "rbe/dispatch.h" nogil:
         const float *sin_phi
         const float *cos_phi
     ctypedef void (*rbe_block_fn)(const rbe_seed32 *s, const rbe_tables *t,
-                                  float *W, float *dr, float *dth, float *scratch) noexcept nogil
+                                  float *W, float *dr, float *dth, float *scratch,
+                                  int stream) noexcept nogil
     enum:
         RBE_SIMD_SCALAR
         RBE_SIMD_AVX2
@@ -62,7 +63,7 @@ cdef extern from "rbe/dispatch.h" nogil:
         RBE_APPROX_CORDIC
     rbe_block_fn rbe_block_kernel(int simd, int family, int want_grad)
     void rbe_generate_block(rbe_block_fn fn, int family, uint64_t hi, const rbe_tables *t,
-                            float *W, float *dr, float *dth, float *scratch)
+                            float *W, float *dr, float *dth, float *scratch, int stream)
     Py_ssize_t rbe_scratch_floats(int g)
     void rbe_block_precise(uint64_t hi, int h, int w, double *W, double *dr, double *dth)
     int rbe_kernel_init()
@@ -70,6 +71,8 @@ cdef extern from "rbe/dispatch.h" nogil:
 SIMD_PATHS = {"scalar": RBE_SIMD_SCALAR, "avx2": RBE_SIMD_AVX2}
 APPROX_FAMILIES = {"poly": RBE_APPROX_POLY, "lut": RBE_APPROX_LUT, "cordic": RBE_APPROX_CORDIC}
 BEST_SIMD = "avx2" if rbe_kernel_init() == RBE_SIMD_AVX2 else "scalar"
+# Outputs larger than this are written with non-temporal stores (they cannot stay in cache).
+DEF STREAM_BYTES = 8 << 20
 
 
 cdef rbe_tables _shape_tables(const float[:, :, ::1] rho, const float[:, :, ::1] sin_phi,
@@ -109,15 +112,17 @@ def generate_fast(const uint64_t[::1] hi, const float[:, :, ::1] rho,
         return
     cdef int threads = _threads()
     cdef float[:, ::1] scratch = np.empty((threads, rbe_scratch_floats(t.g)), np.float32)
+    cdef int stream = n * hw * 4 * (3 if want_grad else 1) > STREAM_BYTES
     cdef float *w_ptr = &out[0, 0, 0]
     cdef float *dr_ptr = &dr[0, 0, 0] if want_grad else NULL
     cdef float *dth_ptr = &dth[0, 0, 0] if want_grad else NULL
     with nogil:
-        for k in prange(n, schedule="static", num_threads=threads):
+        # guided: blocks are independent, so a core that is busy elsewhere only costs its share
+        for k in prange(n, schedule="guided", num_threads=threads):
             rbe_generate_block(fn, family, hi[k], &t, w_ptr + k * hw,
                                dr_ptr + k * hw if want_grad else NULL,
                                dth_ptr + k * hw if want_grad else NULL,
-                               &scratch[threadid(), 0])
+                               &scratch[threadid(), 0], stream)
 
 
 def generate_precise(const uint64_t[::1] hi, double[:, :, ::1] out,

@@ -39,19 +39,28 @@ static inline RBE_TARGET_AVX2 __m256 rbe_exp_clamp8(__m256 x)
     return _mm256_min_ps(_mm256_max_ps(x, RBE_V8(RBE_EXP_MIN)), RBE_V8(RBE_EXP_MAX));
 }
 
+/* 1/x from the 12-bit hardware estimate and one Newton step (relative error < 2e-7):
+ * cheaper than a division, well inside the kernel's 1e-5 bound. */
+static inline RBE_TARGET_AVX2 __m256 rbe_recip8(__m256 x)
+{
+    __m256 r = _mm256_rcp_ps(x);
+    return _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, RBE_V8(2.0f)));
+}
+
 static inline RBE_TARGET_AVX2 __m256 rbe_exp8_poly(__m256 x)
 {
     x = rbe_exp_clamp8(x);
-    __m256 k = _mm256_floor_ps(_mm256_fmadd_ps(x, RBE_V8(RBE_LOG2E), RBE_V8(0.5f)));
+    __m256 shifted = _mm256_fmadd_ps(x, RBE_V8(RBE_LOG2E), RBE_V8(RBE_ROUND_SHIFTER));
+    __m256 k = _mm256_sub_ps(shifted, RBE_V8(RBE_ROUND_SHIFTER));
     __m256 f = rbe_exp_reduce8(x, k);
-    __m256 p = RBE_V8(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, f, RBE_V8(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, f, RBE_V8(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, f, RBE_V8(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, f, RBE_V8(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, f, RBE_V8(5.0000001201e-1f));
-    p = _mm256_fmadd_ps(_mm256_mul_ps(p, f), f, _mm256_add_ps(f, RBE_V8(1.0f)));
-    return _mm256_mul_ps(p, rbe_pow2i8(_mm256_cvttps_epi32(k)));
+    __m256 p = RBE_V8(8.297652006e-03f);
+    p = _mm256_fmadd_ps(p, f, RBE_V8(4.191538319e-02f));
+    p = _mm256_fmadd_ps(p, f, RBE_V8(1.666757464e-01f));
+    p = _mm256_fmadd_ps(p, f, RBE_V8(4.999889433e-01f));
+    p = _mm256_fmadd_ps(p, f, RBE_V8(9.999997020e-01f));
+    p = _mm256_fmadd_ps(p, f, RBE_V8(1.000000119e+00f));
+    __m256i k_bits = _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23);
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), k_bits));
 }
 
 static inline RBE_TARGET_AVX2 __m256 rbe_log8_poly(__m256 x)
@@ -61,19 +70,13 @@ static inline RBE_TARGET_AVX2 __m256 rbe_log8_poly(__m256 x)
     __m256 big = _mm256_cmp_ps(m, RBE_V8(1.41421356f), _CMP_GT_OQ);
     m = _mm256_blendv_ps(m, _mm256_mul_ps(m, RBE_V8(0.5f)), big);
     e = _mm256_add_ps(e, _mm256_and_ps(big, RBE_V8(1.0f)));
-    __m256 t = _mm256_sub_ps(m, RBE_V8(1.0f)), z = _mm256_mul_ps(t, t);
-    __m256 p = RBE_V8(7.0376836292e-2f);
-    p = _mm256_fmadd_ps(p, t, RBE_V8(-1.1514610310e-1f));
-    p = _mm256_fmadd_ps(p, t, RBE_V8(1.1676998740e-1f));
-    p = _mm256_fmadd_ps(p, t, RBE_V8(-1.2420140846e-1f));
-    p = _mm256_fmadd_ps(p, t, RBE_V8(1.4249322787e-1f));
-    p = _mm256_fmadd_ps(p, t, RBE_V8(-1.6668057665e-1f));
-    p = _mm256_fmadd_ps(p, t, RBE_V8(2.0000714765e-1f));
-    p = _mm256_fmadd_ps(p, t, RBE_V8(-2.4999993993e-1f));
-    p = _mm256_fmadd_ps(p, t, RBE_V8(3.3333331174e-1f));
-    __m256 y = _mm256_fmadd_ps(e, RBE_V8(RBE_LN2_LO), _mm256_mul_ps(_mm256_mul_ps(p, t), z));
-    y = _mm256_fnmadd_ps(RBE_V8(0.5f), z, y);
-    return _mm256_fmadd_ps(e, RBE_V8(RBE_LN2_HI), _mm256_add_ps(t, y));
+    __m256 s = _mm256_mul_ps(_mm256_sub_ps(m, RBE_V8(1.0f)),
+                             rbe_recip8(_mm256_add_ps(m, RBE_V8(1.0f))));
+    __m256 z = _mm256_mul_ps(s, s);
+    __m256 p = _mm256_fmadd_ps(z, RBE_V8(1.0f / 7.0f), RBE_V8(0.2f));
+    p = _mm256_fmadd_ps(p, z, RBE_V8(1.0f / 3.0f));
+    p = _mm256_fmadd_ps(p, z, RBE_V8(1.0f));
+    return _mm256_fmadd_ps(e, RBE_V8(0.69314718f), _mm256_mul_ps(_mm256_add_ps(s, s), p));
 }
 
 static inline RBE_TARGET_AVX2 __m256 rbe_lut_interp8(const float *table, __m256 pos)

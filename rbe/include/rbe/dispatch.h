@@ -8,20 +8,23 @@
 #include "rbe/weight.h"
 #include "rbe/weight_avx2.h"
 
-/* Weights (and, for gradient kernels, dW/dr and dW/dtheta) of one block, [h][w]. */
+/* Weights (and, for gradient kernels, dW/dr and dW/dtheta) of one block, [h][w].
+ * scratch: rbe_scratch_floats(t->g) floats owned by the calling thread; stream: a hint that
+ * the output is too large to stay in cache (non-temporal stores where aligned). */
 typedef void (*rbe_block_fn)(const rbe_seed32 *s, const rbe_tables *t,
-                             float *W, float *dr, float *dth, float *scratch);
+                             float *W, float *dr, float *dth, float *scratch, int stream);
 
 #define RBE_DEFINE_BLOCK(SIMD, FAMILY_NAME, FAMILY, ATTR)                                     \
     static ATTR void rbe_block_##SIMD##_##FAMILY_NAME(const rbe_seed32 *s, const rbe_tables *t, \
                                                       float *W, float *dr, float *dth,        \
-                                                      float *scratch)                         \
-    { (void)dr; (void)dth; rbe_block_##SIMD##_body(FAMILY, 0, s, t, W, NULL, NULL, scratch); } \
+                                                      float *scratch, int stream)             \
+    { (void)dr; (void)dth;                                                                    \
+      rbe_block_##SIMD##_body(FAMILY, 0, s, t, W, NULL, NULL, scratch, stream); }             \
     static ATTR void rbe_block_grad_##SIMD##_##FAMILY_NAME(const rbe_seed32 *s,               \
                                                            const rbe_tables *t, float *W,     \
                                                            float *dr, float *dth,             \
-                                                           float *scratch)                    \
-    { rbe_block_##SIMD##_body(FAMILY, 1, s, t, W, dr, dth, scratch); }
+                                                           float *scratch, int stream)        \
+    { rbe_block_##SIMD##_body(FAMILY, 1, s, t, W, dr, dth, scratch, stream); }
 
 RBE_DEFINE_BLOCK(scalar, poly, RBE_APPROX_POLY, )
 RBE_DEFINE_BLOCK(scalar, lut, RBE_APPROX_LUT, )
@@ -53,11 +56,11 @@ static rbe_block_fn rbe_block_kernel(int simd, int family, int want_grad)
 
 static inline void rbe_generate_block(rbe_block_fn fn, int family, uint64_t hi,
                                       const rbe_tables *t, float *W, float *dr, float *dth,
-                                      float *scratch)
+                                      float *scratch, int stream)
 {
     rbe_seed32 s;
     rbe_seed32_init(hi, family, &s);
-    fn(&s, t, W, dr, dth, scratch);
+    fn(&s, t, W, dr, dth, scratch, stream);
 }
 
 /* Initialise tables once; returns the best SIMD path this CPU supports. */

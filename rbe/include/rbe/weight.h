@@ -163,9 +163,10 @@ RBE_INLINE float rbe_weight_fast(int family, int state, int want_grad, const rbe
 /* One block in natural [h][w] layout; dr and dth are written when want_grad. */
 RBE_INLINE void rbe_block_scalar_body(int family, int want_grad, const rbe_seed32 *s,
                                       const rbe_tables *t, float *W, float *dr, float *dth,
-                                      float *scratch)
+                                      float *scratch, int stream)
 {
     (void)scratch;
+    (void)stream;
     for (int i = 0; i < t->h; i++) {
         for (int p = 0; p < 4; p++) {
             int state = s->sel[(p - i) & 3], n = rbe_group_len(t->w, p);

@@ -45,14 +45,6 @@ static inline RBE_TARGET_AVX2 __m256 rbe_inside01_8(__m256 v)
     return _mm256_and_ps(in, RBE_V8(1.0f));
 }
 
-/* 1/x from the 12-bit hardware estimate and one Newton step (relative error < 2e-7):
- * cheaper than a division, well inside the kernel's 1e-5 bound. */
-static inline RBE_TARGET_AVX2 __m256 rbe_recip8(__m256 x)
-{
-    __m256 r = _mm256_rcp_ps(x);
-    return _mm256_mul_ps(r, _mm256_fnmadd_ps(x, r, RBE_V8(2.0f)));
-}
-
 static inline RBE_TARGET_AVX2 __m256 rbe_tanh8(int family, __m256 u)
 {
     __m256 e = rbe_exp8_approx(family, _mm256_add_ps(u, u));
@@ -145,17 +137,21 @@ RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_weight8(int family, int state, int want_gr
     return rbe_clamp01_8(m);
 }
 
-/* Store 4 class groups of 8 lanes (v[p][q] = column 4q + p) as 32 consecutive columns. */
-static inline RBE_TARGET_AVX2 void rbe_store_interleaved4(float *dst, const __m256 *v)
+/* Store 4 class groups of 8 lanes (v[p][q] = column 4q + p) as 32 consecutive columns.
+ * With stream set and dst 32-byte aligned, non-temporal stores keep outputs larger than the
+ * caches from evicting the tables and reading every line before writing it. */
+static inline RBE_TARGET_AVX2 void rbe_store_interleaved4(float *dst, const __m256 *v, int stream)
 {
     __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
     __m256 t2 = _mm256_unpacklo_ps(v[2], v[3]), t3 = _mm256_unpackhi_ps(v[2], v[3]);
     __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
     __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u1, 0x20));
-    _mm256_storeu_ps(dst + 8, _mm256_permute2f128_ps(u2, u3, 0x20));
-    _mm256_storeu_ps(dst + 16, _mm256_permute2f128_ps(u0, u1, 0x31));
-    _mm256_storeu_ps(dst + 24, _mm256_permute2f128_ps(u2, u3, 0x31));
+    __m256 out[4] = {_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u2, u3, 0x20),
+                     _mm256_permute2f128_ps(u0, u1, 0x31), _mm256_permute2f128_ps(u2, u3, 0x31)};
+    if (stream && ((uintptr_t)dst & 31) == 0)
+        for (int k = 0; k < 4; k++) _mm256_stream_ps(dst + 8 * k, out[k]);
+    else
+        for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + 8 * k, out[k]);
 }
 
 /* The same for the last, partial chunk of a row: only columns j0 + 4q + p < w. */
@@ -171,19 +167,21 @@ static inline RBE_TARGET_AVX2 void rbe_store_interleaved4_partial(float *row, in
         }
 }
 
-RBE_INLINE RBE_TARGET_AVX2 void rbe_store_chunk(float *row, int j0, int w, const __m256 *v)
+RBE_INLINE RBE_TARGET_AVX2 void rbe_store_chunk(float *row, int j0, int w, const __m256 *v,
+                                                int stream)
 {
-    if (j0 + 32 <= w) rbe_store_interleaved4(row + j0, v);
+    if (j0 + 32 <= w) rbe_store_interleaved4(row + j0, v, stream);
     else rbe_store_interleaved4_partial(row, j0, w, v);
 }
 
 /* One panel row from the grouped layout [4][g] to natural columns [w]. */
-static inline RBE_TARGET_AVX2 void rbe_ungroup_row(const float *grouped, int g, int w, float *row)
+static inline RBE_TARGET_AVX2 void rbe_ungroup_row(const float *grouped, int g, int w, float *row,
+                                                   int stream)
 {
     for (int q0 = 0; q0 < g; q0 += 8) {
         __m256 v[4];
         for (int p = 0; p < 4; p++) v[p] = _mm256_loadu_ps(grouped + p * g + q0);
-        rbe_store_chunk(row, 4 * q0, w, v);
+        rbe_store_chunk(row, 4 * q0, w, v, stream);
     }
 }
 
@@ -199,10 +197,14 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_class_avx2(int family, int state, int want_g
         int p = (c + i0 + k) & 3;               /* the group of class c in row i0 + k */
         ptrdiff_t src = ((ptrdiff_t)(i0 + k) * 4 + p) * g, dst = ((ptrdiff_t)k * 4 + p) * g;
         for (int q0 = 0; q0 < g; q0 += 8) {
-            __m256 gr, gt;
-            __m256 w = rbe_weight8(family, state, want_grad, sv, _mm256_loadu_ps(t->rho + src + q0),
-                                   _mm256_loadu_ps(t->sin_phi + src + q0),
-                                   _mm256_loadu_ps(t->cos_phi + src + q0), &gr, &gt);
+            __m256 gr = _mm256_setzero_ps(), gt = gr, w = gr;
+            __m256 rho = _mm256_loadu_ps(t->rho + src + q0);
+            /* b = 0 on all 8 lanes makes the weights and both gradients exactly 0: skip f. */
+            __m256 b_raw = _mm256_sub_ps(sv->r_plus_theta, _mm256_mul_ps(sv->r, rho));
+            if (_mm256_movemask_ps(_mm256_cmp_ps(b_raw, gr, _CMP_GT_OQ)))
+                w = rbe_weight8(family, state, want_grad, sv, rho,
+                                _mm256_loadu_ps(t->sin_phi + src + q0),
+                                _mm256_loadu_ps(t->cos_phi + src + q0), &gr, &gt);
             _mm256_storeu_ps(pw + dst + q0, w);
             if (want_grad) {
                 _mm256_storeu_ps(pr + dst + q0, gr);
@@ -217,7 +219,7 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_class_avx2(int family, int state, int want_g
 RBE_INLINE RBE_TARGET_AVX2 void rbe_block_avx2_body(int family, int want_grad,
                                                     const rbe_seed32 *s, const rbe_tables *t,
                                                     float *W, float *dr, float *dth,
-                                                    float *scratch)
+                                                    float *scratch, int stream)
 {
     rbe_seed_v8 sv;
     rbe_seed_v8_init(s, &sv);
@@ -237,13 +239,14 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_block_avx2_body(int family, int want_grad,
         }
         for (int k = 0; k < rows; k++) {
             ptrdiff_t row = (ptrdiff_t)(i0 + k) * t->w, off = (ptrdiff_t)k * 4 * t->g;
-            rbe_ungroup_row(pw + off, t->g, t->w, W + row);
+            rbe_ungroup_row(pw + off, t->g, t->w, W + row, stream);
             if (want_grad) {
-                rbe_ungroup_row(pr + off, t->g, t->w, dr + row);
-                rbe_ungroup_row(pt + off, t->g, t->w, dth + row);
+                rbe_ungroup_row(pr + off, t->g, t->w, dr + row, stream);
+                rbe_ungroup_row(pt + off, t->g, t->w, dth + row, stream);
             }
         }
     }
+    if (stream) _mm_sfence();   /* order the non-temporal stores before the caller's */
 }
 
 #endif
