@@ -185,8 +185,36 @@ static inline RBE_TARGET_AVX2 void rbe_ungroup_row(const float *grouped, int g, 
     }
 }
 
+/* 8 lanes of one group into the panel buffers; lanes whose b is 0 everywhere skip f, since
+ * the weights and both gradients are then exactly 0. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_lanes_avx2(int family, int state, int want_grad,
+                                               const rbe_seed_v8 *sv, const rbe_tables *t,
+                                               ptrdiff_t src, ptrdiff_t dst, int nvec,
+                                               float *pw, float *pr, float *pt)
+{
+    __m256 zero = _mm256_setzero_ps(), any_b = zero, w[2], gr[2], gt[2], rho[2];
+    for (int v = 0; v < nvec; v++) {
+        rho[v] = _mm256_loadu_ps(t->rho + src + 8 * v);
+        any_b = _mm256_max_ps(any_b, _mm256_sub_ps(sv->r_plus_theta, _mm256_mul_ps(sv->r, rho[v])));
+        w[v] = gr[v] = gt[v] = zero;
+    }
+    if (_mm256_movemask_ps(_mm256_cmp_ps(any_b, zero, _CMP_GT_OQ)))
+        for (int v = 0; v < nvec; v++)
+            w[v] = rbe_weight8(family, state, want_grad, sv, rho[v],
+                               _mm256_loadu_ps(t->sin_phi + src + 8 * v),
+                               _mm256_loadu_ps(t->cos_phi + src + 8 * v), &gr[v], &gt[v]);
+    for (int v = 0; v < nvec; v++) {
+        _mm256_storeu_ps(pw + dst + 8 * v, w[v]);
+        if (want_grad) {
+            _mm256_storeu_ps(pr + dst + 8 * v, gr[v]);
+            _mm256_storeu_ps(pt + dst + 8 * v, gt[v]);
+        }
+    }
+}
+
 /* All groups of one class in rows [i0, i0 + rows) with a fixed state, into the grouped
- * panel buffers (row k of the panel at offset k * 4 * g). */
+ * panel buffers (row k of the panel at offset k * 4 * g). Two vectors per step give the
+ * long dependency chains of the approximations independent work to overlap with. */
 RBE_INLINE RBE_TARGET_AVX2 void rbe_class_avx2(int family, int state, int want_grad, int c,
                                                const rbe_seed_v8 *sv, const rbe_tables *t,
                                                int i0, int rows, float *pw, float *pr,
@@ -196,21 +224,11 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_class_avx2(int family, int state, int want_g
     for (int k = 0; k < rows; k++) {
         int p = (c + i0 + k) & 3;               /* the group of class c in row i0 + k */
         ptrdiff_t src = ((ptrdiff_t)(i0 + k) * 4 + p) * g, dst = ((ptrdiff_t)k * 4 + p) * g;
-        for (int q0 = 0; q0 < g; q0 += 8) {
-            __m256 gr = _mm256_setzero_ps(), gt = gr, w = gr;
-            __m256 rho = _mm256_loadu_ps(t->rho + src + q0);
-            /* b = 0 on all 8 lanes makes the weights and both gradients exactly 0: skip f. */
-            __m256 b_raw = _mm256_sub_ps(sv->r_plus_theta, _mm256_mul_ps(sv->r, rho));
-            if (_mm256_movemask_ps(_mm256_cmp_ps(b_raw, gr, _CMP_GT_OQ)))
-                w = rbe_weight8(family, state, want_grad, sv, rho,
-                                _mm256_loadu_ps(t->sin_phi + src + q0),
-                                _mm256_loadu_ps(t->cos_phi + src + q0), &gr, &gt);
-            _mm256_storeu_ps(pw + dst + q0, w);
-            if (want_grad) {
-                _mm256_storeu_ps(pr + dst + q0, gr);
-                _mm256_storeu_ps(pt + dst + q0, gt);
-            }
-        }
+        int q0 = 0;
+        for (; q0 + 16 <= g; q0 += 16)
+            rbe_lanes_avx2(family, state, want_grad, sv, t, src + q0, dst + q0, 2, pw, pr, pt);
+        if (q0 < g)
+            rbe_lanes_avx2(family, state, want_grad, sv, t, src + q0, dst + q0, 1, pw, pr, pt);
     }
 }
 

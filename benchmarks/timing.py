@@ -1,0 +1,36 @@
+"""Interleaved timing shared by the benchmark scripts.
+
+Each round runs every case once, in order, so slow drifts of the machine (other processes,
+frequency changes) affect all cases alike; the figure reported is the median over rounds.
+"""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def interleaved_medians(cases: dict[str, Callable[[], object]], rounds: int = 7,
+                        warmup: int = 1) -> dict[str, float]:
+    """Median wall time in seconds of each case over interleaved rounds."""
+    for _ in range(warmup):
+        for fn in cases.values():
+            fn()
+    times = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    """Print rows as an aligned plain-text table."""
+    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in row) for row in rows]
+    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
+    for n, row in enumerate(cells):
+        print("  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths))))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
