@@ -53,7 +53,7 @@ class BuildExt(build_ext):
     def build_extensions(self):
         flags = openmp_flags(self.compiler)
         if self.compiler.compiler_type == "msvc":
-            opt = ["/O2", "/fp:precise"]
+            opt = ["/O2", "/fp:precise", "/std:c11"]
         else:
             # -fno-math-errno lets sqrt inline; no -ffast-math: the kernels rely on IEEE semantics.
             opt = ["-O3", "-fno-math-errno", "-std=c99"]

@@ -40,7 +40,7 @@ def main() -> None:
     rbe.set_num_threads(args.threads)
 
     packed = rbe.seeds.random(args.seeds, rng=0)
-    original = rbe.reference.make_seed(*_original_parameters(packed))
+    original = rbe.reference.from_packed128(packed)
     out = np.empty((args.seeds,) + SHAPE, np.float32)
     cases = {
         "original (reference C, serial)": lambda: rbe.reference.generate(original, SHAPE),
@@ -62,13 +62,6 @@ def main() -> None:
     print_table(("case", "ms", "G weights/s", "vs original"), rows)
     default = f"fast {info['simd']} {info['approx']}"
     print(f"default ({default}) vs original: {base / medians[default]:.1f}x")
-
-
-def _original_parameters(packed):
-    """The same r, theta and (original 2-bit) selectors in the original's layout."""
-    f = rbe.seeds.unpack(packed)
-    state_bits = ((f.sel.astype(np.uint64) & 3) << (2 * np.arange(4, dtype=np.uint64))).sum(axis=-1)
-    return f.r, f.theta, state_bits | (f.detail.astype(np.uint64) << 8)
 
 
 if __name__ == "__main__":

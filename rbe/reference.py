@@ -26,10 +26,10 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
-from .seeds import DTYPE
+from .seeds import DTYPE, unpack
 
 __all__ = [
-    "make_seed", "from_continuous", "q0x", "phase", "r_theta",
+    "make_seed", "from_continuous", "from_packed128", "q0x", "phase", "r_theta",
     "generate", "generate_advanced", "gradients", "fused_forward", "fused_forward_advanced",
     "analytical_gradients", "packed64_weights", "state_function",
     "state_transition", "advanced_transition", "adam_update",
@@ -151,6 +151,26 @@ def from_continuous(r, theta) -> np.ndarray:
     """The original ``Packed128::from_continuous``: hi = (q0x(r) << 44) | (phase(theta) << 20)."""
     hi = (q0x(r) << np.uint64(44)) | (phase(theta) << np.uint64(20))
     return make_seed(r, theta, hi)
+
+
+# Our states with an original counterpart (DESIGN 3): sin, cos, tanh, exp are its 0, 1, 2, 3.
+# States 3, 5, 6, 7 have none; they get an arbitrary one.
+ORIGINAL_STATE = np.array([0, 1, 2, 3, 3, 1, 2, 3], dtype=np.uint64)
+
+
+def from_packed128(seeds) -> np.ndarray:
+    """The original-layout seeds with the same r, theta, selectors and detail as ``seeds``.
+
+    ``seeds`` are in rbe's own layout (:mod:`rbe.seeds`). States 0, 1, 2, 4 become the
+    original's 0..3 and detail 0..255 its 0..4095, so for those states the two weight functions
+    agree; states 3, 5, 6, 7 have no counterpart and are mapped to an arbitrary original state
+    (fine for timing comparisons, not for values).
+    """
+    f = unpack(_seed_array(seeds))
+    shifts = np.uint64(2) * np.arange(4, dtype=np.uint64)
+    state_bits = np.bitwise_or.reduce(ORIGINAL_STATE[f.sel] << shifts, axis=-1)
+    detail = np.rint(f.detail * (4095.0 / 255.0)).astype(np.uint64)
+    return make_seed(f.r, f.theta, state_bits | (detail << np.uint64(8)))
 
 
 # ---- C-backed float32 functions -------------------------------------------------------------

@@ -112,18 +112,19 @@ def test_gradients_match_finite_differences(packed, shape):
     assert smooth.mean() > 0.9
 
 
-@pytest.mark.parametrize("detail_ours, detail_original", [(0, 0), (255, 4095)])
+@pytest.mark.parametrize("detail", [0, 255])
 @pytest.mark.parametrize("shape", [(8, 8), (7, 13), (64, 64)])
-def test_compatible_with_the_original(shape, detail_ours, detail_original):
+def test_compatible_with_the_original(shape, detail):
     """Selectors {0, 1, 2, 4} are the original's states 0..3; detail 0/255 its 0/4095."""
     rng = np.random.default_rng(5)
     n = 40
     r = rng.integers(0, 1 << 20, n) / 2**20            # exact in both layouts
     theta = rng.integers(-(1 << 23), 1 << 23, n) / 2**23
     original_sel = rng.integers(0, 4, (n, 4))
-    ours = seeds.pack(r, theta, np.array([0, 1, 2, 4])[original_sel], detail_ours)
-    state_bits = (original_sel << (2 * np.arange(4))).sum(axis=1) | (detail_original << 8)
+    ours = seeds.pack(r, theta, np.array([0, 1, 2, 4])[original_sel], detail)
+    state_bits = (original_sel << (2 * np.arange(4))).sum(axis=1) | (detail * 4095 // 255) << 8
     original = reference.make_seed(r, theta, state_bits)
+    np.testing.assert_array_equal(reference.from_packed128(ours), original)
     np.testing.assert_allclose(rbe.generate(ours, shape, mode="precise"),
                                reference.generate(original, shape), rtol=0, atol=2e-5)
     np.testing.assert_allclose(rbe.generate(ours, shape), reference.fused_forward_np(original, shape),
@@ -188,17 +189,21 @@ def test_kernel_info_reports_the_choices():
         assert rbe.kernel_info()["simd"] == "scalar"
 
 
-def run_python(code, **env):
+def run_python(code, cwd, **env):
+    """Run code in a fresh interpreter that imports the rbe under test (installed or built
+    in place), from a directory outside the source tree."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rbe.__file__)))
+    path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=os.environ | env, timeout=60)
+                          env=os.environ | env | {"PYTHONPATH": path}, cwd=cwd, timeout=60)
 
 
-def test_environment_overrides():
+def test_environment_overrides(tmp_path):
     done = run_python("import rbe; i = rbe.kernel_info(); print(i['simd'], i['approx'])",
-                      RBE_SIMD="scalar", RBE_APPROX="cordic")
+                      tmp_path, RBE_SIMD="scalar", RBE_APPROX="cordic")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["scalar", "cordic"]
-    bad = run_python("import rbe", RBE_SIMD="avx9")
+    bad = run_python("import rbe", tmp_path, RBE_SIMD="avx9")
     assert bad.returncode != 0 and "unknown SIMD path 'avx9'" in bad.stderr
 
 
