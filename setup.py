@@ -55,8 +55,10 @@ class BuildExt(build_ext):
         if self.compiler.compiler_type == "msvc":
             opt = ["/O2", "/fp:precise", "/std:c11"]
         else:
-            # -fno-math-errno lets sqrt inline; no -ffast-math: the kernels rely on IEEE semantics.
-            opt = ["-O3", "-fno-math-errno", "-std=c99"]
+            # -fno-math-errno lets sqrt inline and -fno-trapping-math lets the scalar kernels'
+            # branch-free loops vectorise; neither changes a value. No -ffast-math: the kernels
+            # rely on IEEE semantics, and -std=c99 keeps a*b+c unfused outside intrinsics.
+            opt = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-std=c99"]
         for ext in self.extensions:
             ext.extra_compile_args = opt + (flags[0] if flags else [])
             ext.extra_link_args = flags[1] if flags else []

@@ -36,6 +36,14 @@ enum { RBE_APPROX_POLY = 0, RBE_APPROX_LUT = 1, RBE_APPROX_CORDIC = 2, RBE_N_APP
 static inline float rbe_bits_to_float(int32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static inline int32_t rbe_float_to_bits(float f) { int32_t b; memcpy(&b, &f, 4); return b; }
 
+/* min(max(v, lo), hi) written with comparisons, which compilers turn into vector min/max
+ * (fminf/fmaxf have NaN rules that block that); v is never NaN here. */
+static inline float rbe_clampf(float v, float lo, float hi)
+{
+    v = v > lo ? v : lo;
+    return v < hi ? v : hi;
+}
+
 /* 2**k for integer k in the normal range. */
 static inline float rbe_pow2i(int k) { return rbe_bits_to_float((k + 127) << 23); }
 
@@ -56,7 +64,7 @@ static inline float rbe_split_exponent(float x, int *e)
  * 1.4e-7); 2**k is applied by adding k to the exponent bits. */
 static inline float rbe_exp_poly(float x)
 {
-    x = fminf(fmaxf(x, RBE_EXP_MIN), RBE_EXP_MAX);
+    x = rbe_clampf(x, RBE_EXP_MIN, RBE_EXP_MAX);
     float shifted = x * RBE_LOG2E + RBE_ROUND_SHIFTER;
     float k = shifted - RBE_ROUND_SHIFTER;
     float f = x - k * RBE_LN2_HI - k * RBE_LN2_LO;
@@ -103,7 +111,7 @@ static float rbe_lut_sin[RBE_LUT_N + 1], rbe_lut_cos[RBE_LUT_N + 1];
 
 static inline float rbe_lut_interp(const float *table, float pos)
 {
-    pos = fminf(fmaxf(pos, 0.0f), (float)RBE_LUT_N);
+    pos = rbe_clampf(pos, 0.0f, (float)RBE_LUT_N);
     int i = (int)pos < RBE_LUT_N - 1 ? (int)pos : RBE_LUT_N - 1;
     float frac = pos - (float)i;
     return table[i] + frac * (table[i + 1] - table[i]);
@@ -111,7 +119,7 @@ static inline float rbe_lut_interp(const float *table, float pos)
 
 static inline float rbe_exp_lut(float x)
 {
-    x = fminf(fmaxf(x, RBE_EXP_MIN), RBE_EXP_MAX);
+    x = rbe_clampf(x, RBE_EXP_MIN, RBE_EXP_MAX);
     float k = floorf(x * RBE_LOG2E);
     float f = x - k * RBE_LN2_HI - k * RBE_LN2_LO;   /* in [0, ln2) up to rounding */
     return rbe_lut_interp(rbe_lut_exp, f * (RBE_LUT_N / 0.69314718f)) * rbe_pow2i((int)k);
@@ -148,7 +156,7 @@ static inline int32_t rbe_to_fixed(float v) { return (int32_t)lrintf(v * (float)
 /* exp(x) = 2**k * (cosh f + sinh f), |f| <= ln2/2, by hyperbolic rotation. */
 static inline float rbe_exp_cordic(float x)
 {
-    x = fminf(fmaxf(x, RBE_EXP_MIN), RBE_EXP_MAX);
+    x = rbe_clampf(x, RBE_EXP_MIN, RBE_EXP_MAX);
     float k = floorf(x * RBE_LOG2E + 0.5f);
     int32_t z = rbe_to_fixed(x - k * RBE_LN2_HI - k * RBE_LN2_LO);
     int32_t cx = rbe_cordic_inv_gain_h, cy = 0;

@@ -147,7 +147,7 @@ RBE_INLINE float rbe_weight_fast(int family, int state, int want_grad, const rbe
                                  float rho, float sp, float cp, float *dr, float *dth)
 {
     float rr = s->r * rho, u = rr + s->theta;
-    float b_raw = s->r_plus_theta - rr, b = fminf(fmaxf(b_raw, 0.0f), 1.0f);
+    float b_raw = s->r_plus_theta - rr, b = rbe_clampf(b_raw, 0.0f, 1.0f);
     float dfdr = 0.0f, dfdth = 0.0f;
     float f = rbe_state_fast(family, state, want_grad, s, rho, sp, cp, rr, u, &dfdr, &dfdth);
     float m = b * f * s->delta;
@@ -157,26 +157,63 @@ RBE_INLINE float rbe_weight_fast(int family, int state, int want_grad, const rbe
         *dr = gw * (gb * (1.0f - rho) * f + b * dfdr);
         *dth = gw * (gb * f + b * dfdth);
     }
-    return fminf(fmaxf(m, 0.0f), 1.0f);
+    return rbe_clampf(m, 0.0f, 1.0f);
 }
 
-/* One block in natural [h][w] layout; dr and dth are written when want_grad. */
+/* All groups of one class in rows [i0, i0 + rows) with a fixed state, into grouped panel
+ * buffers; the inner loop has no branch on the state, so compilers can vectorise it (SSE2,
+ * NEON) where the family allows. */
+RBE_INLINE void rbe_class_scalar(int family, int state, int want_grad, int c,
+                                 const rbe_seed32 *s, const rbe_tables *t, int i0, int rows,
+                                 float *pw, float *pr, float *pt)
+{
+    const int g = t->g;
+    for (int k = 0; k < rows; k++) {
+        int p = (c + i0 + k) & 3;
+        ptrdiff_t src = ((ptrdiff_t)(i0 + k) * 4 + p) * g, dst = ((ptrdiff_t)k * 4 + p) * g;
+        for (int q = 0; q < g; q++) {
+            float gr = 0.0f, gt = 0.0f;
+            pw[dst + q] = rbe_weight_fast(family, state, want_grad, s, t->rho[src + q],
+                                          t->sin_phi[src + q], t->cos_phi[src + q], &gr, &gt);
+            if (want_grad) { pr[dst + q] = gr; pt[dst + q] = gt; }
+        }
+    }
+}
+
+/* One panel row from the grouped layout [4][g] to natural columns [w]. */
+static inline void rbe_ungroup_row_scalar(const float *grouped, int g, int w, float *row)
+{
+    for (int p = 0; p < 4; p++)
+        for (int q = 0, n = rbe_group_len(w, p); q < n; q++) row[4 * q + p] = grouped[p * g + q];
+}
+
+/* One block in natural [h][w] layout, class by class over panels of rows (as the AVX2
+ * kernel); dr and dth are written when want_grad. */
 RBE_INLINE void rbe_block_scalar_body(int family, int want_grad, const rbe_seed32 *s,
                                       const rbe_tables *t, float *W, float *dr, float *dth,
                                       float *scratch, int stream)
 {
-    (void)scratch;
     (void)stream;
-    for (int i = 0; i < t->h; i++) {
-        for (int p = 0; p < 4; p++) {
-            int state = s->sel[(p - i) & 3], n = rbe_group_len(t->w, p);
-            ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * t->g;
-            for (int q = 0; q < n; q++) {
-                ptrdiff_t k = (ptrdiff_t)i * t->w + 4 * q + p;
-                float gr = 0.0f, gt = 0.0f;
-                W[k] = rbe_weight_fast(family, state, want_grad, s, t->rho[off + q],
-                                       t->sin_phi[off + q], t->cos_phi[off + q], &gr, &gt);
-                if (want_grad) { dr[k] = gr; dth[k] = gt; }
+    const ptrdiff_t panel = (ptrdiff_t)RBE_PANEL_ROWS * 4 * t->g;
+    float *pw = scratch, *pr = scratch + panel, *pt = scratch + 2 * panel;
+    for (int i0 = 0; i0 < t->h; i0 += RBE_PANEL_ROWS) {
+        int rows = t->h - i0 < RBE_PANEL_ROWS ? t->h - i0 : RBE_PANEL_ROWS;
+        for (int c = 0; c < 4; c++) {
+#define RBE_CLASS_CASE(S) \
+    case S: rbe_class_scalar(family, S, want_grad, c, s, t, i0, rows, pw, pr, pt); break;
+            switch (s->sel[c]) {
+                RBE_CLASS_CASE(0) RBE_CLASS_CASE(1) RBE_CLASS_CASE(2) RBE_CLASS_CASE(3)
+                RBE_CLASS_CASE(4) RBE_CLASS_CASE(5) RBE_CLASS_CASE(6) default:
+                rbe_class_scalar(family, 7, want_grad, c, s, t, i0, rows, pw, pr, pt);
+            }
+#undef RBE_CLASS_CASE
+        }
+        for (int k = 0; k < rows; k++) {
+            ptrdiff_t row = (ptrdiff_t)(i0 + k) * t->w, off = (ptrdiff_t)k * 4 * t->g;
+            rbe_ungroup_row_scalar(pw + off, t->g, t->w, W + row);
+            if (want_grad) {
+                rbe_ungroup_row_scalar(pr + off, t->g, t->w, dr + row);
+                rbe_ungroup_row_scalar(pt + off, t->g, t->w, dth + row);
             }
         }
     }
