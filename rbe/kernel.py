@@ -87,10 +87,14 @@ _tables_cache: dict = {}
 
 
 def coordinates(shape) -> tuple:
-    """Normalised coordinates x (columns) and y (rows) of a block, 0 for a side of 1."""
+    """Normalised coordinates x (columns) and y (rows) of a block, 0 for a side of 1.
+
+    Written as (2j - (w-1)) / (w-1), which is exactly antisymmetric (x[w-1-j] == -x[j]); the
+    fast kernel relies on that to copy point-symmetric positions.
+    """
     h, w = shape
-    x = 2.0 * np.arange(w) / (w - 1) - 1.0 if w > 1 else np.zeros(1)
-    y = 2.0 * np.arange(h) / (h - 1) - 1.0 if h > 1 else np.zeros(1)
+    x = (2.0 * np.arange(w) - (w - 1)) / (w - 1) if w > 1 else np.zeros(1)
+    y = (2.0 * np.arange(h) - (h - 1)) / (h - 1) if h > 1 else np.zeros(1)
     return x, y
 
 
@@ -98,14 +102,17 @@ def _build_tables(h: int, w: int) -> ShapeTables:
     g = -(-(-(-w // 4)) // 8) * 8          # ceil(ceil(w / 4) / 8) * 8
     x, y = coordinates((h, w))
     xx, yy = np.meshgrid(x, y)
-    rho, phi = np.hypot(xx, yy), np.arctan2(yy, xx)
+    rho = np.hypot(xx, yy)
+    safe = np.where(rho > 0, rho, 1.0)
+    sin_phi = np.where(rho > 0, yy / safe, 0.0)     # phi = atan2(0, 0) = 0 at the centre
+    cos_phi = np.where(rho > 0, xx / safe, 1.0)
     grouped = np.zeros((3, h, 4, g))
     for p in range(min(4, w)):
         cols = slice(p, w, 4)
         n = len(range(p, w, 4))
         grouped[0, :, p, :n] = rho[:, cols]
-        grouped[1, :, p, :n] = np.sin(phi[:, cols])
-        grouped[2, :, p, :n] = np.cos(phi[:, cols])
+        grouped[1, :, p, :n] = sin_phi[:, cols]
+        grouped[2, :, p, :n] = cos_phi[:, cols]
     tables = np.ascontiguousarray(grouped, dtype=np.float32)
     for t in tables:
         t.flags.writeable = False

@@ -68,7 +68,8 @@ def test_precise_equals_design_formula(packed, shape):
 
 @pytest.mark.parametrize("simd", kernel.simd_paths())
 @pytest.mark.parametrize("approx", kernel.APPROX_FAMILIES)
-@pytest.mark.parametrize("shape", SHAPES + [(9, 300)])
+# (20, 32) and (37, 64) exercise the point-symmetric copy with a middle band and with odd h.
+@pytest.mark.parametrize("shape", SHAPES + [(9, 300), (20, 32), (37, 64)])
 def test_fast_within_bound_of_precise(packed, shape, approx, simd):
     W, dr, dth = rbe.generate_with_grad(packed, shape, mode="precise")
     _, kink = design_formula(packed, shape)
@@ -82,6 +83,22 @@ def test_fast_within_bound_of_precise(packed, shape, approx, simd):
         scaled = np.abs(fast - precise) / np.maximum(1.0, np.abs(precise))
         assert scaled[smooth].max() <= FAST_TOL
     assert smooth.mean() > 0.99
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (37, 64), (6, 96)])
+def test_fast_point_symmetry(shape):
+    """W(h-1-i, w-1-j) == W(i, j) exactly wherever both positions' classes share a state."""
+    h, w = shape
+    packed = seeds_covering_all_states(rng=3)
+    fields = seeds.unpack(packed)
+    i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    state = fields.sel[:, (31 * i + j) % 4]
+    mirrored_state = state[:, ::-1, ::-1]
+    for simd in kernel.simd_paths():
+        with kernel.use_simd(simd):
+            for out in rbe.generate_with_grad(packed, shape):
+                same = state == mirrored_state
+                np.testing.assert_array_equal(out[same], out[:, ::-1, ::-1][same])
 
 
 def test_fast_large_output_uses_the_same_values(packed):

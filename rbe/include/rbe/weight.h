@@ -19,6 +19,7 @@
 #include <math.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "rbe/approx.h"
 #include "rbe/fixed_point.h"
@@ -48,8 +49,9 @@ static inline void rbe_seed32_init(uint64_t hi, int family, rbe_seed32 *s)
 /* Rows evaluated class by class before they are transposed to natural order. */
 #define RBE_PANEL_ROWS 8
 
-/* Floats of per-thread scratch a fast block kernel needs (three grouped panels). */
-static inline ptrdiff_t rbe_scratch_floats(int g) { return (ptrdiff_t)3 * RBE_PANEL_ROWS * 4 * g; }
+/* Floats of per-thread scratch a fast block kernel needs: two panels (a top one and its
+ * mirror) of weights and both gradients. */
+static inline ptrdiff_t rbe_scratch_floats(int g) { return (ptrdiff_t)6 * RBE_PANEL_ROWS * 4 * g; }
 
 /* Number of columns j < w with j mod 4 == p. */
 static inline int rbe_group_len(int w, int p) { return p < w ? (w - p + 3) / 4 : 0; }
@@ -194,6 +196,12 @@ RBE_INLINE void rbe_block_scalar_body(int family, int want_grad, const rbe_seed3
                                       float *scratch, int stream)
 {
     (void)stream;
+    if (s->r_plus_theta <= 0.0f) {   /* b = 0 everywhere (r, rho >= 0): all outputs are 0 */
+        size_t bytes = (size_t)t->h * (size_t)t->w * sizeof(float);
+        memset(W, 0, bytes);
+        if (want_grad) { memset(dr, 0, bytes); memset(dth, 0, bytes); }
+        return;
+    }
     const ptrdiff_t panel = (ptrdiff_t)RBE_PANEL_ROWS * 4 * t->g;
     float *pw = scratch, *pr = scratch + panel, *pt = scratch + 2 * panel;
     for (int i0 = 0; i0 < t->h; i0 += RBE_PANEL_ROWS) {

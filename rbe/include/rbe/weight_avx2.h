@@ -232,37 +232,131 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_class_avx2(int family, int state, int want_g
     }
 }
 
-/* Class-major evaluation: one switch per class and panel, so every inner loop runs a single
- * state without branches; then the panel is transposed to natural column order. */
+/* Panel buffers: grouped rows [RBE_PANEL_ROWS][4][g] of weights and both gradients. */
+typedef struct {
+    float *w, *dr, *dth;
+} rbe_panel;
+
+static inline rbe_panel rbe_panel_at(float *scratch, int g, int index)
+{
+    ptrdiff_t size = (ptrdiff_t)RBE_PANEL_ROWS * 4 * g;
+    float *base = scratch + 3 * size * index;
+    rbe_panel p = {base, base + size, base + 2 * size};
+    return p;
+}
+
+/* Class c of rows [i0, i0 + rows) with its state: one switch, then branch-free loops. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_panel_class_avx2(int family, int want_grad, const rbe_seed32 *s,
+                                                     const rbe_seed_v8 *sv, const rbe_tables *t,
+                                                     int c, int i0, int rows, rbe_panel b)
+{
+#define RBE_CLASS_CASE(S) \
+    case S: rbe_class_avx2(family, S, want_grad, c, sv, t, i0, rows, b.w, b.dr, b.dth); break;
+    switch (s->sel[c]) {
+        RBE_CLASS_CASE(0) RBE_CLASS_CASE(1) RBE_CLASS_CASE(2) RBE_CLASS_CASE(3)
+        RBE_CLASS_CASE(4) RBE_CLASS_CASE(5) RBE_CLASS_CASE(6) default:
+        rbe_class_avx2(family, 7, want_grad, c, sv, t, i0, rows, b.w, b.dr, b.dth);
+    }
+#undef RBE_CLASS_CASE
+}
+
+static inline RBE_TARGET_AVX2 void rbe_panel_ungroup_avx2(int want_grad, const rbe_tables *t,
+                                                          int i0, int rows, rbe_panel b,
+                                                          float *W, float *dr, float *dth,
+                                                          int stream)
+{
+    for (int k = 0; k < rows; k++) {
+        ptrdiff_t row = (ptrdiff_t)(i0 + k) * t->w, off = (ptrdiff_t)k * 4 * t->g;
+        rbe_ungroup_row(b.w + off, t->g, t->w, W + row, stream);
+        if (want_grad) {
+            rbe_ungroup_row(b.dr + off, t->g, t->w, dr + row, stream);
+            rbe_ungroup_row(b.dth + off, t->g, t->w, dth + row, stream);
+        }
+    }
+}
+
+/* dst[q] = src[g - 1 - q] for a whole group (g a multiple of 8). */
+static inline RBE_TARGET_AVX2 void rbe_reverse_group(const float *src, float *dst, int g)
+{
+    const __m256i reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
+    for (int v = 0; v < g; v += 8)
+        _mm256_storeu_ps(dst + g - 8 - v, _mm256_permutevar8x32_ps(_mm256_loadu_ps(src + v), reverse));
+}
+
+/* Class c of the bottom panel rows [ib, ib + RBE_PANEL_ROWS) copied from the top panel that
+ * mirrors them: bottom row ib + k is the point reflection of top row RBE_PANEL_ROWS - 1 - k,
+ * its group p that of group 3 - p with the lanes reversed. */
+static inline RBE_TARGET_AVX2 void rbe_panel_mirror_avx2(int want_grad, int g, int c, int ib,
+                                                         rbe_panel top, rbe_panel bottom)
+{
+    for (int k = 0; k < RBE_PANEL_ROWS; k++) {
+        int p = (c + ib + k) & 3;
+        ptrdiff_t dst = ((ptrdiff_t)k * 4 + p) * g;
+        ptrdiff_t src = ((ptrdiff_t)(RBE_PANEL_ROWS - 1 - k) * 4 + (3 - p)) * g;
+        rbe_reverse_group(top.w + src, bottom.w + dst, g);
+        if (want_grad) {
+            rbe_reverse_group(top.dr + src, bottom.dr + dst, g);
+            rbe_reverse_group(top.dth + src, bottom.dth + dst, g);
+        }
+    }
+}
+
+/* n zeros; non-temporal where stream is set and the address is aligned. */
+static inline RBE_TARGET_AVX2 void rbe_fill_zero_avx2(float *dst, ptrdiff_t n, int stream)
+{
+    if (!stream) {
+        memset(dst, 0, (size_t)n * sizeof(float));
+        return;
+    }
+    ptrdiff_t k = 0;
+    for (; k < n && ((uintptr_t)(dst + k) & 31); k++) dst[k] = 0.0f;
+    for (; k + 8 <= n; k += 8) _mm256_stream_ps(dst + k, _mm256_setzero_ps());
+    for (; k < n; k++) dst[k] = 0.0f;
+}
+
+/* Class-major evaluation over panels of rows, then a transpose to natural column order.
+ *
+ * Point symmetry: position (h-1-i, w-1-j) has the same rho and phi + pi, so every state gives
+ * it the same weight and gradients as (i, j) (|sin| and |cos| ignore the half turn; the
+ * tables are exactly antisymmetric). Its class is (-h - c) mod 4, so when that class has the
+ * same state the bottom row is copied from the top one. That covers two of the four classes
+ * when h is even, more when states repeat. Used when w is a multiple of 32 (groups fill their
+ * vectors); other shapes evaluate every row. */
 RBE_INLINE RBE_TARGET_AVX2 void rbe_block_avx2_body(int family, int want_grad,
                                                     const rbe_seed32 *s, const rbe_tables *t,
                                                     float *W, float *dr, float *dth,
                                                     float *scratch, int stream)
 {
+    const int P = RBE_PANEL_ROWS;
+    if (s->r_plus_theta <= 0.0f) {   /* b = 0 everywhere (r, rho >= 0): all outputs are 0 */
+        ptrdiff_t n = (ptrdiff_t)t->h * t->w;
+        rbe_fill_zero_avx2(W, n, stream);
+        if (want_grad) { rbe_fill_zero_avx2(dr, n, stream); rbe_fill_zero_avx2(dth, n, stream); }
+        if (stream) _mm_sfence();
+        return;
+    }
     rbe_seed_v8 sv;
     rbe_seed_v8_init(s, &sv);
-    const ptrdiff_t panel = (ptrdiff_t)RBE_PANEL_ROWS * 4 * t->g;
-    float *pw = scratch, *pr = scratch + panel, *pt = scratch + 2 * panel;
-    for (int i0 = 0; i0 < t->h; i0 += RBE_PANEL_ROWS) {
-        int rows = t->h - i0 < RBE_PANEL_ROWS ? t->h - i0 : RBE_PANEL_ROWS;
+    rbe_panel top = rbe_panel_at(scratch, t->g, 0), bottom = rbe_panel_at(scratch, t->g, 1);
+    int i0 = 0;
+    for (; t->w % 32 == 0 && 2 * (i0 + P) <= t->h; i0 += P) {
+        int ib = t->h - i0 - P;
+        for (int c = 0; c < 4; c++)
+            rbe_panel_class_avx2(family, want_grad, s, &sv, t, c, i0, P, top);
         for (int c = 0; c < 4; c++) {
-#define RBE_CLASS_CASE(S) \
-    case S: rbe_class_avx2(family, S, want_grad, c, &sv, t, i0, rows, pw, pr, pt); break;
-            switch (s->sel[c]) {
-                RBE_CLASS_CASE(0) RBE_CLASS_CASE(1) RBE_CLASS_CASE(2) RBE_CLASS_CASE(3)
-                RBE_CLASS_CASE(4) RBE_CLASS_CASE(5) RBE_CLASS_CASE(6) default:
-                rbe_class_avx2(family, 7, want_grad, c, &sv, t, i0, rows, pw, pr, pt);
-            }
-#undef RBE_CLASS_CASE
+            if (s->sel[c] == s->sel[(-t->h - c) & 3])
+                rbe_panel_mirror_avx2(want_grad, t->g, c, ib, top, bottom);
+            else
+                rbe_panel_class_avx2(family, want_grad, s, &sv, t, c, ib, P, bottom);
         }
-        for (int k = 0; k < rows; k++) {
-            ptrdiff_t row = (ptrdiff_t)(i0 + k) * t->w, off = (ptrdiff_t)k * 4 * t->g;
-            rbe_ungroup_row(pw + off, t->g, t->w, W + row, stream);
-            if (want_grad) {
-                rbe_ungroup_row(pr + off, t->g, t->w, dr + row, stream);
-                rbe_ungroup_row(pt + off, t->g, t->w, dth + row, stream);
-            }
-        }
+        rbe_panel_ungroup_avx2(want_grad, t, i0, P, top, W, dr, dth, stream);
+        rbe_panel_ungroup_avx2(want_grad, t, ib, P, bottom, W, dr, dth, stream);
+    }
+    for (int end = t->h - i0; i0 < end; i0 += P) {      /* rows no mirror pair covers */
+        int rows = end - i0 < P ? end - i0 : P;
+        for (int c = 0; c < 4; c++)
+            rbe_panel_class_avx2(family, want_grad, s, &sv, t, c, i0, rows, top);
+        rbe_panel_ungroup_avx2(want_grad, t, i0, rows, top, W, dr, dth, stream);
     }
     if (stream) _mm_sfence();   /* order the non-temporal stores before the caller's */
 }
