@@ -1,0 +1,49 @@
+"""Type stubs for the compiled core (rbe/_core.pyx and the .pxi files it includes).
+
+Arrays are numpy arrays; the core checks dtypes, contiguity and sizes and raises ValueError.
+"""
+import numpy as np
+from numpy.typing import NDArray
+
+SIMD_PATHS: dict[str, int]
+APPROX_FAMILIES: dict[str, int]
+BEST_SIMD: str
+
+def openmp_enabled() -> bool: ...
+def set_num_threads(n: int) -> None: ...
+def get_num_threads() -> int: ...
+
+# seed-block weight kernel (rbe/include/rbe/dispatch.h)
+def generate_fast(hi: NDArray[np.uint64], rho: NDArray[np.float32], sin_phi: NDArray[np.float32],
+                  cos_phi: NDArray[np.float32], out: NDArray[np.float32],
+                  dr: NDArray[np.float32] | None = ..., dth: NDArray[np.float32] | None = ...,
+                  simd: int = ..., family: int = ...) -> None: ...
+def generate_precise(hi: NDArray[np.uint64], out: NDArray[np.float64],
+                     dr: NDArray[np.float64] | None = ...,
+                     dth: NDArray[np.float64] | None = ...) -> None: ...
+
+# the original algorithm (rbe/include/rbe/reference.h)
+def ref_generate(kind: int, seeds: NDArray[np.uint64], rows: int, cols: int,
+                 out: NDArray[np.float32]) -> None: ...
+def ref_pointwise(kind: int, seeds: NDArray[np.uint64], i: NDArray[np.int64],
+                  j: NDArray[np.int64], rows: int, cols: int, out: NDArray[np.float32]) -> None: ...
+def ref_state_function(state: NDArray[np.int32], value: NDArray[np.float32],
+                       phase: NDArray[np.float32], out: NDArray[np.float32]) -> None: ...
+def ref_state_transition(hi: NDArray[np.uint64], g: NDArray[np.float32], i: NDArray[np.int64],
+                         j: NDArray[np.int64], advanced: bool) -> None: ...
+def ref_adam(p: float, m: float, v: float, g: float, lr: float, t: int) -> tuple[float, float, float]: ...
+def ref_fused_backward(target: NDArray[np.float32], pred: NDArray[np.float32],
+                       seed: NDArray[np.uint64], rows: int, cols: int, lr: float,
+                       analytic: bool) -> float: ...
+def ref_fused_backward_adam(target: NDArray[np.float32], pred: NDArray[np.float32],
+                            seed: NDArray[np.uint64], moments: NDArray[np.float32], rows: int,
+                            cols: int, epoch: int, lr: float) -> float: ...
+def ref_layer_forward(seeds: NDArray[np.uint64], bh: int, bw: int, x: NDArray[np.float64],
+                      y: NDArray[np.float64]) -> None: ...
+def ref_layer_backward_precise(seeds: NDArray[np.uint64], bh: int, bw: int,
+                               x: NDArray[np.float64], dy: NDArray[np.float64], lr: float,
+                               dx: NDArray[np.float64]) -> None: ...
+def ref_layer_backward_adam(seeds: NDArray[np.uint64], bh: int, bw: int,
+                            x: NDArray[np.float64], dy: NDArray[np.float64],
+                            moments: NDArray[np.float32], epoch: int, lr: float,
+                            dx: NDArray[np.float64]) -> None: ...
