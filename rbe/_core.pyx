@@ -40,3 +40,4 @@ def get_num_threads():
 
 cdef inline int _threads() noexcept nogil:
     return _num_threads if _num_threads > 0 else rbe_max_threads()
+include "_hybrid.pxi"

@@ -18,8 +18,8 @@ and returned read-only.
 """
 from __future__ import annotations
 
+import dataclasses
 import threading
-from dataclasses import dataclass
 
 import numpy as np
 import pywt
@@ -50,7 +50,7 @@ def _read_only(a):
     return a
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Operator1D:
     """Analysis F (coefficients = F @ x) and synthesis G = F^-1 for one axis length."""
 
@@ -107,8 +107,9 @@ def _build_operator(n, kind, wavelet):
                       _read_only(analysis), _read_only(synthesis), orthonormal)
 
 
-def operator(n: int, kind: str, wavelet: str = DEFAULT_WAVELET) -> Operator1D:
-    """The cached 1-D operator of ``kind`` ("dct" or "dwt") for axis length n."""
+def operator(n: int, kind: str, wavelet: str = DEFAULT_WAVELET,
+             dtype=np.float64) -> Operator1D:
+    """The cached 1-D operator of ``kind`` ("dct" or "dwt") for axis length n, in ``dtype``."""
     if kind not in TRANSFORM_IDS:
         raise ValueError(f"unknown transform {kind!r}, expected one of {TRANSFORMS}")
     if n < 1:
@@ -117,7 +118,13 @@ def operator(n: int, kind: str, wavelet: str = DEFAULT_WAVELET) -> Operator1D:
         wavelet = ""
     else:
         check_wavelet(wavelet)
-    return _cached(("op", n, kind, wavelet), lambda: _build_operator(n, kind, wavelet))
+    dtype = np.dtype(dtype)
+    if dtype != np.float64:
+        exact = operator(n, kind, wavelet)
+        return _cached(("op", n, kind, wavelet, dtype), lambda: dataclasses.replace(
+            exact, analysis=_read_only(exact.analysis.astype(dtype)),
+            synthesis=_read_only(exact.synthesis.astype(dtype))))
+    return _cached(("op", n, kind, wavelet, dtype), lambda: _build_operator(n, kind, wavelet))
 
 
 def analyze(blocks: np.ndarray, kind: str, wavelet: str = DEFAULT_WAVELET) -> np.ndarray:
@@ -151,11 +158,14 @@ def _build_basis(h, w):
     return _read_only(np.stack(funcs))
 
 
-def basis(h: int, w: int) -> np.ndarray:
-    """The 8 smooth basis functions on an h x w block, shape (8, h, w), float64."""
+def basis(h: int, w: int, dtype=np.float64) -> np.ndarray:
+    """The 8 smooth basis functions on an h x w block, shape (8, h, w)."""
     if h < 1 or w < 1:
         raise ValueError(f"block shape must be positive, got {(h, w)}")
-    return _cached(("basis", h, w), lambda: _build_basis(h, w))
+    dtype = np.dtype(dtype)
+    if dtype != np.float64:
+        return _cached(("basis", h, w, dtype), lambda: _read_only(basis(h, w).astype(dtype)))
+    return _cached(("basis", h, w, dtype), lambda: _build_basis(h, w))
 
 
 def basis_pinv(h: int, w: int) -> np.ndarray:
@@ -169,3 +179,26 @@ def basis_pinv(h: int, w: int) -> np.ndarray:
         rcond = np.finfo(np.float64).eps * max(design.shape)
         return _read_only(np.linalg.pinv(design, rcond=rcond))
     return _cached(("pinv", h, w), build)
+
+
+def basis_factors(h: int, w: int, dtype=np.float64):
+    """Low-rank factors of the basis: basis(h, w)[k] == left[:, k*r:(k+1)*r] @ right.
+
+    Seven of the eight functions are sums of products f(y) g(x), so the stacked (8h, w) basis
+    has a small numerical rank r (about 15 for 64 x 64; rho is the only non-separable one).
+    Products then cost r per block column and 8r per block instead of 8h. The rank cut-off is
+    numpy's ``matrix_rank`` one, so the factors reproduce the basis to float64 rounding.
+
+    Returns
+    -------
+    left : (h, 8 * r) array, the 8 left factors side by side
+    right : (r, w) array, shared by the 8 functions
+    """
+    def build():
+        stacked = basis(h, w).reshape(NUM_BASIS * h, w)
+        u, s, vt = np.linalg.svd(stacked, full_matrices=False)
+        rank = max(1, int((s > s[0] * max(stacked.shape) * np.finfo(np.float64).eps).sum()))
+        left = (u[:, :rank] * s[:rank]).reshape(NUM_BASIS, h, rank).transpose(1, 0, 2)
+        left = left.reshape(h, NUM_BASIS * rank)
+        return _read_only(left.astype(dtype)), _read_only(vt[:rank].astype(dtype))
+    return _cached(("factors", h, w, np.dtype(dtype)), build)
