@@ -172,3 +172,9 @@ def test_hybrid_matrix_validates_its_arrays():
         rbe.HybridMatrix(**{**parts, "transform": bad_ids})
     with pytest.raises(ValueError, match="shape"):
         encoded.rmse(np.ones((4, 4)))
+
+
+def test_progress_bar_counts_every_block(capsys):
+    W = np.random.default_rng(9).standard_normal((40, 40))
+    rbe.encode(W, block=(8, 8), k=4, progress=True)
+    assert "25/25" in capsys.readouterr().err

@@ -76,9 +76,12 @@ static inline void rbe_hybrid_split(const rbe_hybrid_block *b, uint16_t index, i
 
 #define RBE_HYBRID_CHUNK 256
 
-/* Below this many multiply-adds (entries x batch) a call runs on one thread: waking a team and
- * competing with the BLAS threads of the surrounding transforms costs more than the loop. */
-#define RBE_HYBRID_PARALLEL_MIN (INT64_C(1) << 21)
+/* Below this many multiply-adds (entries x batch) a call runs on one thread. The transforms
+ * around each call run in BLAS, whose threads keep spinning for a while after every call; a team
+ * started right after them competes for the same cores. Measured on 2 cores with OpenBLAS: a
+ * 4096^2 batch-64 product took 7.4 ms with one kernel thread and 15 ms with two, a GEMV 0.8 ms
+ * and 8 to 60 ms. Only products large enough to outlast that contention use the team. */
+#define RBE_HYBRID_PARALLEL_MIN (INT64_C(1) << 26)
 
 #define RBE_HYBRID_KERNELS(T, SUFFIX)                                                          \
 /* dst[r * stride] += sum of the block's v * src[c * stride] (batch of one): products first,   \
