@@ -25,11 +25,32 @@ from .encoder import BlockGrid, HybridMatrix, encode
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
+_SERIAL_GEMM = 1 << 18      # OpenBLAS runs a GEMM of up to 2^18 multiply-adds on one thread
+_SMALL_GEMM = 1 << 22
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b; a small product runs as pieces of rows that BLAS keeps on the calling thread.
+
+    The products of a batch-less forward are small and several per call; handing each to the
+    BLAS thread pool makes them wait for its threads (milliseconds when the cores are busy).
+    """
+    m, k = a.shape
+    size = m * k * b.shape[1]
+    if size > _SMALL_GEMM or size <= _SERIAL_GEMM:
+        return a @ b
+    out = np.empty((m, b.shape[1]), np.result_type(a, b))
+    step = max(1, _SERIAL_GEMM // (k * b.shape[1]))
+    for start in range(0, m, step):
+        np.matmul(a[start:start + step], b, out=out[start:start + step])
+    return out
+
+
 def _left(matrix: np.ndarray, stack: np.ndarray) -> np.ndarray:
     """matrix @ stack[i] for every i of a (n, p, batch) stack; one GEMM when batch == 1."""
     n, p, batch = stack.shape
     if batch == 1:
-        return (stack.reshape(n, p) @ matrix.T).reshape(n, -1, 1)
+        return _matmul(stack.reshape(n, p), matrix.T).reshape(n, -1, 1)
     return np.matmul(matrix, stack)
 
 
@@ -251,7 +272,7 @@ class HybridLinear:
             left, right = tf.basis_factors(group.h, group.w, xt.dtype)
             p = _left(right, xt[cols].reshape(nc, group.w, batch))
             coef = self._coef_rows(sel, nr, nc, xt.dtype)
-            s = coef @ p.reshape(nc, -1)
+            s = _matmul(coef, p.reshape(nc, -1))
             yt[rows] += _left(left, s.reshape(nr, left.shape[1], batch)).reshape(-1, batch)
         return yt
 

@@ -74,8 +74,6 @@ static inline void rbe_hybrid_split(const rbe_hybrid_block *b, uint16_t index, i
     *c = *ok ? index - row * b->w : 0;
 }
 
-#define RBE_HYBRID_CHUNK 256
-
 /* Below this many multiply-adds (entries x batch) a call runs on one thread. The transforms
  * around each call run in BLAS, whose threads keep spinning for a while after every call; a team
  * started right after them competes for the same cores. Measured on 2 cores with OpenBLAS: a
@@ -84,23 +82,17 @@ static inline void rbe_hybrid_split(const rbe_hybrid_block *b, uint16_t index, i
 #define RBE_HYBRID_PARALLEL_MIN (INT64_C(1) << 26)
 
 #define RBE_HYBRID_KERNELS(T, SUFFIX)                                                          \
-/* dst[r * stride] += sum of the block's v * src[c * stride] (batch of one): products first,   \
- * then the scatter, so that repeated rows do not chain loads on stores. */                    \
+/* dst[r * stride] += v * src[c * stride] for every entry of the block (batch of one). Entries  \
+ * outside the block contribute 0 at position 0 (branch-free). */                              \
 static inline void rbe_hybrid_scatter1_##SUFFIX(const rbe_hybrid_block *b, const T *src,       \
                                                 T *dst, int64_t stride, int transpose) {       \
-    T prod[RBE_HYBRID_CHUNK];                                                                  \
-    int64_t target[RBE_HYBRID_CHUNK];                                                          \
-    for (int64_t e0 = 0; e0 < b->count; e0 += RBE_HYBRID_CHUNK) {                              \
-        const int64_t n = b->count - e0 < RBE_HYBRID_CHUNK ? b->count - e0 : RBE_HYBRID_CHUNK; \
-        for (int64_t e = 0; e < n; ++e) {                                                      \
-            int64_t r, c;                                                                      \
-            int ok;                                                                            \
-            rbe_hybrid_split(b, b->index[e0 + e], &r, &c, &ok);                                \
-            const int64_t from = transpose ? r : c, to = transpose ? c : r;                    \
-            target[e] = to * stride;                                                           \
-            prod[e] = ok ? (T)b->values[e0 + e] * src[from * stride] : (T)0;                   \
-        }                                                                                      \
-        for (int64_t e = 0; e < n; ++e) dst[target[e]] += prod[e];                             \
+    for (int64_t e = 0; e < b->count; ++e) {                                                   \
+        int64_t r, c;                                                                          \
+        int ok;                                                                                \
+        rbe_hybrid_split(b, b->index[e], &r, &c, &ok);                                         \
+        const T v = ok ? (T)b->values[e] : (T)0;                                               \
+        if (transpose) dst[c * stride] += v * src[r * stride];                                 \
+        else dst[r * stride] += v * src[c * stride];                                           \
     }                                                                                          \
 }                                                                                              \
                                                                                                \
