@@ -8,7 +8,8 @@ transform. Then, for an input slice x_bj and output slice y_bi,
 
 so no block is ever rebuilt: G_w^T x is computed once per block column and transform, the
 sparse products S_b z cost O(k) per block (C core), G_h is applied once per block row and
-transform, and the basis projections B_k x_bj are shared down a block column (8*h per block).
+transform. The basis part uses low-rank factors B_k = L_k R (``tf.basis_factors``): R x_bj is
+shared down a block column and each block costs 8 * rank multiply-adds.
 Backward uses the same identities with the roles of analysis and synthesis swapped.
 
 Internally the layer works feature-major (features x batch) so that the sparse loops read and
@@ -23,10 +24,8 @@ from . import transforms as tf
 from .encoder import BlockGrid, HybridMatrix, encode
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 _SERIAL_GEMM = 1 << 18      # OpenBLAS runs a GEMM of up to 2^18 multiply-adds on one thread
-_SMALL_GEMM = 1 << 22
+_SMALL_GEMM = 1 << 22       # larger products gain from the BLAS threads
 
 
 def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
