@@ -1,11 +1,14 @@
 """rbe: compressed weight blocks that compute without decompressing."""
-from . import reference, seeds
+from . import optim, reference, seeds
 from ._core import get_num_threads, set_num_threads
+from .encoder import HybridMatrix, encode
+from .hybrid import HybridLinear
 from .kernel import generate, generate_with_grad, kernel_info
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "reference", "seeds", "generate", "generate_with_grad", "kernel_info",
+    "optim", "reference", "seeds", "generate", "generate_with_grad", "kernel_info",
+    "encode", "HybridMatrix", "HybridLinear",
     "get_num_threads", "set_num_threads", "__version__",
 ]

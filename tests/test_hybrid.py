@@ -1,0 +1,210 @@
+import threading
+
+import numpy as np
+import pytest
+
+import rbe
+from rbe import _core
+from rbe.optim import SGD, Adam
+
+CASES = [((64, 64), (16, 16)), ((100, 70), (16, 16)), ((33, 65), (32, 32)), ((5, 3), (4, 4)),
+         ((48, 40), (8, 24))]
+TRANSFORMS = [("dct", "db2"), ("dwt", "db2"), ("dwt", "bior3.1"), ("adaptive", "haar")]
+
+
+def layer_for(shape, block, transform="adaptive", wavelet="db2", k=20, seed=0):
+    rng = np.random.default_rng(seed)
+    W = rng.standard_normal(shape)
+    return rbe.HybridLinear.from_dense(W, bias=rng.standard_normal(shape[0]), block=block, k=k,
+                                       transform=transform, wavelet=wavelet)
+
+
+def rel_err(a, b):
+    return np.abs(a - b).max() / np.abs(b).max()
+
+
+@pytest.mark.parametrize("shape,block", CASES)
+@pytest.mark.parametrize("transform,wavelet", TRANSFORMS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_products_equal_dense_products(shape, block, transform, wavelet, dtype):
+    layer = layer_for(shape, block, transform, wavelet)
+    dense = layer.to_dense().astype(np.float64)
+    rng = np.random.default_rng(1)
+    for X in (rng.standard_normal(shape[1]), rng.standard_normal((7, shape[1]))):
+        X = X.astype(dtype)
+        Y = layer.forward(X)
+        assert Y.dtype == dtype and Y.shape == X.shape[:-1] + (shape[0],)
+        assert rel_err(Y, X @ dense.T + layer.bias) <= 2e-5
+        dY = rng.standard_normal(Y.shape).astype(dtype)
+        dX = layer.backward(X, dY)
+        assert dX.dtype == dtype and dX.shape == X.shape
+        assert rel_err(dX, dY @ dense) <= 2e-5
+
+
+def test_batch_of_one_equals_vector():
+    layer = layer_for((100, 70), (16, 16))
+    x = np.random.default_rng(2).standard_normal(70)
+    np.testing.assert_allclose(layer.forward(x[None])[0], layer.forward(x), rtol=1e-12)
+
+
+def loss(layer, X, G):
+    return float(np.sum(layer.forward(X) * G))
+
+
+@pytest.mark.parametrize("transform,wavelet", TRANSFORMS)
+def test_parameter_gradients_equal_finite_differences(transform, wavelet):
+    layer = layer_for((40, 36), (16, 16), transform, wavelet, k=12)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((4, 36))
+    G = rng.standard_normal((4, 40))
+    layer.backward(X, G)
+    eps = 2.0 ** -8          # exact in float32 for these magnitudes; the loss is linear
+    for name, p in layer.parameters().items():
+        flat = p.reshape(-1)
+        for i in rng.choice(flat.size, 12, replace=False):
+            saved = flat[i]
+            flat[i] = saved + eps
+            up = loss(layer, X, G)
+            flat[i] = saved - eps
+            down = loss(layer, X, G)
+            flat[i] = saved
+            fd = (up - down) / (2 * eps)
+            assert layer.grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-4, abs=1e-4), name
+
+
+def test_gradients_of_padding_entries_are_zero():
+    layer = layer_for((17, 33), (16, 16), k=40)           # 1 x 1 corner block, 16 x 1 edge
+    layer.backward(np.ones(33), np.ones(17))
+    assert layer._padding.any()
+    np.testing.assert_array_equal(layer.grads["values"][layer._padding], 0)
+
+
+def test_scratch_layer_uses_low_frequencies_and_matches_its_dense_form():
+    layer = rbe.HybridLinear(70, 100, block=(16, 16), k=6, transform="dct", seed=0)
+    np.testing.assert_array_equal(layer.index[0], [0, 1, 2, 16, 17, 32])    # r + c <= 2
+    assert not layer.coef.any() and layer.bias.shape == (100,)
+    X = np.random.default_rng(4).standard_normal((3, 70))
+    expected = X @ layer.to_dense().astype(np.float64).T + layer.bias
+    assert rel_err(layer.forward(X), expected) <= 2e-5
+    std = layer.to_dense().std()
+    assert 0.3 < std * np.sqrt(3 * 70) < 3                 # nn.Linear-like scale
+
+
+@pytest.mark.parametrize("optimizer,lr", [(SGD, 3e-4), (Adam, 1e-2)])
+def test_training_with_rbe_optim_fits_a_smooth_target(optimizer, lr):
+    rng = np.random.default_rng(5)
+    y, x = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 48), indexing="ij")
+    target = (np.cos(2 * x) * y).astype(np.float32)
+    layer = rbe.HybridLinear(48, 32, block=(16, 16), k=16, transform="dct", seed=1)
+    opt = optimizer(layer, lr=lr)
+    X = rng.standard_normal((64, 48)).astype(np.float32)
+    losses = []
+    for _ in range(200):
+        residual = layer.forward(X) - X @ target.T
+        losses.append(float(np.mean(np.sum(residual ** 2, axis=1))))
+        layer.backward(X, 2 * residual / len(X))
+        opt.step()
+    assert losses[-1] < 0.5 * losses[0]
+    assert np.isfinite(layer.values).all() and np.isfinite(layer.coef).all()
+
+
+def test_after_step_keeps_padding_at_zero():
+    layer = layer_for((17, 17), (16, 16), k=40)
+    layer.values[layer._padding] = 1.0
+    layer.after_step()
+    np.testing.assert_array_equal(layer.values[layer._padding], 0)
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    # 4096 blocks x k 256 x batch 64 = 2^26 multiply-adds: large enough to run in parallel.
+    layer = layer_for((1024, 1024), (16, 16), k=256)
+    X = np.random.default_rng(6).standard_normal((64, 1024)).astype(np.float32)
+    try:
+        results = []
+        for n in (1, 2, 3):
+            rbe.set_num_threads(n)
+            results.append((layer.forward(X), layer.backward(X, X),
+                            layer.grads["values"].copy()))
+    finally:
+        rbe.set_num_threads(0)                              # back to OpenMP's default
+    for other in results[1:]:
+        for a, b in zip(results[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_concurrent_calls_from_python_threads():
+    layer = layer_for((100, 70), (16, 16))
+    X = np.random.default_rng(7).standard_normal((5, 70))
+    expected = layer.forward(X)
+    out = [None] * 6
+
+    def run(i):
+        out[i] = layer.forward(X)
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for o in out:
+        np.testing.assert_array_equal(o, expected)
+
+
+def test_storage_and_compression_ratio():
+    layer = layer_for((128, 128), (64, 64), k=32)
+    weight_bytes = 48 + len("db2") + 4 * (8 * 4 + 1 + 32 * 6)
+    assert layer.nbytes == weight_bytes + 128 * 4
+    assert layer.compression_ratio == pytest.approx((128 * 128 + 128) * 4 / layer.nbytes)
+    no_bias = rbe.HybridLinear.from_matrix(layer.matrix)
+    assert no_bias.nbytes == weight_bytes and "bias=False" in repr(no_bias)
+    assert set(no_bias.parameters()) == {"coef", "values"}
+
+
+@pytest.mark.parametrize("X,match", [
+    (np.ones((2, 69)), "shape"), (np.ones((2, 2, 70)), "shape"), (np.ones(70, np.int64), "float"),
+    (np.ones((70, 2))[:, 0], "contiguous"), ([1.0] * 70, "numpy array"),
+    (np.full(70, np.nan), "NaN"), (np.zeros((0, 70)), "shape")])
+def test_bad_inputs_raise(X, match):
+    layer = layer_for((100, 70), (16, 16))
+    with pytest.raises(ValueError, match=match):
+        layer.forward(X)
+
+
+def test_bad_upstream_gradients_raise():
+    layer = layer_for((100, 70), (16, 16))
+    X = np.ones((3, 70))
+    with pytest.raises(ValueError, match="dY"):
+        layer.backward(X, np.ones((2, 100)))
+    with pytest.raises(ValueError, match="dY"):
+        layer.backward(X, np.ones((3, 100), np.float32))
+    with pytest.raises(ValueError, match="dY"):
+        layer.backward(X, np.full((3, 100), np.inf))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"transform": "adaptive"}, "one transform"), ({"k": 0}, "k must"),
+    ({"block": (0, 8)}, "block"), ({"wavelet": "nope"}, "wavelet")])
+def test_bad_layer_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        rbe.HybridLinear(16, 16, **kwargs)
+
+
+def test_bad_bias_raises():
+    with pytest.raises(ValueError, match="bias"):
+        rbe.HybridLinear.from_dense(np.ones((8, 8)), bias=np.ones(7), block=(4, 4), k=2)
+    with pytest.raises(ValueError, match="bias"):
+        rbe.HybridLinear.from_dense(np.ones((8, 8)), bias=np.full(8, np.nan), block=(4, 4), k=2)
+
+
+def test_kernels_check_sizes_and_skip_corrupted_entries():
+    layer = layer_for((32, 32), (16, 16), transform="dct", k=4)
+    args = list(layer._kernel_args())
+    z = np.zeros((32, 1, 2), np.float32)
+    with pytest.raises(ValueError, match="u must have shape"):
+        _core.hybrid_rows_forward(*args, z, np.zeros((31, 1, 2), np.float32))
+    with pytest.raises(ValueError, match="blocks"):
+        _core.hybrid_rows_forward((48, 32), *args[1:], z, np.zeros((48, 1, 2), np.float32))
+    corrupted = np.full_like(layer.index, 65535)
+    args[3] = corrupted
+    u = np.zeros((32, 1, 2), np.float32)
+    _core.hybrid_rows_forward(*args, np.ones_like(z), u)       # every entry out of its block
+    assert not u.any()
