@@ -3,12 +3,13 @@ from . import optim, reference, seeds
 from ._core import get_num_threads, set_num_threads
 from .encoder import HybridMatrix, encode
 from .hybrid import HybridLinear
+from .io import FormatError, load, save
 from .kernel import generate, generate_with_grad, kernel_info
 
 __version__ = "0.1.0"
 
 __all__ = [
     "optim", "reference", "seeds", "generate", "generate_with_grad", "kernel_info",
-    "encode", "HybridMatrix", "HybridLinear",
+    "encode", "HybridMatrix", "HybridLinear", "save", "load", "FormatError",
     "get_num_threads", "set_num_threads", "__version__",
 ]

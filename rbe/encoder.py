@@ -325,6 +325,18 @@ class HybridMatrix:
             raise ValueError(f"W has shape {W.shape}, the encoded matrix {self.shape}")
         return float(np.sqrt(np.mean(np.square(self.decode(np.float64) - W))))
 
+    def _state(self) -> tuple[dict, dict]:
+        """Config and arrays for rbe.save."""
+        config = {"shape": list(self.shape), "block": list(self.block), "wavelet": self.wavelet}
+        return config, {"coef": self.coef, "transform": self.transform, "index": self.index,
+                        "values": self.values}
+
+    @classmethod
+    def _from_state(cls, config: dict, arrays: dict) -> "HybridMatrix":
+        """Inverse of ``_state``; validates like the constructor."""
+        return cls(config["shape"], config["block"], arrays["coef"], arrays["transform"],
+                   arrays["index"], arrays["values"], config["wavelet"])
+
     def __repr__(self):
         counts = np.bincount(self.transform, minlength=len(tf.TRANSFORMS))
         mix = ", ".join(f"{n}={c}" for n, c in zip(tf.TRANSFORMS, counts))

@@ -339,6 +339,20 @@ class HybridLinear:
         dense = 4 * self.in_features * self.out_features
         return (dense + (0 if self.bias is None else self.bias.nbytes)) / self.nbytes
 
+    def _state(self) -> tuple[dict, dict]:
+        """Config and arrays for rbe.save."""
+        config, arrays = self.matrix._state()
+        if self.bias is not None:
+            arrays["bias"] = self.bias
+        return config, arrays
+
+    @classmethod
+    def _from_state(cls, config: dict, arrays: dict) -> "HybridLinear":
+        """Inverse of ``_state``; validates like the constructor."""
+        arrays = dict(arrays)
+        bias = arrays.pop("bias", None)
+        return cls.from_matrix(HybridMatrix._from_state(config, arrays), bias)
+
     def __repr__(self):
         return (f"HybridLinear(in_features={self.in_features}, "
                 f"out_features={self.out_features}, block={self.grid.block}, k={self.k}, "
