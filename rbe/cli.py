@@ -44,12 +44,101 @@ def demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_tensors(path: str) -> dict:
+    """Dense tensors of a .safetensors or .npz file, as numpy arrays."""
+    if path.endswith(".npz"):
+        with np.load(path, allow_pickle=False) as f:
+            return {name: f[name] for name in f.files}
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+    try:
+        return load_file(path)
+    except SafetensorError as exc:
+        raise ValueError(f"{path}: not a valid safetensors file ({exc})") from None
+
+
+def _layer_name(tensor_name: str) -> str:
+    return tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
+
+
+def compress(args: argparse.Namespace) -> int:
+    """Compress the 2-D weights of a .safetensors/.npz file into hybrid blocks."""
+    import rbe
+    from tqdm import tqdm
+
+    tensors = _read_tensors(args.input)
+    weights = [n for n, t in tensors.items() if t.ndim == 2 and t.dtype.kind == "f"]
+    if not weights:
+        raise ValueError(f"{args.input}: no 2-D floating-point weights to compress")
+    entries, report = {}, []
+    for name in tqdm(weights, desc="compressing", unit="matrix", disable=None):
+        W = tensors.pop(name)
+        bias_name = name[: -len("weight")] + "bias" if name.endswith(".weight") else None
+        bias = tensors.pop(bias_name) if bias_name in tensors and tensors[bias_name].ndim == 1 \
+            and len(tensors[bias_name]) == len(W) else None
+        layer = rbe.HybridLinear.from_dense(W, bias=bias, block=tuple(args.block), k=args.k,
+                                            transform=args.transform, wavelet=args.wavelet)
+        entries[_layer_name(name)] = layer
+        rel = layer.matrix.rmse(W) / max(float(np.std(W)), 1e-30)
+        report.append((name, W.shape, W.nbytes + (0 if bias is None else bias.nbytes),
+                       layer.nbytes, rel))
+    entries.update({name.replace("/", "."): t for name, t in tensors.items()})
+    rbe.save(args.output, entries)
+    kept = sum(t.nbytes for t in tensors.values())
+    print(f"{'tensor':<40} {'shape':>14} {'bytes':>12} {'compressed':>12} {'ratio':>7} "
+          f"{'rmse/std':>9}")
+    for name, shape, before, after, rel in report:
+        print(f"{name:<40} {str(shape):>14} {before:>12,d} {after:>12,d} "
+              f"{before / after:>6.1f}x {rel:>9.4f}")
+    before = sum(r[2] for r in report) + kept
+    after = sum(r[3] for r in report) + kept
+    print(f"total: {before:,d} -> {after:,d} bytes ({before / after:.1f}x), "
+          f"{len(tensors)} other tensor(s) kept as they were; wrote {args.output}")
+    return 0
+
+
+def info(args: argparse.Namespace) -> int:
+    """List the layers of an rbe file: kinds, shapes, bytes, compression ratio."""
+    import rbe
+
+    entries = rbe.load(args.file)
+    print(f"{'name':<40} {'kind':<14} {'shape':>14} {'block':>9} {'bytes':>12} {'ratio':>7}")
+    total_dense = total = 0
+    for name, obj in entries.items():
+        if isinstance(obj, np.ndarray):
+            kind, shape, block, nbytes, dense = "tensor", obj.shape, "", obj.nbytes, obj.nbytes
+        else:
+            kind = type(obj).__name__
+            shape = getattr(obj, "shape", None) or (obj.out_features, obj.in_features)
+            block = "x".join(map(str, obj.block if hasattr(obj, "block") else obj.grid.block))
+            nbytes = obj.nbytes
+            dense = nbytes * obj.compression_ratio
+        total, total_dense = total + nbytes, total_dense + dense
+        print(f"{name:<40} {kind:<14} {str(tuple(shape)):>14} {block:>9} {nbytes:>12,d} "
+              f"{dense / nbytes:>6.1f}x")
+    print(f"total: {int(total):,d} bytes, {total_dense / total:.1f}x smaller than float32")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbe", description="Compressed weight blocks.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help=demo.__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=2048, help="number of 64x64 blocks")
     p.set_defaults(run=demo)
+    p = commands.add_parser("compress", help=compress.__doc__.splitlines()[0])
+    p.add_argument("input", help=".safetensors or .npz file of dense tensors")
+    p.add_argument("-o", "--output", required=True, help="rbe file to write (.safetensors)")
+    p.add_argument("--kind", choices=["hybrid"], default="hybrid",
+                   help="block kind; seed blocks are trained, not encoded from a matrix")
+    p.add_argument("--block", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
+    p.add_argument("--k", type=int, default=64, help="residual coefficients per block")
+    p.add_argument("--transform", choices=["adaptive", "dct", "dwt"], default="adaptive")
+    p.add_argument("--wavelet", default="db2", help="PyWavelets wavelet of the dwt transform")
+    p.set_defaults(run=compress)
+    p = commands.add_parser("info", help=info.__doc__.splitlines()[0])
+    p.add_argument("file")
+    p.set_defaults(run=info)
     return parser
 
 
