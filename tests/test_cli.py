@@ -1,0 +1,84 @@
+"""The rbe command line: compress, info, and clean one-line errors."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import rbe
+from rbe import cli
+
+
+@pytest.fixture
+def dense_file(tmp_path):
+    x = np.linspace(-1, 1, 256)
+    rng = np.random.default_rng(0)
+    tensors = {
+        "fc1.weight": np.outer(np.sin(3 * x), np.cos(2 * x[:128])).astype(np.float32),
+        "fc1.bias": rng.standard_normal(256).astype(np.float32),
+        "head.weight": rng.standard_normal((10, 256)).astype(np.float32),
+        "position": rng.standard_normal(7).astype(np.float32),
+    }
+    path = tmp_path / "dense.safetensors"
+    save_file(tensors, str(path))
+    return path, tensors
+
+
+def test_compress_writes_layers_and_keeps_other_tensors(dense_file, tmp_path, capsys):
+    path, tensors = dense_file
+    out = tmp_path / "small.safetensors"
+    assert cli.main(["compress", str(path), "-o", str(out), "--k", "32", "--block", "32", "32",
+                     "--transform", "dct"]) == 0
+    loaded = rbe.load(out)
+    assert set(loaded) == {"fc1", "head", "position"}
+    fc1 = loaded["fc1"]
+    assert isinstance(fc1, rbe.HybridLinear) and fc1.grid.block == (32, 32) and fc1.k == 32
+    np.testing.assert_array_equal(fc1.bias, tensors["fc1.bias"])
+    W = tensors["fc1.weight"]
+    assert np.sqrt(np.mean((fc1.to_dense() - W) ** 2)) < 0.01 * W.std()
+    np.testing.assert_array_equal(loaded["position"], tensors["position"])
+    report = capsys.readouterr().out
+    assert "fc1.weight" in report and "head.weight" in report and "total:" in report
+
+
+def test_compress_npz(tmp_path):
+    path = tmp_path / "dense.npz"
+    np.savez(path, w=np.ones((40, 30), np.float32))
+    out = tmp_path / "out.safetensors"
+    assert cli.main(["compress", str(path), "-o", str(out), "--k", "8"]) == 0
+    np.testing.assert_allclose(rbe.load(out)["w"].to_dense(), 1.0, atol=1e-5)
+
+
+def test_info_lists_layers(dense_file, tmp_path, capsys):
+    path, _ = dense_file
+    out = tmp_path / "small.safetensors"
+    cli.main(["compress", str(path), "-o", str(out), "--k", "16"])
+    capsys.readouterr()
+    assert cli.main(["info", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    fc1 = next(line for line in lines if line.startswith("fc1 "))
+    assert "HybridLinear" in fc1 and "(256, 128)" in fc1 and "64x64" in fc1
+    assert lines[-1].startswith("total:")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["info", "missing.safetensors"], "No such file"),
+    (["compress", "missing.safetensors", "-o", "x.safetensors"], "No such file"),
+    (["info", "{dense}"], "no rbe header"),
+    (["compress", "{garbage}", "-o", "x.safetensors"], "not a valid safetensors file"),
+    (["compress", "{dense}", "-o", "x.safetensors", "--k", "0"], "k must be"),
+])
+def test_errors_print_one_line_and_exit_nonzero(dense_file, tmp_path, argv, message):
+    path, _ = dense_file
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(os.urandom(100))
+    argv = [a.format(dense=path, garbage=garbage) for a in argv]
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rbe.__file__)))
+    done = subprocess.run([sys.executable, "-m", "rbe", *argv], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120,
+                          env=os.environ | {"PYTHONPATH": package_parent})
+    assert done.returncode == 1
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
