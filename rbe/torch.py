@@ -258,16 +258,19 @@ class RBELinear(nn.Module):
         The stored structure (block indices, transforms, states) may differ from this module's,
         so the layer is rebuilt rather than copied into.
         """
-        expected = [n for n, p in self._parameters.items() if p is not None]
-        expected += list(self._buffers) + [_EXTRA_STATE]
         mine = {key[len(prefix):] for key in state_dict
                 if key.startswith(prefix) and "." not in key[len(prefix):]}
-        if _EXTRA_STATE not in mine:
-            missing_keys.extend(prefix + name for name in expected if name not in mine)
-            return
-        if strict:
-            unexpected_keys.extend(prefix + n for n in sorted(mine - set(expected)))
-        extra = state_dict[prefix + _EXTRA_STATE]
+        extra = state_dict.get(prefix + _EXTRA_STATE)
+        # A state of another kind (e.g. seed blocks into a hybrid module) has other names.
+        if not isinstance(extra, dict) or extra.get("kind") == self._kind:
+            expected = [n for n, p in self._parameters.items() if p is not None]
+            expected += list(self._buffers) + [_EXTRA_STATE]
+            missing = [prefix + name for name in expected if name not in mine]
+            if strict:
+                unexpected_keys.extend(prefix + n for n in sorted(mine - set(expected)))
+            if missing:
+                missing_keys.extend(missing)
+                return
         try:
             cls = _kinds()[extra["kind"]]
             arrays = {name: state_dict[prefix + name].detach().cpu().numpy()
