@@ -66,12 +66,7 @@ class _LayerFunction(torch.autograd.Function):
     def forward(ctx, module: "RBELinear", x: torch.Tensor, *params: torch.Tensor):
         ctx.module = module
         ctx.save_for_backward(x)
-        rows = x.detach().reshape(-1, module.in_features)
-        out_shape = x.shape[:-1] + (module.out_features,)
-        if rows.shape[0] == 0:
-            return x.new_zeros(out_shape)
-        y = module._layer.forward(rows.contiguous().numpy())
-        return torch.from_numpy(y).reshape(out_shape)
+        return module._product(x)
 
     @staticmethod
     @once_differentiable
@@ -213,7 +208,17 @@ class RBELinear(nn.Module):
         self._check_input(x)
         self.sync()
         params = [p for p in self._parameters.values() if p is not None]
-        return _LayerFunction.apply(self, x, *params)
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return _LayerFunction.apply(self, x, *params)
+        return self._product(x)     # inference: skip the autograd node's overhead (~25 us)
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer's forward on a checked input, as a tensor of shape (..., out_features)."""
+        rows = x.detach().reshape(-1, self.in_features)
+        out_shape = x.shape[:-1] + (self.out_features,)
+        if rows.shape[0] == 0:
+            return x.new_zeros(out_shape)
+        return torch.from_numpy(self._layer.forward(rows.contiguous().numpy())).reshape(out_shape)
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):

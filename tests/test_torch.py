@@ -53,6 +53,18 @@ def test_forward_matches_dense_weight(kind, shape):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_inference_modes_give_the_same_result(kind):
+    module = small(kind)
+    x = inputs(5, 40)
+    y = module(x)
+    assert y.grad_fn is not None
+    with torch.no_grad():
+        assert torch.equal(module(x), y)
+    with torch.inference_mode():
+        assert torch.equal(module(inputs(5, 40)), y)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_empty_batch(kind):
     module = small(kind)
     x = torch.zeros(0, 40, requires_grad=True)
@@ -148,7 +160,12 @@ def test_torch_sgd_equals_rbe_sgd(kind):
     for name, p in twin._layer.parameters().items():
         np.testing.assert_allclose(layer.parameters()[name], p, rtol=1e-5, atol=1e-6)
     if kind == "fused":
-        np.testing.assert_array_equal(layer.seeds["hi"], twin._layer.seeds["hi"])
+        # Same states; the quantised r and theta may differ in the last bit (torch casts the
+        # float64 gradients to float32 before the update, rbe.optim after).
+        ours, theirs = rbe.seeds.unpack(layer.seeds), rbe.seeds.unpack(twin._layer.seeds)
+        np.testing.assert_array_equal(ours.sel, theirs.sel)
+        np.testing.assert_allclose(ours.r, theirs.r, atol=1e-5)
+        np.testing.assert_allclose(ours.theta, theirs.theta, atol=1e-5)
 
 
 def test_adam_trains_a_regression():
@@ -164,7 +181,7 @@ def test_adam_trains_a_regression():
         err = ((module(x) - y) ** 2).mean()
         err.backward()
         opt.step()
-        losses.append(float(err))
+        losses.append(float(err.detach()))
     assert losses[-1] < 0.5 * losses[0]
 
 
