@@ -1,8 +1,8 @@
-"""Benchmark of rbe.torch.RBELinear against torch.nn.Linear: a 1024 x 1024 layer, batch 32.
+"""Benchmark of rbe.torch.RBELinear against torch.nn.Linear: a 1024 x 1024 layer.
 
 Run from the repository root after building in place (needs PyTorch):
 
-    python benchmarks/bench_torch.py [--rounds 15] [--threads N]
+    python benchmarks/bench_torch.py [--batch 32] [--rounds 15] [--threads N]
 
 Every case runs once per round, in turn, and the median over rounds is reported (see
 timing.py). "forward" runs under ``torch.no_grad()``; "train step" is forward, backward of
@@ -23,7 +23,7 @@ import rbe  # noqa: E402
 import rbe.torch as rt  # noqa: E402
 from timing import interleaved_medians, print_table  # noqa: E402
 
-SIZE, BATCH = 1024, 32
+SIZE = 1024
 
 
 def contenders() -> dict:
@@ -43,6 +43,7 @@ def train_step(module, x):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
@@ -50,7 +51,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
         rbe.set_num_threads(args.threads)
     modules = contenders()
-    x = torch.randn(BATCH, SIZE)
+    x = torch.randn(args.batch, SIZE)
     x_grad = x.clone().requires_grad_()
     with torch.no_grad():
         forward = interleaved_medians({n: (lambda m=m: m(x)) for n, m in modules.items()},
@@ -58,7 +59,7 @@ def main() -> None:
     step = interleaved_medians({n: (lambda m=m: train_step(m, x_grad))
                                 for n, m in modules.items()}, rounds=args.rounds)
     base_forward, base_step = forward["nn.Linear"], step["nn.Linear"]
-    print(f"{SIZE} x {SIZE} layer, batch {BATCH}; threads: torch {torch.get_num_threads()}, "
+    print(f"{SIZE} x {SIZE} layer, batch {args.batch}; threads: torch {torch.get_num_threads()}, "
           f"rbe {rbe.get_num_threads()}; median of {args.rounds} interleaved rounds")
     rows = []
     for name, module in modules.items():

@@ -85,6 +85,13 @@ def test_bad_input_is_a_clear_error(x, message):
         small("hybrid")(x)
 
 
+def test_non_finite_input_is_refused():
+    x = inputs(3, 40)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        small("hybrid")(x)
+
+
 def test_non_tensor_input():
     with pytest.raises(TypeError, match="torch.Tensor"):
         small("hybrid")(np.zeros((3, 40), np.float32))
@@ -220,6 +227,16 @@ def test_state_dict_round_trip(kind, tmp_path):
     (target(x) ** 2).sum().backward()
     opt.step()
     assert not torch.equal(target(x), source(x))
+
+
+@needs_fused
+def test_state_dict_of_another_kind_replaces_the_layer():
+    seeded, module = small("fused"), small("hybrid")
+    module.load_state_dict(seeded.state_dict())
+    assert module.kind == "fused" and set(dict(module.named_parameters())) == \
+        set(dict(seeded.named_parameters()))
+    x = inputs(4, 40)
+    torch.testing.assert_close(module(x), seeded(x), rtol=0, atol=0)
 
 
 def test_state_dict_missing_and_unexpected_keys():
