@@ -324,14 +324,19 @@ def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int = 64
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    targets = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and (filter is None or filter(name, m))]
-    for name, linear in tqdm(targets, desc="rbe.compress", unit="layer", disable=None):
-        replacement = _replacement(linear, kind, block, k, transform)
-        if not name:
-            return replacement
+    accepts = lambda name, m: isinstance(m, nn.Linear) and (filter is None or filter(name, m))
+    if accepts("", model):
+        return _replacement(model, kind, block, k, transform)
+    # A layer used at several places is replaced once, by the same module everywhere.
+    places = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
+              if name and accepts(name, m)]
+    replacements = {}
+    for linear in tqdm(list({id(m): m for _, m in places}.values()), desc="rbe.compress",
+                       unit="layer", disable=None):
+        replacements[id(linear)] = _replacement(linear, kind, block, k, transform)
+    for name, linear in places:
         parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, replacement)
+        setattr(model.get_submodule(parent_name), attr, replacements[id(linear)])
     return model
 
 

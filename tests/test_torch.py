@@ -318,6 +318,13 @@ def test_compress_filter_and_bare_linear():
         rt.compress(model, kind="int8")
 
 
+def test_compress_keeps_a_shared_layer_shared():
+    shared = nn.Linear(24, 24)
+    model = nn.Sequential(nn.Linear(40, 24), shared, nn.ReLU(), shared)
+    rt.compress(model, block=(8, 8), k=16)
+    assert isinstance(model[1], rt.RBELinear) and model[1] is model[3]
+
+
 @needs_fused
 def test_compress_fused_makes_fresh_layers_of_the_same_shape():
     model = nn.Sequential(nn.Linear(40, 32), nn.Linear(32, 24, bias=False))
