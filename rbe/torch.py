@@ -9,16 +9,17 @@ parameter arrays, so a torch optimiser updates the layer in place; forward and b
 layer's own kernels through a ``torch.autograd.Function``. Computation is on the CPU in float32.
 
 Derived state (the fixed-point ``hi`` words of seed blocks, the state transitions chosen by the
-last backward) is refreshed by the layer's ``after_step()``. The module calls it before the next
-forward, and before ``state_dict()``, whenever a parameter's version counter has moved, that
-is, whenever a torch optimiser (or any in-place torch operation) has changed a parameter since
-the last refresh. Changes that bypass the version counter (writes through ``.data`` or through
-the numpy arrays) need an explicit :meth:`RBELinear.sync`.
+last backward) is refreshed by the layer's ``after_step()``. It runs right after every step of a
+torch optimiser that holds the module's parameters (a global optimiser step hook), and before
+the next forward or ``state_dict()`` whenever a parameter's version counter has moved (any
+other in-place torch update). Changes that bypass both (writes through ``.data`` or through the
+numpy arrays) need an explicit :meth:`RBELinear.sync`.
 """
 from __future__ import annotations
 
 import json
 import threading
+import weakref
 from typing import Callable, Optional
 
 import numpy as np
@@ -27,6 +28,7 @@ try:
     import torch
     from torch import nn
     from torch.autograd.function import once_differentiable
+    from torch.optim.optimizer import register_optimizer_step_post_hook
 except ImportError as exc:   # pragma: no cover - exercised only without torch
     raise ImportError('rbe.torch needs PyTorch: pip install "rbe[torch]"') from exc
 
@@ -53,6 +55,41 @@ def _kind_name(layer) -> str:
         if isinstance(layer, cls) and name != "hybrid_matrix":
             return name
     raise ValueError(f"{type(layer).__name__} is not an rbe layer (FusedLinear or HybridLinear)")
+
+
+class _Owner:
+    """Weak reference from a parameter to its RBELinear, for the optimiser step hook.
+
+    Copies and pickles of the parameter get an empty one; the copy's module sets its own.
+    """
+
+    def __init__(self, module: Optional["RBELinear"] = None):
+        self._ref = None if module is None else weakref.ref(module)
+
+    def __call__(self) -> Optional["RBELinear"]:
+        return None if self._ref is None else self._ref()
+
+    def __reduce__(self):
+        return (_Owner, ())
+
+
+def _after_optimizer_step(optimizer, args, kwargs) -> None:
+    """Refresh every RBELinear whose parameters the optimiser has just updated.
+
+    Some optimisers (e.g. ``Adam(fused=True)``) update without moving the version counters, so
+    the step itself is the signal.
+    """
+    modules = {}
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            module = getattr(p, "_rbe_owner", _Owner())()
+            if module is not None:
+                modules[id(module)] = module
+    for module in modules.values():
+        module.sync(force=True)
+
+
+register_optimizer_step_post_hook(_after_optimizer_step)
 
 
 class _LayerFunction(torch.autograd.Function):
@@ -99,7 +136,9 @@ class RBELinear(nn.Module):
     Notes
     -----
     Inputs are float32 CPU tensors of shape (..., in_features). Several threads may call the
-    same module concurrently; backward passes are serialised by a per-module lock.
+    same module concurrently; backward passes are serialised by a per-module lock. The layer's
+    ``after_step()`` runs after every torch optimiser step and after any other in-place update
+    of a parameter (see the module docstring).
     """
 
     def __init__(self, in_features: int, out_features: int, kind: str = "hybrid",
@@ -142,6 +181,7 @@ class RBELinear(nn.Module):
                 old.data = tensor
             else:
                 self._parameters[name] = nn.Parameter(tensor)
+            self._parameters[name]._rbe_owner = _Owner(self)
         if "bias" not in arrays:
             self._parameters["bias"] = None
         self._layer = layer
@@ -183,6 +223,25 @@ class RBELinear(nn.Module):
         super().__setstate__(state)
         self._lock = threading.RLock()
         self._attach(_kinds()[kind]._from_state(config, arrays))
+
+    def _apply(self, fn, recurse=True):
+        """Allow only conversions that keep every tensor as it is (``.float()``, ``.cpu()``).
+
+        Any other (``.double()``, ``.cuda()``, ``share_memory()``...) would move the
+        parameters away from the layer's arrays, which the kernels keep computing with.
+        """
+        for name, tensor in [*self._parameters.items(), *self._buffers.items()]:
+            if tensor is None:
+                continue
+            # fn may work in place (share_memory_): try it on a stand-in of the same kind.
+            probe = tensor.detach().new_empty(1)
+            before = (probe.dtype, probe.device, probe.data_ptr())
+            converted = fn(probe)
+            if (converted.dtype, converted.device, converted.data_ptr()) != before:
+                raise ValueError(f"RBELinear keeps its float32 CPU parameters in the rbe layer's "
+                                 f"arrays; converting or moving them (.double(), .cuda(), "
+                                 f"share_memory()...) is not supported (tried on {name!r})")
+        return self
 
     # -- refreshing derived state -----------------------------------------------------------
 

@@ -175,6 +175,60 @@ def test_torch_sgd_equals_rbe_sgd(kind):
         np.testing.assert_allclose(ours.theta, theirs.theta, atol=1e-5)
 
 
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    "adam-foreach": lambda params: torch.optim.Adam(params, lr=1e-2, foreach=True),
+    "adam-loop": lambda params: torch.optim.Adam(params, lr=1e-2, foreach=False),
+    # The fused CPU kernel updates without moving the version counters.
+    "adam-fused": lambda params: torch.optim.Adam(params, lr=1e-2, fused=True),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-2),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_step_runs_after_step_once(kind, optimizer, monkeypatch):
+    module = small(kind)
+    calls = []
+    after_step = module._layer.after_step
+    monkeypatch.setattr(module._layer, "after_step", lambda: calls.append(1) or after_step())
+    opt = OPTIMIZERS[optimizer](module.parameters())
+    x = inputs(8, 40)
+    for step in range(1, 4):
+        opt.zero_grad()
+        (module(x) ** 2).mean().backward()
+        opt.step()
+        assert len(calls) == step           # right after the step, not at the next forward
+    module(x)
+    assert len(calls) == 3
+    if kind == "fused":
+        assert module._layer.pending_sel is None
+
+
+def test_manual_in_place_update_runs_after_step(monkeypatch):
+    module = small("hybrid")
+    calls = []
+    monkeypatch.setattr(module._layer, "after_step", lambda: calls.append(1))
+    module(inputs(2, 40))
+    assert not calls
+    with torch.no_grad():
+        module.values.mul_(0.5)
+    module(inputs(2, 40))
+    assert len(calls) == 1
+
+
+def test_conversions_that_would_detach_the_parameters_are_refused():
+    module = small("hybrid")
+    model = nn.Sequential(module)
+    assert model.float().cpu().to(torch.float32) is model
+    for convert in (model.double, model.half, model.share_memory,
+                    lambda: model.to(torch.float64)):
+        with pytest.raises(ValueError, match="not supported"):
+            convert()
+    assert module.coef.dtype == torch.float32
+    assert module.coef.data_ptr() == module._layer.coef.ctypes.data
+
+
 def test_adam_trains_a_regression():
     module = small("hybrid", seed=2)
     target = nn.Linear(40, 24)
@@ -286,6 +340,7 @@ def test_deepcopy_and_pickle_keep_parameters_shared(kind):
     x = inputs(4, 40)
     for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
         torch.testing.assert_close(clone(x), module(x), rtol=0, atol=0)
+        assert all(p._rbe_owner() is clone for p in clone.parameters())   # step hook target
         with torch.no_grad():
             clone.bias += 1.0
         torch.testing.assert_close(clone(x), module(x) + 1.0)
