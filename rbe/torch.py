@@ -73,6 +73,9 @@ class _Owner:
         return (_Owner, ())
 
 
+_NO_OWNER = _Owner()
+
+
 def _after_optimizer_step(optimizer, args, kwargs) -> None:
     """Refresh every RBELinear whose parameters the optimiser has just updated.
 
@@ -82,7 +85,7 @@ def _after_optimizer_step(optimizer, args, kwargs) -> None:
     modules = {}
     for group in optimizer.param_groups:
         for p in group["params"]:
-            module = getattr(p, "_rbe_owner", _Owner())()
+            module = getattr(p, "_rbe_owner", _NO_OWNER)()
             if module is not None:
                 modules[id(module)] = module
     for module in modules.values():
@@ -254,6 +257,8 @@ class RBELinear(nn.Module):
         With ``force``, run it unconditionally (after changing parameters through ``.data``
         or the layer's numpy arrays).
         """
+        if not force and self._parameter_versions() == self._versions:
+            return      # the common case, without waiting for a backward holding the lock
         with self._lock:
             versions = self._parameter_versions()
             if force or versions != self._versions:
