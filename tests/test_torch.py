@@ -1,0 +1,463 @@
+"""rbe.torch: RBELinear and compress (skipped when PyTorch is not installed)."""
+import copy
+import pickle
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch", reason="PyTorch is not installed (extra rbe[torch])")
+
+import rbe  # noqa: E402
+import rbe.torch as rt  # noqa: E402
+from torch import nn  # noqa: E402
+
+needs_fused = pytest.mark.skipif(not hasattr(rbe, "FusedLinear"),
+                                 reason="rbe.FusedLinear is not part of this build")
+KINDS = ["hybrid", pytest.param("fused", marks=needs_fused)]
+
+
+def small(kind, seed=0, bias=True):
+    """A 40 -> 24 layer of 8 x 8 blocks, 16 coefficients per hybrid block."""
+    return rt.RBELinear(40, 24, kind=kind, block=(8, 8), k=16, bias=bias, seed=seed)
+
+
+def reference(module, x):
+    """x W^T + b from the dense weight, in float64."""
+    weight = module.to_dense().double()
+    y = x.double() @ weight.T
+    return y if module.bias is None else y + module.bias.double()
+
+
+def inputs(*shape, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape, np.float32))
+
+
+def test_import_rbe_does_not_import_torch():
+    code = "import sys, rbe; assert 'torch' not in sys.modules; import rbe.torch; " \
+           "assert 'torch' in sys.modules and rbe.torch.RBELinear"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(40,), (5, 40), (2, 3, 40)])
+def test_forward_matches_dense_weight(kind, shape):
+    module = small(kind)
+    x = inputs(*shape)
+    y = module(x)
+    assert y.dtype == torch.float32 and y.shape == shape[:-1] + (24,)
+    torch.testing.assert_close(y.double(), reference(module, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_inference_modes_give_the_same_result(kind):
+    module = small(kind)
+    x = inputs(5, 40)
+    y = module(x)
+    assert y.grad_fn is not None
+    with torch.no_grad():
+        assert torch.equal(module(x), y)
+    with torch.inference_mode():
+        assert torch.equal(module(inputs(5, 40)), y)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_empty_batch(kind):
+    module = small(kind)
+    x = torch.zeros(0, 40, requires_grad=True)
+    y = module(x)
+    assert y.shape == (0, 24)
+    y.sum().backward()
+    assert x.grad.shape == (0, 40) and not module.bias.grad.any()
+
+
+@pytest.mark.parametrize("x, message", [
+    (torch.zeros(3, 40, dtype=torch.float64), "float32"),
+    (torch.zeros(3, 41), r"\(\.\.\., 40\)"),
+    (torch.zeros(()), r"\(\.\.\., 40\)"),
+    (torch.zeros(3, 40, device="meta"), "CPU"),
+])
+def test_bad_input_is_a_clear_error(x, message):
+    with pytest.raises(ValueError, match=message):
+        small("hybrid")(x)
+
+
+def test_non_finite_input_is_refused():
+    x = inputs(3, 40)
+    x[1, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        small("hybrid")(x)
+
+
+def test_non_tensor_input():
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        small("hybrid")(np.zeros((3, 40), np.float32))
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="kind"):
+        rt.RBELinear(40, 24, kind="dense")
+
+
+@pytest.mark.filterwarnings("ignore:Input #0 requires gradient and is not a double")
+@pytest.mark.parametrize("kind", KINDS)
+def test_gradcheck_input(kind):
+    # The module computes in float32, so gradcheck runs in float32. y is linear in x, so
+    # central differences are exact up to rounding: with eps = 1e-2 the numerical Jacobian
+    # is off by about ulp(|y|) / eps ~ 1e-5 for |y| ~ 1; atol and rtol of 1e-3 leave margin.
+    module = small(kind)
+    x = inputs(3, 40).requires_grad_()
+    assert torch.autograd.gradcheck(module, (x,), eps=1e-2, atol=1e-3, rtol=1e-3)
+
+
+def loss_weights(module, x):
+    return inputs(*x.shape[:-1], module.out_features, seed=7)
+
+
+def loss(module, x, g):
+    with torch.no_grad():
+        return float((module(x).double() * g.double()).sum())
+
+
+@pytest.mark.parametrize("kind, step, tol", [
+    ("hybrid", 1e-2, 1e-3),
+    # r and theta enter nonlinearly and are quantised (Q0.20, Q1.23) on every change.
+    pytest.param("fused", 1e-3, 3e-2, marks=needs_fused),
+])
+def test_parameter_gradients_match_finite_differences(kind, step, tol):
+    module = small(kind)
+    x, rng = inputs(6, 40), np.random.default_rng(1)
+    g = loss_weights(module, x)
+    (module(x) * g).sum().backward()
+    for name, p in module.named_parameters():
+        for i in rng.choice(p.numel(), size=min(4, p.numel()), replace=False):
+            index = np.unravel_index(i, p.shape)
+            values = []
+            for sign in (1, -1):
+                with torch.no_grad():
+                    p[index] += sign * step
+                if kind == "fused":   # keep the states: only the parameter moves
+                    module._layer.pending_sel = None
+                values.append(loss(module, x, g))
+                with torch.no_grad():
+                    p[index] -= sign * step
+            numeric = (values[0] - values[1]) / (2 * step)
+            analytic = float(p.grad[index])
+            assert abs(numeric - analytic) <= tol * (1 + abs(analytic)), (name, index)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_torch_sgd_equals_rbe_sgd(kind):
+    """Shared memory: a torch optimiser updates the rbe layer, and after_step follows."""
+    module, twin = small(kind, seed=3), small(kind, seed=3)
+    x = inputs(8, 40)
+    torch_opt = torch.optim.SGD(module.parameters(), lr=0.05)
+    rbe_opt = rbe.optim.SGD(twin._layer, lr=0.05)
+    for _ in range(3):
+        torch_opt.zero_grad()
+        (module(x) ** 2).mean().backward()
+        torch_opt.step()
+        y = twin._layer.forward(x.numpy())
+        twin._layer.backward(x.numpy(), (2 * y / y.size).astype(np.float32))
+        rbe_opt.step()
+    layer = module.layer   # applies the pending update
+    for name, p in twin._layer.parameters().items():
+        np.testing.assert_allclose(layer.parameters()[name], p, rtol=1e-5, atol=1e-6)
+    if kind == "fused":
+        # Same states; the quantised r and theta may differ in the last bit (torch casts the
+        # float64 gradients to float32 before the update, rbe.optim after).
+        ours, theirs = rbe.seeds.unpack(layer.seeds), rbe.seeds.unpack(twin._layer.seeds)
+        np.testing.assert_array_equal(ours.sel, theirs.sel)
+        np.testing.assert_allclose(ours.r, theirs.r, atol=1e-5)
+        np.testing.assert_allclose(ours.theta, theirs.theta, atol=1e-5)
+
+
+OPTIMIZERS = {
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.05, momentum=0.9),
+    "adam-foreach": lambda params: torch.optim.Adam(params, lr=1e-2, foreach=True),
+    "adam-loop": lambda params: torch.optim.Adam(params, lr=1e-2, foreach=False),
+    # The fused CPU kernel updates without moving the version counters.
+    "adam-fused": lambda params: torch.optim.Adam(params, lr=1e-2, fused=True),
+    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-2),
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("optimizer", OPTIMIZERS)
+def test_every_optimizer_step_runs_after_step_once(kind, optimizer, monkeypatch):
+    module = small(kind)
+    calls = []
+    after_step = module._layer.after_step
+    monkeypatch.setattr(module._layer, "after_step", lambda: calls.append(1) or after_step())
+    opt = OPTIMIZERS[optimizer](module.parameters())
+    x = inputs(8, 40)
+    for step in range(1, 4):
+        opt.zero_grad()
+        (module(x) ** 2).mean().backward()
+        opt.step()
+        assert len(calls) == step           # right after the step, not at the next forward
+    module(x)
+    assert len(calls) == 3
+    if kind == "fused":
+        assert module._layer.pending_sel is None
+
+
+def test_manual_in_place_update_runs_after_step(monkeypatch):
+    module = small("hybrid")
+    calls = []
+    monkeypatch.setattr(module._layer, "after_step", lambda: calls.append(1))
+    module(inputs(2, 40))
+    assert not calls
+    with torch.no_grad():
+        module.values.mul_(0.5)
+    module(inputs(2, 40))
+    assert len(calls) == 1
+
+
+def test_conversions_that_would_detach_the_parameters_are_refused():
+    module = small("hybrid")
+    model = nn.Sequential(module)
+    assert model.float().cpu().to(torch.float32) is model
+    for convert in (model.double, model.half, model.share_memory,
+                    lambda: model.to(torch.float64)):
+        with pytest.raises(ValueError, match="not supported"):
+            convert()
+    assert module.coef.dtype == torch.float32
+    assert module.coef.data_ptr() == module._layer.coef.ctypes.data
+
+
+def test_adam_trains_a_regression():
+    module = small("hybrid", seed=2)
+    target = nn.Linear(40, 24)
+    x = inputs(64, 40)
+    with torch.no_grad():
+        y = target(x)
+    opt = torch.optim.Adam(module.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(60):
+        opt.zero_grad()
+        err = ((module(x) - y) ** 2).mean()
+        err.backward()
+        opt.step()
+        losses.append(float(err.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@needs_fused
+def test_fused_transitions_applied_before_next_forward():
+    module = small("fused", seed=4)
+    x = inputs(8, 40)
+    opt = torch.optim.SGD(module.parameters(), lr=1.0)
+    (module(x) ** 2).sum().backward()
+    pending = module._layer.pending_sel.copy()
+    opt.step()
+    module(x)
+    assert module._layer.pending_sel is None
+    assert (rbe.seeds.unpack(module._layer.seeds).sel == pending).all()
+
+
+def trained_pair(kind):
+    """Two modules of the same shape with different structure and values."""
+    if kind == "hybrid":
+        a = rt.compress(nn.Linear(40, 24), block=(8, 8), k=16)
+        b = rt.compress(nn.Linear(40, 24), block=(8, 8), k=16)
+        return a, b
+    return small(kind, seed=5), small(kind, seed=6)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_round_trip(kind, tmp_path):
+    source, target = trained_pair(kind)
+    x = inputs(4, 40)
+    opt = torch.optim.SGD(target.parameters(), lr=0.1)
+    torch.save(source.state_dict(), tmp_path / "model.pt")
+    target.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+    # Parameters keep their identity, so an optimiser created before loading still trains.
+    assert all(p is q for p, q in zip(opt.param_groups[0]["params"], target.parameters()))
+    (target(x) ** 2).sum().backward()
+    opt.step()
+    assert not torch.equal(target(x), source(x))
+
+
+@needs_fused
+def test_state_dict_of_another_kind_replaces_the_layer():
+    seeded, module = small("fused"), small("hybrid")
+    module.load_state_dict(seeded.state_dict())
+    assert module.kind == "fused" and set(dict(module.named_parameters())) == \
+        set(dict(seeded.named_parameters()))
+    x = inputs(4, 40)
+    torch.testing.assert_close(module(x), seeded(x), rtol=0, atol=0)
+
+
+def test_state_dict_missing_and_unexpected_keys():
+    module, other = trained_pair("hybrid")
+    state = module.state_dict()
+    del state["index"]
+    with pytest.raises(RuntimeError, match="index"):
+        other.load_state_dict(state)
+    state = module.state_dict()
+    state["extra"] = torch.zeros(1)
+    with pytest.raises(RuntimeError, match="extra"):
+        other.load_state_dict(state)
+    result = other.load_state_dict({"_extra_state": state["_extra_state"]}, strict=False)
+    assert "coef" in result.missing_keys
+
+
+def test_state_dict_with_corrupted_index_is_refused():
+    module, other = trained_pair("hybrid")
+    state = module.state_dict()
+    state["index"] = torch.full_like(state["index"], 999)
+    with pytest.raises(RuntimeError, match="cannot rebuild"):
+        other.load_state_dict(state)
+
+
+def test_state_dict_in_a_model():
+    model = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 24))
+    rt.compress(model, block=(8, 8), k=16)
+    fresh = rt.compress(nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 24)),
+                        block=(16, 16), k=8)
+    fresh.load_state_dict(model.state_dict())
+    x = inputs(3, 40)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_rbe_save_of_the_layer(kind, tmp_path):
+    module = small(kind)
+    x = inputs(4, 40)
+    rbe.save(tmp_path / "layer.safetensors", module.layer)
+    loaded = rt.RBELinear.from_layer(rbe.load(tmp_path / "layer.safetensors")["layer"])
+    torch.testing.assert_close(loaded(x), module(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deepcopy_and_pickle_keep_parameters_shared(kind):
+    module = small(kind)
+    x = inputs(4, 40)
+    for clone in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        torch.testing.assert_close(clone(x), module(x), rtol=0, atol=0)
+        assert all(p._rbe_owner() is clone for p in clone.parameters())   # step hook target
+        with torch.no_grad():
+            clone.bias += 1.0
+        torch.testing.assert_close(clone(x), module(x) + 1.0)
+
+
+def test_compress_replaces_linear_layers():
+    model = nn.Sequential(nn.Linear(40, 32), nn.ReLU(),
+                          nn.Sequential(nn.Linear(32, 24, bias=False), nn.Tanh()))
+    x = inputs(5, 40)
+    with torch.no_grad():
+        # Smooth weights, which hybrid blocks represent well.
+        for linear in (model[0], model[2][0]):
+            i, j = np.meshgrid(*map(np.arange, linear.weight.shape), indexing="ij")
+            linear.weight.copy_(torch.from_numpy(np.cos(0.1 * i + 0.05 * j, dtype=np.float32)))
+        expected = model(x)
+    result = rt.compress(model, block=(16, 16), k=32, transform="dct")
+    assert result is model
+    assert isinstance(model[0], rt.RBELinear) and isinstance(model[2][0], rt.RBELinear)
+    assert model[2][0].bias is None
+    # Only the encoding error of 32 of 256 coefficients per block remains.
+    torch.testing.assert_close(model(x), expected, rtol=0.1, atol=0.05)
+
+
+def test_compress_filter_and_bare_linear():
+    model = nn.Sequential(nn.Linear(40, 32), nn.Linear(32, 24))
+    rt.compress(model, block=(8, 8), k=16, filter=lambda name, m: m.out_features == 24)
+    assert type(model[0]) is nn.Linear and isinstance(model[1], rt.RBELinear)
+    assert isinstance(rt.compress(nn.Linear(40, 24), block=(8, 8)), rt.RBELinear)
+    with pytest.raises(ValueError, match="kind"):
+        rt.compress(model, kind="int8")
+
+
+def test_compress_keeps_a_shared_layer_shared():
+    shared = nn.Linear(24, 24)
+    model = nn.Sequential(nn.Linear(40, 24), shared, nn.ReLU(), shared)
+    rt.compress(model, block=(8, 8), k=16)
+    assert isinstance(model[1], rt.RBELinear) and model[1] is model[3]
+
+
+@needs_fused
+def test_compress_fused_makes_fresh_layers_of_the_same_shape():
+    model = nn.Sequential(nn.Linear(40, 32), nn.Linear(32, 24, bias=False))
+    rt.compress(model, kind="fused", block=(8, 8))
+    assert [m.kind for m in model] == ["fused", "fused"]
+    assert model(inputs(3, 40)).shape == (3, 24) and model[1].bias is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_threads_calling_one_module_match_serial_calls(kind):
+    module = rt.RBELinear(256, 192, kind=kind, block=(32, 32), k=32, seed=0)
+    xs = [inputs(b, 256, seed=b) for b in (1, 2, 7, 16, 33, 64) * 3]
+    serial = [module(x) for x in xs]
+    serial_dx = []
+    for x in xs:
+        x = x.clone().requires_grad_()
+        module(x).sum().backward()
+        serial_dx.append(x.grad)
+    results, errors = {}, []
+
+    def work(worker):
+        try:
+            for i in range(worker, len(xs), 4):
+                x = xs[i].clone().requires_grad_()
+                y = module(x)
+                y.sum().backward()
+                results[i] = (y.detach(), x.grad)
+        except Exception as exc:   # reported below, not swallowed
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == len(xs)
+    for i in range(len(xs)):
+        assert torch.equal(results[i][0], serial[i])
+        assert torch.equal(results[i][1], serial_dx[i])
+
+
+CONCURRENT_TORCH_AND_RBE = textwrap.dedent("""
+    import threading, sys
+    {imports}
+    import numpy as np
+    a = torch.randn(512, 512)
+    module = rbe.torch.RBELinear(512, 512, block=(64, 64), k=64, seed=0)
+    x = torch.randn(32, 512)
+    expected = module(x)
+    errors = []
+
+    def torch_work():
+        for _ in range(20):
+            b = a @ a
+            torch.nn.functional.linear(b, a)
+
+    def rbe_work():
+        for _ in range(20):
+            if not torch.equal(module(x), expected):
+                errors.append("rbe result changed")
+            rbe.HybridLinear(256, 256, seed=1).forward(np.ones((8, 256), np.float32))
+
+    threads = [threading.Thread(target=f) for f in (torch_work, rbe_work, torch_work, rbe_work)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    print("ok", rbe.kernel_info()["openmp"], torch.get_num_threads())
+""")
+
+
+@pytest.mark.parametrize("imports", ["import torch\nimport rbe, rbe.torch",
+                                     "import rbe, rbe.torch\nimport torch"],
+                         ids=["torch-first", "rbe-first"])
+def test_torch_and_rbe_openmp_in_threads(imports):
+    code = CONCURRENT_TORCH_AND_RBE.format(imports=imports)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok")
