@@ -426,7 +426,7 @@ class FusedLayer:
             raise ValueError(f"seeds must be a non-empty 2-D grid, got shape {seeds.shape}")
         self.block = _block_shape(block)
         self.shape = _block_shape(shape)
-        (bh, bw), (m, n) = self.block, self.shape
+        bw, n = self.block[1], self.shape[1]
         if seeds.shape[1] * bw > n:
             raise ValueError(f"{seeds.shape[1]} block columns of width {bw} overrun {n} inputs")
         self.seeds = seeds

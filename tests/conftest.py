@@ -9,3 +9,25 @@ def pytest_report_header(config):
     return (f"rbe {rbe.__version__} from {os.path.dirname(rbe.__file__)}; simd={info['simd']} "
             f"(available {', '.join(info['simd_available'])}), approx={info['approx']}, "
             f"openmp={info['openmp']}, threads={info['threads']}")
+
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def run_python(tmp_path):
+    """Run ``python -c code *args`` (or ``python -m ...`` with module=) in a child process that
+    imports the rbe under test (installed wheel or in-place build), from a directory outside
+    the source tree. Returns the CompletedProcess (text output)."""
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rbe.__file__)))
+    path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
+
+    def run(code=None, *args, module=None, env=None, timeout=120):
+        command = ["-m", module] if module else ["-c", code]
+        return subprocess.run([sys.executable, *command, *args], capture_output=True, text=True,
+                              cwd=tmp_path, timeout=timeout,
+                              env=os.environ | (env or {}) | {"PYTHONPATH": path})
+    return run

@@ -1,7 +1,5 @@
 """The rbe command line: compress, info, and clean one-line errors."""
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -70,15 +68,11 @@ def test_info_lists_layers(dense_file, tmp_path, capsys):
     (["compress", "{garbage}", "-o", "x.safetensors"], "not a valid safetensors file"),
     (["compress", "{dense}", "-o", "x.safetensors", "--k", "0"], "k must be"),
 ])
-def test_errors_print_one_line_and_exit_nonzero(dense_file, tmp_path, argv, message):
+def test_errors_print_one_line_and_exit_nonzero(dense_file, tmp_path, run_python, argv, message):
     path, _ = dense_file
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(os.urandom(100))
-    argv = [a.format(dense=path, garbage=garbage) for a in argv]
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rbe.__file__)))
-    done = subprocess.run([sys.executable, "-m", "rbe", *argv], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120,
-                          env=os.environ | {"PYTHONPATH": package_parent})
+    done = run_python(None, *[a.format(dense=path, garbage=garbage) for a in argv], module="rbe")
     assert done.returncode == 1
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr

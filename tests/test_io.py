@@ -7,8 +7,6 @@ import hashlib
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -187,14 +185,11 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_file_raises_format_error_in_child(saved, tmp_path, case):
+def test_malformed_file_raises_format_error_in_child(saved, tmp_path, run_python, case):
     corrupt, message = MALFORMED[case]
     path = tmp_path / "bad.safetensors"
     path.write_bytes(corrupt(saved.read_bytes()))
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rbe.__file__)))
-    done = subprocess.run([sys.executable, "-c", LOAD_IN_CHILD, str(path)], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path,
-                          env=os.environ | {"PYTHONPATH": package_parent})
+    done = run_python(LOAD_IN_CHILD, str(path))
     assert done.returncode == 3, (done.returncode, done.stdout, done.stderr[-2000:])
     assert message in done.stdout
 

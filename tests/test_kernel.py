@@ -4,9 +4,6 @@ Oracles: a float64 NumPy rendering of the DESIGN formula written here (sech^2 as
 coordinates from scratch), central finite differences of precise mode for the gradients, and
 the original algorithm in rbe.reference for compatibility.
 """
-import os
-import subprocess
-import sys
 import threading
 
 import numpy as np
@@ -206,21 +203,12 @@ def test_kernel_info_reports_the_choices():
         assert rbe.kernel_info()["simd"] == "scalar"
 
 
-def run_python(code, cwd, **env):
-    """Run code in a fresh interpreter that imports the rbe under test (installed or built
-    in place), from a directory outside the source tree."""
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rbe.__file__)))
-    path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env=os.environ | env | {"PYTHONPATH": path}, cwd=cwd, timeout=60)
-
-
-def test_environment_overrides(tmp_path):
+def test_environment_overrides(run_python):
     done = run_python("import rbe; i = rbe.kernel_info(); print(i['simd'], i['approx'])",
-                      tmp_path, RBE_SIMD="scalar", RBE_APPROX="cordic")
+                      env={"RBE_SIMD": "scalar", "RBE_APPROX": "cordic"})
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["scalar", "cordic"]
-    bad = run_python("import rbe", tmp_path, RBE_SIMD="avx9")
+    bad = run_python("import rbe", env={"RBE_SIMD": "avx9"})
     assert bad.returncode != 0 and "unknown SIMD path 'avx9'" in bad.stderr
 
 

@@ -1,8 +1,6 @@
 """rbe.torch: RBELinear and compress (skipped when PyTorch is not installed)."""
 import copy
 import pickle
-import subprocess
-import sys
 import textwrap
 import threading
 
@@ -36,10 +34,11 @@ def inputs(*shape, seed=0):
     return torch.from_numpy(np.random.default_rng(seed).standard_normal(shape, np.float32))
 
 
-def test_import_rbe_does_not_import_torch():
+def test_import_rbe_does_not_import_torch(run_python):
     code = "import sys, rbe; assert 'torch' not in sys.modules; import rbe.torch; " \
            "assert 'torch' in sys.modules and rbe.torch.RBELinear"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    done = run_python(code)
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -455,9 +454,8 @@ CONCURRENT_TORCH_AND_RBE = textwrap.dedent("""
 @pytest.mark.parametrize("imports", ["import torch\nimport rbe, rbe.torch",
                                      "import rbe, rbe.torch\nimport torch"],
                          ids=["torch-first", "rbe-first"])
-def test_torch_and_rbe_openmp_in_threads(imports):
+def test_torch_and_rbe_openmp_in_threads(run_python, imports):
     code = CONCURRENT_TORCH_AND_RBE.format(imports=imports)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=300)
+    done = run_python(code, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok")
