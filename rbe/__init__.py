@@ -1,11 +1,12 @@
 """rbe: compressed weight blocks that compute without decompressing."""
-from . import reference, seeds
+from . import optim, reference, seeds
 from ._core import get_num_threads, set_num_threads
+from .fused import FusedLinear
 from .kernel import generate, generate_with_grad, kernel_info
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "reference", "seeds", "generate", "generate_with_grad", "kernel_info",
+    "FusedLinear", "optim", "reference", "seeds", "generate", "generate_with_grad", "kernel_info",
     "get_num_threads", "set_num_threads", "__version__",
 ]

@@ -1,0 +1,374 @@
+/* Kernels of the fused seed-block layer (DESIGN sections 4 and 7): weights are generated in
+ * the class-grouped layout of weight.h and consumed where they are made, never stored whole.
+ *
+ * A layer is a grid of block rows x block columns of the nominal block shape h x w (the
+ * tables' shape); edge blocks are the full block cropped. Inputs are passed *grouped*: for
+ * block column bj, xp[bj*4g + p*g + q] = x[bj*w + 4q + p], zero where that column is past the
+ * layer's inputs or q is past the group. Each weight group (row i, group p) then meets a
+ * contiguous slice of the input, and no weight has to be moved back to natural order.
+ *
+ * Three operations, each instantiated per SIMD path and approximation family:
+ *   gemv      y[0..rows) = (block row of W) . xp, accumulated in registers
+ *   panel     a block row's weights in grouped order, for a BLAS product with grouped inputs
+ *   backward  one block: its weights (grouped, for dX), and with G = dY^T X of the block the
+ *             sums of DESIGN section 4 (dL/dr, dL/dtheta, sum G W, state-transition deltas)
+ */
+#ifndef RBE_FUSED_H
+#define RBE_FUSED_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rbe/dispatch.h"
+
+/* Per-block sums written by the backward kernel, all over the block's valid positions.
+ * Per class c at RBE_FUSED_CLASS + 4c: sum G W (current state), sum G (W(pos s) - W),
+ * sum G (W(neg s) - W), sum |G (alpha W + beta)|. */
+enum {
+    RBE_FUSED_DR = 0,      /* sum G dW/dr */
+    RBE_FUSED_DTH = 1,     /* sum G dW/dtheta */
+    RBE_FUSED_GW = 2,      /* sum G W */
+    RBE_FUSED_CLASS = 3,
+    RBE_FUSED_NSTATS = RBE_FUSED_CLASS + 4 * RBE_N_CLASSES
+};
+enum { RBE_FUSED_CUR = 0, RBE_FUSED_POS = 1, RBE_FUSED_NEG = 2, RBE_FUSED_ABS = 3 };
+
+/* The seed's derivative map and its inverse (DESIGN section 4). */
+static const int rbe_pos_state[RBE_N_STATES] = {1, 0, 3, 2, 5, 6, 7, 4};
+static const int rbe_neg_state[RBE_N_STATES] = {7, 6, 5, 4, 3, 2, 1, 0};
+
+/* Expands CALL(S) with the compile-time state S equal to the run-time `state`, so the class
+ * loop inside CALL runs one state without branches. */
+#define RBE_FUSED_SWITCH(state, CALL)                                                        \
+    switch (state) {                                                                         \
+    case 0: CALL(0); break; case 1: CALL(1); break; case 2: CALL(2); break;                  \
+    case 3: CALL(3); break; case 4: CALL(4); break; case 5: CALL(5); break;                  \
+    case 6: CALL(6); break; default: CALL(7); break;                                         \
+    }
+
+/* ---- scalar -------------------------------------------------------------------------- */
+
+RBE_INLINE void rbe_fused_gemv_row_scalar_body(int family, const uint64_t *hi, int gc,
+                                               const rbe_tables *t, int rows, const float *xp,
+                                               float *y, float *acc)
+{
+    const int g = t->g;
+    for (int i = 0; i < rows; i++) acc[i] = 0.0f;
+    for (int bj = 0; bj < gc; bj++) {
+        rbe_seed32 s;
+        rbe_seed32_init(hi[bj], family, &s);
+        const float *x = xp + (ptrdiff_t)bj * 4 * g;
+        for (int i = 0; i < rows; i++) {
+            float sum = 0.0f;
+            for (int p = 0; p < 4; p++) {
+                int state = s.sel[(p - i) & 3];
+                ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
+                for (int q = 0; q < g; q++)
+                    sum += rbe_weight_fast(family, state, 0, &s, t->rho[off + q],
+                                           t->sin_phi[off + q], t->cos_phi[off + q], NULL, NULL)
+                           * x[p * g + q];
+            }
+            acc[i] += sum;
+        }
+    }
+    for (int i = 0; i < rows; i++) y[i] = acc[i];
+}
+
+RBE_INLINE void rbe_fused_panel_row_scalar_body(int family, const uint64_t *hi, int gc,
+                                                const rbe_tables *t, int rows, float *panel,
+                                                ptrdiff_t ld)
+{
+    const int g = t->g;
+    for (int bj = 0; bj < gc; bj++) {
+        rbe_seed32 s;
+        rbe_seed32_init(hi[bj], family, &s);
+        for (int i = 0; i < rows; i++)
+            for (int p = 0; p < 4; p++) {
+                int state = s.sel[(p - i) & 3];
+                ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
+                float *dst = panel + (ptrdiff_t)i * ld + ((ptrdiff_t)bj * 4 + p) * g;
+                for (int q = 0; q < g; q++)
+                    dst[q] = rbe_weight_fast(family, state, 0, &s, t->rho[off + q],
+                                             t->sin_phi[off + q], t->cos_phi[off + q], NULL, NULL);
+            }
+    }
+}
+
+RBE_INLINE void rbe_fused_backward_block_scalar_body(int family, uint64_t hi,
+                                                     const rbe_tables *t, int rows,
+                                                     const float *G, float *W, float alpha,
+                                                     float beta, double *stats)
+{
+    const int g = t->g;
+    rbe_seed32 s;
+    rbe_seed32_init(hi, family, &s);
+    for (int k = 0; k < RBE_FUSED_NSTATS; k++) stats[k] = 0.0;
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < 4; p++) {
+            int c = (p - i) & 3, state = s.sel[c];
+            double *cs = stats + RBE_FUSED_CLASS + 4 * c;
+            ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g, row = (ptrdiff_t)i * 4 * g + p * g;
+            for (int q = 0; q < g; q++) {
+                float rho = t->rho[off + q], sp = t->sin_phi[off + q], cp = t->cos_phi[off + q];
+                float dr, dth, gv = G[row + q];
+                float w = rbe_weight_fast(family, state, 1, &s, rho, sp, cp, &dr, &dth);
+                float wp = rbe_weight_fast(family, rbe_pos_state[state], 0, &s, rho, sp, cp,
+                                           NULL, NULL);
+                float wn = rbe_weight_fast(family, rbe_neg_state[state], 0, &s, rho, sp, cp,
+                                           NULL, NULL);
+                W[row + q] = w;
+                stats[RBE_FUSED_DR] += (double)gv * dr;
+                stats[RBE_FUSED_DTH] += (double)gv * dth;
+                cs[RBE_FUSED_CUR] += (double)gv * w;
+                cs[RBE_FUSED_POS] += (double)gv * (wp - w);
+                cs[RBE_FUSED_NEG] += (double)gv * (wn - w);
+                cs[RBE_FUSED_ABS] += fabs((double)gv * (alpha * w + beta));
+            }
+        }
+    for (int c = 0; c < RBE_N_CLASSES; c++)
+        stats[RBE_FUSED_GW] += stats[RBE_FUSED_CLASS + 4 * c + RBE_FUSED_CUR];
+}
+
+/* ---- AVX2 ---------------------------------------------------------------------------- */
+
+#ifdef RBE_HAVE_X86_SIMD
+
+static inline RBE_TARGET_AVX2 float rbe_hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    return _mm_cvtss_f32(s);
+}
+
+#define RBE_LOAD_TABLES(t, off)                                                              \
+    _mm256_loadu_ps((t)->rho + (off)), _mm256_loadu_ps((t)->sin_phi + (off)),              \
+        _mm256_loadu_ps((t)->cos_phi + (off))
+
+/* acc[i] (8 lanes) += class-c weights of row i . x, rows [0, rows). */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8(int family, int state, int c,
+                                                      const rbe_seed_v8 *sv,
+                                                      const rbe_tables *t, int rows,
+                                                      const float *x, float *acc)
+{
+    const int g = t->g;
+    __m256 unused;
+    for (int i = 0; i < rows; i++) {
+        int p = (c + i) & 3;
+        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
+        const float *xg = x + (ptrdiff_t)p * g;
+        __m256 a = _mm256_loadu_ps(acc + 8 * (ptrdiff_t)i);
+        for (int q0 = 0; q0 < g; q0 += 8) {
+            __m256 w = rbe_weight8(family, state, 0, sv, RBE_LOAD_TABLES(t, off + q0),
+                                   &unused, &unused);
+            a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg + q0), a);
+        }
+        _mm256_storeu_ps(acc + 8 * (ptrdiff_t)i, a);
+    }
+}
+
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_row_avx2_body(int family, const uint64_t *hi,
+                                                             int gc, const rbe_tables *t,
+                                                             int rows, const float *xp,
+                                                             float *y, float *acc)
+{
+    for (int i = 0; i < rows; i++) _mm256_storeu_ps(acc + 8 * (ptrdiff_t)i, _mm256_setzero_ps());
+    for (int bj = 0; bj < gc; bj++) {
+        rbe_seed32 s;
+        rbe_seed_v8 sv;
+        rbe_seed32_init(hi[bj], family, &s);
+        rbe_seed_v8_init(&s, &sv);
+        const float *x = xp + (ptrdiff_t)bj * 4 * t->g;
+        for (int c = 0; c < RBE_N_CLASSES; c++) {
+#define RBE_GEMV_CASE(S) rbe_fused_gemv_class8(family, S, c, &sv, t, rows, x, acc)
+            RBE_FUSED_SWITCH(s.sel[c], RBE_GEMV_CASE)
+#undef RBE_GEMV_CASE
+        }
+    }
+    for (int i = 0; i < rows; i++) y[i] = rbe_hsum8(_mm256_loadu_ps(acc + 8 * (ptrdiff_t)i));
+}
+
+/* Class-c weights of rows [0, rows) into a grouped panel (row i at panel + i * ld). */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grouped_class8(int family, int state, int c,
+                                                         const rbe_seed_v8 *sv,
+                                                         const rbe_tables *t, int rows,
+                                                         float *panel, ptrdiff_t ld)
+{
+    const int g = t->g;
+    __m256 unused;
+    for (int i = 0; i < rows; i++) {
+        int p = (c + i) & 3;
+        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
+        float *dst = panel + (ptrdiff_t)i * ld + (ptrdiff_t)p * g;
+        for (int q0 = 0; q0 < g; q0 += 8)
+            _mm256_storeu_ps(dst + q0, rbe_weight8(family, state, 0, sv,
+                                                   RBE_LOAD_TABLES(t, off + q0), &unused, &unused));
+    }
+}
+
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_panel_row_avx2_body(int family, const uint64_t *hi,
+                                                              int gc, const rbe_tables *t,
+                                                              int rows, float *panel,
+                                                              ptrdiff_t ld)
+{
+    for (int bj = 0; bj < gc; bj++) {
+        rbe_seed32 s;
+        rbe_seed_v8 sv;
+        rbe_seed32_init(hi[bj], family, &s);
+        rbe_seed_v8_init(&s, &sv);
+        float *dst = panel + (ptrdiff_t)bj * 4 * t->g;
+        for (int c = 0; c < RBE_N_CLASSES; c++) {
+#define RBE_PANEL_CASE(S) rbe_fused_grouped_class8(family, S, c, &sv, t, rows, dst, ld)
+            RBE_FUSED_SWITCH(s.sel[c], RBE_PANEL_CASE)
+#undef RBE_PANEL_CASE
+        }
+    }
+}
+
+/* Sums of class c in the current state: acc = {G dW/dr, G dW/dtheta, G W, |G (alpha W + beta)|};
+ * the weights go to W (grouped, row stride 4g) for the dX product. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grad_class8(int family, int state, int c,
+                                                      const rbe_seed_v8 *sv,
+                                                      const rbe_tables *t, int rows,
+                                                      const float *G, float *W, __m256 alpha,
+                                                      __m256 beta, __m256 *acc)
+{
+    const int g = t->g;
+    for (int i = 0; i < rows; i++) {
+        int p = (c + i) & 3;
+        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g, row = (ptrdiff_t)i * 4 * g + (ptrdiff_t)p * g;
+        for (int q0 = 0; q0 < g; q0 += 8) {
+            __m256 dr, dth, gv = _mm256_loadu_ps(G + row + q0);
+            __m256 w = rbe_weight8(family, state, 1, sv, RBE_LOAD_TABLES(t, off + q0), &dr, &dth);
+            _mm256_storeu_ps(W + row + q0, w);
+            acc[0] = _mm256_fmadd_ps(gv, dr, acc[0]);
+            acc[1] = _mm256_fmadd_ps(gv, dth, acc[1]);
+            acc[2] = _mm256_fmadd_ps(gv, w, acc[2]);
+            acc[3] = _mm256_add_ps(acc[3], rbe_abs8(_mm256_mul_ps(gv, _mm256_fmadd_ps(alpha, w, beta))));
+        }
+    }
+}
+
+/* sum over class c of G (W(state) - W), W being the current weights stored by the grad pass. */
+RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_fused_delta_class8(int family, int state, int c,
+                                                        const rbe_seed_v8 *sv,
+                                                        const rbe_tables *t, int rows,
+                                                        const float *G, const float *W)
+{
+    const int g = t->g;
+    __m256 acc = _mm256_setzero_ps(), unused;
+    for (int i = 0; i < rows; i++) {
+        int p = (c + i) & 3;
+        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g, row = (ptrdiff_t)i * 4 * g + (ptrdiff_t)p * g;
+        for (int q0 = 0; q0 < g; q0 += 8) {
+            __m256 w = rbe_weight8(family, state, 0, sv, RBE_LOAD_TABLES(t, off + q0),
+                                   &unused, &unused);
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(G + row + q0),
+                                  _mm256_sub_ps(w, _mm256_loadu_ps(W + row + q0)), acc);
+        }
+    }
+    return acc;
+}
+
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, uint64_t hi,
+                                                                   const rbe_tables *t,
+                                                                   int rows, const float *G,
+                                                                   float *W, float alpha,
+                                                                   float beta, double *stats)
+{
+    rbe_seed32 s;
+    rbe_seed_v8 sv;
+    rbe_seed32_init(hi, family, &s);
+    rbe_seed_v8_init(&s, &sv);
+    for (int k = 0; k < RBE_FUSED_NSTATS; k++) stats[k] = 0.0;
+    for (int c = 0; c < RBE_N_CLASSES; c++) {
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
+                         _mm256_setzero_ps()};
+        __m256 dpos = _mm256_setzero_ps(), dneg = _mm256_setzero_ps();
+        int state = s.sel[c];
+#define RBE_GRAD_CASE(S) \
+    rbe_fused_grad_class8(family, S, c, &sv, t, rows, G, W, RBE_V8(alpha), RBE_V8(beta), acc)
+#define RBE_POS_CASE(S) dpos = rbe_fused_delta_class8(family, S, c, &sv, t, rows, G, W)
+#define RBE_NEG_CASE(S) dneg = rbe_fused_delta_class8(family, S, c, &sv, t, rows, G, W)
+        RBE_FUSED_SWITCH(state, RBE_GRAD_CASE)
+        RBE_FUSED_SWITCH(rbe_pos_state[state], RBE_POS_CASE)
+        RBE_FUSED_SWITCH(rbe_neg_state[state], RBE_NEG_CASE)
+#undef RBE_GRAD_CASE
+#undef RBE_POS_CASE
+#undef RBE_NEG_CASE
+        double *cs = stats + RBE_FUSED_CLASS + 4 * c;
+        stats[RBE_FUSED_DR] += rbe_hsum8(acc[0]);
+        stats[RBE_FUSED_DTH] += rbe_hsum8(acc[1]);
+        cs[RBE_FUSED_CUR] = rbe_hsum8(acc[2]);
+        cs[RBE_FUSED_POS] = rbe_hsum8(dpos);
+        cs[RBE_FUSED_NEG] = rbe_hsum8(dneg);
+        cs[RBE_FUSED_ABS] = rbe_hsum8(acc[3]);
+        stats[RBE_FUSED_GW] += cs[RBE_FUSED_CUR];
+    }
+}
+
+#endif
+
+/* ---- dispatch ------------------------------------------------------------------------ */
+
+typedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
+                                  const float *xp, float *y, float *acc);
+typedef void (*rbe_fused_panel_fn)(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
+                                   float *panel, ptrdiff_t ld);
+typedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows,
+                                      const float *G, float *W, float alpha, float beta,
+                                      double *stats);
+
+typedef struct {
+    rbe_fused_gemv_fn gemv;
+    rbe_fused_panel_fn panel;
+    rbe_fused_backward_fn backward;
+} rbe_fused_ops;
+
+#define RBE_DEFINE_FUSED(SIMD, NAME, FAMILY, ATTR)                                            \
+    static ATTR void rbe_fused_gemv_##SIMD##_##NAME(const uint64_t *hi, int gc,               \
+                                                    const rbe_tables *t, int rows,            \
+                                                    const float *xp, float *y, float *acc)    \
+    { rbe_fused_gemv_row_##SIMD##_body(FAMILY, hi, gc, t, rows, xp, y, acc); }                \
+    static ATTR void rbe_fused_panel_##SIMD##_##NAME(const uint64_t *hi, int gc,              \
+                                                     const rbe_tables *t, int rows,           \
+                                                     float *panel, ptrdiff_t ld)              \
+    { rbe_fused_panel_row_##SIMD##_body(FAMILY, hi, gc, t, rows, panel, ld); }                \
+    static ATTR void rbe_fused_backward_##SIMD##_##NAME(uint64_t hi, const rbe_tables *t,     \
+                                                        int rows, const float *G, float *W,   \
+                                                        float alpha, float beta,              \
+                                                        double *stats)                        \
+    { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); }
+
+RBE_DEFINE_FUSED(scalar, poly, RBE_APPROX_POLY, )
+RBE_DEFINE_FUSED(scalar, lut, RBE_APPROX_LUT, )
+RBE_DEFINE_FUSED(scalar, cordic, RBE_APPROX_CORDIC, )
+#ifdef RBE_HAVE_X86_SIMD
+RBE_DEFINE_FUSED(avx2, poly, RBE_APPROX_POLY, RBE_TARGET_AVX2)
+RBE_DEFINE_FUSED(avx2, lut, RBE_APPROX_LUT, RBE_TARGET_AVX2)
+RBE_DEFINE_FUSED(avx2, cordic, RBE_APPROX_CORDIC, RBE_TARGET_AVX2)
+#endif
+
+#define RBE_FUSED_OPS(SIMD, NAME) \
+    {rbe_fused_gemv_##SIMD##_##NAME, rbe_fused_panel_##SIMD##_##NAME, rbe_fused_backward_##SIMD##_##NAME}
+
+/* All-NULL ops when the combination is not compiled in or out of range. */
+static rbe_fused_ops rbe_fused_select(int simd, int family)
+{
+    static const rbe_fused_ops none = {NULL, NULL, NULL};
+    static const rbe_fused_ops scalar[RBE_N_APPROX] = {
+        RBE_FUSED_OPS(scalar, poly), RBE_FUSED_OPS(scalar, lut), RBE_FUSED_OPS(scalar, cordic)};
+#ifdef RBE_HAVE_X86_SIMD
+    static const rbe_fused_ops avx2[RBE_N_APPROX] = {
+        RBE_FUSED_OPS(avx2, poly), RBE_FUSED_OPS(avx2, lut), RBE_FUSED_OPS(avx2, cordic)};
+#endif
+    if (family < 0 || family >= RBE_N_APPROX) return none;
+    if (simd == RBE_SIMD_SCALAR) return scalar[family];
+#ifdef RBE_HAVE_X86_SIMD
+    if (simd == RBE_SIMD_AVX2) return avx2[family];
+#endif
+    return none;
+}
+
+#endif
