@@ -46,6 +46,17 @@ cdef inline void _gemm(char ta, char tb, int m, int n, int k, float alpha, const
     sgemm(&ta, &tb, &m, &n, &k, &alpha, <float *>a, &lda, <float *>b, &ldb, &beta, c, &ldc)
 
 
+cdef int _FUSED_MIN_WORK_PER_THREAD = 1 << 16
+
+
+cdef int _fused_threads(Py_ssize_t items, Py_ssize_t weights) noexcept nogil:
+    """Threads worth starting: at most one per work item, and one for small layers, where
+    waking a team costs more than it saves (much more on a loaded machine)."""
+    cdef Py_ssize_t n = min(<Py_ssize_t>_threads(), items,
+                            max(<Py_ssize_t>1, weights // _FUSED_MIN_WORK_PER_THREAD))
+    return <int>max(n, <Py_ssize_t>1)
+
+
 cdef rbe_fused_ops _fused_ops(int simd, int family) except *:
     cdef rbe_fused_ops ops = rbe_fused_select(simd, family)
     if ops.gemv == NULL:
@@ -75,7 +86,7 @@ def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
     _check_fused_grid(hi, &t, y.shape[0], xp.shape[0])
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], bi
-    cdef int threads = _threads()
+    cdef int threads = _fused_threads(gr, m * xp.shape[0])
     cdef float[:, ::1] acc = np.empty((threads, 8 * t.h), np.float32)
     with nogil:
         for bi in prange(gr, schedule="dynamic", num_threads=threads):
@@ -95,7 +106,7 @@ def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[1], bi
     cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], rows, tid
-    cdef int threads = _threads()
+    cdef int threads = _fused_threads(gr, m * kp * <Py_ssize_t>batch)
     cdef float[:, ::1] panel = np.empty((threads, t.h * <Py_ssize_t>kp), np.float32)
     with nogil:
         for bi in prange(gr, schedule="dynamic", num_threads=threads):
@@ -128,7 +139,7 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
         raise ValueError(f"stats must have shape ({gr}, {gc}, {RBE_FUSED_NSTATS})")
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], gw = 4 * t.g, rows, tid
-    cdef int threads = _threads()
+    cdef int threads = _fused_threads(gc, m * kp * <Py_ssize_t>batch)
     cdef float[:, :, ::1] tiles = np.empty((threads, 2, t.h * <Py_ssize_t>gw), np.float32)
     with nogil:
         for bj in prange(gc, schedule="dynamic", num_threads=threads):

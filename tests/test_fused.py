@@ -216,8 +216,8 @@ def test_after_step_applies_transitions_and_requantizes():
 
 @pytest.mark.parametrize("batch", [None, 64])
 def test_results_independent_of_thread_count(threads, batch):
-    layer = make_layer(300, 260, block=(32, 64))
-    X, dY = inputs(300, batch), inputs(260, batch, seed=2)
+    layer = make_layer(600, 520, block=(32, 64))      # large enough for two threads
+    X, dY = inputs(600, batch), inputs(520, batch, seed=2)
     out = []
     for n in (1, 2):
         threads(n)
