@@ -8,7 +8,7 @@ from scipy.linalg.cython_blas cimport sgemm
 
 cdef extern from "rbe/fused.h" nogil:
     ctypedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t,
-                                       int rows, const float *xp, float *y,
+                                       int rows, const float *xp, const float *xpr, float *y,
                                        float *acc) noexcept nogil
     ctypedef void (*rbe_fused_panel_fn)(const uint64_t *hi, int gc, const rbe_tables *t,
                                         int rows, float *panel, Py_ssize_t ld) noexcept nogil
@@ -80,10 +80,16 @@ cdef void _check_fused_grid(const uint64_t[:, ::1] hi, const rbe_tables *t, Py_s
 
 def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
-               const float[::1] xp, float[::1] y, int simd, int family):
-    """y = W x for one grouped input vector xp; W generated block row by block row."""
+               const float[::1] xp, const float[::1] xpr, float[::1] y, int simd, int family):
+    """y = W x for one grouped input vector xp; W generated block row by block row.
+
+    xpr is xp with each block column's slice reversed (it pairs rows under the rotation
+    symmetry of fused.h).
+    """
     cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
     _check_fused_grid(hi, &t, y.shape[0], xp.shape[0])
+    if xpr.shape[0] != xp.shape[0]:
+        raise ValueError("the reversed input must have the length of the input")
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], bi
     cdef int threads = _fused_threads(gr, m * xp.shape[0])
@@ -91,7 +97,7 @@ def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
     with nogil:
         for bi in prange(gr, schedule="dynamic", num_threads=threads):
             ops.gemv(&hi[bi, 0], <int>gc, &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h), &xp[0],
-                     &y[bi * t.h], &acc[threadid(), 0])
+                     &xpr[0], &y[bi * t.h], &acc[threadid(), 0])
 
 
 def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,

@@ -334,7 +334,10 @@ class FusedLinear:
         Xp = self._grouped(X2)
         Y = np.empty((X2.shape[0], self.out_features), np.float32)
         if X2.shape[0] == 1:
-            _core.fused_gemv(*self._kernel_args(), Xp[0], Y[0], **self._kernel_select())
+            reversed_blocks = np.ascontiguousarray(
+                Xp[0].reshape(self._seeds.shape[1], -1)[:, ::-1]).reshape(-1)
+            _core.fused_gemv(*self._kernel_args(), Xp[0], reversed_blocks, Y[0],
+                             **self._kernel_select())
         else:
             with _single_threaded_blas:
                 _core.fused_forward_batch(*self._kernel_args(), Xp, Y, **self._kernel_select())

@@ -51,8 +51,9 @@ static const int rbe_neg_state[RBE_N_STATES] = {7, 6, 5, 4, 3, 2, 1, 0};
 
 RBE_INLINE void rbe_fused_gemv_row_scalar_body(int family, const uint64_t *hi, int gc,
                                                const rbe_tables *t, int rows, const float *xp,
-                                               float *y, float *acc)
+                                               const float *xpr, float *y, float *acc)
 {
+    (void)xpr;
     const int g = t->g;
     for (int i = 0; i < rows; i++) acc[i] = 0.0f;
     for (int bj = 0; bj < gc; bj++) {
@@ -146,42 +147,97 @@ static inline RBE_TARGET_AVX2 float rbe_hsum8(__m256 v)
     _mm256_loadu_ps((t)->rho + (off)), _mm256_loadu_ps((t)->sin_phi + (off)),              \
         _mm256_loadu_ps((t)->cos_phi + (off))
 
-/* acc[i] (8 lanes) += class-c weights of row i . x, rows [0, rows). */
-RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8(int family, int state, int c,
-                                                      const rbe_seed_v8 *sv,
-                                                      const rbe_tables *t, int rows,
-                                                      const float *x, float *acc)
+/* The 180-degree rotation (i, j) -> (h-1-i, w-1-j) of a square block keeps rho, turns phi
+ * into phi + pi (|sin| and |cos| unchanged) and, when h = w is a multiple of 4, keeps classes 0
+ * and 2: their weights at rotated positions are equal, whatever the state. With w = 4g, row
+ * h-1-i's group 3-p is row i's group p in reverse lane order, so one evaluation serves two
+ * rows. rbe_fused_rotation_pairs says whether a block (of `rows` valid rows) qualifies. */
+static inline int rbe_fused_rotation_pairs(const rbe_tables *t, int rows)
+{
+    return t->h == t->w && t->w == 4 * t->g && rows == t->h;
+}
+
+static inline int rbe_fused_rotation_class(int c) { return (c & 1) == 0; }
+
+/* Lanes of v in reverse order. */
+static inline RBE_TARGET_AVX2 __m256 rbe_reverse8(__m256 v)
+{
+    return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+}
+
+/* Rows evaluated together: one weight is a long dependency chain (exp, reciprocal, clamps),
+ * and interleaving independent chains keeps the FMA units busy. */
+#define RBE_FUSED_ROWS 4
+
+/* acc[i] (8 lanes) += class-c weights of row i . x for rows [i0, i0 + n), n <= RBE_FUSED_ROWS.
+ * With xr (the block's input reversed, xr[k] = x[4g-1-k]) the same weights also give row
+ * h-1-i: acc[h-1-i] += (row i's group p) . (xr's group p). */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_rows8(int family, int state, int c, int n,
+                                                     const rbe_seed_v8 *sv,
+                                                     const rbe_tables *t, int i0,
+                                                     const float *x, const float *xr,
+                                                     float *acc)
 {
     const int g = t->g;
-    __m256 unused;
-    for (int i = 0; i < rows; i++) {
-        int p = (c + i) & 3;
-        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
-        const float *xg = x + (ptrdiff_t)p * g;
-        __m256 a = _mm256_loadu_ps(acc + 8 * (ptrdiff_t)i);
-        for (int q0 = 0; q0 < g; q0 += 8) {
-            __m256 w = rbe_weight8(family, state, 0, sv, RBE_LOAD_TABLES(t, off + q0),
-                                   &unused, &unused);
-            a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg + q0), a);
-        }
-        _mm256_storeu_ps(acc + 8 * (ptrdiff_t)i, a);
+    const ptrdiff_t sin_off = t->sin_phi - t->rho, cos_off = t->cos_phi - t->rho;
+    const float *tab[RBE_FUSED_ROWS], *xg[RBE_FUSED_ROWS], *xrg[RBE_FUSED_ROWS];
+    __m256 a[RBE_FUSED_ROWS], ar[RBE_FUSED_ROWS], unused;
+    for (int k = 0; k < n; k++) {
+        int p = (c + i0 + k) & 3;
+        tab[k] = t->rho + ((ptrdiff_t)(i0 + k) * 4 + p) * g;
+        xg[k] = x + (ptrdiff_t)p * g;
+        a[k] = _mm256_loadu_ps(acc + 8 * (ptrdiff_t)(i0 + k));
+        xrg[k] = xr ? xr + (ptrdiff_t)p * g : NULL;
+        ar[k] = xr ? _mm256_loadu_ps(acc + 8 * (ptrdiff_t)(t->h - 1 - i0 - k)) : a[k];
     }
+    for (int q0 = 0; q0 < g; q0 += 8)
+        for (int k = 0; k < n; k++) {
+            const float *r = tab[k] + q0;
+            __m256 w = rbe_weight8(family, state, 0, sv, _mm256_loadu_ps(r),
+                                   _mm256_loadu_ps(r + sin_off), _mm256_loadu_ps(r + cos_off),
+                                   &unused, &unused);
+            a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg[k] + q0), a[k]);
+            if (xr) ar[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xrg[k] + q0), ar[k]);
+        }
+    for (int k = 0; k < n; k++) {
+        _mm256_storeu_ps(acc + 8 * (ptrdiff_t)(i0 + k), a[k]);
+        if (xr) _mm256_storeu_ps(acc + 8 * (ptrdiff_t)(t->h - 1 - i0 - k), ar[k]);
+    }
+}
+
+/* acc[i] += class-c weights of row i . x for all rows; rows [0, end) when xr pairs them. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8(int family, int state, int c,
+                                                      const rbe_seed_v8 *sv,
+                                                      const rbe_tables *t, int end,
+                                                      const float *x, const float *xr,
+                                                      float *acc)
+{
+    int i = 0;
+    for (; i + RBE_FUSED_ROWS <= end; i += RBE_FUSED_ROWS)
+        rbe_fused_gemv_rows8(family, state, c, RBE_FUSED_ROWS, sv, t, i, x, xr, acc);
+    if (i < end) rbe_fused_gemv_rows8(family, state, c, end - i, sv, t, i, x, xr, acc);
 }
 
 RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_row_avx2_body(int family, const uint64_t *hi,
                                                              int gc, const rbe_tables *t,
                                                              int rows, const float *xp,
-                                                             float *y, float *acc)
+                                                             const float *xpr, float *y,
+                                                             float *acc)
 {
+    const ptrdiff_t gw = 4 * (ptrdiff_t)t->g;
+    const int pairs = xpr != NULL && rbe_fused_rotation_pairs(t, rows);
     for (int i = 0; i < rows; i++) _mm256_storeu_ps(acc + 8 * (ptrdiff_t)i, _mm256_setzero_ps());
     for (int bj = 0; bj < gc; bj++) {
         rbe_seed32 s;
         rbe_seed_v8 sv;
         rbe_seed32_init(hi[bj], family, &s);
         rbe_seed_v8_init(&s, &sv);
-        const float *x = xp + (ptrdiff_t)bj * 4 * t->g;
+        const float *x = xp + bj * gw;
         for (int c = 0; c < RBE_N_CLASSES; c++) {
-#define RBE_GEMV_CASE(S) rbe_fused_gemv_class8(family, S, c, &sv, t, rows, x, acc)
+            int paired = pairs && rbe_fused_rotation_class(c);
+            const float *xr = paired ? xpr + bj * gw : NULL;
+            int end = paired ? rows / 2 : rows;
+#define RBE_GEMV_CASE(S) rbe_fused_gemv_class8(family, S, c, &sv, t, end, x, xr, acc)
             RBE_FUSED_SWITCH(s.sel[c], RBE_GEMV_CASE)
 #undef RBE_GEMV_CASE
         }
@@ -189,21 +245,27 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_row_avx2_body(int family, const u
     for (int i = 0; i < rows; i++) y[i] = rbe_hsum8(_mm256_loadu_ps(acc + 8 * (ptrdiff_t)i));
 }
 
-/* Class-c weights of rows [0, rows) into a grouped panel (row i at panel + i * ld). */
+/* Class-c weights of rows [0, end) into a grouped panel (row i at panel + i * ld); with
+ * `mirror`, row h-1-i's group 3-p receives row i's group p reversed (see above). */
 RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grouped_class8(int family, int state, int c,
                                                          const rbe_seed_v8 *sv,
-                                                         const rbe_tables *t, int rows,
-                                                         float *panel, ptrdiff_t ld)
+                                                         const rbe_tables *t, int end,
+                                                         int mirror, float *panel,
+                                                         ptrdiff_t ld)
 {
     const int g = t->g;
     __m256 unused;
-    for (int i = 0; i < rows; i++) {
+    for (int i = 0; i < end; i++) {
         int p = (c + i) & 3;
         ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
         float *dst = panel + (ptrdiff_t)i * ld + (ptrdiff_t)p * g;
-        for (int q0 = 0; q0 < g; q0 += 8)
-            _mm256_storeu_ps(dst + q0, rbe_weight8(family, state, 0, sv,
-                                                   RBE_LOAD_TABLES(t, off + q0), &unused, &unused));
+        float *rot = panel + (ptrdiff_t)(t->h - 1 - i) * ld + (ptrdiff_t)(4 - p) * g - 8;
+        for (int q0 = 0; q0 < g; q0 += 8) {
+            __m256 w = rbe_weight8(family, state, 0, sv, RBE_LOAD_TABLES(t, off + q0),
+                                   &unused, &unused);
+            _mm256_storeu_ps(dst + q0, w);
+            if (mirror) _mm256_storeu_ps(rot - q0, rbe_reverse8(w));
+        }
     }
 }
 
@@ -212,6 +274,7 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_panel_row_avx2_body(int family, const 
                                                               int rows, float *panel,
                                                               ptrdiff_t ld)
 {
+    const int pairs = rbe_fused_rotation_pairs(t, rows);
     for (int bj = 0; bj < gc; bj++) {
         rbe_seed32 s;
         rbe_seed_v8 sv;
@@ -219,7 +282,9 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_panel_row_avx2_body(int family, const 
         rbe_seed_v8_init(&s, &sv);
         float *dst = panel + (ptrdiff_t)bj * 4 * t->g;
         for (int c = 0; c < RBE_N_CLASSES; c++) {
-#define RBE_PANEL_CASE(S) rbe_fused_grouped_class8(family, S, c, &sv, t, rows, dst, ld)
+            int mirror = pairs && rbe_fused_rotation_class(c);
+            int end = mirror ? rows / 2 : rows;
+#define RBE_PANEL_CASE(S) rbe_fused_grouped_class8(family, S, c, &sv, t, end, mirror, dst, ld)
             RBE_FUSED_SWITCH(s.sel[c], RBE_PANEL_CASE)
 #undef RBE_PANEL_CASE
         }
@@ -313,7 +378,7 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, u
 /* ---- dispatch ------------------------------------------------------------------------ */
 
 typedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
-                                  const float *xp, float *y, float *acc);
+                                  const float *xp, const float *xpr, float *y, float *acc);
 typedef void (*rbe_fused_panel_fn)(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
                                    float *panel, ptrdiff_t ld);
 typedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows,
@@ -329,8 +394,9 @@ typedef struct {
 #define RBE_DEFINE_FUSED(SIMD, NAME, FAMILY, ATTR)                                            \
     static ATTR void rbe_fused_gemv_##SIMD##_##NAME(const uint64_t *hi, int gc,               \
                                                     const rbe_tables *t, int rows,            \
-                                                    const float *xp, float *y, float *acc)    \
-    { rbe_fused_gemv_row_##SIMD##_body(FAMILY, hi, gc, t, rows, xp, y, acc); }                \
+                                                    const float *xp, const float *xpr,        \
+                                                    float *y, float *acc)                     \
+    { rbe_fused_gemv_row_##SIMD##_body(FAMILY, hi, gc, t, rows, xp, xpr, y, acc); }           \
     static ATTR void rbe_fused_panel_##SIMD##_##NAME(const uint64_t *hi, int gc,              \
                                                      const rbe_tables *t, int rows,           \
                                                      float *panel, ptrdiff_t ld)              \
