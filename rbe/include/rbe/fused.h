@@ -291,49 +291,62 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_panel_row_avx2_body(int family, const 
     }
 }
 
-/* Sums of class c in the current state: acc = {G dW/dr, G dW/dtheta, G W, |G (alpha W + beta)|};
- * the weights go to W (grouped, row stride 4g) for the dX product. */
-RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grad_class8(int family, int state, int c,
-                                                      const rbe_seed_v8 *sv,
-                                                      const rbe_tables *t, int rows,
+/* G of row i, group p, lanes q0..q0+7; when `paired`, plus G at the rotated positions (row
+ * h-1-i, group 3-p, reversed lanes), whose weights are the same. gabs gets |G| summed alike. */
+static inline RBE_TARGET_AVX2 __m256 rbe_fused_load_g(const float *G, const rbe_tables *t,
+                                                      int i, int p, int q0, int paired,
+                                                      __m256 *gabs)
+{
+    const ptrdiff_t g = t->g, gw = 4 * g;
+    __m256 a = _mm256_loadu_ps(G + i * gw + p * g + q0);
+    if (!paired) {
+        *gabs = rbe_abs8(a);
+        return a;
+    }
+    __m256 b = rbe_reverse8(_mm256_loadu_ps(G + (t->h - 1 - i) * gw + (4 - p) * g - 8 - q0));
+    *gabs = _mm256_add_ps(rbe_abs8(a), rbe_abs8(b));
+    return _mm256_add_ps(a, b);
+}
+
+/* The candidates of state S (DESIGN section 4) as constant expressions, so that the three
+ * states of one backward pass are all known at compile time. */
+#define RBE_POS_OF(S) ((S) == 0 ? 1 : (S) == 1 ? 0 : (S) == 2 ? 3 : (S) == 3 ? 2 : (S) == 7 ? 4 : (S) + 1)
+#define RBE_NEG_OF(S) (7 - (S))
+
+/* One pass over class c, rows [0, end), in state `state` with its candidates `pos` and `neg`:
+ * acc = {G dW/dr, G dW/dtheta, G W, |G| |alpha W + beta|, G (W(pos) - W), G (W(neg) - W)}.
+ * The three weights share their loads and common terms (and tanh between states 2 and 3).
+ * The weights go to W (grouped, row stride 4g) for the dX product, and when `paired` to the
+ * rotated positions too. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grad_class8(int family, int state, int pos, int neg,
+                                                      int c, const rbe_seed_v8 *sv,
+                                                      const rbe_tables *t, int end, int paired,
                                                       const float *G, float *W, __m256 alpha,
                                                       __m256 beta, __m256 *acc)
 {
     const int g = t->g;
-    for (int i = 0; i < rows; i++) {
+    for (int i = 0; i < end; i++) {
         int p = (c + i) & 3;
         ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g, row = (ptrdiff_t)i * 4 * g + (ptrdiff_t)p * g;
+        float *rot = W + (ptrdiff_t)(t->h - 1 - i) * 4 * g + (ptrdiff_t)(4 - p) * g - 8;
         for (int q0 = 0; q0 < g; q0 += 8) {
-            __m256 dr, dth, gv = _mm256_loadu_ps(G + row + q0);
-            __m256 w = rbe_weight8(family, state, 1, sv, RBE_LOAD_TABLES(t, off + q0), &dr, &dth);
+            __m256 dr, dth, unused, gabs, gv = rbe_fused_load_g(G, t, i, p, q0, paired, &gabs);
+            __m256 rho = _mm256_loadu_ps(t->rho + off + q0);
+            __m256 sp = _mm256_loadu_ps(t->sin_phi + off + q0);
+            __m256 cp = _mm256_loadu_ps(t->cos_phi + off + q0);
+            __m256 w = rbe_weight8(family, state, 1, sv, rho, sp, cp, &dr, &dth);
+            __m256 wp = rbe_weight8(family, pos, 0, sv, rho, sp, cp, &unused, &unused);
+            __m256 wn = rbe_weight8(family, neg, 0, sv, rho, sp, cp, &unused, &unused);
             _mm256_storeu_ps(W + row + q0, w);
+            if (paired) _mm256_storeu_ps(rot - q0, rbe_reverse8(w));
             acc[0] = _mm256_fmadd_ps(gv, dr, acc[0]);
             acc[1] = _mm256_fmadd_ps(gv, dth, acc[1]);
             acc[2] = _mm256_fmadd_ps(gv, w, acc[2]);
-            acc[3] = _mm256_add_ps(acc[3], rbe_abs8(_mm256_mul_ps(gv, _mm256_fmadd_ps(alpha, w, beta))));
+            acc[3] = _mm256_fmadd_ps(gabs, rbe_abs8(_mm256_fmadd_ps(alpha, w, beta)), acc[3]);
+            acc[4] = _mm256_fmadd_ps(gv, _mm256_sub_ps(wp, w), acc[4]);
+            acc[5] = _mm256_fmadd_ps(gv, _mm256_sub_ps(wn, w), acc[5]);
         }
     }
-}
-
-/* sum over class c of G (W(state) - W), W being the current weights stored by the grad pass. */
-RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_fused_delta_class8(int family, int state, int c,
-                                                        const rbe_seed_v8 *sv,
-                                                        const rbe_tables *t, int rows,
-                                                        const float *G, const float *W)
-{
-    const int g = t->g;
-    __m256 acc = _mm256_setzero_ps(), unused;
-    for (int i = 0; i < rows; i++) {
-        int p = (c + i) & 3;
-        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g, row = (ptrdiff_t)i * 4 * g + (ptrdiff_t)p * g;
-        for (int q0 = 0; q0 < g; q0 += 8) {
-            __m256 w = rbe_weight8(family, state, 0, sv, RBE_LOAD_TABLES(t, off + q0),
-                                   &unused, &unused);
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(G + row + q0),
-                                  _mm256_sub_ps(w, _mm256_loadu_ps(W + row + q0)), acc);
-        }
-    }
-    return acc;
 }
 
 RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, uint64_t hi,
@@ -346,34 +359,67 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, u
     rbe_seed_v8 sv;
     rbe_seed32_init(hi, family, &s);
     rbe_seed_v8_init(&s, &sv);
+    const int pairs = rbe_fused_rotation_pairs(t, rows);
     for (int k = 0; k < RBE_FUSED_NSTATS; k++) stats[k] = 0.0;
     for (int c = 0; c < RBE_N_CLASSES; c++) {
-        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                         _mm256_setzero_ps()};
-        __m256 dpos = _mm256_setzero_ps(), dneg = _mm256_setzero_ps();
-        int state = s.sel[c];
-#define RBE_GRAD_CASE(S) \
-    rbe_fused_grad_class8(family, S, c, &sv, t, rows, G, W, RBE_V8(alpha), RBE_V8(beta), acc)
-#define RBE_POS_CASE(S) dpos = rbe_fused_delta_class8(family, S, c, &sv, t, rows, G, W)
-#define RBE_NEG_CASE(S) dneg = rbe_fused_delta_class8(family, S, c, &sv, t, rows, G, W)
-        RBE_FUSED_SWITCH(state, RBE_GRAD_CASE)
-        RBE_FUSED_SWITCH(rbe_pos_state[state], RBE_POS_CASE)
-        RBE_FUSED_SWITCH(rbe_neg_state[state], RBE_NEG_CASE)
+        __m256 acc[6];
+        for (int k = 0; k < 6; k++) acc[k] = _mm256_setzero_ps();
+        int paired = pairs && rbe_fused_rotation_class(c);
+        int end = paired ? rows / 2 : rows;
+#define RBE_GRAD_CASE(S) rbe_fused_grad_class8(family, S, RBE_POS_OF(S), RBE_NEG_OF(S), c, &sv, \
+                                               t, end, paired, G, W, RBE_V8(alpha),       \
+                                               RBE_V8(beta), acc)
+        RBE_FUSED_SWITCH(s.sel[c], RBE_GRAD_CASE)
 #undef RBE_GRAD_CASE
-#undef RBE_POS_CASE
-#undef RBE_NEG_CASE
         double *cs = stats + RBE_FUSED_CLASS + 4 * c;
         stats[RBE_FUSED_DR] += rbe_hsum8(acc[0]);
         stats[RBE_FUSED_DTH] += rbe_hsum8(acc[1]);
         cs[RBE_FUSED_CUR] = rbe_hsum8(acc[2]);
-        cs[RBE_FUSED_POS] = rbe_hsum8(dpos);
-        cs[RBE_FUSED_NEG] = rbe_hsum8(dneg);
         cs[RBE_FUSED_ABS] = rbe_hsum8(acc[3]);
+        cs[RBE_FUSED_POS] = rbe_hsum8(acc[4]);
+        cs[RBE_FUSED_NEG] = rbe_hsum8(acc[5]);
         stats[RBE_FUSED_GW] += cs[RBE_FUSED_CUR];
     }
 }
 
 #endif
+
+/* ---- small batches ------------------------------------------------------------------- */
+
+/* For a few inputs a BLAS call costs more than its arithmetic; these two loops replace the
+ * backward pass's two products there (same results up to float rounding order). They are
+ * compiled once per SIMD path, so the AVX2 build vectorises them with 8 lanes.
+ *   G[i][k] = sum_b dy[b][i] xp[b][k]                  (rows x gw, row stride gw)
+ *   dxp[b][k] = (dxp[b][k] if accumulate) + sum_i dy[b][i] W[i][k] */
+RBE_INLINE void rbe_fused_small_g_body(int rows, int gw, int batch, const float *dy,
+                                       ptrdiff_t ldy, const float *xp, ptrdiff_t ldx, float *G)
+{
+    for (int i = 0; i < rows; i++) {
+        float *gi = G + (ptrdiff_t)i * gw;
+        for (int k = 0; k < gw; k++) gi[k] = 0.0f;
+        for (int b = 0; b < batch; b++) {
+            float d = dy[b * ldy + i];
+            const float *x = xp + b * ldx;
+            for (int k = 0; k < gw; k++) gi[k] += d * x[k];
+        }
+    }
+}
+
+RBE_INLINE void rbe_fused_small_dx_body(int rows, int gw, int batch, const float *dy,
+                                        ptrdiff_t ldy, const float *W, float *dxp,
+                                        ptrdiff_t ldx, int accumulate)
+{
+    for (int b = 0; b < batch; b++) {
+        float *dx = dxp + b * ldx;
+        if (!accumulate)
+            for (int k = 0; k < gw; k++) dx[k] = 0.0f;
+        for (int i = 0; i < rows; i++) {
+            float d = dy[b * ldy + i];
+            const float *wi = W + (ptrdiff_t)i * gw;
+            for (int k = 0; k < gw; k++) dx[k] += d * wi[k];
+        }
+    }
+}
 
 /* ---- dispatch ------------------------------------------------------------------------ */
 
@@ -385,10 +431,18 @@ typedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows
                                       const float *G, float *W, float alpha, float beta,
                                       double *stats);
 
+typedef void (*rbe_fused_small_g_fn)(int rows, int gw, int batch, const float *dy,
+                                     ptrdiff_t ldy, const float *xp, ptrdiff_t ldx, float *G);
+typedef void (*rbe_fused_small_dx_fn)(int rows, int gw, int batch, const float *dy,
+                                      ptrdiff_t ldy, const float *W, float *dxp, ptrdiff_t ldx,
+                                      int accumulate);
+
 typedef struct {
     rbe_fused_gemv_fn gemv;
     rbe_fused_panel_fn panel;
     rbe_fused_backward_fn backward;
+    rbe_fused_small_g_fn small_g;
+    rbe_fused_small_dx_fn small_dx;
 } rbe_fused_ops;
 
 #define RBE_DEFINE_FUSED(SIMD, NAME, FAMILY, ATTR)                                            \
@@ -405,7 +459,17 @@ typedef struct {
                                                         int rows, const float *G, float *W,   \
                                                         float alpha, float beta,              \
                                                         double *stats)                        \
-    { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); }
+    { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); } \
+    static ATTR void rbe_fused_small_g_##SIMD##_##NAME(int rows, int gw, int batch,           \
+                                                       const float *dy, ptrdiff_t ldy,        \
+                                                       const float *xp, ptrdiff_t ldx,        \
+                                                       float *G)                              \
+    { rbe_fused_small_g_body(rows, gw, batch, dy, ldy, xp, ldx, G); }                         \
+    static ATTR void rbe_fused_small_dx_##SIMD##_##NAME(int rows, int gw, int batch,          \
+                                                        const float *dy, ptrdiff_t ldy,       \
+                                                        const float *W, float *dxp,           \
+                                                        ptrdiff_t ldx, int accumulate)        \
+    { rbe_fused_small_dx_body(rows, gw, batch, dy, ldy, W, dxp, ldx, accumulate); }
 
 RBE_DEFINE_FUSED(scalar, poly, RBE_APPROX_POLY, )
 RBE_DEFINE_FUSED(scalar, lut, RBE_APPROX_LUT, )
@@ -416,13 +480,15 @@ RBE_DEFINE_FUSED(avx2, lut, RBE_APPROX_LUT, RBE_TARGET_AVX2)
 RBE_DEFINE_FUSED(avx2, cordic, RBE_APPROX_CORDIC, RBE_TARGET_AVX2)
 #endif
 
-#define RBE_FUSED_OPS(SIMD, NAME) \
-    {rbe_fused_gemv_##SIMD##_##NAME, rbe_fused_panel_##SIMD##_##NAME, rbe_fused_backward_##SIMD##_##NAME}
+#define RBE_FUSED_OPS(SIMD, NAME)                                                              \
+    {rbe_fused_gemv_##SIMD##_##NAME, rbe_fused_panel_##SIMD##_##NAME,                          \
+     rbe_fused_backward_##SIMD##_##NAME, rbe_fused_small_g_##SIMD##_##NAME,                    \
+     rbe_fused_small_dx_##SIMD##_##NAME}
 
 /* All-NULL ops when the combination is not compiled in or out of range. */
 static rbe_fused_ops rbe_fused_select(int simd, int family)
 {
-    static const rbe_fused_ops none = {NULL, NULL, NULL};
+    static const rbe_fused_ops none = {NULL, NULL, NULL, NULL, NULL};
     static const rbe_fused_ops scalar[RBE_N_APPROX] = {
         RBE_FUSED_OPS(scalar, poly), RBE_FUSED_OPS(scalar, lut), RBE_FUSED_OPS(scalar, cordic)};
 #ifdef RBE_HAVE_X86_SIMD
