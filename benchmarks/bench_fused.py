@@ -9,7 +9,9 @@ baseline" (baseline time / FusedLinear time): above 1, FusedLinear is faster.
   at 4096^2 and 8192^2 with 64 x 64 blocks;
 - forward and backward against the original algorithm (``rbe.reference.FusedLayer``: scalar C,
   one function call per weight) at 1024^2, 64 x 64 blocks, one vector;
-- each with 1 and 2 threads (the kernels' OpenMP threads and numpy's BLAS threads alike).
+- each with 1 and 2 threads (the kernels' OpenMP threads and numpy's BLAS threads alike);
+- a profile of the GEMV inner loop: nanoseconds per weight with every class of every block in
+  one state (1 thread, 4096^2), which shows where the time goes.
 
 Usage: ``python benchmarks/bench_fused.py [--repeats N] [--sizes 4096 8192]``
 """
@@ -23,7 +25,7 @@ from threadpoolctl import threadpool_limits
 
 import rbe
 from rbe import optim, reference
-from rbe.fused import FusedLinear
+from rbe.fused import FusedLinear, with_states
 
 
 def interleaved(cases: dict, repeats: int) -> dict:
@@ -102,6 +104,33 @@ def vs_original(n: int, threads: int, repeats: int) -> None:
             ("fused backward + Adam step", "original backward_adam")])
 
 
+def gemv_profile(n: int, repeats: int) -> None:
+    """GEMV time per weight with all position classes in one state, for each state."""
+    layer = FusedLinear(n, n, seed=0, bias=False)
+    x = np.random.default_rng(0).standard_normal(n, dtype=np.float32)
+    mixed = layer.seeds.copy()
+    cases = {"random states": lambda: layer.forward(x)}
+
+    def in_state(state):
+        def run():
+            layer.seeds["hi"] = with_states(mixed["hi"], np.full(mixed.shape + (4,), state))
+            start = time.perf_counter()
+            layer.forward(x)
+            elapsed = time.perf_counter() - start
+            layer.seeds = mixed
+            return elapsed
+        return run
+
+    t = interleaved(cases, repeats)
+    rows = [("random states", t["random states"])]
+    for state in range(8):
+        timed = in_state(state)
+        rows.append((f"state {state}", float(np.median([timed() for _ in range(repeats)]))))
+    print(f"\nGEMV inner loop, {n} x {n}, 1 thread: ns per weight (all classes in one state)")
+    for name, seconds in rows:
+        print(f"    {name:<16} {seconds / n**2 * 1e9:6.3f} ns/weight  ({seconds * 1e3:7.3f} ms)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=9)
@@ -119,6 +148,8 @@ def main() -> None:
                 vs_dense(n, threads, args.repeats)
             print(f"\nFusedLinear vs the original algorithm, {threads} thread(s)")
             vs_original(args.original_size, threads, args.repeats)
+    rbe.set_num_threads(1)
+    gemv_profile(args.sizes[0], args.repeats)
 
 
 if __name__ == "__main__":

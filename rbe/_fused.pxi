@@ -47,6 +47,7 @@ FUSED_STATS = {"dr": RBE_FUSED_DR, "dtheta": RBE_FUSED_DTH, "gw": RBE_FUSED_GW,
 cdef int _INT_MAX = 2147483647
 # Batches up to this size use the loops of fused.h instead of sgemm in the backward pass.
 cdef int _SMALL_BATCH = 8
+FUSED_SMALL_BATCH = _SMALL_BATCH
 
 
 cdef inline void _gemm(char ta, char tb, int m, int n, int k, float alpha, const float *a,

@@ -18,6 +18,7 @@ applied by :meth:`FusedLinear.after_step` (called by the optimisers of :mod:`rbe
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -66,10 +67,17 @@ class _SingleThreadedBlas:
 _single_threaded_blas = _SingleThreadedBlas()
 
 
+_SEL_SHIFTS = np.arange(seeds_mod.N_CLASSES, dtype=np.uint64) * np.uint64(seeds_mod.SEL_BITS)
+
+
+def states_of(hi: np.ndarray) -> np.ndarray:
+    """The four state selectors of ``hi`` words, uint8 with a trailing axis of 4."""
+    return ((hi[..., None] >> _SEL_SHIFTS) & np.uint64(seeds_mod.N_STATES - 1)).astype(np.uint8)
+
+
 def with_states(hi: np.ndarray, sel: np.ndarray) -> np.ndarray:
     """``hi`` words with their four 3-bit state selectors replaced by ``sel`` (trailing axis 4)."""
-    shifts = np.arange(seeds_mod.N_CLASSES, dtype=np.uint64) * np.uint64(seeds_mod.SEL_BITS)
-    bits = np.bitwise_or.reduce(sel.astype(np.uint64) << shifts, axis=-1)
+    bits = np.bitwise_or.reduce(sel.astype(np.uint64) << _SEL_SHIFTS, axis=-1)
     return (hi & ~_SEL_MASK) | bits
 
 
@@ -297,7 +305,7 @@ class FusedLinear:
         # dL of moving to s' is the change of W_eff = alpha (W(s') - W(s)) against G.
         d_pos = float(self._alpha) * sums[..., STATS["pos"]]
         d_neg = float(self._alpha) * sums[..., STATS["neg"]]
-        current = seeds_mod.unpack(self._seeds).sel
+        current = states_of(self._seeds["hi"])
         take_neg = d_neg < d_pos
         best = np.where(take_neg, d_neg, d_pos)
         chosen = np.where(take_neg, NEG_STATE[current], POS_STATE[current])
@@ -347,7 +355,10 @@ class FusedLinear:
         Xp = self._grouped(X2)
         dXp = np.empty_like(Xp)
         stats = np.empty(self._seeds.shape + (STATS["n"],), np.float64)
-        with _single_threaded_blas:
+        # Small batches do not call BLAS (see _fused.pxi), so they need no thread limit.
+        guard = (_single_threaded_blas if X2.shape[0] > _core.FUSED_SMALL_BATCH
+                 else contextlib.nullcontext())
+        with guard:
             _core.fused_backward(*self._kernel_args(), Xp, np.ascontiguousarray(dY2), dXp, stats,
                                  float(self._alpha), float(self._beta), **self._kernel_select())
         dZ = np.empty(X2.shape, np.float32)
@@ -377,7 +388,7 @@ class FusedLinear:
         h, w = self.block
         grid_rows, grid_cols = self._seeds.shape
         Xpad = self._padded(X2, grid_cols * w)
-        sel = seeds_mod.unpack(self._seeds).sel
+        sel = states_of(self._seeds["hi"])
         candidates = [self._seeds.copy(), self._seeds.copy()]
         for cand, states in zip(candidates, (POS_STATE[sel], NEG_STATE[sel])):
             cand["hi"] = with_states(cand["hi"], states)

@@ -129,16 +129,17 @@ FUSED_EPOCHS = {"gravity": 2000}
 
 
 def main() -> None:
-    header = ("scenario", "size", "zero", "original (epochs, lr)", "ours (epochs)",
-              "ours reaches original at", "ours, seed only", "seed only reaches at")
-    print(" | ".join(header))
+    header = ("scenario", "size", "all-zero RMSE", "original RMSE (epochs, lr)", "ours (epochs)",
+              "ours reaches original at epoch", "ours, seed only", "seed only reaches at")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
     for name in SCENARIOS:
         r = compare(name, FUSED_EPOCHS.get(name))
-        print(" | ".join([
+        print("| " + " | ".join([
             name, f"{r['size']}x{r['size']}", f"{r['zero']:.4f}",
             f"{r['original']:.4f} ({r['original_epochs']}, {r['original_lr']})",
             f"{r['fused']:.4f} ({r['fused_epochs']})", str(r["fused_reaches_original_at"]),
-            f"{r['fused_seed_only']:.4f}", str(r["fused_seed_only_reaches_original_at"])]))
+            f"{r['fused_seed_only']:.4f}", str(r["fused_seed_only_reaches_original_at"])]) + " |")
 
 
 if __name__ == "__main__":
