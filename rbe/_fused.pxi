@@ -104,7 +104,8 @@ def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], bi
     cdef int threads = _fused_threads(gr, m * xp.shape[0])
-    cdef float[:, ::1] acc = np.empty((threads, 8 * t.h), np.float32)
+    # per thread: 8 lanes per row, then 2g floats for the anti-transposed sums of fused.h
+    cdef float[:, ::1] acc = np.empty((threads, 8 * t.h + 2 * t.g), np.float32)
     with nogil:
         for bi in prange(gr, schedule="dynamic", num_threads=threads):
             ops.gemv(&hi[bi, 0], <int>gc, &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h), &xp[0],

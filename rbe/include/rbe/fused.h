@@ -169,28 +169,35 @@ static inline RBE_TARGET_AVX2 __m256 rbe_reverse8(__m256 v)
  * and interleaving independent chains keeps the FMA units busy. */
 #define RBE_FUSED_ROWS 4
 
-/* acc[i] (8 lanes) += class-c weights of row i . x for rows [i0, i0 + n), n <= RBE_FUSED_ROWS.
- * With xr (the block's input reversed, xr[k] = x[4g-1-k]) the same weights also give row
- * h-1-i: acc[h-1-i] += (row i's group p) . (xr's group p). */
+/* acc[i] (8 lanes) += class-c weights of row i . x for rows [i0, i0 + n), n <= RBE_FUSED_ROWS,
+ * lanes [0, lanes) of each group.
+ * - With xr (the block's input reversed, xr[k] = x[4g-1-k]) the same weights also give row
+ *   h-1-i: acc[h-1-i] += (row i's group p) . (xr's group p) (rotation pairs).
+ * - With acct, lanes q < g/2 of row i also feed the anti-transposed positions (see
+ *   rbe_fused_gemv_class8_at): acct[p][q] += W[i][p][q] x[h-1-i]. */
 RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_rows8(int family, int state, int c, int n,
-                                                     const rbe_seed_v8 *sv,
+                                                     int lanes, const rbe_seed_v8 *sv,
                                                      const rbe_tables *t, int i0,
                                                      const float *x, const float *xr,
-                                                     float *acc)
+                                                     float *acct, float *acc)
 {
-    const int g = t->g;
+    const int g = t->g, half = g / 2;
     const ptrdiff_t sin_off = t->sin_phi - t->rho, cos_off = t->cos_phi - t->rho;
     const float *tab[RBE_FUSED_ROWS], *xg[RBE_FUSED_ROWS], *xrg[RBE_FUSED_ROWS];
-    __m256 a[RBE_FUSED_ROWS], ar[RBE_FUSED_ROWS], unused;
+    float *tg[RBE_FUSED_ROWS];
+    __m256 a[RBE_FUSED_ROWS], ar[RBE_FUSED_ROWS], xs[RBE_FUSED_ROWS], unused;
     for (int k = 0; k < n; k++) {
-        int p = (c + i0 + k) & 3;
-        tab[k] = t->rho + ((ptrdiff_t)(i0 + k) * 4 + p) * g;
+        int i = i0 + k, p = (c + i) & 3;
+        tab[k] = t->rho + ((ptrdiff_t)i * 4 + p) * g;
         xg[k] = x + (ptrdiff_t)p * g;
-        a[k] = _mm256_loadu_ps(acc + 8 * (ptrdiff_t)(i0 + k));
+        a[k] = _mm256_loadu_ps(acc + 8 * (ptrdiff_t)i);
         xrg[k] = xr ? xr + (ptrdiff_t)p * g : NULL;
-        ar[k] = xr ? _mm256_loadu_ps(acc + 8 * (ptrdiff_t)(t->h - 1 - i0 - k)) : a[k];
+        ar[k] = xr ? _mm256_loadu_ps(acc + 8 * (ptrdiff_t)(t->h - 1 - i)) : a[k];
+        /* column h-1-i is lane g-1-(i>>2) of group 3-(i&3) */
+        tg[k] = acct ? acct + (ptrdiff_t)p * half : NULL;
+        xs[k] = acct ? _mm256_set1_ps(x[(3 - (i & 3)) * g + g - 1 - (i >> 2)]) : a[k];
     }
-    for (int q0 = 0; q0 < g; q0 += 8)
+    for (int q0 = 0; q0 < lanes; q0 += 8)
         for (int k = 0; k < n; k++) {
             const float *r = tab[k] + q0;
             __m256 w = rbe_weight8(family, state, 0, sv, _mm256_loadu_ps(r),
@@ -198,6 +205,8 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_rows8(int family, int state, int 
                                    &unused, &unused);
             a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg[k] + q0), a[k]);
             if (xr) ar[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xrg[k] + q0), ar[k]);
+            if (acct && q0 < half)
+                _mm256_storeu_ps(tg[k] + q0, _mm256_fmadd_ps(w, xs[k], _mm256_loadu_ps(tg[k] + q0)));
         }
     for (int k = 0; k < n; k++) {
         _mm256_storeu_ps(acc + 8 * (ptrdiff_t)(i0 + k), a[k]);
@@ -205,17 +214,44 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_rows8(int family, int state, int 
     }
 }
 
-/* acc[i] += class-c weights of row i . x for all rows; rows [0, end) when xr pairs them. */
+/* acc[i] += class-c weights of row i . x, rows [i0, end), lanes [0, lanes) of each group. */
 RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8(int family, int state, int c,
                                                       const rbe_seed_v8 *sv,
-                                                      const rbe_tables *t, int end,
-                                                      const float *x, const float *xr,
+                                                      const rbe_tables *t, int i0, int end,
+                                                      int lanes, const float *x,
+                                                      const float *xr, float *acct,
                                                       float *acc)
 {
-    int i = 0;
+    int i = i0;
     for (; i + RBE_FUSED_ROWS <= end; i += RBE_FUSED_ROWS)
-        rbe_fused_gemv_rows8(family, state, c, RBE_FUSED_ROWS, sv, t, i, x, xr, acc);
-    if (i < end) rbe_fused_gemv_rows8(family, state, c, end - i, sv, t, i, x, xr, acc);
+        rbe_fused_gemv_rows8(family, state, c, RBE_FUSED_ROWS, lanes, sv, t, i, x, xr, acct,
+                             acc);
+    if (i < end) rbe_fused_gemv_rows8(family, state, c, end - i, lanes, sv, t, i, x, xr, acct, acc);
+}
+
+/* The anti-transpose (i, j) -> (h-1-j, w-1-i) of a square block keeps rho and every class, so
+ * in the states that depend on rho alone (2 to 7) it maps weights onto equal weights. It maps
+ * the quadrant {i < h/2, j < w/2} onto {i >= h/2, j >= w/2}: with g a multiple of 16 the
+ * quadrants are whole vectors of the grouped layout, so the second one is not evaluated; its
+ * contributions y[h-1-j] += W[i][j] x[w-1-i] are gathered per lane in acct (2g floats) and
+ * added to the rows at the end. Used for classes 1 and 3, which the rotation does not pair. */
+static inline int rbe_fused_transpose_pairs(const rbe_tables *t, int rows, int state)
+{
+    return state >= 2 && rbe_fused_rotation_pairs(t, rows) && t->g % 16 == 0;
+}
+
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8_at(int family, int state, int c,
+                                                         const rbe_seed_v8 *sv,
+                                                         const rbe_tables *t, const float *x,
+                                                         float *acct, float *acc)
+{
+    const int g = t->g, half = g / 2, h = t->h;
+    for (int k = 0; k < 4 * half; k++) acct[k] = 0.0f;
+    rbe_fused_gemv_class8(family, state, c, sv, t, 0, h / 2, g, x, NULL, acct, acc);
+    rbe_fused_gemv_class8(family, state, c, sv, t, h / 2, h, half, x, NULL, NULL, acc);
+    for (int p = 0; p < 4; p++)
+        for (int q = 0; q < half; q++)
+            acc[8 * (ptrdiff_t)(h - 1 - (4 * q + p))] += acct[p * half + q];
 }
 
 RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_row_avx2_body(int family, const uint64_t *hi,
@@ -226,6 +262,7 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_row_avx2_body(int family, const u
 {
     const ptrdiff_t gw = 4 * (ptrdiff_t)t->g;
     const int pairs = xpr != NULL && rbe_fused_rotation_pairs(t, rows);
+    float *acct = acc + 8 * (ptrdiff_t)t->h;
     for (int i = 0; i < rows; i++) _mm256_storeu_ps(acc + 8 * (ptrdiff_t)i, _mm256_setzero_ps());
     for (int bj = 0; bj < gc; bj++) {
         rbe_seed32 s;
@@ -237,7 +274,14 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_row_avx2_body(int family, const u
             int paired = pairs && rbe_fused_rotation_class(c);
             const float *xr = paired ? xpr + bj * gw : NULL;
             int end = paired ? rows / 2 : rows;
-#define RBE_GEMV_CASE(S) rbe_fused_gemv_class8(family, S, c, &sv, t, end, x, xr, acc)
+            if (xpr != NULL && !paired && rbe_fused_transpose_pairs(t, rows, s.sel[c])) {
+#define RBE_GEMV_AT_CASE(S) rbe_fused_gemv_class8_at(family, S, c, &sv, t, x, acct, acc)
+                RBE_FUSED_SWITCH(s.sel[c], RBE_GEMV_AT_CASE)
+#undef RBE_GEMV_AT_CASE
+                continue;
+            }
+#define RBE_GEMV_CASE(S) \
+    rbe_fused_gemv_class8(family, S, c, &sv, t, 0, end, t->g, x, xr, NULL, acc)
             RBE_FUSED_SWITCH(s.sel[c], RBE_GEMV_CASE)
 #undef RBE_GEMV_CASE
         }
