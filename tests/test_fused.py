@@ -2,6 +2,7 @@
 differences, state transitions, thread independence and input validation."""
 import numpy as np
 import pytest
+import threadpoolctl
 
 import rbe
 from rbe import kernel, seeds
@@ -53,6 +54,37 @@ def test_forward_backward_match_dense(mode, n_in, n_out, batch, dtype):
     dX = layer.backward(X, dY)
     assert dX.dtype == dtype and dX.shape == X.shape
     assert rel_err(dX, dY.astype(np.float64) @ dense) <= 2e-5
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("block", [(1, 1), (3, 1), (5, 7), (33, 65), (128, 128)])
+@pytest.mark.parametrize("batch", [None, 9, 33])     # GEMV; sgemm paths (9 > small batch)
+def test_odd_block_shapes(mode, block, batch):
+    n_in, n_out = 2 * block[1] + 3, 2 * block[0] + 1
+    layer = make_layer(n_in, n_out, mode, block)
+    dense = layer.to_dense().astype(np.float64)
+    X, dY = inputs(n_in, batch), inputs(n_out, batch, seed=2)
+    assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 2e-5
+    assert rel_err(layer.backward(X, dY), dY @ dense) <= 2e-5
+
+
+@pytest.mark.parametrize("approx", ["lut", "cordic"])
+def test_other_approximations(monkeypatch, approx):
+    monkeypatch.setattr(kernel, "_approx", approx)
+    layer = make_layer(200, 130)
+    dense = layer.to_dense().astype(np.float64)
+    for batch in (None, 33):
+        X, dY = inputs(200, batch), inputs(130, batch, seed=2)
+        assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 2e-5
+        assert rel_err(layer.backward(X, dY), dY @ dense) <= 2e-5
+
+
+def test_blas_thread_limit_is_restored():
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    layer = make_layer(200, 130)
+    layer.forward(inputs(200, 33))
+    layer.backward(inputs(200, 33), inputs(130, 33, seed=2))
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
 
 
 @pytest.mark.parametrize("block", [(64, 64), (32, 16), (8, 24)])
