@@ -22,6 +22,7 @@ import contextlib
 import threading
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from . import _core, kernel
 from . import seeds as seeds_mod
@@ -31,6 +32,7 @@ STATS = _core.FUSED_STATS
 POS_STATE = np.array([1, 0, 3, 2, 5, 6, 7, 4], dtype=np.uint8)
 NEG_STATE = np.array([7, 6, 5, 4, 3, 2, 1, 0], dtype=np.uint8)
 _SEL_MASK = np.uint64((1 << (seeds_mod.SEL_BITS * seeds_mod.N_CLASSES)) - 1)
+_SEL_SHIFTS = np.arange(seeds_mod.N_CLASSES, dtype=np.uint64) * np.uint64(seeds_mod.SEL_BITS)
 
 
 class _SingleThreadedBlas:
@@ -50,8 +52,7 @@ class _SingleThreadedBlas:
     def __enter__(self):
         with self._lock:
             if self._users == 0:
-                if self._controller is None:
-                    from threadpoolctl import ThreadpoolController
+                if self._controller is None:      # inspects the loaded libraries: once
                     self._controller = ThreadpoolController()
                 self._limiter = self._controller.limit(limits=1, user_api="blas")
             self._users += 1
@@ -65,9 +66,6 @@ class _SingleThreadedBlas:
 
 
 _single_threaded_blas = _SingleThreadedBlas()
-
-
-_SEL_SHIFTS = np.arange(seeds_mod.N_CLASSES, dtype=np.uint64) * np.uint64(seeds_mod.SEL_BITS)
 
 
 def states_of(hi: np.ndarray) -> np.ndarray:
@@ -97,6 +95,16 @@ def _float_input(name: str, value, width: int) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite (got NaN or inf)")
     return arr
+
+
+def _padded(A: np.ndarray, width: int) -> np.ndarray:
+    """A with zero columns appended up to ``width``."""
+    return np.pad(A, ((0, 0), (0, width - A.shape[1])))
+
+
+def _block_row(blocks: np.ndarray) -> np.ndarray:
+    """(grid_cols, h, w) blocks of one block row as an (h, grid_cols * w) matrix."""
+    return blocks.transpose(1, 0, 2).reshape(blocks.shape[1], -1)
 
 
 class FusedLinear:
@@ -316,7 +324,7 @@ class FusedLinear:
     def _build_permutation(self) -> None:
         """Grouped input order of the kernels: block column bj, group p, lane q holds input
         column bj*w + 4q + p (fused.h); padding lanes and columns past the layer stay zero."""
-        h, w = self.block
+        w = self.block[1]
         g = kernel.shape_tables(self.block).rho.shape[2]
         grid_cols = self._seeds.shape[1]
         bj, p, q = np.meshgrid(np.arange(grid_cols), np.arange(4), np.arange(g), indexing="ij")
@@ -332,7 +340,8 @@ class FusedLinear:
         return Xp
 
     def _kernel_args(self) -> tuple:
-        return (np.ascontiguousarray(self._seeds["hi"]), *kernel.shape_tables(self.block), self.block[1])
+        hi = np.ascontiguousarray(self._seeds["hi"])
+        return (hi, *kernel.shape_tables(self.block), self.block[1])
 
     def _kernel_select(self) -> dict:
         return {"simd": _core.SIMD_PATHS[kernel.current_simd()],
@@ -367,36 +376,26 @@ class FusedLinear:
 
     # ---- precise mode (float64, one block row at a time) -------------------------------------
 
-    def _padded(self, A: np.ndarray, width: int) -> np.ndarray:
-        return np.pad(A, ((0, 0), (0, width - A.shape[1])))
-
-    def _block_row(self, blocks: np.ndarray) -> np.ndarray:
-        """(grid_cols, h, w) blocks of one block row as an (h, grid_cols * w) matrix."""
-        return blocks.transpose(1, 0, 2).reshape(blocks.shape[1], -1)
-
     def _forward_precise(self, X2: np.ndarray) -> np.ndarray:
         h, w = self.block
-        Xpad = self._padded(X2, self._seeds.shape[1] * w)
+        Xpad = _padded(X2, self._seeds.shape[1] * w)
         Z = np.empty((X2.shape[0], self.out_features))
         for bi in range(self._seeds.shape[0]):
-            rows = slice(bi * h, min((bi + 1) * h, self.out_features))
-            W = self._block_row(kernel.generate(self._seeds[bi], self.block, "precise"))
-            Z[:, rows] = Xpad @ W[:rows.stop - rows.start].T
+            n = min(h, self.out_features - bi * h)
+            W = _block_row(kernel.generate(self._seeds[bi], self.block, "precise"))
+            Z[:, bi * h:bi * h + n] = Xpad @ W[:n].T
         return Z
 
     def _backward_precise(self, X2: np.ndarray, dY2: np.ndarray):
         h, w = self.block
         grid_rows, grid_cols = self._seeds.shape
-        Xpad = self._padded(X2, grid_cols * w)
+        Xpad = _padded(X2, grid_cols * w)
         sel = states_of(self._seeds["hi"])
         candidates = [self._seeds.copy(), self._seeds.copy()]
         for cand, states in zip(candidates, (POS_STATE[sel], NEG_STATE[sel])):
             cand["hi"] = with_states(cand["hi"], states)
-        i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        in_class = [((j - i) % 4) == c for c in range(4)]
         dZ = np.zeros((X2.shape[0], grid_cols * w))
         stats = np.zeros(self._seeds.shape + (STATS["n"],))
-        alpha, beta = float(self._alpha), float(self._beta)
         for bi in range(grid_rows):
             n = min(h, self.out_features - bi * h)
             dYb = dY2[:, bi * h:bi * h + n]
@@ -405,19 +404,24 @@ class FusedLinear:
                 self._seeds[bi], self.block, "precise"))
             moved = [kernel.generate(c[bi], self.block, "precise")[:, :n] - W
                      for c in candidates]
-            dZ += dYb @ self._block_row(W)
-            s = stats[bi]
-            s[:, STATS["dr"]] = np.einsum("kij,kij->k", G, dr)
-            s[:, STATS["dtheta"]] = np.einsum("kij,kij->k", G, dth)
-            for c, mask in enumerate(in_class):
-                m = mask[:n]
-                base = STATS["class"] + 4 * c
-                s[:, base + STATS["cur"]] = (G * W)[:, m].sum(axis=1)
-                s[:, base + STATS["pos"]] = (G * moved[0])[:, m].sum(axis=1)
-                s[:, base + STATS["neg"]] = (G * moved[1])[:, m].sum(axis=1)
-                s[:, base + STATS["abs"]] = np.abs(G * (alpha * W + beta))[:, m].sum(axis=1)
-            s[:, STATS["gw"]] = np.einsum("kij,kij->k", G, W)
+            dZ += dYb @ _block_row(W)
+            self._precise_block_stats(stats[bi], G, W, dr, dth, moved)
         return dZ[:, :self.in_features], stats
+
+    def _precise_block_stats(self, out, G, W, dr, dth, moved) -> None:
+        """The sums of fused.h's backward kernel for one block row, in float64."""
+        i, j = np.meshgrid(np.arange(G.shape[1]), np.arange(G.shape[2]), indexing="ij")
+        W_eff = float(self._alpha) * W + float(self._beta)
+        out[:, STATS["dr"]] = np.einsum("kij,kij->k", G, dr)
+        out[:, STATS["dtheta"]] = np.einsum("kij,kij->k", G, dth)
+        out[:, STATS["gw"]] = np.einsum("kij,kij->k", G, W)
+        for c in range(seeds_mod.N_CLASSES):
+            m = ((j - i) % 4) == c
+            base = STATS["class"] + 4 * c
+            out[:, base + STATS["cur"]] = (G * W)[:, m].sum(axis=1)
+            out[:, base + STATS["pos"]] = (G * moved[0])[:, m].sum(axis=1)
+            out[:, base + STATS["neg"]] = (G * moved[1])[:, m].sum(axis=1)
+            out[:, base + STATS["abs"]] = np.abs(G * W_eff)[:, m].sum(axis=1)
 
     # ---- checks ----------------------------------------------------------------------------
 

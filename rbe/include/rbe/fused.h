@@ -205,8 +205,10 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_rows8(int family, int state, int 
                                    &unused, &unused);
             a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg[k] + q0), a[k]);
             if (xr) ar[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xrg[k] + q0), ar[k]);
-            if (acct && q0 < half)
-                _mm256_storeu_ps(tg[k] + q0, _mm256_fmadd_ps(w, xs[k], _mm256_loadu_ps(tg[k] + q0)));
+            if (acct && q0 < half) {
+                __m256 sum = _mm256_fmadd_ps(w, xs[k], _mm256_loadu_ps(tg[k] + q0));
+                _mm256_storeu_ps(tg[k] + q0, sum);
+            }
         }
     for (int k = 0; k < n; k++) {
         _mm256_storeu_ps(acc + 8 * (ptrdiff_t)(i0 + k), a[k]);
@@ -354,7 +356,8 @@ static inline RBE_TARGET_AVX2 __m256 rbe_fused_load_g(const float *G, const rbe_
 
 /* The candidates of state S (DESIGN section 4) as constant expressions, so that the three
  * states of one backward pass are all known at compile time. */
-#define RBE_POS_OF(S) ((S) == 0 ? 1 : (S) == 1 ? 0 : (S) == 2 ? 3 : (S) == 3 ? 2 : (S) == 7 ? 4 : (S) + 1)
+#define RBE_POS_OF(S) \
+    ((S) == 0 ? 1 : (S) == 1 ? 0 : (S) == 2 ? 3 : (S) == 3 ? 2 : (S) == 7 ? 4 : (S) + 1)
 #define RBE_NEG_OF(S) (7 - (S))
 
 /* One pass over class c, rows [0, end), in state `state` with its candidates `pos` and `neg`:
