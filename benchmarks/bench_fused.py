@@ -8,7 +8,8 @@ baseline" (baseline time / FusedLinear time): above 1, FusedLinear is faster.
   plus the batch-64 backward against the dense layer's backward (``dY @ W`` and ``dY.T @ X``),
   at 4096^2 and 8192^2 with 64 x 64 blocks;
 - forward and backward against the original algorithm (``rbe.reference.FusedLayer``: scalar C,
-  one function call per weight) at 1024^2, 64 x 64 blocks, one vector;
+  one function call per weight) at 1024^2, 64 x 64 blocks: one vector, and per vector of a
+  batch of 64 (the original has no batch form: it takes one vector per call);
 - each with 1 and 2 threads (the kernels' OpenMP threads and numpy's BLAS threads alike);
 - a profile of the GEMV inner loop: nanoseconds per weight with every class of every block in
   one state (1 thread, 4096^2), which shows where the time goes.
@@ -85,6 +86,8 @@ def vs_original(n: int, threads: int, repeats: int) -> None:
     adam = optim.Adam(trained, lr=1e-3)
     x, dy = rng.standard_normal(n), rng.standard_normal(n)
     x32, dy32 = x.astype(np.float32), dy.astype(np.float32)
+    X = rng.standard_normal((64, n), dtype=np.float32)
+    dY = rng.standard_normal((64, n), dtype=np.float32)
 
     def fused_step():
         trained.backward(x32, dy32)
@@ -97,12 +100,19 @@ def vs_original(n: int, threads: int, repeats: int) -> None:
         "original backward_precise": lambda: original.backward_precise(x, dy, 1e-3),
         "fused backward + Adam step": fused_step,
         "original backward_adam": lambda: original.backward_adam(x, dy, 1, 1e-3),
+        "fused forward b64": lambda: layer.forward(X),
+        "fused backward b64": lambda: layer.backward(X, dY),
     }
     t = interleaved(cases, repeats)
     report(f"{n} x {n}, 64 x 64 blocks, one vector, {threads} thread(s)", t,
            [("fused forward", "original forward_precise"),
             ("fused backward", "original backward_precise"),
             ("fused backward + Adam step", "original backward_adam")])
+    per_vector = {"fused forward, b64 / 64": t["fused forward b64"] / 64,
+                  "fused backward, b64 / 64": t["fused backward b64"] / 64}
+    report(f"{n} x {n}, per vector of a batch of 64, {threads} thread(s)", {**t, **per_vector},
+           [("fused forward, b64 / 64", "original forward_precise"),
+            ("fused backward, b64 / 64", "original backward_precise")])
 
 
 def gemv_profile(n: int, repeats: int) -> None:
