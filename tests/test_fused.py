@@ -1,5 +1,7 @@
 """rbe.fused.FusedLinear: forward/backward against dense products, gradients against finite
 differences, state transitions, thread independence and input validation."""
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 import threadpoolctl
@@ -77,6 +79,18 @@ def test_other_approximations(monkeypatch, approx):
         X, dY = inputs(200, batch), inputs(130, batch, seed=2)
         assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 2e-5
         assert rel_err(layer.backward(X, dY), dY @ dense) <= 2e-5
+
+
+def test_concurrent_calls_from_python_threads():
+    layer = make_layer(300, 260, block=(32, 64))
+    X = inputs(300, 40)
+    expected = [layer.forward(X), layer.forward(X[0])]
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda k: layer.forward(X if k % 2 == 0 else X[0]), range(16)))
+    for k, Y in enumerate(results):
+        assert np.array_equal(Y, expected[k % 2])
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
 
 
 def test_blas_thread_limit_is_restored():
