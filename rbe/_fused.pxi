@@ -15,18 +15,10 @@ cdef extern from "rbe/fused.h" nogil:
     ctypedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows,
                                            const float *G, float *W, float alpha, float beta,
                                            double *stats) noexcept nogil
-    ctypedef void (*rbe_fused_small_g_fn)(int rows, int gw, int batch, const float *dy,
-                                          Py_ssize_t ldy, const float *xp, Py_ssize_t ldx,
-                                          float *G) noexcept nogil
-    ctypedef void (*rbe_fused_small_dx_fn)(int rows, int gw, int batch, const float *dy,
-                                           Py_ssize_t ldy, const float *W, float *dxp,
-                                           Py_ssize_t ldx, int accumulate) noexcept nogil
     ctypedef struct rbe_fused_ops:
         rbe_fused_gemv_fn gemv
         rbe_fused_panel_fn panel
         rbe_fused_backward_fn backward
-        rbe_fused_small_g_fn small_g
-        rbe_fused_small_dx_fn small_dx
     rbe_fused_ops rbe_fused_select(int simd, int family)
     enum:
         RBE_FUSED_DR
@@ -45,9 +37,6 @@ FUSED_STATS = {"dr": RBE_FUSED_DR, "dtheta": RBE_FUSED_DTH, "gw": RBE_FUSED_GW,
                "pos": RBE_FUSED_POS, "neg": RBE_FUSED_NEG, "abs": RBE_FUSED_ABS}
 
 cdef int _INT_MAX = 2147483647
-# Batches up to this size use the loops of fused.h instead of sgemm in the backward pass.
-cdef int _SMALL_BATCH = 8
-FUSED_SMALL_BATCH = _SMALL_BATCH
 
 
 cdef inline void _gemm(char ta, char tb, int m, int n, int k, float alpha, const float *a,
@@ -164,18 +153,11 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
             tid = threadid()
             for bi in range(gr):
                 rows = <int>min(<Py_ssize_t>t.h, m - bi * t.h)
-                if batch <= _SMALL_BATCH:
-                    ops.small_g(rows, gw, batch, &dy[0, bi * t.h], m, &xp[0, bj * gw], kp,
-                                      &tiles[tid, 0, 0])
-                else:   # column-major: G^T[gw x rows] = Xp_blk^T . dY_blk
-                    _gemm(b'N', b'T', gw, rows, batch, 1.0, &xp[0, bj * gw], kp,
-                          &dy[0, bi * t.h], <int>m, 0.0, &tiles[tid, 0, 0], gw)
+                # column-major: G^T[gw x rows] = Xp_blk^T . dY_blk
+                _gemm(b'N', b'T', gw, rows, batch, 1.0, &xp[0, bj * gw], kp, &dy[0, bi * t.h],
+                      <int>m, 0.0, &tiles[tid, 0, 0], gw)
                 ops.backward(hi[bi, bj], &t, rows, &tiles[tid, 0, 0], &tiles[tid, 1, 0], alpha,
                              beta, &stats[bi, bj, 0])
-                if batch <= _SMALL_BATCH:
-                    ops.small_dx(rows, gw, batch, &dy[0, bi * t.h], m, &tiles[tid, 1, 0],
-                                       &dxp[0, bj * gw], kp, bi > 0)
-                else:   # column-major: dXp_blk^T[gw x batch] (+)= W_blk^T . dY_blk^T
-                    _gemm(b'N', b'N', gw, batch, rows, 1.0, &tiles[tid, 1, 0], gw,
-                          &dy[0, bi * t.h], <int>m, 0.0 if bi == 0 else 1.0, &dxp[0, bj * gw],
-                          kp)
+                # column-major: dXp_blk^T[gw x batch] (+)= W_blk^T . dY_blk^T
+                _gemm(b'N', b'N', gw, batch, rows, 1.0, &tiles[tid, 1, 0], gw, &dy[0, bi * t.h],
+                      <int>m, 0.0 if bi == 0 else 1.0, &dxp[0, bj * gw], kp)

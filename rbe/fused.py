@@ -18,7 +18,6 @@ applied by :meth:`FusedLinear.after_step` (called by the optimisers of :mod:`rbe
 """
 from __future__ import annotations
 
-import contextlib
 import threading
 
 import numpy as np
@@ -364,10 +363,7 @@ class FusedLinear:
         Xp = self._grouped(X2)
         dXp = np.empty_like(Xp)
         stats = np.empty(self._seeds.shape + (STATS["n"],), np.float64)
-        # Small batches do not call BLAS (see _fused.pxi), so they need no thread limit.
-        guard = (_single_threaded_blas if X2.shape[0] > _core.FUSED_SMALL_BATCH
-                 else contextlib.nullcontext())
-        with guard:
+        with _single_threaded_blas:
             _core.fused_backward(*self._kernel_args(), Xp, np.ascontiguousarray(dY2), dXp, stats,
                                  float(self._alpha), float(self._beta), **self._kernel_select())
         dZ = np.empty(X2.shape, np.float32)

@@ -431,43 +431,6 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, u
 
 #endif
 
-/* ---- small batches ------------------------------------------------------------------- */
-
-/* For a few inputs a BLAS call costs more than its arithmetic; these two loops replace the
- * backward pass's two products there (same results up to float rounding order). They are
- * compiled once per SIMD path, so the AVX2 build vectorises them with 8 lanes.
- *   G[i][k] = sum_b dy[b][i] xp[b][k]                  (rows x gw, row stride gw)
- *   dxp[b][k] = (dxp[b][k] if accumulate) + sum_i dy[b][i] W[i][k] */
-RBE_INLINE void rbe_fused_small_g_body(int rows, int gw, int batch, const float *dy,
-                                       ptrdiff_t ldy, const float *xp, ptrdiff_t ldx, float *G)
-{
-    for (int i = 0; i < rows; i++) {
-        float *gi = G + (ptrdiff_t)i * gw;
-        for (int k = 0; k < gw; k++) gi[k] = 0.0f;
-        for (int b = 0; b < batch; b++) {
-            float d = dy[b * ldy + i];
-            const float *x = xp + b * ldx;
-            for (int k = 0; k < gw; k++) gi[k] += d * x[k];
-        }
-    }
-}
-
-RBE_INLINE void rbe_fused_small_dx_body(int rows, int gw, int batch, const float *dy,
-                                        ptrdiff_t ldy, const float *W, float *dxp,
-                                        ptrdiff_t ldx, int accumulate)
-{
-    for (int b = 0; b < batch; b++) {
-        float *dx = dxp + b * ldx;
-        if (!accumulate)
-            for (int k = 0; k < gw; k++) dx[k] = 0.0f;
-        for (int i = 0; i < rows; i++) {
-            float d = dy[b * ldy + i];
-            const float *wi = W + (ptrdiff_t)i * gw;
-            for (int k = 0; k < gw; k++) dx[k] += d * wi[k];
-        }
-    }
-}
-
 /* ---- dispatch ------------------------------------------------------------------------ */
 
 typedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
@@ -478,18 +441,10 @@ typedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows
                                       const float *G, float *W, float alpha, float beta,
                                       double *stats);
 
-typedef void (*rbe_fused_small_g_fn)(int rows, int gw, int batch, const float *dy,
-                                     ptrdiff_t ldy, const float *xp, ptrdiff_t ldx, float *G);
-typedef void (*rbe_fused_small_dx_fn)(int rows, int gw, int batch, const float *dy,
-                                      ptrdiff_t ldy, const float *W, float *dxp, ptrdiff_t ldx,
-                                      int accumulate);
-
 typedef struct {
     rbe_fused_gemv_fn gemv;
     rbe_fused_panel_fn panel;
     rbe_fused_backward_fn backward;
-    rbe_fused_small_g_fn small_g;
-    rbe_fused_small_dx_fn small_dx;
 } rbe_fused_ops;
 
 #define RBE_DEFINE_FUSED(SIMD, NAME, FAMILY, ATTR)                                            \
@@ -506,17 +461,7 @@ typedef struct {
                                                         int rows, const float *G, float *W,   \
                                                         float alpha, float beta,              \
                                                         double *stats)                        \
-    { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); } \
-    static ATTR void rbe_fused_small_g_##SIMD##_##NAME(int rows, int gw, int batch,           \
-                                                       const float *dy, ptrdiff_t ldy,        \
-                                                       const float *xp, ptrdiff_t ldx,        \
-                                                       float *G)                              \
-    { rbe_fused_small_g_body(rows, gw, batch, dy, ldy, xp, ldx, G); }                         \
-    static ATTR void rbe_fused_small_dx_##SIMD##_##NAME(int rows, int gw, int batch,          \
-                                                        const float *dy, ptrdiff_t ldy,       \
-                                                        const float *W, float *dxp,           \
-                                                        ptrdiff_t ldx, int accumulate)        \
-    { rbe_fused_small_dx_body(rows, gw, batch, dy, ldy, W, dxp, ldx, accumulate); }
+    { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); }
 
 RBE_DEFINE_FUSED(scalar, poly, RBE_APPROX_POLY, )
 RBE_DEFINE_FUSED(scalar, lut, RBE_APPROX_LUT, )
@@ -529,13 +474,12 @@ RBE_DEFINE_FUSED(avx2, cordic, RBE_APPROX_CORDIC, RBE_TARGET_AVX2)
 
 #define RBE_FUSED_OPS(SIMD, NAME)                                                              \
     {rbe_fused_gemv_##SIMD##_##NAME, rbe_fused_panel_##SIMD##_##NAME,                          \
-     rbe_fused_backward_##SIMD##_##NAME, rbe_fused_small_g_##SIMD##_##NAME,                    \
-     rbe_fused_small_dx_##SIMD##_##NAME}
+     rbe_fused_backward_##SIMD##_##NAME}
 
 /* All-NULL ops when the combination is not compiled in or out of range. */
 static rbe_fused_ops rbe_fused_select(int simd, int family)
 {
-    static const rbe_fused_ops none = {NULL, NULL, NULL, NULL, NULL};
+    static const rbe_fused_ops none = {NULL, NULL, NULL};
     static const rbe_fused_ops scalar[RBE_N_APPROX] = {
         RBE_FUSED_OPS(scalar, poly), RBE_FUSED_OPS(scalar, lut), RBE_FUSED_OPS(scalar, cordic)};
 #ifdef RBE_HAVE_X86_SIMD
