@@ -14,7 +14,8 @@ baseline" (baseline time / FusedLinear time): above 1, FusedLinear is faster.
 - a profile of the GEMV inner loop: nanoseconds per weight with every class of every block in
   one state (1 thread, 4096^2), which shows where the time goes.
 
-Usage: ``python benchmarks/bench_fused.py [--repeats N] [--sizes 4096 8192]``
+Usage (repository root, after the in-place build):
+``PYTHONPATH=. python benchmarks/bench_fused.py [--repeats N] [--sizes 4096 8192]``
 """
 from __future__ import annotations
 
