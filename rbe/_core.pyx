@@ -152,3 +152,4 @@ def generate_precise(const uint64_t[::1] hi, double[:, :, ::1] out,
 
 include "_reference.pxi"
 include "_hybrid.pxi"
+include "_fused.pxi"

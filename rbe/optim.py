@@ -78,11 +78,15 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Bias-corrected Adam (beta1 0.9, beta2 0.999, eps 1e-8)."""
+    """Bias-corrected Adam (beta1 0.9, beta2 0.999, eps 1e-8), as SPEC 7.1 but in float64."""
 
     def __init__(self, layers, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
         super().__init__(layers, lr)
         self.beta1, self.beta2 = map(float, betas)
+        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+            raise ValueError(f"Adam betas must be in [0, 1), got {betas}")
+        if not (np.isfinite(eps) and eps > 0):
+            raise ValueError(f"eps must be a positive finite number, got {eps}")
         self.eps = float(eps)
         self.t = 0
         self._moments = {}

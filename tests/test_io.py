@@ -39,6 +39,8 @@ def layers():
                                               block=(32, 32), k=16),
         "matrix": rbe.encode(W, block=(32, 32), k=8, transform="dct"),
         "scratch": rbe.HybridLinear(100, 70, block=(16, 16), k=4, bias=False, seed=1),
+        "seeded": rbe.FusedLinear(100, 70, block=(16, 16), seed=2),
+        "seeded_nobias": rbe.FusedLinear(100, 70, block=(32, 32), bias=False, seed=3),
         "embedding": rng.standard_normal((10, 3)),
     }
 
@@ -54,11 +56,12 @@ def test_round_trip(layers, saved):
     loaded = rbe.load(saved)
     assert set(loaded) == set(layers)
     x = np.random.default_rng(1).standard_normal((3, 100)).astype(np.float32)
-    for name in ("hybrid", "scratch"):
+    for name in ("hybrid", "scratch", "seeded", "seeded_nobias"):
         assert type(loaded[name]) is type(layers[name])
         np.testing.assert_array_equal(loaded[name].forward(x), layers[name].forward(x))
     np.testing.assert_array_equal(loaded["matrix"].decode(), layers["matrix"].decode())
     np.testing.assert_array_equal(loaded["embedding"], layers["embedding"])
+    np.testing.assert_array_equal(loaded["seeded"].seeds, layers["seeded"].seeds)
 
 
 def test_single_layer_is_saved_as_layer(layers, tmp_path):
@@ -155,7 +158,12 @@ def nan_values(data: bytes) -> bytes:
     return rewrite_tensor(data, "values", np.float32, lambda a: a.__setitem__(3, np.nan))
 
 
+def forge_seed_grid(data: bytes) -> bytes:
+    return edit_rbe_header(data, lambda h: h["entries"]["seeded"]["config"].update(in_features=300))
+
+
 MALFORMED = {
+    "seed grid mismatch": (forge_seed_grid, "entry 'seeded'"),
     "empty": (lambda d: b"", "not a valid safetensors file"),
     "garbage": (lambda d: os.urandom(4096), "not a valid safetensors file"),
     "truncated header": (lambda d: d[:40], "not a valid safetensors file"),

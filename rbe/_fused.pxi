@@ -1,0 +1,163 @@
+# Typed entry points of the fused seed-block layer (rbe/include/rbe/fused.h), used by rbe.fused.
+# Inputs and input gradients are in the grouped column order of fused.h; rbe.fused permutes
+# them. Every size that guards pointer arithmetic is checked here before the GIL is released.
+# Parallel loops give each thread its own outputs (block rows for the forward passes, block
+# columns for the backward pass), so sums do not depend on the number of threads.
+
+from scipy.linalg.cython_blas cimport sgemm
+
+cdef extern from "rbe/fused.h" nogil:
+    ctypedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t,
+                                       int rows, const float *xp, const float *xpr, float *y,
+                                       float *acc) noexcept nogil
+    ctypedef void (*rbe_fused_panel_fn)(const uint64_t *hi, int gc, const rbe_tables *t,
+                                        int rows, float *panel, Py_ssize_t ld) noexcept nogil
+    ctypedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows,
+                                           const float *G, float *W, float alpha, float beta,
+                                           double *stats) noexcept nogil
+    ctypedef struct rbe_fused_ops:
+        rbe_fused_gemv_fn gemv
+        rbe_fused_panel_fn panel
+        rbe_fused_backward_fn backward
+    rbe_fused_ops rbe_fused_select(int simd, int family)
+    enum:
+        RBE_FUSED_DR
+        RBE_FUSED_DTH
+        RBE_FUSED_GW
+        RBE_FUSED_CLASS
+        RBE_FUSED_NSTATS
+        RBE_FUSED_CUR
+        RBE_FUSED_POS
+        RBE_FUSED_NEG
+        RBE_FUSED_ABS
+
+#: Layout of the per-block sums filled by fused_backward (offsets into the last axis).
+FUSED_STATS = {"dr": RBE_FUSED_DR, "dtheta": RBE_FUSED_DTH, "gw": RBE_FUSED_GW,
+               "class": RBE_FUSED_CLASS, "n": RBE_FUSED_NSTATS, "cur": RBE_FUSED_CUR,
+               "pos": RBE_FUSED_POS, "neg": RBE_FUSED_NEG, "abs": RBE_FUSED_ABS}
+
+cdef int _INT_MAX = 2147483647
+
+
+cdef inline void _gemm(char ta, char tb, int m, int n, int k, float alpha, const float *a,
+                       int lda, const float *b, int ldb, float beta, float *c,
+                       int ldc) noexcept nogil:
+    """Column-major C = alpha op(A) op(B) + beta C (BLAS sgemm with arguments by value)."""
+    sgemm(&ta, &tb, &m, &n, &k, &alpha, <float *>a, &lda, <float *>b, &ldb, &beta, c, &ldc)
+
+
+cdef int _FUSED_MIN_WORK_PER_THREAD = 1 << 16
+
+
+cdef int _fused_threads(Py_ssize_t items, Py_ssize_t weights) noexcept nogil:
+    """Threads worth starting: at most one per work item, and one for small layers, where
+    waking a team costs more than it saves (much more on a loaded machine)."""
+    cdef Py_ssize_t n = min(<Py_ssize_t>_threads(), items,
+                            max(<Py_ssize_t>1, weights // _FUSED_MIN_WORK_PER_THREAD))
+    return <int>max(n, <Py_ssize_t>1)
+
+
+cdef rbe_fused_ops _fused_ops(int simd, int family) except *:
+    cdef rbe_fused_ops ops = rbe_fused_select(simd, family)
+    if ops.gemv == NULL:
+        raise ValueError(f"no fused kernel for simd={simd}, approx family={family}")
+    return ops
+
+
+cdef void _check_fused_grid(const uint64_t[:, ::1] hi, const rbe_tables *t, Py_ssize_t m,
+                            Py_ssize_t kp) except *:
+    """Outputs m and grouped input width kp must match the seed grid and the block shape."""
+    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1]
+    if gr < 1 or gc < 1:
+        raise ValueError("the seed grid must not be empty")
+    if not (gr - 1) * t.h < m <= gr * t.h:
+        raise ValueError(f"{m} outputs do not fit {gr} block rows of height {t.h}")
+    if kp != gc * 4 * t.g:
+        raise ValueError(f"grouped inputs have width {kp}, expected {gc * 4 * t.g}")
+    if gc * 4 * t.g > _INT_MAX or m > _INT_MAX:
+        raise ValueError("layer too large for the BLAS index type")
+
+
+def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
+               const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
+               const float[::1] xp, const float[::1] xpr, float[::1] y, int simd, int family):
+    """y = W x for one grouped input vector xp; W generated block row by block row.
+
+    xpr is xp with each block column's slice reversed (it pairs rows under the rotation
+    symmetry of fused.h).
+    """
+    cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
+    _check_fused_grid(hi, &t, y.shape[0], xp.shape[0])
+    if xpr.shape[0] != xp.shape[0]:
+        raise ValueError("the reversed input must have the length of the input")
+    cdef rbe_fused_ops ops = _fused_ops(simd, family)
+    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], bi
+    cdef int threads = _fused_threads(gr, m * xp.shape[0])
+    # per thread: 8 lanes per row, then 2g floats for the anti-transposed sums of fused.h
+    cdef float[:, ::1] acc = np.empty((threads, 8 * t.h + 2 * t.g), np.float32)
+    with nogil:
+        for bi in prange(gr, schedule="dynamic", num_threads=threads):
+            ops.gemv(&hi[bi, 0], <int>gc, &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h), &xp[0],
+                     &xpr[0], &y[bi * t.h], &acc[threadid(), 0])
+
+
+def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
+                        const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
+                        const float[:, ::1] xp, float[:, ::1] y, int simd, int family):
+    """Y = X W^T for grouped inputs xp (batch, kp): per block row, a grouped weight panel in a
+    thread-local buffer times X by sgemm (call with BLAS limited to one thread)."""
+    cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
+    _check_fused_grid(hi, &t, y.shape[1], xp.shape[1])
+    if xp.shape[0] != y.shape[0] or xp.shape[0] < 1 or xp.shape[0] > _INT_MAX:
+        raise ValueError(f"batch sizes differ or are out of range: {xp.shape[0]}, {y.shape[0]}")
+    cdef rbe_fused_ops ops = _fused_ops(simd, family)
+    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[1], bi
+    cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], rows, tid
+    cdef int threads = _fused_threads(gr, m * kp * <Py_ssize_t>batch)
+    cdef float[:, ::1] panel = np.empty((threads, t.h * <Py_ssize_t>kp), np.float32)
+    with nogil:
+        for bi in prange(gr, schedule="dynamic", num_threads=threads):
+            tid = threadid()
+            rows = <int>min(<Py_ssize_t>t.h, m - bi * t.h)
+            ops.panel(&hi[bi, 0], <int>gc, &t, rows, &panel[tid, 0], kp)
+            # column-major: Y^T[rows x batch] = panel^T^T . Xp^T
+            _gemm(b'T', b'N', rows, batch, kp, 1.0, &panel[tid, 0], kp, &xp[0, 0], kp, 0.0,
+                  &y[0, bi * t.h], <int>m)
+
+
+def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
+                   const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
+                   const float[:, ::1] xp, const float[:, ::1] dy, float[:, ::1] dxp,
+                   double[:, :, ::1] stats, float alpha, float beta, int simd, int family):
+    """One fused pass per block: dXp = dY W (grouped) and the per-block sums of FUSED_STATS.
+
+    Parallel over block columns; for each block, G = dY^T X of the block comes from a small
+    sgemm into a thread-local tile (call with BLAS limited to one thread).
+    """
+    cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
+    _check_fused_grid(hi, &t, dy.shape[1], xp.shape[1])
+    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = dy.shape[1], bi, bj
+    if not (xp.shape[0] == dy.shape[0] == dxp.shape[0]) or xp.shape[0] < 1 \
+            or xp.shape[0] > _INT_MAX:
+        raise ValueError("x, dy and dx must have the same positive batch size")
+    if dxp.shape[1] != xp.shape[1]:
+        raise ValueError("dx must have the grouped width of x")
+    if stats.shape[0] != gr or stats.shape[1] != gc or stats.shape[2] != RBE_FUSED_NSTATS:
+        raise ValueError(f"stats must have shape ({gr}, {gc}, {RBE_FUSED_NSTATS})")
+    cdef rbe_fused_ops ops = _fused_ops(simd, family)
+    cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], gw = 4 * t.g, rows, tid
+    cdef int threads = _fused_threads(gc, m * kp * <Py_ssize_t>batch)
+    cdef float[:, :, ::1] tiles = np.empty((threads, 2, t.h * <Py_ssize_t>gw), np.float32)
+    with nogil:
+        for bj in prange(gc, schedule="dynamic", num_threads=threads):
+            tid = threadid()
+            for bi in range(gr):
+                rows = <int>min(<Py_ssize_t>t.h, m - bi * t.h)
+                # column-major: G^T[gw x rows] = Xp_blk^T . dY_blk
+                _gemm(b'N', b'T', gw, rows, batch, 1.0, &xp[0, bj * gw], kp, &dy[0, bi * t.h],
+                      <int>m, 0.0, &tiles[tid, 0, 0], gw)
+                ops.backward(hi[bi, bj], &t, rows, &tiles[tid, 0, 0], &tiles[tid, 1, 0], alpha,
+                             beta, &stats[bi, bj, 0])
+                # column-major: dXp_blk^T[gw x batch] (+)= W_blk^T . dY_blk^T
+                _gemm(b'N', b'N', gw, batch, rows, 1.0, &tiles[tid, 1, 0], gw, &dy[0, bi * t.h],
+                      <int>m, 0.0 if bi == 0 else 1.0, &dxp[0, bj * gw], kp)

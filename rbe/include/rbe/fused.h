@@ -1,0 +1,497 @@
+/* Kernels of the fused seed-block layer (DESIGN sections 4 and 7): weights are generated in
+ * the class-grouped layout of weight.h and consumed where they are made, never stored whole.
+ *
+ * A layer is a grid of block rows x block columns of the nominal block shape h x w (the
+ * tables' shape); edge blocks are the full block cropped. Inputs are passed *grouped*: for
+ * block column bj, xp[bj*4g + p*g + q] = x[bj*w + 4q + p], zero where that column is past the
+ * layer's inputs or q is past the group. Each weight group (row i, group p) then meets a
+ * contiguous slice of the input, and no weight has to be moved back to natural order.
+ *
+ * Three operations, each instantiated per SIMD path and approximation family:
+ *   gemv      y[0..rows) = (block row of W) . xp, accumulated in registers
+ *   panel     a block row's weights in grouped order, for a BLAS product with grouped inputs
+ *   backward  one block: its weights (grouped, for dX), and with G = dY^T X of the block the
+ *             sums of DESIGN section 4 (dL/dr, dL/dtheta, sum G W, state-transition deltas)
+ */
+#ifndef RBE_FUSED_H
+#define RBE_FUSED_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "rbe/dispatch.h"
+
+/* Per-block sums written by the backward kernel, all over the block's valid positions.
+ * Per class c at RBE_FUSED_CLASS + 4c: sum G W (current state), sum G (W(pos s) - W),
+ * sum G (W(neg s) - W), sum |G (alpha W + beta)|. */
+enum {
+    RBE_FUSED_DR = 0,      /* sum G dW/dr */
+    RBE_FUSED_DTH = 1,     /* sum G dW/dtheta */
+    RBE_FUSED_GW = 2,      /* sum G W */
+    RBE_FUSED_CLASS = 3,
+    RBE_FUSED_NSTATS = RBE_FUSED_CLASS + 4 * RBE_N_CLASSES
+};
+enum { RBE_FUSED_CUR = 0, RBE_FUSED_POS = 1, RBE_FUSED_NEG = 2, RBE_FUSED_ABS = 3 };
+
+/* The seed's derivative map and its inverse (DESIGN section 4). */
+static const int rbe_pos_state[RBE_N_STATES] = {1, 0, 3, 2, 5, 6, 7, 4};
+static const int rbe_neg_state[RBE_N_STATES] = {7, 6, 5, 4, 3, 2, 1, 0};
+
+/* Expands CALL(S) with the compile-time state S equal to the run-time `state`, so the class
+ * loop inside CALL runs one state without branches. */
+#define RBE_FUSED_SWITCH(state, CALL)                                                        \
+    switch (state) {                                                                         \
+    case 0: CALL(0); break; case 1: CALL(1); break; case 2: CALL(2); break;                  \
+    case 3: CALL(3); break; case 4: CALL(4); break; case 5: CALL(5); break;                  \
+    case 6: CALL(6); break; default: CALL(7); break;                                         \
+    }
+
+/* ---- scalar -------------------------------------------------------------------------- */
+
+RBE_INLINE void rbe_fused_gemv_row_scalar_body(int family, const uint64_t *hi, int gc,
+                                               const rbe_tables *t, int rows, const float *xp,
+                                               const float *xpr, float *y, float *acc)
+{
+    (void)xpr;
+    const int g = t->g;
+    for (int i = 0; i < rows; i++) acc[i] = 0.0f;
+    for (int bj = 0; bj < gc; bj++) {
+        rbe_seed32 s;
+        rbe_seed32_init(hi[bj], family, &s);
+        const float *x = xp + (ptrdiff_t)bj * 4 * g;
+        for (int i = 0; i < rows; i++) {
+            float sum = 0.0f;
+            for (int p = 0; p < 4; p++) {
+                int state = s.sel[(p - i) & 3];
+                ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
+                for (int q = 0; q < g; q++)
+                    sum += rbe_weight_fast(family, state, 0, &s, t->rho[off + q],
+                                           t->sin_phi[off + q], t->cos_phi[off + q], NULL, NULL)
+                           * x[p * g + q];
+            }
+            acc[i] += sum;
+        }
+    }
+    for (int i = 0; i < rows; i++) y[i] = acc[i];
+}
+
+RBE_INLINE void rbe_fused_panel_row_scalar_body(int family, const uint64_t *hi, int gc,
+                                                const rbe_tables *t, int rows, float *panel,
+                                                ptrdiff_t ld)
+{
+    const int g = t->g;
+    for (int bj = 0; bj < gc; bj++) {
+        rbe_seed32 s;
+        rbe_seed32_init(hi[bj], family, &s);
+        for (int i = 0; i < rows; i++)
+            for (int p = 0; p < 4; p++) {
+                int state = s.sel[(p - i) & 3];
+                ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
+                float *dst = panel + (ptrdiff_t)i * ld + ((ptrdiff_t)bj * 4 + p) * g;
+                for (int q = 0; q < g; q++)
+                    dst[q] = rbe_weight_fast(family, state, 0, &s, t->rho[off + q],
+                                             t->sin_phi[off + q], t->cos_phi[off + q], NULL, NULL);
+            }
+    }
+}
+
+RBE_INLINE void rbe_fused_backward_block_scalar_body(int family, uint64_t hi,
+                                                     const rbe_tables *t, int rows,
+                                                     const float *G, float *W, float alpha,
+                                                     float beta, double *stats)
+{
+    const int g = t->g;
+    rbe_seed32 s;
+    rbe_seed32_init(hi, family, &s);
+    for (int k = 0; k < RBE_FUSED_NSTATS; k++) stats[k] = 0.0;
+    for (int i = 0; i < rows; i++)
+        for (int p = 0; p < 4; p++) {
+            int c = (p - i) & 3, state = s.sel[c];
+            double *cs = stats + RBE_FUSED_CLASS + 4 * c;
+            ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g, row = (ptrdiff_t)i * 4 * g + p * g;
+            for (int q = 0; q < g; q++) {
+                float rho = t->rho[off + q], sp = t->sin_phi[off + q], cp = t->cos_phi[off + q];
+                float dr, dth, gv = G[row + q];
+                float w = rbe_weight_fast(family, state, 1, &s, rho, sp, cp, &dr, &dth);
+                float wp = rbe_weight_fast(family, rbe_pos_state[state], 0, &s, rho, sp, cp,
+                                           NULL, NULL);
+                float wn = rbe_weight_fast(family, rbe_neg_state[state], 0, &s, rho, sp, cp,
+                                           NULL, NULL);
+                W[row + q] = w;
+                stats[RBE_FUSED_DR] += (double)gv * dr;
+                stats[RBE_FUSED_DTH] += (double)gv * dth;
+                cs[RBE_FUSED_CUR] += (double)gv * w;
+                cs[RBE_FUSED_POS] += (double)gv * (wp - w);
+                cs[RBE_FUSED_NEG] += (double)gv * (wn - w);
+                cs[RBE_FUSED_ABS] += fabs((double)gv * (alpha * w + beta));
+            }
+        }
+    for (int c = 0; c < RBE_N_CLASSES; c++)
+        stats[RBE_FUSED_GW] += stats[RBE_FUSED_CLASS + 4 * c + RBE_FUSED_CUR];
+}
+
+/* ---- AVX2 ---------------------------------------------------------------------------- */
+
+#ifdef RBE_HAVE_X86_SIMD
+
+static inline RBE_TARGET_AVX2 float rbe_hsum8(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 0x55));
+    return _mm_cvtss_f32(s);
+}
+
+#define RBE_LOAD_TABLES(t, off)                                                              \
+    _mm256_loadu_ps((t)->rho + (off)), _mm256_loadu_ps((t)->sin_phi + (off)),              \
+        _mm256_loadu_ps((t)->cos_phi + (off))
+
+/* The 180-degree rotation (i, j) -> (h-1-i, w-1-j) of a square block keeps rho, turns phi
+ * into phi + pi (|sin| and |cos| unchanged) and, when h = w is a multiple of 4, keeps classes 0
+ * and 2: their weights at rotated positions are equal, whatever the state. With w = 4g, row
+ * h-1-i's group 3-p is row i's group p in reverse lane order, so one evaluation serves two
+ * rows. rbe_fused_rotation_pairs says whether a block (of `rows` valid rows) qualifies. */
+static inline int rbe_fused_rotation_pairs(const rbe_tables *t, int rows)
+{
+    return t->h == t->w && t->w == 4 * t->g && rows == t->h;
+}
+
+static inline int rbe_fused_rotation_class(int c) { return (c & 1) == 0; }
+
+/* Lanes of v in reverse order. */
+static inline RBE_TARGET_AVX2 __m256 rbe_reverse8(__m256 v)
+{
+    return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0));
+}
+
+/* Rows evaluated together: one weight is a long dependency chain (exp, reciprocal, clamps),
+ * and interleaving independent chains keeps the FMA units busy. */
+#define RBE_FUSED_ROWS 4
+
+/* acc[i] (8 lanes) += class-c weights of row i . x for rows [i0, i0 + n), n <= RBE_FUSED_ROWS,
+ * lanes [0, lanes) of each group.
+ * - With xr (the block's input reversed, xr[k] = x[4g-1-k]) the same weights also give row
+ *   h-1-i: acc[h-1-i] += (row i's group p) . (xr's group p) (rotation pairs).
+ * - With acct, lanes q < g/2 of row i also feed the anti-transposed positions (see
+ *   rbe_fused_gemv_class8_at): acct[p][q] += W[i][p][q] x[h-1-i]. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_rows8(int family, int state, int c, int n,
+                                                     int lanes, const rbe_seed_v8 *sv,
+                                                     const rbe_tables *t, int i0,
+                                                     const float *x, const float *xr,
+                                                     float *acct, float *acc)
+{
+    const int g = t->g, half = g / 2;
+    const ptrdiff_t sin_off = t->sin_phi - t->rho, cos_off = t->cos_phi - t->rho;
+    const float *tab[RBE_FUSED_ROWS], *xg[RBE_FUSED_ROWS], *xrg[RBE_FUSED_ROWS];
+    float *tg[RBE_FUSED_ROWS];
+    __m256 a[RBE_FUSED_ROWS], ar[RBE_FUSED_ROWS], xs[RBE_FUSED_ROWS], unused;
+    for (int k = 0; k < n; k++) {
+        int i = i0 + k, p = (c + i) & 3;
+        tab[k] = t->rho + ((ptrdiff_t)i * 4 + p) * g;
+        xg[k] = x + (ptrdiff_t)p * g;
+        a[k] = _mm256_loadu_ps(acc + 8 * (ptrdiff_t)i);
+        xrg[k] = xr ? xr + (ptrdiff_t)p * g : NULL;
+        ar[k] = xr ? _mm256_loadu_ps(acc + 8 * (ptrdiff_t)(t->h - 1 - i)) : a[k];
+        /* column h-1-i is lane g-1-(i>>2) of group 3-(i&3) */
+        tg[k] = acct ? acct + (ptrdiff_t)p * half : NULL;
+        xs[k] = acct ? _mm256_set1_ps(x[(3 - (i & 3)) * g + g - 1 - (i >> 2)]) : a[k];
+    }
+    for (int q0 = 0; q0 < lanes; q0 += 8)
+        for (int k = 0; k < n; k++) {
+            const float *r = tab[k] + q0;
+            __m256 w = rbe_weight8(family, state, 0, sv, _mm256_loadu_ps(r),
+                                   _mm256_loadu_ps(r + sin_off), _mm256_loadu_ps(r + cos_off),
+                                   &unused, &unused);
+            a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg[k] + q0), a[k]);
+            if (xr) ar[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xrg[k] + q0), ar[k]);
+            if (acct && q0 < half) {
+                __m256 sum = _mm256_fmadd_ps(w, xs[k], _mm256_loadu_ps(tg[k] + q0));
+                _mm256_storeu_ps(tg[k] + q0, sum);
+            }
+        }
+    for (int k = 0; k < n; k++) {
+        _mm256_storeu_ps(acc + 8 * (ptrdiff_t)(i0 + k), a[k]);
+        if (xr) _mm256_storeu_ps(acc + 8 * (ptrdiff_t)(t->h - 1 - i0 - k), ar[k]);
+    }
+}
+
+/* acc[i] += class-c weights of row i . x, rows [i0, end), lanes [0, lanes) of each group. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8(int family, int state, int c,
+                                                      const rbe_seed_v8 *sv,
+                                                      const rbe_tables *t, int i0, int end,
+                                                      int lanes, const float *x,
+                                                      const float *xr, float *acct,
+                                                      float *acc)
+{
+    int i = i0;
+    for (; i + RBE_FUSED_ROWS <= end; i += RBE_FUSED_ROWS)
+        rbe_fused_gemv_rows8(family, state, c, RBE_FUSED_ROWS, lanes, sv, t, i, x, xr, acct,
+                             acc);
+    if (i < end) rbe_fused_gemv_rows8(family, state, c, end - i, lanes, sv, t, i, x, xr, acct, acc);
+}
+
+/* The anti-transpose (i, j) -> (h-1-j, w-1-i) of a square block keeps rho and every class, so
+ * in the states that depend on rho alone (2 to 7) it maps weights onto equal weights. It maps
+ * the quadrant {i < h/2, j < w/2} onto {i >= h/2, j >= w/2}: with g a multiple of 16 the
+ * quadrants are whole vectors of the grouped layout, so the second one is not evaluated; its
+ * contributions y[h-1-j] += W[i][j] x[w-1-i] are gathered per lane in acct (2g floats) and
+ * added to the rows at the end. Used for classes 1 and 3, which the rotation does not pair. */
+static inline int rbe_fused_transpose_pairs(const rbe_tables *t, int rows, int state)
+{
+    return state >= 2 && rbe_fused_rotation_pairs(t, rows) && t->g % 16 == 0;
+}
+
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8_at(int family, int state, int c,
+                                                         const rbe_seed_v8 *sv,
+                                                         const rbe_tables *t, const float *x,
+                                                         float *acct, float *acc)
+{
+    const int g = t->g, half = g / 2, h = t->h;
+    for (int k = 0; k < 4 * half; k++) acct[k] = 0.0f;
+    rbe_fused_gemv_class8(family, state, c, sv, t, 0, h / 2, g, x, NULL, acct, acc);
+    rbe_fused_gemv_class8(family, state, c, sv, t, h / 2, h, half, x, NULL, NULL, acc);
+    for (int p = 0; p < 4; p++)
+        for (int q = 0; q < half; q++)
+            acc[8 * (ptrdiff_t)(h - 1 - (4 * q + p))] += acct[p * half + q];
+}
+
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_row_avx2_body(int family, const uint64_t *hi,
+                                                             int gc, const rbe_tables *t,
+                                                             int rows, const float *xp,
+                                                             const float *xpr, float *y,
+                                                             float *acc)
+{
+    const ptrdiff_t gw = 4 * (ptrdiff_t)t->g;
+    const int pairs = xpr != NULL && rbe_fused_rotation_pairs(t, rows);
+    float *acct = acc + 8 * (ptrdiff_t)t->h;
+    for (int i = 0; i < rows; i++) _mm256_storeu_ps(acc + 8 * (ptrdiff_t)i, _mm256_setzero_ps());
+    for (int bj = 0; bj < gc; bj++) {
+        rbe_seed32 s;
+        rbe_seed_v8 sv;
+        rbe_seed32_init(hi[bj], family, &s);
+        rbe_seed_v8_init(&s, &sv);
+        const float *x = xp + bj * gw;
+        for (int c = 0; c < RBE_N_CLASSES; c++) {
+            int paired = pairs && rbe_fused_rotation_class(c);
+            const float *xr = paired ? xpr + bj * gw : NULL;
+            int end = paired ? rows / 2 : rows;
+            if (xpr != NULL && !paired && rbe_fused_transpose_pairs(t, rows, s.sel[c])) {
+#define RBE_GEMV_AT_CASE(S) rbe_fused_gemv_class8_at(family, S, c, &sv, t, x, acct, acc)
+                RBE_FUSED_SWITCH(s.sel[c], RBE_GEMV_AT_CASE)
+#undef RBE_GEMV_AT_CASE
+                continue;
+            }
+#define RBE_GEMV_CASE(S) \
+    rbe_fused_gemv_class8(family, S, c, &sv, t, 0, end, t->g, x, xr, NULL, acc)
+            RBE_FUSED_SWITCH(s.sel[c], RBE_GEMV_CASE)
+#undef RBE_GEMV_CASE
+        }
+    }
+    for (int i = 0; i < rows; i++) y[i] = rbe_hsum8(_mm256_loadu_ps(acc + 8 * (ptrdiff_t)i));
+}
+
+/* Class-c weights of rows [0, end) into a grouped panel (row i at panel + i * ld); with
+ * `mirror`, row h-1-i's group 3-p receives row i's group p reversed (see above). */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grouped_class8(int family, int state, int c,
+                                                         const rbe_seed_v8 *sv,
+                                                         const rbe_tables *t, int end,
+                                                         int mirror, float *panel,
+                                                         ptrdiff_t ld)
+{
+    const int g = t->g;
+    __m256 unused;
+    for (int i = 0; i < end; i++) {
+        int p = (c + i) & 3;
+        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
+        float *dst = panel + (ptrdiff_t)i * ld + (ptrdiff_t)p * g;
+        float *rot = panel + (ptrdiff_t)(t->h - 1 - i) * ld + (ptrdiff_t)(4 - p) * g - 8;
+        for (int q0 = 0; q0 < g; q0 += 8) {
+            __m256 w = rbe_weight8(family, state, 0, sv, RBE_LOAD_TABLES(t, off + q0),
+                                   &unused, &unused);
+            _mm256_storeu_ps(dst + q0, w);
+            if (mirror) _mm256_storeu_ps(rot - q0, rbe_reverse8(w));
+        }
+    }
+}
+
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_panel_row_avx2_body(int family, const uint64_t *hi,
+                                                              int gc, const rbe_tables *t,
+                                                              int rows, float *panel,
+                                                              ptrdiff_t ld)
+{
+    const int pairs = rbe_fused_rotation_pairs(t, rows);
+    for (int bj = 0; bj < gc; bj++) {
+        rbe_seed32 s;
+        rbe_seed_v8 sv;
+        rbe_seed32_init(hi[bj], family, &s);
+        rbe_seed_v8_init(&s, &sv);
+        float *dst = panel + (ptrdiff_t)bj * 4 * t->g;
+        for (int c = 0; c < RBE_N_CLASSES; c++) {
+            int mirror = pairs && rbe_fused_rotation_class(c);
+            int end = mirror ? rows / 2 : rows;
+#define RBE_PANEL_CASE(S) rbe_fused_grouped_class8(family, S, c, &sv, t, end, mirror, dst, ld)
+            RBE_FUSED_SWITCH(s.sel[c], RBE_PANEL_CASE)
+#undef RBE_PANEL_CASE
+        }
+    }
+}
+
+/* G of row i, group p, lanes q0..q0+7; when `paired`, plus G at the rotated positions (row
+ * h-1-i, group 3-p, reversed lanes), whose weights are the same. gabs gets |G| summed alike. */
+static inline RBE_TARGET_AVX2 __m256 rbe_fused_load_g(const float *G, const rbe_tables *t,
+                                                      int i, int p, int q0, int paired,
+                                                      __m256 *gabs)
+{
+    const ptrdiff_t g = t->g, gw = 4 * g;
+    __m256 a = _mm256_loadu_ps(G + i * gw + p * g + q0);
+    if (!paired) {
+        *gabs = rbe_abs8(a);
+        return a;
+    }
+    __m256 b = rbe_reverse8(_mm256_loadu_ps(G + (t->h - 1 - i) * gw + (4 - p) * g - 8 - q0));
+    *gabs = _mm256_add_ps(rbe_abs8(a), rbe_abs8(b));
+    return _mm256_add_ps(a, b);
+}
+
+/* The candidates of state S (DESIGN section 4) as constant expressions, so that the three
+ * states of one backward pass are all known at compile time. */
+#define RBE_POS_OF(S) \
+    ((S) == 0 ? 1 : (S) == 1 ? 0 : (S) == 2 ? 3 : (S) == 3 ? 2 : (S) == 7 ? 4 : (S) + 1)
+#define RBE_NEG_OF(S) (7 - (S))
+
+/* One pass over class c, rows [0, end), in state `state` with its candidates `pos` and `neg`:
+ * acc = {G dW/dr, G dW/dtheta, G W, |G| |alpha W + beta|, G (W(pos) - W), G (W(neg) - W)}.
+ * The three weights share their loads and common terms (and tanh between states 2 and 3).
+ * The weights go to W (grouped, row stride 4g) for the dX product, and when `paired` to the
+ * rotated positions too. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grad_class8(int family, int state, int pos, int neg,
+                                                      int c, const rbe_seed_v8 *sv,
+                                                      const rbe_tables *t, int end, int paired,
+                                                      const float *G, float *W, __m256 alpha,
+                                                      __m256 beta, __m256 *acc)
+{
+    const int g = t->g;
+    for (int i = 0; i < end; i++) {
+        int p = (c + i) & 3;
+        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g, row = (ptrdiff_t)i * 4 * g + (ptrdiff_t)p * g;
+        float *rot = W + (ptrdiff_t)(t->h - 1 - i) * 4 * g + (ptrdiff_t)(4 - p) * g - 8;
+        for (int q0 = 0; q0 < g; q0 += 8) {
+            __m256 dr, dth, unused, gabs, gv = rbe_fused_load_g(G, t, i, p, q0, paired, &gabs);
+            __m256 rho = _mm256_loadu_ps(t->rho + off + q0);
+            __m256 sp = _mm256_loadu_ps(t->sin_phi + off + q0);
+            __m256 cp = _mm256_loadu_ps(t->cos_phi + off + q0);
+            __m256 w = rbe_weight8(family, state, 1, sv, rho, sp, cp, &dr, &dth);
+            __m256 wp = rbe_weight8(family, pos, 0, sv, rho, sp, cp, &unused, &unused);
+            __m256 wn = rbe_weight8(family, neg, 0, sv, rho, sp, cp, &unused, &unused);
+            _mm256_storeu_ps(W + row + q0, w);
+            if (paired) _mm256_storeu_ps(rot - q0, rbe_reverse8(w));
+            acc[0] = _mm256_fmadd_ps(gv, dr, acc[0]);
+            acc[1] = _mm256_fmadd_ps(gv, dth, acc[1]);
+            acc[2] = _mm256_fmadd_ps(gv, w, acc[2]);
+            acc[3] = _mm256_fmadd_ps(gabs, rbe_abs8(_mm256_fmadd_ps(alpha, w, beta)), acc[3]);
+            acc[4] = _mm256_fmadd_ps(gv, _mm256_sub_ps(wp, w), acc[4]);
+            acc[5] = _mm256_fmadd_ps(gv, _mm256_sub_ps(wn, w), acc[5]);
+        }
+    }
+}
+
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, uint64_t hi,
+                                                                   const rbe_tables *t,
+                                                                   int rows, const float *G,
+                                                                   float *W, float alpha,
+                                                                   float beta, double *stats)
+{
+    rbe_seed32 s;
+    rbe_seed_v8 sv;
+    rbe_seed32_init(hi, family, &s);
+    rbe_seed_v8_init(&s, &sv);
+    const int pairs = rbe_fused_rotation_pairs(t, rows);
+    for (int k = 0; k < RBE_FUSED_NSTATS; k++) stats[k] = 0.0;
+    for (int c = 0; c < RBE_N_CLASSES; c++) {
+        __m256 acc[6];
+        for (int k = 0; k < 6; k++) acc[k] = _mm256_setzero_ps();
+        int paired = pairs && rbe_fused_rotation_class(c);
+        int end = paired ? rows / 2 : rows;
+#define RBE_GRAD_CASE(S) rbe_fused_grad_class8(family, S, RBE_POS_OF(S), RBE_NEG_OF(S), c, &sv, \
+                                               t, end, paired, G, W, RBE_V8(alpha),       \
+                                               RBE_V8(beta), acc)
+        RBE_FUSED_SWITCH(s.sel[c], RBE_GRAD_CASE)
+#undef RBE_GRAD_CASE
+        double *cs = stats + RBE_FUSED_CLASS + 4 * c;
+        stats[RBE_FUSED_DR] += rbe_hsum8(acc[0]);
+        stats[RBE_FUSED_DTH] += rbe_hsum8(acc[1]);
+        cs[RBE_FUSED_CUR] = rbe_hsum8(acc[2]);
+        cs[RBE_FUSED_ABS] = rbe_hsum8(acc[3]);
+        cs[RBE_FUSED_POS] = rbe_hsum8(acc[4]);
+        cs[RBE_FUSED_NEG] = rbe_hsum8(acc[5]);
+        stats[RBE_FUSED_GW] += cs[RBE_FUSED_CUR];
+    }
+}
+
+#endif
+
+/* ---- dispatch ------------------------------------------------------------------------ */
+
+typedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
+                                  const float *xp, const float *xpr, float *y, float *acc);
+typedef void (*rbe_fused_panel_fn)(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
+                                   float *panel, ptrdiff_t ld);
+typedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows,
+                                      const float *G, float *W, float alpha, float beta,
+                                      double *stats);
+
+typedef struct {
+    rbe_fused_gemv_fn gemv;
+    rbe_fused_panel_fn panel;
+    rbe_fused_backward_fn backward;
+} rbe_fused_ops;
+
+#define RBE_DEFINE_FUSED(SIMD, NAME, FAMILY, ATTR)                                            \
+    static ATTR void rbe_fused_gemv_##SIMD##_##NAME(const uint64_t *hi, int gc,               \
+                                                    const rbe_tables *t, int rows,            \
+                                                    const float *xp, const float *xpr,        \
+                                                    float *y, float *acc)                     \
+    { rbe_fused_gemv_row_##SIMD##_body(FAMILY, hi, gc, t, rows, xp, xpr, y, acc); }           \
+    static ATTR void rbe_fused_panel_##SIMD##_##NAME(const uint64_t *hi, int gc,              \
+                                                     const rbe_tables *t, int rows,           \
+                                                     float *panel, ptrdiff_t ld)              \
+    { rbe_fused_panel_row_##SIMD##_body(FAMILY, hi, gc, t, rows, panel, ld); }                \
+    static ATTR void rbe_fused_backward_##SIMD##_##NAME(uint64_t hi, const rbe_tables *t,     \
+                                                        int rows, const float *G, float *W,   \
+                                                        float alpha, float beta,              \
+                                                        double *stats)                        \
+    { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); }
+
+RBE_DEFINE_FUSED(scalar, poly, RBE_APPROX_POLY, )
+RBE_DEFINE_FUSED(scalar, lut, RBE_APPROX_LUT, )
+RBE_DEFINE_FUSED(scalar, cordic, RBE_APPROX_CORDIC, )
+#ifdef RBE_HAVE_X86_SIMD
+RBE_DEFINE_FUSED(avx2, poly, RBE_APPROX_POLY, RBE_TARGET_AVX2)
+RBE_DEFINE_FUSED(avx2, lut, RBE_APPROX_LUT, RBE_TARGET_AVX2)
+RBE_DEFINE_FUSED(avx2, cordic, RBE_APPROX_CORDIC, RBE_TARGET_AVX2)
+#endif
+
+#define RBE_FUSED_OPS(SIMD, NAME)                                                              \
+    {rbe_fused_gemv_##SIMD##_##NAME, rbe_fused_panel_##SIMD##_##NAME,                          \
+     rbe_fused_backward_##SIMD##_##NAME}
+
+/* All-NULL ops when the combination is not compiled in or out of range. */
+static rbe_fused_ops rbe_fused_select(int simd, int family)
+{
+    static const rbe_fused_ops none = {NULL, NULL, NULL};
+    static const rbe_fused_ops scalar[RBE_N_APPROX] = {
+        RBE_FUSED_OPS(scalar, poly), RBE_FUSED_OPS(scalar, lut), RBE_FUSED_OPS(scalar, cordic)};
+#ifdef RBE_HAVE_X86_SIMD
+    static const rbe_fused_ops avx2[RBE_N_APPROX] = {
+        RBE_FUSED_OPS(avx2, poly), RBE_FUSED_OPS(avx2, lut), RBE_FUSED_OPS(avx2, cordic)};
+#endif
+    if (family < 0 || family >= RBE_N_APPROX) return none;
+    if (simd == RBE_SIMD_SCALAR) return scalar[family];
+#ifdef RBE_HAVE_X86_SIMD
+    if (simd == RBE_SIMD_AVX2) return avx2[family];
+#endif
+    return none;
+}
+
+#endif

@@ -1,0 +1,341 @@
+"""rbe.fused.FusedLinear: forward/backward against dense products, gradients against finite
+differences, state transitions, thread independence and input validation."""
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import threadpoolctl
+
+import rbe
+from rbe import kernel, seeds
+from rbe.fused import FusedLinear, with_states
+
+SHAPES = [(200, 130), (130, 200), (64, 64)]     # (in_features, out_features)
+BATCHES = [None, 1, 33]
+MODES = ["fast", "precise"]
+
+
+def make_layer(n_in, n_out, mode="fast", block=(64, 64), seed=0, **kw):
+    layer = FusedLinear(n_in, n_out, block=block, seed=seed, mode=mode, **kw)
+    layer.alpha, layer.beta = 0.8, -0.05
+    layer.bias[:] = np.random.default_rng(seed).uniform(-1, 1, n_out)
+    return layer
+
+
+def inputs(n, batch, dtype=np.float32, seed=1):
+    shape = (n,) if batch is None else (batch, n)
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def rel_err(a, b):
+    return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
+
+
+@pytest.fixture
+def threads():
+    """Restores the kernels' thread count after a test that changes it."""
+    before = rbe.get_num_threads()
+    yield rbe.set_num_threads
+    rbe.set_num_threads(before)
+
+
+# ---- forward and backward against the dense matrix ----------------------------------------
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("n_in, n_out", SHAPES)
+@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_backward_match_dense(mode, n_in, n_out, batch, dtype):
+    layer = make_layer(n_in, n_out, mode)
+    dense = layer.to_dense().astype(np.float64)
+    X = inputs(n_in, batch, dtype)
+    Y = layer.forward(X)
+    assert Y.dtype == dtype and Y.shape == X.shape[:-1] + (n_out,)
+    assert rel_err(Y, X.astype(np.float64) @ dense.T + layer.bias) <= 2e-5
+    dY = inputs(n_out, batch, dtype, seed=2)
+    dX = layer.backward(X, dY)
+    assert dX.dtype == dtype and dX.shape == X.shape
+    assert rel_err(dX, dY.astype(np.float64) @ dense) <= 2e-5
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("block", [(1, 1), (3, 1), (5, 7), (33, 65), (128, 128)])
+@pytest.mark.parametrize("batch", [None, 9, 33])     # GEMV; sgemm paths (9 > small batch)
+def test_odd_block_shapes(mode, block, batch):
+    n_in, n_out = 2 * block[1] + 3, 2 * block[0] + 1
+    layer = make_layer(n_in, n_out, mode, block)
+    dense = layer.to_dense().astype(np.float64)
+    X, dY = inputs(n_in, batch), inputs(n_out, batch, seed=2)
+    assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 2e-5
+    assert rel_err(layer.backward(X, dY), dY @ dense) <= 2e-5
+
+
+@pytest.mark.parametrize("approx", ["lut", "cordic"])
+def test_other_approximations(monkeypatch, approx):
+    monkeypatch.setattr(kernel, "_approx", approx)
+    layer = make_layer(200, 130)
+    dense = layer.to_dense().astype(np.float64)
+    for batch in (None, 33):
+        X, dY = inputs(200, batch), inputs(130, batch, seed=2)
+        assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 2e-5
+        assert rel_err(layer.backward(X, dY), dY @ dense) <= 2e-5
+
+
+def test_concurrent_calls_from_python_threads():
+    layer = make_layer(300, 260, block=(32, 64))
+    X = inputs(300, 40)
+    expected = [layer.forward(X), layer.forward(X[0])]
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda k: layer.forward(X if k % 2 == 0 else X[0]), range(16)))
+    for k, Y in enumerate(results):
+        assert np.array_equal(Y, expected[k % 2])
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
+
+
+def test_blas_thread_limit_is_restored():
+    before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
+    layer = make_layer(200, 130)
+    layer.forward(inputs(200, 33))
+    layer.backward(inputs(200, 33), inputs(130, 33, seed=2))
+    assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
+
+
+@pytest.mark.parametrize("block", [(64, 64), (32, 16), (8, 24)])
+def test_fast_dense_matches_precise(block):
+    fast, precise = make_layer(200, 130, "fast", block), make_layer(200, 130, "precise", block)
+    assert np.max(np.abs(fast.to_dense() - precise.to_dense())) <= 2e-5
+
+
+def test_scalar_path_matches_avx2():
+    if "avx2" not in kernel.simd_paths():
+        pytest.skip("this CPU has no AVX2: only the scalar path exists")
+    layer = make_layer(200, 130)
+    X, dY = inputs(200, 33), inputs(130, 33, seed=2)
+    results = {}
+    for simd in ("scalar", "avx2"):
+        with kernel.use_simd(simd):
+            results[simd] = (layer.forward(X), layer.forward(X[0]), layer.backward(X, dY),
+                             layer.grads["r"], layer.grads["theta"], layer.pending_sel)
+    for a, b in zip(results["scalar"][:-1], results["avx2"][:-1]):
+        assert rel_err(a, b) <= 2e-5
+    assert np.array_equal(results["scalar"][-1], results["avx2"][-1])
+
+
+# ---- gradients against finite differences (precise mode) ---------------------------------
+
+def loss(layer, X, dY):
+    return float(np.sum(dY * layer.forward(X)))
+
+
+def fd_master(layer, X, dY, name, index, eps=2.0**-16):
+    """Central difference of the loss in the quantised value the layer computes with."""
+    params = layer.parameters()
+    saved = layer.seeds.copy()
+    layer.pending_sel = None          # only r or theta may change, not the states
+    values, losses = [], []
+    for sign in (1, -1):
+        params[name][index] += sign * eps
+        layer.after_step()
+        fields = seeds.unpack(layer.seeds)
+        values.append((fields.r if name == "r" else fields.theta)[index])
+        losses.append(loss(layer, X, dY))
+        layer.seeds = saved
+    return (losses[0] - losses[1]) / (values[0] - values[1])
+
+
+def test_gradients_match_finite_differences():
+    layer = make_layer(20, 12, "precise", block=(8, 8), seed=4)
+    X, dY = inputs(20, 5, np.float64, seed=5), inputs(12, 5, np.float64, seed=6)
+    layer.backward(X, dY)
+    grads = {k: np.array(v, copy=True) for k, v in layer.grads.items()}
+    scale = {k: max(1.0, np.max(np.abs(v))) for k, v in grads.items()}
+    for name in ("r", "theta"):
+        for index in np.ndindex(layer.seeds.shape):
+            fd = fd_master(layer, X, dY, name, index)
+            assert abs(fd - grads[name][index]) <= 1e-4 * scale[name], (name, index)
+    eps = 2.0**-10
+    for name in ("alpha", "beta"):
+        p = layer.parameters()[name]
+        p += eps
+        up = loss(layer, X, dY)
+        p -= 2 * eps
+        down = loss(layer, X, dY)
+        p += eps
+        assert abs((up - down) / (2 * eps) - grads[name]) <= 1e-6 * scale[name]
+    for k in range(layer.out_features):
+        layer.bias[k] += eps
+        up = loss(layer, X, dY)
+        layer.bias[k] -= 2 * eps
+        down = loss(layer, X, dY)
+        layer.bias[k] += eps
+        assert abs((up - down) / (2 * eps) - grads["bias"][k]) <= 1e-6 * scale["bias"]
+
+
+def test_fast_gradients_match_precise():
+    fast, precise = make_layer(200, 130, "fast"), make_layer(200, 130, "precise")
+    X, dY = inputs(200, 33), inputs(130, 33, seed=2)
+    fast.backward(X, dY)
+    precise.backward(X.astype(np.float64), dY.astype(np.float64))
+    for name, g in precise.grads.items():
+        assert np.max(np.abs(fast.grads[name] - g)) <= 1e-4 * max(1.0, np.max(np.abs(g))), name
+
+
+# ---- state transitions ---------------------------------------------------------------------
+
+def class_sums(layer, X, dY, hi):
+    """Oracle: per block and class, sum G W_eff for the states in ``hi`` (float64 NumPy)."""
+    h, w = layer.block
+    trial = layer.seeds.copy()
+    trial["hi"] = hi
+    W = kernel.generate(trial, layer.block, layer.mode).astype(np.float64)
+    W_eff = float(layer.alpha) * W + float(layer.beta)
+    G = np.zeros((layer.seeds.shape[0] * h, layer.seeds.shape[1] * w))
+    G[:layer.out_features, :layer.in_features] = dY.T.astype(np.float64) @ X
+    G = G.reshape(layer.seeds.shape[0], h, layer.seeds.shape[1], w).transpose(0, 2, 1, 3)
+    i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    masks = [((j - i) % 4) == c for c in range(4)]
+    gw = np.stack([(G * W_eff)[..., m].sum(-1) for m in masks], -1)
+    gabs = np.stack([np.abs(G * W_eff)[..., m].sum(-1) for m in masks], -1)
+    return gw, gabs
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_transitions_lower_the_linearised_loss(mode):
+    layer = make_layer(200, 130, mode, block=(32, 32), seed=7, tau=0.01)
+    X, dY = inputs(200, 16, seed=8), inputs(130, 16, seed=9)
+    layer.backward(X, dY)
+    current = seeds.unpack(layer.seeds).sel
+    chosen = layer.pending_sel
+    moved = chosen != current
+    assert 0 < moved.sum() < moved.size
+    before, gabs = class_sums(layer, X, dY, layer.seeds["hi"])
+    after, _ = class_sums(layer, X, dY, with_states(layer.seeds["hi"], chosen))
+    assert np.all((after - before)[moved] < -layer.tau * gabs[moved])
+    # Where nothing moved, neither candidate passes the threshold.
+    for table in (rbe.fused.POS_STATE, rbe.fused.NEG_STATE):
+        cand, _ = class_sums(layer, X, dY, with_states(layer.seeds["hi"], table[current]))
+        margin = 1e-4 * gabs[~moved] if mode == "fast" else 0.0
+        assert np.all((cand - before)[~moved] >= -layer.tau * gabs[~moved] - margin)
+
+
+def test_transitions_respect_tau():
+    X, dY = inputs(200, 16, seed=8), inputs(130, 16, seed=9)
+    moved = {}
+    for tau in (0.0, 0.01, 0.1, 1e9):
+        layer = make_layer(200, 130, block=(32, 32), seed=7, tau=tau)
+        layer.backward(X, dY)
+        moved[tau] = layer.pending_sel != seeds.unpack(layer.seeds).sel
+    assert not moved[1e9].any()
+    assert moved[0.0].sum() > moved[0.1].sum() > 0
+    for small, large in ((0.0, 0.01), (0.01, 0.1)):
+        assert np.all(moved[small] | ~moved[large])       # a larger tau only removes moves
+
+
+def test_transitions_deterministic_and_thread_independent(threads):
+    X, dY = inputs(200, 33, seed=8), inputs(130, 33, seed=9)
+    results = []
+    for n in (1, 2, 2):
+        threads(n)
+        layer = make_layer(200, 130, block=(32, 32), seed=7)
+        dX = layer.backward(X, dY)
+        results.append((dX, layer.grads, layer.pending_sel))
+    for dX, grads, sel in results[1:]:
+        assert np.array_equal(sel, results[0][2])
+        assert rel_err(dX, results[0][0]) <= 1e-6
+        for name, g in grads.items():
+            assert np.allclose(g, results[0][1][name], rtol=1e-6, atol=0), name
+
+
+def test_after_step_applies_transitions_and_requantizes():
+    layer = make_layer(200, 130, block=(32, 32), seed=7)
+    layer.backward(inputs(200, 16, seed=8), inputs(130, 16, seed=9))
+    chosen = layer.pending_sel.copy()
+    layer.parameters()["r"][...] += 0.01
+    layer.after_step()
+    fields = seeds.unpack(layer.seeds)
+    assert np.array_equal(fields.sel, chosen) and layer.pending_sel is None
+    assert np.allclose(fields.r, fields.r_master, atol=2.0**-20)
+
+
+# ---- threads ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch", [None, 64])
+def test_results_independent_of_thread_count(threads, batch):
+    layer = make_layer(600, 520, block=(32, 64))      # large enough for two threads
+    X, dY = inputs(600, batch), inputs(520, batch, seed=2)
+    out = []
+    for n in (1, 2):
+        threads(n)
+        out.append((layer.forward(X), layer.backward(X, dY)))
+    for a, b in zip(*out):
+        assert rel_err(a, b) <= 1e-6
+
+
+# ---- storage and validation ------------------------------------------------------------------
+
+def test_storage_and_parameters():
+    layer = FusedLinear(1024, 1024, seed=0)
+    assert layer.seeds.shape == (16, 16) and layer.seeds.dtype == seeds.DTYPE
+    assert layer.nbytes == 256 * 16 + 2 * 4 + 1024 * 4
+    assert layer.compression_ratio == pytest.approx((4 * 1024**2 + 4096) / layer.nbytes)
+    params = layer.parameters()
+    fields = seeds.unpack(layer.seeds)
+    assert np.array_equal(params["r"], fields.r_master)
+    assert np.array_equal(params["theta"], fields.theta_master)
+    assert np.shares_memory(params["r"], layer.seeds)
+    assert set(params) == {"r", "theta", "alpha", "beta", "bias"}
+    assert "bias" not in FusedLinear(64, 64, bias=False).parameters()
+    ragged = FusedLinear(200, 130, seed=0)
+    assert ragged.seeds.shape == (3, 4) and ragged.to_dense().shape == (130, 200)
+
+
+def test_same_seed_same_layer():
+    a, b = FusedLinear(200, 130, seed=3), FusedLinear(200, 130, seed=3)
+    assert np.array_equal(a.seeds, b.seeds)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"in_features": 32, "out_features": 130},            # block wider than the layer
+    {"in_features": 200, "out_features": 40},            # block taller than the layer
+    {"in_features": 0, "out_features": 64},
+    {"in_features": 200, "out_features": 130, "block": (0, 4)},
+    {"in_features": 200, "out_features": 130, "mode": "exact"},
+    {"in_features": 200, "out_features": 130, "tau": -1.0},
+])
+def test_bad_construction(kwargs):
+    with pytest.raises(ValueError):
+        FusedLinear(**kwargs)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_bad_inputs(mode):
+    layer = make_layer(200, 130, mode)
+    X = inputs(200, 4)
+    for bad in (X[:, :199], X.astype(np.int32), X.astype(np.float16), np.zeros((2, 3, 200)),
+                np.where(np.arange(200) == 5, np.nan, X).astype(np.float32), np.zeros((0, 200))):
+        with pytest.raises(ValueError):
+            layer.forward(bad)
+    with pytest.raises(ValueError):
+        layer.backward(X, inputs(130, 5))
+    with pytest.raises(ValueError):
+        layer.backward(X, inputs(129, 4))
+    with pytest.raises(ValueError):
+        layer.seeds = np.zeros((3, 4), np.float64)
+
+
+@pytest.mark.parametrize("name", ["alpha", "beta", "bias"])
+def test_non_finite_parameters_raise(name):
+    layer = make_layer(200, 130)
+    layer.parameters()[name][...] = np.inf
+    with pytest.raises(ValueError, match=name):
+        layer.forward(inputs(200, 2))
+
+
+def test_non_finite_masters_raise_in_after_step():
+    layer = make_layer(200, 130)
+    before = layer.seeds.copy()
+    layer.parameters()["theta"][1, 2] = np.nan
+    with pytest.raises(ValueError, match="theta"):
+        layer.after_step()
+    assert np.array_equal(layer.seeds["hi"], before["hi"])
