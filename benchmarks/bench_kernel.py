@@ -43,7 +43,7 @@ def main() -> None:
 
     packed = rbe.seeds.random(args.seeds, rng=0)
     original = rbe.reference.from_packed128(packed)
-    out = np.empty((args.seeds,) + SHAPE, np.float32)
+    out = kernel.empty_aligned((args.seeds,) + SHAPE)
     cases = {
         "original (reference C, serial)": lambda: rbe.reference.generate(original, SHAPE),
         "precise (float64 libm)": lambda: rbe.generate(packed, SHAPE, mode="precise"),

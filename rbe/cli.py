@@ -33,7 +33,7 @@ def demo(args: argparse.Namespace) -> int:
     for approx in rbe.kernel.APPROX_FAMILIES:
         err = np.abs(rbe.generate(packed, shape, approx=approx) - precise).max()
         print(f"{approx:<13}  {err:.2e}")
-    out = np.empty_like(precise, dtype=np.float32)
+    out = rbe.kernel.empty_aligned(precise.shape)
     fast = _best_time(lambda: rbe.generate(packed, shape, out=out))
     sample = packed[: max(1, args.seeds // 8)]
     original = rbe.reference.from_packed128(sample)

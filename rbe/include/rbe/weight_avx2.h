@@ -137,9 +137,24 @@ RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_weight8(int family, int state, int want_gr
     return rbe_clamp01_8(m);
 }
 
+/* Store 8 floats; with stream set, non-temporal when dst is 16-byte aligned (numpy's
+ * allocations always are), whole 32 bytes at a time when it is 32-byte aligned. */
+static inline RBE_TARGET_AVX2 void rbe_store8(float *dst, __m256 v, int stream)
+{
+    uintptr_t misalignment = (uintptr_t)dst & 31;
+    if (!stream || (misalignment & 15)) {
+        _mm256_storeu_ps(dst, v);
+    } else if (misalignment == 0) {
+        _mm256_stream_ps(dst, v);
+    } else {
+        _mm_stream_ps(dst, _mm256_castps256_ps128(v));
+        _mm_stream_ps(dst + 4, _mm256_extractf128_ps(v, 1));
+    }
+}
+
 /* Store 4 class groups of 8 lanes (v[p][q] = column 4q + p) as 32 consecutive columns.
- * With stream set and dst 32-byte aligned, non-temporal stores keep outputs larger than the
- * caches from evicting the tables and reading every line before writing it. */
+ * With stream set, non-temporal stores keep outputs larger than the caches from evicting the
+ * tables and from reading every line before writing it. */
 static inline RBE_TARGET_AVX2 void rbe_store_interleaved4(float *dst, const __m256 *v, int stream)
 {
     __m256 t0 = _mm256_unpacklo_ps(v[0], v[1]), t1 = _mm256_unpackhi_ps(v[0], v[1]);
@@ -148,10 +163,7 @@ static inline RBE_TARGET_AVX2 void rbe_store_interleaved4(float *dst, const __m2
     __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
     __m256 out[4] = {_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u2, u3, 0x20),
                      _mm256_permute2f128_ps(u0, u1, 0x31), _mm256_permute2f128_ps(u2, u3, 0x31)};
-    if (stream && ((uintptr_t)dst & 31) == 0)
-        for (int k = 0; k < 4; k++) _mm256_stream_ps(dst + 8 * k, out[k]);
-    else
-        for (int k = 0; k < 4; k++) _mm256_storeu_ps(dst + 8 * k, out[k]);
+    for (int k = 0; k < 4; k++) rbe_store8(dst + 8 * k, out[k], stream);
 }
 
 /* The same for the last, partial chunk of a row: only columns j0 + 4q + p < w. */
@@ -309,8 +321,8 @@ static inline RBE_TARGET_AVX2 void rbe_fill_zero_avx2(float *dst, ptrdiff_t n, i
         return;
     }
     ptrdiff_t k = 0;
-    for (; k < n && ((uintptr_t)(dst + k) & 31); k++) dst[k] = 0.0f;
-    for (; k + 8 <= n; k += 8) _mm256_stream_ps(dst + k, _mm256_setzero_ps());
+    for (; k < n && ((uintptr_t)(dst + k) & 15); k++) dst[k] = 0.0f;
+    for (; k + 8 <= n; k += 8) rbe_store8(dst + k, _mm256_setzero_ps(), 1);
     for (; k < n; k++) dst[k] = 0.0f;
 }
 
