@@ -28,19 +28,11 @@ from threadpoolctl import threadpool_limits
 import rbe
 from rbe import optim, reference
 from rbe.fused import FusedLinear, with_states
+from timing import interleaved_medians
 
-
-def interleaved(cases: dict, repeats: int) -> dict:
-    """Median seconds of each callable, run round-robin ``repeats`` times after one warm-up."""
-    times = {name: [] for name in cases}
-    for fn in cases.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in cases.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
+# Idle before each timed call, so that numpy's spinning BLAS threads and ours do not take each
+# other's cores (see timing.interleaved_medians).
+SETTLE = 0.2
 
 
 def report(title: str, t: dict, pairs: list) -> None:
@@ -66,7 +58,7 @@ def vs_dense(n: int, threads: int, repeats: int) -> None:
         "fused backward b64": lambda: layer.backward(X, dY),
         "dense dY @ W, dY.T @ X": lambda: (dY @ W, dY.T @ X),
     }
-    t = interleaved(cases, repeats)
+    t = interleaved_medians(cases, repeats, settle=SETTLE)
     report(f"{n} x {n}, 64 x 64 blocks, {threads} thread(s)", t,
            [("fused GEMV", "dense W @ x"), ("fused forward b64", "dense X @ W.T"),
             ("fused backward b64", "dense dY @ W, dY.T @ X")])
@@ -104,7 +96,7 @@ def vs_original(n: int, threads: int, repeats: int) -> None:
         "fused forward b64": lambda: layer.forward(X),
         "fused backward b64": lambda: layer.backward(X, dY),
     }
-    t = interleaved(cases, repeats)
+    t = interleaved_medians(cases, repeats)
     report(f"{n} x {n}, 64 x 64 blocks, one vector, {threads} thread(s)", t,
            [("fused forward", "original forward_precise"),
             ("fused backward", "original backward_precise"),
@@ -133,7 +125,7 @@ def gemv_profile(n: int, repeats: int) -> None:
             return elapsed
         return run
 
-    t = interleaved(cases, repeats)
+    t = interleaved_medians(cases, repeats)
     rows = [("random states", t["random states"])]
     for state in range(8):
         timed = in_state(state)

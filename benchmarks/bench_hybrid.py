@@ -1,6 +1,6 @@
 """Benchmark of hybrid blocks: encoding, products and rate-distortion.
 
-Run from the repository root after building in place:
+Run with rbe importable (installed, or built in place and on PYTHONPATH):
 
     python benchmarks/bench_hybrid.py
 
@@ -12,33 +12,17 @@ whole-block rebuild for every output row in the product.
 from __future__ import annotations
 
 import contextlib
-import sys
-import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import rbe  # noqa: E402
-from rbe import transforms as tf  # noqa: E402
+import rbe
+from rbe import transforms as tf
+from timing import interleaved_medians
 
 BLOCK = (64, 64)
 K = 64
 MODES = ("dct", "dwt", "adaptive")
-
-
-def interleaved(funcs: dict, repeats: int) -> dict:
-    """Median seconds of each function, calling them in turn ``repeats`` times."""
-    times = {name: [] for name in funcs}
-    for f in funcs.values():
-        f()                                     # warm caches and thread pools
-    for _ in range(repeats):
-        for name, f in funcs.items():
-            start = time.perf_counter()
-            f()
-            times[name].append(time.perf_counter() - start)
-    return {name: float(np.median(t)) for name, t in times.items()}
 
 
 def single_threaded_blas():
@@ -119,8 +103,8 @@ def original_gemv(layer: rbe.HybridLinear, x: np.ndarray) -> np.ndarray:
 def bench_encode():
     print("== Encoding (64x64 blocks, k=64) ==")
     W = gaussian_matrix(4096)
-    times = interleaved({t: lambda t=t: rbe.encode(W, BLOCK, K, t, progress=False)
-                         for t in MODES}, repeats=3)
+    times = interleaved_medians({t: lambda t=t: rbe.encode(W, BLOCK, K, t, progress=False)
+                         for t in MODES}, rounds=3)
     for t in MODES:
         print(f"  4096^2 {t:>8}: {times[t]:6.2f} s")
     W = gaussian_matrix(1024, seed=1)
@@ -135,8 +119,8 @@ def compare_encoders(W, t):
     """Time both encoders on W and check they reach the same error."""
     ours = rbe.encode(W, BLOCK, K, t, progress=False)
     rmse_original = float(np.sqrt(np.mean((original_encode(W, K, t) - W) ** 2)))
-    timed = interleaved({"ours": lambda: rbe.encode(W, BLOCK, K, t, progress=False),
-                         "original": lambda: original_encode(W, K, t)}, repeats=5)
+    timed = interleaved_medians({"ours": lambda: rbe.encode(W, BLOCK, K, t, progress=False),
+                         "original": lambda: original_encode(W, K, t)}, rounds=5)
     print(f"    {t:>8}: ours {timed['ours'] * 1e3:7.1f} ms, original "
           f"{timed['original'] * 1e3:7.1f} ms, speedup {timed['original'] / timed['ours']:5.1f}x"
           f" (RMSE {ours.rmse(W):.5f} vs {rmse_original:.5f})")
@@ -152,10 +136,10 @@ def bench_products():
     X = rng.standard_normal((64, 4096)).astype(np.float32)
     err = np.abs(layer.forward(X) - X @ dense.T).max() / np.abs(X @ dense.T).max()
     print(f"  max relative difference to the dense product: {err:.1e}")
-    timed = interleaved({"hybrid gemv": lambda: layer.forward(x),
-                         "dense gemv": lambda: dense @ x,
-                         "hybrid batch64": lambda: layer.forward(X),
-                         "dense batch64": lambda: X @ dense.T}, repeats=30)
+    timed = interleaved_medians({"hybrid gemv": lambda: layer.forward(x),
+                                 "dense gemv": lambda: dense @ x,
+                                 "hybrid batch64": lambda: layer.forward(X),
+                                 "dense batch64": lambda: X @ dense.T}, rounds=30, settle=0.05)
     for kind in ("gemv", "batch64"):
         ours, base = timed[f"hybrid {kind}"], timed[f"dense {kind}"]
         print(f"  {kind:>8}: hybrid {ours * 1e3:7.3f} ms | dense BLAS {base * 1e3:7.3f} ms"
@@ -171,8 +155,8 @@ def bench_row_rebuild():
     layer = rbe.HybridLinear.from_dense(W, block=BLOCK, k=K, progress=False)
     x = np.random.default_rng(4).standard_normal(512)
     err = np.abs(original_gemv(layer, x) - layer.forward(x)).max()
-    timed = interleaved({"ours": lambda: layer.forward(x),
-                         "rebuild": lambda: original_gemv(layer, x)}, repeats=5)
+    timed = interleaved_medians({"ours": lambda: layer.forward(x),
+                         "rebuild": lambda: original_gemv(layer, x)}, rounds=5)
     speedup = timed["rebuild"] / timed["ours"]
     print(f"  hybrid {timed['ours'] * 1e3:.3f} ms | row rebuild {timed['rebuild'] * 1e3:.1f} ms"
           f" | speedup {speedup:.0f}x (max difference {err:.1e})")

@@ -13,15 +13,12 @@ timed in interleaved rounds (median), and prints G weights/s and the ratio to th
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import rbe  # noqa: E402
-from rbe import kernel  # noqa: E402
-from timing import interleaved_medians, print_table  # noqa: E402
+import rbe
+from rbe import kernel
+from timing import interleaved_medians, print_table
 
 SHAPE = (64, 64)
 

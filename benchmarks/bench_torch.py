@@ -11,17 +11,13 @@ the sum and nothing else. ``--threads`` sets both torch's and rbe's thread count
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import rbe  # noqa: E402
-import rbe.torch as rt  # noqa: E402
-from timing import interleaved_medians, print_table  # noqa: E402
+import rbe
+import rbe.torch as rt
+from timing import interleaved_medians, print_table
 
 SIZE = 1024
 

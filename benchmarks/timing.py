@@ -12,14 +12,22 @@ import numpy as np
 
 
 def interleaved_medians(cases: dict[str, Callable[[], object]], rounds: int = 7,
-                        warmup: int = 1) -> dict[str, float]:
-    """Median wall time in seconds of each case over interleaved rounds."""
+                        warmup: int = 1, steady: bool = False) -> dict[str, float]:
+    """Median wall time in seconds of each case over interleaved rounds.
+
+    steady: call each case once, untimed, right before its timed call. A case that follows a
+    long serial one (or another library's threads) otherwise pays for waking idle cores and
+    idle thread pools, which on a virtual machine can take milliseconds; with ``steady`` each
+    case is timed as in a loop of back-to-back calls, as a service calling it sees it.
+    """
     for _ in range(warmup):
         for fn in cases.values():
             fn()
     times = {name: [] for name in cases}
     for _ in range(rounds):
         for name, fn in cases.items():
+            if steady:
+                fn()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
