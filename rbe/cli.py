@@ -18,29 +18,46 @@ def _best_time(fn, repeats: int = 5) -> float:
 
 
 def demo(args: argparse.Namespace) -> int:
-    """Generate seed blocks: accuracy of the fast kernel and its speed against the original."""
+    """Train a digits classifier with dense, seed-block and hybrid-block layers (offline)."""
     import rbe
+    from rbe import demo as digits
 
     info = rbe.kernel_info()
     print(f"rbe {rbe.__version__}: simd={info['simd']} approx={info['approx']} "
           f"openmp={info['openmp']} threads={info['threads']}")
+    digits.run(epochs=args.epochs, seed=args.seed, plot=args.plot or None)
+    return 0
+
+
+def bench(args: argparse.Namespace) -> int:
+    """Headline speed ratios on this machine (see benchmarks/ for the full scripts)."""
+    import rbe
+
+    rng = np.random.default_rng(0)
     packed = rbe.seeds.random(args.seeds, rng=0)
-    shape = (64, 64)
-    precise = rbe.generate(packed, shape, mode="precise")
-    print(f"{args.seeds} seeds of 64x64 = {packed.nbytes} bytes of seeds for "
-          f"{precise.size * 4} bytes of float32 weights ({precise.size * 4 // packed.nbytes}x)")
-    print("approximation  max |fast - precise|")
-    for approx in rbe.kernel.APPROX_FAMILIES:
-        err = np.abs(rbe.generate(packed, shape, approx=approx) - precise).max()
-        print(f"{approx:<13}  {err:.2e}")
-    out = rbe.kernel.empty_aligned(precise.shape)
-    fast = _best_time(lambda: rbe.generate(packed, shape, out=out))
-    sample = packed[: max(1, args.seeds // 8)]
-    original = rbe.reference.from_packed128(sample)
-    slow = _best_time(lambda: rbe.reference.generate(original, shape), repeats=2)
-    slow *= len(packed) / len(sample)
-    rate = precise.size / fast / 1e9
-    print(f"fast kernel: {rate:.2f} G weights/s, {slow / fast:.0f}x the original algorithm")
+    out = rbe.kernel.empty_aligned((args.seeds, 64, 64))
+    fast = _best_time(lambda: rbe.generate(packed, (64, 64), out=out))
+    sample = rbe.reference.from_packed128(packed[: max(1, args.seeds // 16)])
+    slow = _best_time(lambda: rbe.reference.generate(sample, (64, 64)), repeats=2)
+    slow *= args.seeds / len(sample)
+    n = args.size
+    x = rng.standard_normal(n).astype(np.float32)
+    fused = rbe.FusedLinear(n, n, bias=False, seed=0)
+    hybrid = rbe.HybridLinear.from_dense(rng.standard_normal((n, n)).astype(np.float32), k=64)
+    dense = fused.to_dense()
+    t_dense = _best_time(lambda: dense @ x, repeats=20)
+    rows = [
+        ("seed-block weight generation vs the original algorithm", slow / fast),
+        (f"FusedLinear GEMV {n}x{n} vs dense float32 BLAS",
+         t_dense / _best_time(lambda: fused.forward(x), repeats=20)),
+        (f"HybridLinear GEMV {n}x{n} (k=64) vs dense float32 BLAS",
+         t_dense / _best_time(lambda: hybrid.forward(x), repeats=20)),
+    ]
+    info = rbe.kernel_info()
+    print(f"simd={info['simd']} approx={info['approx']} threads={info['threads']}; "
+          "ratio > 1: rbe is faster")
+    for name, ratio in rows:
+        print(f"{name:<58} {ratio:8.2f}x")
     return 0
 
 
@@ -124,8 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rbe", description="Compressed weight blocks.")
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("demo", help=demo.__doc__.splitlines()[0])
-    p.add_argument("--seeds", type=int, default=2048, help="number of 64x64 blocks")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plot", default="rbe-demo.png",
+                   help="PNG of accuracy against bytes, if matplotlib is installed ('' for none)")
     p.set_defaults(run=demo)
+    p = commands.add_parser("bench", help=bench.__doc__.splitlines()[0])
+    p.add_argument("--seeds", type=int, default=2048, help="64x64 blocks to generate")
+    p.add_argument("--size", type=int, default=4096, help="layer size of the GEMVs")
+    p.set_defaults(run=bench)
     p = commands.add_parser("compress", help=compress.__doc__.splitlines()[0])
     p.add_argument("input", help=".safetensors or .npz file of dense tensors")
     p.add_argument("-o", "--output", required=True, help="rbe file to write (.safetensors)")

@@ -140,10 +140,22 @@ def dense_mlp(rng) -> MLP:
                 DenseLinear(HIDDEN, 10, rng)])
 
 
+def _standardised(layer):
+    """Set alpha and beta so that W_eff = alpha W + beta has mean 0 and variance 1/fan_in.
+
+    Generated weights lie in [0, 1]; with the default alpha = 1, beta = 0 every unit would
+    see the same large positive sum, as a dense layer initialised with all-positive weights.
+    """
+    W = layer.to_dense()
+    layer.alpha = 1.0 / (np.sqrt(layer.in_features) * max(float(W.std()), 1e-6))
+    layer.beta = -float(layer.alpha) * float(W.mean())
+    return layer
+
+
 def fused_mlp(seed: int) -> MLP:
     from .fused import FusedLinear
     sizes = [(64, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, 10)]
-    return MLP([FusedLinear(i, o, block=(min(16, o), 16), seed=seed + n)
+    return MLP([_standardised(FusedLinear(i, o, block=(min(16, o), 16), seed=seed + n))
                 for n, (i, o) in enumerate(sizes)])
 
 
@@ -177,15 +189,15 @@ def run(epochs: int = 30, seed: int = 0, plot: str | None = "rbe-demo.png") -> l
     for name, model in models.items():
         acc = results_before if "no fine-tuning" in name else accuracy(model, Xte, yte)
         results.append(Result(name, acc, model.nbytes, forward_time(model, Xte)))
-    _print_table(results)
+    _print_table(results, len(Xte))
     if plot:
         _plot(results, plot)
     return results
 
 
-def _print_table(results: list[Result]) -> None:
+def _print_table(results: list[Result], n_test: int) -> None:
     base = results[0]
-    print(f"digits, MLP 64-{HIDDEN}-{HIDDEN}-10, test set of {360} images")
+    print(f"digits, MLP 64-{HIDDEN}-{HIDDEN}-10, test set of {n_test} images")
     print(f"{'model':<44} {'accuracy':>8} {'bytes':>9} {'ratio':>7} {'forward vs dense':>17}")
     for r in results:
         print(f"{r.name:<44} {r.accuracy:>8.3f} {r.nbytes:>9,d} {base.nbytes / r.nbytes:>6.1f}x "
