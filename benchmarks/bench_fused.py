@@ -1,7 +1,9 @@
 """FusedLinear speed: against dense BLAS and against the original algorithm.
 
 One run; every comparison runs its contenders interleaved (round-robin) and reports medians,
-so load from other processes hits all of them alike. Ratios are "times faster than the
+so load from other processes hits all of them alike. Each timed call follows an untimed one of
+the same case (steady state: otherwise a case pays for waking the cores and thread pools that
+the previous, serial or BLAS, case left idle). Ratios are "times faster than the
 baseline" (baseline time / FusedLinear time): above 1, FusedLinear is faster.
 
 - forward GEMV (``W @ x``) and batch-64 forward (``X @ W.T``) against numpy on ``to_dense()``,
@@ -30,9 +32,6 @@ from rbe import optim, reference
 from rbe.fused import FusedLinear, with_states
 from timing import interleaved_medians
 
-# Idle before each timed call, so that numpy's spinning BLAS threads and ours do not take each
-# other's cores (see timing.interleaved_medians).
-SETTLE = 0.2
 
 
 def report(title: str, t: dict, pairs: list) -> None:
@@ -58,7 +57,7 @@ def vs_dense(n: int, threads: int, repeats: int) -> None:
         "fused backward b64": lambda: layer.backward(X, dY),
         "dense dY @ W, dY.T @ X": lambda: (dY @ W, dY.T @ X),
     }
-    t = interleaved_medians(cases, repeats, settle=SETTLE)
+    t = interleaved_medians(cases, repeats, steady=True)
     report(f"{n} x {n}, 64 x 64 blocks, {threads} thread(s)", t,
            [("fused GEMV", "dense W @ x"), ("fused forward b64", "dense X @ W.T"),
             ("fused backward b64", "dense dY @ W, dY.T @ X")])
@@ -96,7 +95,7 @@ def vs_original(n: int, threads: int, repeats: int) -> None:
         "fused forward b64": lambda: layer.forward(X),
         "fused backward b64": lambda: layer.backward(X, dY),
     }
-    t = interleaved_medians(cases, repeats)
+    t = interleaved_medians(cases, repeats, steady=True)
     report(f"{n} x {n}, 64 x 64 blocks, one vector, {threads} thread(s)", t,
            [("fused forward", "original forward_precise"),
             ("fused backward", "original backward_precise"),

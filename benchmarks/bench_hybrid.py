@@ -139,7 +139,7 @@ def bench_products():
     timed = interleaved_medians({"hybrid gemv": lambda: layer.forward(x),
                                  "dense gemv": lambda: dense @ x,
                                  "hybrid batch64": lambda: layer.forward(X),
-                                 "dense batch64": lambda: X @ dense.T}, rounds=30, settle=0.05)
+                                 "dense batch64": lambda: X @ dense.T}, rounds=30, steady=True)
     for kind in ("gemv", "batch64"):
         ours, base = timed[f"hybrid {kind}"], timed[f"dense {kind}"]
         print(f"  {kind:>8}: hybrid {ours * 1e3:7.3f} ms | dense BLAS {base * 1e3:7.3f} ms"

@@ -11,14 +11,20 @@ from typing import Callable
 import numpy as np
 
 
+#: Idle long enough for numpy's OpenBLAS to stop spinning its idle threads (about 0.1 s).
+BLAS_SETTLE = 0.2
+
+
 def interleaved_medians(cases: dict[str, Callable[[], object]], rounds: int = 7,
                         warmup: int = 1, steady: bool = False) -> dict[str, float]:
     """Median wall time in seconds of each case over interleaved rounds.
 
-    steady: call each case once, untimed, right before its timed call. A case that follows a
-    long serial one (or another library's threads) otherwise pays for waking idle cores and
-    idle thread pools, which on a virtual machine can take milliseconds; with ``steady`` each
-    case is timed as in a loop of back-to-back calls, as a service calling it sees it.
+    steady: before its timed call, each case waits BLAS_SETTLE seconds and then runs once
+    untimed, so that it is timed as in a loop of back-to-back calls, as a service calling it
+    sees it. Otherwise a case pays for what the previous one left behind: OpenBLAS keeps its
+    idle threads spinning for about 0.1 s after a call, competing with the next case's
+    threads for the cores, and waking idle cores and thread pools can take milliseconds on a
+    virtual machine.
     """
     for _ in range(warmup):
         for fn in cases.values():
@@ -27,6 +33,7 @@ def interleaved_medians(cases: dict[str, Callable[[], object]], rounds: int = 7,
     for _ in range(rounds):
         for name, fn in cases.items():
             if steady:
+                time.sleep(BLAS_SETTLE)
                 fn()
             start = time.perf_counter()
             fn()

@@ -18,6 +18,7 @@ applied by :meth:`FusedLinear.after_step` (called by the optimisers of :mod:`rbe
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -65,6 +66,16 @@ class _SingleThreadedBlas:
 
 
 _single_threaded_blas = _SingleThreadedBlas()
+
+# The kernels' sgemm calls multiply one block with the batch. OpenBLAS runs a product of up to
+# 2^18 multiply-adds on the calling thread, so small products need no limit (and skip its
+# cost, which is noticeable on one-vector calls).
+_SERIAL_BLAS_WORK = 1 << 18
+
+
+def _blas_guard(block: tuple, batch: int):
+    small = block[0] * block[1] * batch <= _SERIAL_BLAS_WORK
+    return contextlib.nullcontext() if small else _single_threaded_blas
 
 
 def states_of(hi: np.ndarray) -> np.ndarray:
@@ -382,7 +393,7 @@ class FusedLinear:
             _core.fused_gemv(*self._kernel_args(), Xp[0], reversed_blocks, Y[0],
                              **self._kernel_select())
         else:
-            with _single_threaded_blas:
+            with _blas_guard(self.block, X2.shape[0]):
                 _core.fused_forward_batch(*self._kernel_args(), Xp, Y, **self._kernel_select())
         return Y
 
@@ -390,7 +401,7 @@ class FusedLinear:
         Xp = self._grouped(X2)
         dXp = np.empty_like(Xp)
         stats = np.empty(self._seeds.shape + (STATS["n"],), np.float64)
-        with _single_threaded_blas:
+        with _blas_guard(self.block, X2.shape[0]):
             _core.fused_backward(*self._kernel_args(), Xp, np.ascontiguousarray(dY2), dXp, stats,
                                  float(self._alpha), float(self._beta), **self._kernel_select())
         dZ = np.empty(X2.shape, np.float32)
