@@ -67,14 +67,16 @@ class _SingleThreadedBlas:
 
 _single_threaded_blas = _SingleThreadedBlas()
 
-# The kernels' sgemm calls multiply one block with the batch. OpenBLAS runs a product of up to
-# 2^18 multiply-adds on the calling thread, so small products need no limit (and skip its
-# cost, which is noticeable on one-vector calls).
+# OpenBLAS runs a product of up to 2^18 multiply-adds on the calling thread, so the kernels'
+# sgemm calls need no limit when they are that small (which skips the limit's cost, noticeable
+# on one-vector calls).
 _SERIAL_BLAS_WORK = 1 << 18
 
 
-def _blas_guard(block: tuple, batch: int):
-    small = block[0] * block[1] * batch <= _SERIAL_BLAS_WORK
+def _blas_guard(sgemm_work: int):
+    """The BLAS limit, unless every sgemm call of the kernel (sgemm_work multiply-adds) stays
+    on the calling thread anyway."""
+    small = sgemm_work <= _SERIAL_BLAS_WORK
     return contextlib.nullcontext() if small else _single_threaded_blas
 
 
@@ -393,7 +395,8 @@ class FusedLinear:
             _core.fused_gemv(*self._kernel_args(), Xp[0], reversed_blocks, Y[0],
                              **self._kernel_select())
         else:
-            with _blas_guard(self.block, X2.shape[0]):
+            # one sgemm per block row: (h x grouped width) times the batch
+            with _blas_guard(self.block[0] * Xp.shape[1] * X2.shape[0]):
                 _core.fused_forward_batch(*self._kernel_args(), Xp, Y, **self._kernel_select())
         return Y
 
@@ -401,7 +404,8 @@ class FusedLinear:
         Xp = self._grouped(X2)
         dXp = np.empty_like(Xp)
         stats = np.empty(self._seeds.shape + (STATS["n"],), np.float64)
-        with _blas_guard(self.block, X2.shape[0]):
+        # sgemm calls per block: (h x grouped block width) times the batch
+        with _blas_guard(self.block[0] * Xp.shape[1] // self._seeds.shape[1] * X2.shape[0]):
             _core.fused_backward(*self._kernel_args(), Xp, np.ascontiguousarray(dY2), dXp, stats,
                                  float(self._alpha), float(self._beta), **self._kernel_select())
         dZ = np.empty(X2.shape, np.float32)
