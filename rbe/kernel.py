@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from typing import NamedTuple
 
 import numpy as np
 
 from . import _core
+from ._cache import cached
 from .seeds import DTYPE
 
 MODES = ("fast", "precise")
@@ -82,20 +82,19 @@ class ShapeTables(NamedTuple):
     cos_phi: np.ndarray
 
 
-_tables_lock = threading.Lock()
-_tables_cache: dict = {}
+def axis_coordinates(n: int) -> np.ndarray:
+    """Normalised coordinate 2j/(n-1) - 1 of each of n positions (DESIGN 3), 0 when n == 1.
+
+    Written as (2j - (n-1)) / (n-1), which is exactly antisymmetric (x[n-1-j] == -x[j]); the
+    fast kernel relies on that to copy point-symmetric positions.
+    """
+    return (2.0 * np.arange(n) - (n - 1)) / (n - 1) if n > 1 else np.zeros(1)
 
 
 def coordinates(shape) -> tuple:
-    """Normalised coordinates x (columns) and y (rows) of a block, 0 for a side of 1.
-
-    Written as (2j - (w-1)) / (w-1), which is exactly antisymmetric (x[w-1-j] == -x[j]); the
-    fast kernel relies on that to copy point-symmetric positions.
-    """
+    """Normalised coordinates x (columns) and y (rows) of a block."""
     h, w = shape
-    x = (2.0 * np.arange(w) - (w - 1)) / (w - 1) if w > 1 else np.zeros(1)
-    y = (2.0 * np.arange(h) - (h - 1)) / (h - 1) if h > 1 else np.zeros(1)
-    return x, y
+    return axis_coordinates(w), axis_coordinates(h)
 
 
 def _build_tables(h: int, w: int) -> ShapeTables:
@@ -120,15 +119,9 @@ def _build_tables(h: int, w: int) -> ShapeTables:
 
 
 def shape_tables(shape) -> ShapeTables:
-    """Cached tables for a block shape (built once, under a lock, then read-only)."""
-    key = check_block_shape(shape)
-    tables = _tables_cache.get(key)
-    if tables is None:
-        with _tables_lock:
-            tables = _tables_cache.get(key)
-            if tables is None:
-                tables = _tables_cache[key] = _build_tables(*key)
-    return tables
+    """Cached tables for a block shape (built once, then read-only)."""
+    h, w = check_block_shape(shape)
+    return cached(("weight tables", h, w), lambda: _build_tables(h, w))
 
 
 def check_block_shape(shape) -> tuple:

@@ -19,30 +19,18 @@ and returned read-only.
 from __future__ import annotations
 
 import dataclasses
-import threading
 
 import numpy as np
 import pywt
 import scipy.fft
 
+from ._cache import cached
+from .kernel import axis_coordinates
+
 TRANSFORMS = ("dct", "dwt")
 TRANSFORM_IDS = {name: i for i, name in enumerate(TRANSFORMS)}
 DEFAULT_WAVELET = "db2"
 NUM_BASIS = 8
-
-_cache: dict = {}
-_cache_lock = threading.Lock()
-
-
-def _cached(key, build):
-    """Return the cached value for key, building it once (thread-safe)."""
-    with _cache_lock:
-        if key in _cache:
-            return _cache[key]
-    value = build()
-    with _cache_lock:
-        return _cache.setdefault(key, value)
-
 
 def _read_only(a):
     a = np.ascontiguousarray(a)
@@ -121,10 +109,10 @@ def operator(n: int, kind: str, wavelet: str = DEFAULT_WAVELET,
     dtype = np.dtype(dtype)
     if dtype != np.float64:
         exact = operator(n, kind, wavelet)
-        return _cached(("op", n, kind, wavelet, dtype), lambda: dataclasses.replace(
+        return cached(("op", n, kind, wavelet, dtype), lambda: dataclasses.replace(
             exact, analysis=_read_only(exact.analysis.astype(dtype)),
             synthesis=_read_only(exact.synthesis.astype(dtype))))
-    return _cached(("op", n, kind, wavelet, dtype), lambda: _build_operator(n, kind, wavelet))
+    return cached(("op", n, kind, wavelet, dtype), lambda: _build_operator(n, kind, wavelet))
 
 
 def analyze(blocks: np.ndarray, kind: str, wavelet: str = DEFAULT_WAVELET) -> np.ndarray:
@@ -145,13 +133,8 @@ def synthesize(coefs: np.ndarray, kind: str, wavelet: str = DEFAULT_WAVELET) -> 
     return _idwt_along(cols, wavelet, dwt_level(w, wavelet), axis=2)
 
 
-def _coordinates(n):
-    # DESIGN 3: x = 2j/(n-1) - 1, and 0 for a single row or column (the original divides by 0).
-    return np.zeros(1) if n == 1 else 2.0 * np.arange(n) / (n - 1) - 1.0
-
-
 def _build_basis(h, w):
-    y, x = np.meshgrid(_coordinates(h), _coordinates(w), indexing="ij")
+    y, x = np.meshgrid(axis_coordinates(h), axis_coordinates(w), indexing="ij")
     rho2 = x * x + y * y
     funcs = [np.ones_like(x), np.sqrt(rho2), rho2, np.cos(np.pi * x), np.cos(np.pi * y),
              np.cos(2 * np.pi * x), np.cos(2 * np.pi * y), np.cos(np.pi * x) * np.cos(np.pi * y)]
@@ -164,8 +147,8 @@ def basis(h: int, w: int, dtype=np.float64) -> np.ndarray:
         raise ValueError(f"block shape must be positive, got {(h, w)}")
     dtype = np.dtype(dtype)
     if dtype != np.float64:
-        return _cached(("basis", h, w, dtype), lambda: _read_only(basis(h, w).astype(dtype)))
-    return _cached(("basis", h, w, dtype), lambda: _build_basis(h, w))
+        return cached(("basis", h, w, dtype), lambda: _read_only(basis(h, w).astype(dtype)))
+    return cached(("basis", h, w, dtype), lambda: _build_basis(h, w))
 
 
 def basis_pinv(h: int, w: int) -> np.ndarray:
@@ -178,7 +161,7 @@ def basis_pinv(h: int, w: int) -> np.ndarray:
         design = basis(h, w).reshape(NUM_BASIS, h * w).T
         rcond = np.finfo(np.float64).eps * max(design.shape)
         return _read_only(np.linalg.pinv(design, rcond=rcond))
-    return _cached(("pinv", h, w), build)
+    return cached(("pinv", h, w), build)
 
 
 def basis_factors(h: int, w: int, dtype=np.float64):
@@ -201,4 +184,4 @@ def basis_factors(h: int, w: int, dtype=np.float64):
         left = (u[:, :rank] * s[:rank]).reshape(NUM_BASIS, h, rank).transpose(1, 0, 2)
         left = left.reshape(h, NUM_BASIS * rank)
         return _read_only(left.astype(dtype)), _read_only(vt[:rank].astype(dtype))
-    return _cached(("factors", h, w, np.dtype(dtype)), build)
+    return cached(("factors", h, w, np.dtype(dtype)), build)

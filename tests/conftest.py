@@ -31,3 +31,22 @@ def run_python(tmp_path):
                               cwd=tmp_path, timeout=timeout,
                               env=os.environ | (env or {}) | {"PYTHONPATH": path})
     return run
+
+
+@pytest.fixture
+def threads():
+    """rbe.set_num_threads, with the thread count restored after the test."""
+    before = rbe.get_num_threads()
+    yield rbe.set_num_threads
+    rbe.set_num_threads(before)
+
+
+@pytest.fixture
+def concurrently():
+    """Run fn(k) for k in range(n) on n Python threads at once; the results in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def run(fn, n):
+        with ThreadPoolExecutor(n) as pool:
+            return list(pool.map(fn, range(n)))
+    return run

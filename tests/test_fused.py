@@ -31,14 +31,6 @@ def rel_err(a, b):
     return np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b)
 
 
-@pytest.fixture
-def threads():
-    """Restores the kernels' thread count after a test that changes it."""
-    before = rbe.get_num_threads()
-    yield rbe.set_num_threads
-    rbe.set_num_threads(before)
-
-
 # ---- forward and backward against the dense matrix ----------------------------------------
 
 @pytest.mark.parametrize("mode", MODES)

@@ -1,4 +1,3 @@
-import threading
 
 import numpy as np
 import pytest
@@ -115,38 +114,25 @@ def test_after_step_keeps_padding_at_zero():
     np.testing.assert_array_equal(layer.values[layer._padding], 0)
 
 
-def test_results_do_not_depend_on_the_thread_count():
+def test_results_do_not_depend_on_the_thread_count(threads):
     # 4096 blocks x k 256 x batch 64 = 2^26 multiply-adds: large enough to run in parallel.
     layer = layer_for((1024, 1024), (16, 16), k=256)
     X = np.random.default_rng(6).standard_normal((64, 1024)).astype(np.float32)
-    try:
-        results = []
-        for n in (1, 2, 3):
-            rbe.set_num_threads(n)
-            results.append((layer.forward(X), layer.backward(X, X),
-                            layer.grads["values"].copy()))
-    finally:
-        rbe.set_num_threads(0)                              # back to OpenMP's default
+    results = []
+    for n in (1, 2, 3):
+        threads(n)
+        results.append((layer.forward(X), layer.backward(X, X), layer.grads["values"].copy()))
     for other in results[1:]:
         for a, b in zip(results[0], other):
             np.testing.assert_array_equal(a, b)
 
 
-def test_concurrent_calls_from_python_threads():
+def test_concurrent_calls_from_python_threads(concurrently):
     layer = layer_for((100, 70), (16, 16))
     X = np.random.default_rng(7).standard_normal((5, 70))
     expected = layer.forward(X)
-    out = [None] * 6
-
-    def run(i):
-        out[i] = layer.forward(X)
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for o in out:
-        np.testing.assert_array_equal(o, expected)
+    for out in concurrently(lambda k: layer.forward(X), 6):
+        np.testing.assert_array_equal(out, expected)
 
 
 def test_storage_and_compression_ratio():

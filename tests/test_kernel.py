@@ -4,7 +4,6 @@ Oracles: a float64 NumPy rendering of the DESIGN formula written here (sech^2 as
 coordinates from scratch), central finite differences of precise mode for the gradients, and
 the original algorithm in rbe.reference for compatibility.
 """
-import threading
 
 import numpy as np
 import pytest
@@ -163,33 +162,19 @@ def test_out_argument_is_filled_and_returned(packed):
         np.testing.assert_array_equal(got, expected)
 
 
-def test_results_do_not_depend_on_thread_count(packed):
+def test_results_do_not_depend_on_thread_count(packed, threads):
     many = np.concatenate([packed] * 8)
-    before = rbe.get_num_threads()
-    try:
-        rbe.set_num_threads(1)
-        one = rbe.generate_with_grad(many, (32, 48))
-        rbe.set_num_threads(2)
-        two = rbe.generate_with_grad(many, (32, 48))
-    finally:
-        rbe.set_num_threads(before)
+    threads(1)
+    one = rbe.generate_with_grad(many, (32, 48))
+    threads(2)
+    two = rbe.generate_with_grad(many, (32, 48))
     for a, b in zip(one, two):
         np.testing.assert_array_equal(a, b)
 
 
-def test_concurrent_python_threads_match_serial(packed):
+def test_concurrent_python_threads_match_serial(packed, concurrently):
     expected = rbe.generate(packed, (33, 47))
-    results = [None] * 4
-
-    def work(k):
-        results[k] = rbe.generate(packed, (33, 47))
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for result in results:
+    for result in concurrently(lambda k: rbe.generate(packed, (33, 47)), 4):
         np.testing.assert_array_equal(result, expected)
 
 

@@ -1,4 +1,3 @@
-import threading
 
 import numpy as np
 import pytest
@@ -63,14 +62,8 @@ def test_pinv_shape_and_exactness_on_the_basis():
     np.testing.assert_allclose(pinv @ design, np.eye(8), atol=1e-10)
 
 
-def test_operators_are_cached_read_only_and_thread_safe():
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(tf.operator(48, "dwt", "haar")))
-               for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+def test_operators_are_cached_read_only_and_thread_safe(concurrently):
+    results = concurrently(lambda k: tf.operator(48, "dwt", "haar"), 8)
     assert all(r is results[0] for r in results)
     with pytest.raises(ValueError):
         results[0].analysis[0, 0] = 1.0
