@@ -160,7 +160,7 @@ def empty_aligned(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
     shape = (shape,) if np.isscalar(shape) else tuple(shape)
     nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
     raw = np.empty(nbytes + alignment, np.uint8)
-    start = -raw.ctypes.data % alignment
+    start = -raw.__array_interface__["data"][0] % alignment
     return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
