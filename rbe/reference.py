@@ -457,6 +457,12 @@ class FusedLayer:
         _core.ref_layer_forward(self._words(), *self.block, x, y)
         return y
 
+    def _backward_arrays(self, x, dy):
+        """Checked x and dy, and the dx to fill (the backward passes need every row)."""
+        self._check_rows()
+        x = self._vector("x", x, self.shape[1])
+        return x, self._vector("dy", dy, self.shape[0]), np.empty_like(x)
+
     def backward_precise(self, x, dy, lr: float) -> np.ndarray:
         """``fused_backward_precise``: per-element SGD on the seeds, in visiting order.
 
@@ -468,10 +474,7 @@ class FusedLayer:
         -------
         dx : float64 array of length N
         """
-        self._check_rows()
-        x = self._vector("x", x, self.shape[1])
-        dy = self._vector("dy", dy, self.shape[0])
-        dx = np.empty_like(x)
+        x, dy, dx = self._backward_arrays(x, dy)
         _core.ref_layer_backward_precise(self._words(), *self.block, x, dy, lr, dx)
         return dx
 
@@ -484,10 +487,7 @@ class FusedLayer:
         -------
         dx : float64 array of length N
         """
-        self._check_rows()
-        x = self._vector("x", x, self.shape[1])
-        dy = self._vector("dy", dy, self.shape[0])
-        dx = np.empty_like(x)
+        x, dy, dx = self._backward_arrays(x, dy)
         _core.ref_layer_backward_adam(self._words(), *self.block, x, dy, self.moments,
                                       int(epoch), lr, dx)
         return dx

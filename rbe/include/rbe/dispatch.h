@@ -26,14 +26,20 @@ typedef void (*rbe_block_fn)(const rbe_seed32 *s, const rbe_tables *t,
                                                            float *scratch, int stream)        \
     { rbe_block_##SIMD##_body(FAMILY, 1, s, t, W, dr, dth, scratch, stream); }
 
-RBE_DEFINE_BLOCK(scalar, poly, RBE_APPROX_POLY, )
-RBE_DEFINE_BLOCK(scalar, lut, RBE_APPROX_LUT, )
-RBE_DEFINE_BLOCK(scalar, cordic, RBE_APPROX_CORDIC, )
+/* Every (SIMD path, approximation family) this build compiles: M(simd, name, family, attr). */
+#define RBE_FOR_EACH_SCALAR_VARIANT(M)                                                          \
+    M(scalar, poly, RBE_APPROX_POLY, ) M(scalar, lut, RBE_APPROX_LUT, )                       \
+    M(scalar, cordic, RBE_APPROX_CORDIC, )
 #ifdef RBE_HAVE_X86_SIMD
-RBE_DEFINE_BLOCK(avx2, poly, RBE_APPROX_POLY, RBE_TARGET_AVX2)
-RBE_DEFINE_BLOCK(avx2, lut, RBE_APPROX_LUT, RBE_TARGET_AVX2)
-RBE_DEFINE_BLOCK(avx2, cordic, RBE_APPROX_CORDIC, RBE_TARGET_AVX2)
+#define RBE_FOR_EACH_VARIANT(M)                                                                 \
+    RBE_FOR_EACH_SCALAR_VARIANT(M)                                                              \
+    M(avx2, poly, RBE_APPROX_POLY, RBE_TARGET_AVX2) M(avx2, lut, RBE_APPROX_LUT, RBE_TARGET_AVX2) \
+    M(avx2, cordic, RBE_APPROX_CORDIC, RBE_TARGET_AVX2)
+#else
+#define RBE_FOR_EACH_VARIANT(M) RBE_FOR_EACH_SCALAR_VARIANT(M)
 #endif
+
+RBE_FOR_EACH_VARIANT(RBE_DEFINE_BLOCK)
 
 /* NULL when the combination is not compiled in (AVX2 off x86-64) or out of range. */
 static rbe_block_fn rbe_block_kernel(int simd, int family, int want_grad)

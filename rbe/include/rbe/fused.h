@@ -471,14 +471,7 @@ typedef struct {
                                                         double *stats)                        \
     { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); }
 
-RBE_DEFINE_FUSED(scalar, poly, RBE_APPROX_POLY, )
-RBE_DEFINE_FUSED(scalar, lut, RBE_APPROX_LUT, )
-RBE_DEFINE_FUSED(scalar, cordic, RBE_APPROX_CORDIC, )
-#ifdef RBE_HAVE_X86_SIMD
-RBE_DEFINE_FUSED(avx2, poly, RBE_APPROX_POLY, RBE_TARGET_AVX2)
-RBE_DEFINE_FUSED(avx2, lut, RBE_APPROX_LUT, RBE_TARGET_AVX2)
-RBE_DEFINE_FUSED(avx2, cordic, RBE_APPROX_CORDIC, RBE_TARGET_AVX2)
-#endif
+RBE_FOR_EACH_VARIANT(RBE_DEFINE_FUSED)
 
 #define RBE_FUSED_OPS(SIMD, NAME)                                                              \
     {rbe_fused_gemv_##SIMD##_##NAME, rbe_fused_panel_##SIMD##_##NAME,                          \
