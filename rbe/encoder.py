@@ -14,6 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import transforms as tf
+from ._checks import positive_int
 
 MODES = ("dct", "dwt", "adaptive")
 MAX_BLOCK_ELEMENTS = 1 << 16           # flat indices are stored as uint16
@@ -194,12 +195,6 @@ def check_matrix(W, name="W") -> np.ndarray:
     return W
 
 
-def _check_k(k):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"k must be a positive integer, got {k!r}")
-    return int(k)
-
-
 def _check_mode(transform, wavelet):
     if transform not in MODES:
         raise ValueError(f"unknown transform {transform!r}, expected one of {MODES}")
@@ -236,7 +231,7 @@ def encode(W, block=(64, 64), k=64, transform="adaptive", wavelet=tf.DEFAULT_WAV
     HybridMatrix
     """
     W = check_matrix(W)
-    k = _check_k(k)
+    k = positive_int("k", k)
     _check_mode(transform, wavelet)
     grid = BlockGrid(W.shape, block)
     k_stored = min(k, grid.block[0] * grid.block[1])

@@ -25,6 +25,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from . import _core, kernel
+from ._checks import layer_input, positive_int
 from . import seeds as seeds_mod
 
 STATS = _core.FUSED_STATS
@@ -91,24 +92,6 @@ def with_states(hi: np.ndarray, sel: np.ndarray) -> np.ndarray:
     return (hi & ~_SEL_MASK) | bits
 
 
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _float_input(name: str, value, width: int) -> np.ndarray:
-    arr = np.asarray(value)
-    if arr.dtype not in (np.float32, np.float64):
-        raise ValueError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
-    if arr.ndim not in (1, 2) or arr.shape[-1] != width or arr.size == 0:
-        raise ValueError(f"{name} must have shape ({width},) or (batch, {width}), "
-                         f"got {arr.shape}")
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite (got NaN or inf)")
-    return arr
-
-
 def _padded(A: np.ndarray, width: int) -> np.ndarray:
     """A with zero columns appended up to ``width``."""
     return np.pad(A, ((0, 0), (0, width - A.shape[1])))
@@ -155,8 +138,8 @@ class FusedLinear:
 
     def __init__(self, in_features: int, out_features: int, block=(64, 64), bias: bool = True,
                  seed=None, mode: str = "fast", tau: float = 0.01):
-        self.in_features = _positive_int("in_features", in_features)
-        self.out_features = _positive_int("out_features", out_features)
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
         self.block = kernel.check_block_shape(block)
         if self.block[0] > self.out_features or self.block[1] > self.in_features:
             raise ValueError(f"block {self.block} is larger than the layer "
@@ -283,7 +266,7 @@ class FusedLinear:
 
         float32 input gives float32, float64 gives float64 (fast mode computes in float32).
         """
-        X = _float_input("X", X, self.in_features)
+        X = layer_input("X", X, self.in_features)
         self._check_parameters()
         X2 = X.reshape(-1, self.in_features)
         if self.mode == "fast":
@@ -305,8 +288,8 @@ class FusedLinear:
         -------
         dX shaped and typed like X.
         """
-        X = _float_input("X", X, self.in_features)
-        dY = _float_input("dY", dY, self.out_features)
+        X = layer_input("X", X, self.in_features)
+        dY = layer_input("dY", dY, self.out_features)
         if X.shape[:-1] != dY.shape[:-1]:
             raise ValueError(f"X {X.shape} and dY {dY.shape} have different batch shapes")
         self._check_parameters()

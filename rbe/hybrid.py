@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _core
 from . import transforms as tf
+from ._checks import layer_input, positive_int
 from .encoder import BlockGrid, HybridMatrix, encode
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -98,8 +99,7 @@ class HybridLinear:
                              f"{tf.TRANSFORMS}, got {transform!r}")
         grid = BlockGrid((out_features, in_features), block)
         tf.check_wavelet(wavelet)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(f"k must be a positive integer, got {k!r}")
+        k = positive_int("k", k)
         rng = np.random.default_rng(seed)
         k = min(int(k), grid.block[0] * grid.block[1])
         index = np.zeros((grid.nblocks, k), np.uint16)
@@ -305,15 +305,9 @@ class HybridLinear:
         """Validate X (features,) or (batch, features); return it as (features, batch)."""
         if not isinstance(X, np.ndarray):
             raise ValueError(f"{name} must be a numpy array, got {type(X).__name__}")
-        if X.dtype not in _FLOATS:
-            raise ValueError(f"{name} must be float32 or float64, got {X.dtype}")
-        if X.ndim not in (1, 2) or X.shape[-1] != features or X.size == 0:
-            raise ValueError(f"{name} must have shape ({features},) or (batch, {features}), "
-                             f"got {X.shape}")
         if not X.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
-        if not np.isfinite(X).all():
-            raise ValueError(f"{name} contains NaN or infinite values")
+        X = layer_input(name, X, features)
         return np.ascontiguousarray(X.reshape(-1, features).T)
 
     # -- dense view and storage -----------------------------------------------------------------
