@@ -3,6 +3,7 @@
 OpenMP is used where the compiler supports it (probed with a test program); elsewhere the
 extension is built serially and ``rbe.kernel_info()["openmp"]`` reports False.
 """
+import glob
 import os
 import sys
 import tempfile
@@ -72,6 +73,8 @@ extensions = [
         "rbe._core",
         ["rbe/_core.pyx"],
         include_dirs=["rbe/include", np.get_include()],
+        # rebuild when a header changes (the .pyx and .pxi files are tracked by cythonize)
+        depends=sorted(glob.glob("rbe/include/rbe/*.h")),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 ]

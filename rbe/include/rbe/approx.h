@@ -1,13 +1,19 @@
 /* Function approximations for the fast (float32) weight kernel, scalar versions.
  *
- * Three families, each providing exp, log and (per seed, not per weight) sincos:
- *   RBE_APPROX_POLY    range reduction + minimax polynomials (Cephes-style)
+ * The weight function needs transcendentals only on domains bounded by the seed format
+ * (r in [0, 1), theta in [-1, 1), rho <= sqrt 2, so u = r rho + theta in [-1, 1 + sqrt 2)):
+ *   exp(x)    for x = r rho in [0, sqrt 2]             (f_4)
+ *   tanh(u)                                            (f_2, f_3)
+ *   log1p(a)  for a = |u| in [0, 1 + sqrt 2)           (f_5)
+ *   sincos(t) for t = theta in [-1, 1]                 (per seed, not per weight)
+ * Three families provide them:
+ *   RBE_APPROX_POLY    minimax polynomials and rational functions fitted on those domains,
+ *                      evaluated directly (no range reduction)
  *   RBE_APPROX_LUT     range reduction + table lookup with linear interpolation
  *   RBE_APPROX_CORDIC  range reduction + fixed-point shift-and-add CORDIC
  *                      (hyperbolic rotation for exp, hyperbolic vectoring for log,
  *                       circular rotation for sincos), Q3.28 in int32
- * tanh, sech^2 and the other states are built from exp and log in weight.h, so each family
- * covers every transcendental of the weight function. Tables are filled once by
+ * LUT and CORDIC build tanh from exp and log1p from log. Tables are filled once by
  * rbe_approx_init(), before any kernel runs.
  */
 #ifndef RBE_APPROX_H
@@ -57,38 +63,56 @@ static inline float rbe_split_exponent(float x, int *e)
 
 /* ---- polynomial ----------------------------------------------------------------------- */
 
-/* Round-to-nearest shifter: adding it leaves round(v) in the low mantissa bits. */
-#define RBE_ROUND_SHIFTER 12582912.0f   /* 1.5 * 2**23 */
+/* Coefficients (shared with approx_avx2.h), fitted by linear programming on Chebyshev points
+ * of each domain; the errors quoted are measured in float32 over the whole domain. */
 
-/* exp(x) = 2**k * p(f), |f| <= ln2/2, p a degree-5 minimax polynomial (relative error
- * 1.4e-7); 2**k is applied by adding k to the exponent bits. */
+/* exp x on [0, sqrt 2]: degree-6 polynomial, relative error 4.3e-7. */
+#define RBE_EXP_C6 2.759849088e-03f
+#define RBE_EXP_C5 5.536580210e-03f
+#define RBE_EXP_C4 4.429646371e-02f
+#define RBE_EXP_C3 1.654495313e-01f
+#define RBE_EXP_C2 5.002587857e-01f
+#define RBE_EXP_C1 9.999801053e-01f
+#define RBE_EXP_C0 1.000000228e+00f
+
+/* tanh u = u P(u^2) / Q(u^2) on |u| <= 1 + sqrt 2: absolute error 4.4e-7. */
+#define RBE_TANH_P2 9.193461756e-04f
+#define RBE_TANH_P1 1.087098275e-01f
+#define RBE_TANH_P0 9.999985107e-01f
+#define RBE_TANH_Q2 1.494607284e-02f
+#define RBE_TANH_Q1 4.420340037e-01f
+
+/* log(1 + a) = a P(a) / Q(a) on [0, 1 + sqrt 2]: absolute error 4.2e-7. */
+#define RBE_LOG1P_P2 7.710698670e-02f
+#define RBE_LOG1P_P1 7.292082298e-01f
+#define RBE_LOG1P_P0 9.999881682e-01f
+#define RBE_LOG1P_Q3 1.781999858e-02f
+#define RBE_LOG1P_Q2 3.590750783e-01f
+#define RBE_LOG1P_Q1 1.229049350e+00f
+
 static inline float rbe_exp_poly(float x)
 {
-    x = rbe_clampf(x, RBE_EXP_MIN, RBE_EXP_MAX);
-    float shifted = x * RBE_LOG2E + RBE_ROUND_SHIFTER;
-    float k = shifted - RBE_ROUND_SHIFTER;
-    float f = x - k * RBE_LN2_HI - k * RBE_LN2_LO;
-    float p = 8.297652006e-03f;
-    p = p * f + 4.191538319e-02f;
-    p = p * f + 1.666757464e-01f;
-    p = p * f + 4.999889433e-01f;
-    p = p * f + 9.999997020e-01f;
-    p = p * f + 1.000000119e+00f;
-    return rbe_bits_to_float(rbe_float_to_bits(p) + ((int32_t)k << 23));
+    float p = RBE_EXP_C6 * x + RBE_EXP_C5;
+    p = p * x + RBE_EXP_C4;
+    p = p * x + RBE_EXP_C3;
+    p = p * x + RBE_EXP_C2;
+    p = p * x + RBE_EXP_C1;
+    return p * x + RBE_EXP_C0;
 }
 
-/* log(x) for finite x > 0: x = m 2**e with m in [sqrt(1/2), sqrt(2)), then
- * log m = 2 atanh(s), s = (m - 1)/(m + 1), |s| < 0.172, by its series to s**7 (error 3e-8). */
-static inline float rbe_log_poly(float x)
+static inline float rbe_tanh_poly(float u)
 {
-    int e;
-    float m = rbe_split_exponent(x, &e);
-    if (m > 1.41421356f) { m *= 0.5f; e += 1; }
-    float s = (m - 1.0f) / (m + 1.0f), z = s * s;
-    float p = z * (1.0f / 7.0f) + 0.2f;
-    p = p * z + (1.0f / 3.0f);
-    p = p * z + 1.0f;
-    return (s + s) * p + (float)e * 0.69314718f;
+    float z = u * u;
+    float num = (RBE_TANH_P2 * z + RBE_TANH_P1) * z + RBE_TANH_P0;
+    float den = (RBE_TANH_Q2 * z + RBE_TANH_Q1) * z + 1.0f;
+    return u * num / den;
+}
+
+static inline float rbe_log1p_poly(float a)
+{
+    float num = (RBE_LOG1P_P2 * a + RBE_LOG1P_P1) * a + RBE_LOG1P_P0;
+    float den = ((RBE_LOG1P_Q3 * a + RBE_LOG1P_Q2) * a + RBE_LOG1P_Q1) * a + 1.0f;
+    return a * num / den;
 }
 
 /* sin and cos for |t| <= 1 (theta's range) by Taylor polynomials: error < 3e-8. */
@@ -209,10 +233,17 @@ static inline float rbe_exp_approx(int family, float x)
          : family == RBE_APPROX_LUT ? rbe_exp_lut(x) : rbe_exp_cordic(x);
 }
 
-static inline float rbe_log_approx(int family, float x)
+/* tanh u = 1 - 2 / (exp(2u) + 1) where the family has no direct approximation. */
+static inline float rbe_tanh_approx(int family, float u)
 {
-    return family == RBE_APPROX_POLY ? rbe_log_poly(x)
-         : family == RBE_APPROX_LUT ? rbe_log_lut(x) : rbe_log_cordic(x);
+    return family == RBE_APPROX_POLY ? rbe_tanh_poly(u)
+         : 1.0f - 2.0f / (rbe_exp_approx(family, 2.0f * u) + 1.0f);
+}
+
+static inline float rbe_log1p_approx(int family, float a)
+{
+    return family == RBE_APPROX_POLY ? rbe_log1p_poly(a)
+         : family == RBE_APPROX_LUT ? rbe_log_lut(1.0f + a) : rbe_log_cordic(1.0f + a);
 }
 
 static inline void rbe_sincos_approx(int family, float t, float *s, float *c)

@@ -27,7 +27,7 @@ static inline RBE_TARGET_AVX2 __m256 rbe_split_exponent8(__m256 x, __m256 *e)
     return _mm256_castsi256_ps(b);
 }
 
-/* Range reduction shared by the exp versions: x = k ln2 + f. */
+/* Range reduction shared by the LUT and CORDIC exp: x = k ln2 + f. */
 static inline RBE_TARGET_AVX2 __m256 rbe_exp_reduce8(__m256 x, __m256 k)
 {
     __m256 f = _mm256_fnmadd_ps(k, RBE_V8(RBE_LN2_HI), x);
@@ -49,34 +49,32 @@ static inline RBE_TARGET_AVX2 __m256 rbe_recip8(__m256 x)
 
 static inline RBE_TARGET_AVX2 __m256 rbe_exp8_poly(__m256 x)
 {
-    x = rbe_exp_clamp8(x);
-    __m256 shifted = _mm256_fmadd_ps(x, RBE_V8(RBE_LOG2E), RBE_V8(RBE_ROUND_SHIFTER));
-    __m256 k = _mm256_sub_ps(shifted, RBE_V8(RBE_ROUND_SHIFTER));
-    __m256 f = rbe_exp_reduce8(x, k);
-    __m256 p = RBE_V8(8.297652006e-03f);
-    p = _mm256_fmadd_ps(p, f, RBE_V8(4.191538319e-02f));
-    p = _mm256_fmadd_ps(p, f, RBE_V8(1.666757464e-01f));
-    p = _mm256_fmadd_ps(p, f, RBE_V8(4.999889433e-01f));
-    p = _mm256_fmadd_ps(p, f, RBE_V8(9.999997020e-01f));
-    p = _mm256_fmadd_ps(p, f, RBE_V8(1.000000119e+00f));
-    __m256i k_bits = _mm256_slli_epi32(_mm256_cvtps_epi32(k), 23);
-    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), k_bits));
+    __m256 p = _mm256_fmadd_ps(RBE_V8(RBE_EXP_C6), x, RBE_V8(RBE_EXP_C5));
+    p = _mm256_fmadd_ps(p, x, RBE_V8(RBE_EXP_C4));
+    p = _mm256_fmadd_ps(p, x, RBE_V8(RBE_EXP_C3));
+    p = _mm256_fmadd_ps(p, x, RBE_V8(RBE_EXP_C2));
+    p = _mm256_fmadd_ps(p, x, RBE_V8(RBE_EXP_C1));
+    return _mm256_fmadd_ps(p, x, RBE_V8(RBE_EXP_C0));
 }
 
-static inline RBE_TARGET_AVX2 __m256 rbe_log8_poly(__m256 x)
+static inline RBE_TARGET_AVX2 __m256 rbe_tanh8_poly(__m256 u)
 {
-    __m256 e;
-    __m256 m = rbe_split_exponent8(x, &e);
-    __m256 big = _mm256_cmp_ps(m, RBE_V8(1.41421356f), _CMP_GT_OQ);
-    m = _mm256_blendv_ps(m, _mm256_mul_ps(m, RBE_V8(0.5f)), big);
-    e = _mm256_add_ps(e, _mm256_and_ps(big, RBE_V8(1.0f)));
-    __m256 s = _mm256_mul_ps(_mm256_sub_ps(m, RBE_V8(1.0f)),
-                             rbe_recip8(_mm256_add_ps(m, RBE_V8(1.0f))));
-    __m256 z = _mm256_mul_ps(s, s);
-    __m256 p = _mm256_fmadd_ps(z, RBE_V8(1.0f / 7.0f), RBE_V8(0.2f));
-    p = _mm256_fmadd_ps(p, z, RBE_V8(1.0f / 3.0f));
-    p = _mm256_fmadd_ps(p, z, RBE_V8(1.0f));
-    return _mm256_fmadd_ps(e, RBE_V8(0.69314718f), _mm256_mul_ps(_mm256_add_ps(s, s), p));
+    __m256 z = _mm256_mul_ps(u, u);
+    __m256 num = _mm256_fmadd_ps(RBE_V8(RBE_TANH_P2), z, RBE_V8(RBE_TANH_P1));
+    num = _mm256_fmadd_ps(num, z, RBE_V8(RBE_TANH_P0));
+    __m256 den = _mm256_fmadd_ps(RBE_V8(RBE_TANH_Q2), z, RBE_V8(RBE_TANH_Q1));
+    den = _mm256_fmadd_ps(den, z, RBE_V8(1.0f));
+    return _mm256_mul_ps(_mm256_mul_ps(u, num), rbe_recip8(den));
+}
+
+static inline RBE_TARGET_AVX2 __m256 rbe_log1p8_poly(__m256 a)
+{
+    __m256 num = _mm256_fmadd_ps(RBE_V8(RBE_LOG1P_P2), a, RBE_V8(RBE_LOG1P_P1));
+    num = _mm256_fmadd_ps(num, a, RBE_V8(RBE_LOG1P_P0));
+    __m256 den = _mm256_fmadd_ps(RBE_V8(RBE_LOG1P_Q3), a, RBE_V8(RBE_LOG1P_Q2));
+    den = _mm256_fmadd_ps(den, a, RBE_V8(RBE_LOG1P_Q1));
+    den = _mm256_fmadd_ps(den, a, RBE_V8(1.0f));
+    return _mm256_mul_ps(_mm256_mul_ps(a, num), rbe_recip8(den));
 }
 
 static inline RBE_TARGET_AVX2 __m256 rbe_lut_interp8(const float *table, __m256 pos)
@@ -163,10 +161,18 @@ static inline RBE_TARGET_AVX2 __m256 rbe_exp8_approx(int family, __m256 x)
          : family == RBE_APPROX_LUT ? rbe_exp8_lut(x) : rbe_exp8_cordic(x);
 }
 
-static inline RBE_TARGET_AVX2 __m256 rbe_log8_approx(int family, __m256 x)
+static inline RBE_TARGET_AVX2 __m256 rbe_tanh8_approx(int family, __m256 u)
 {
-    return family == RBE_APPROX_POLY ? rbe_log8_poly(x)
-         : family == RBE_APPROX_LUT ? rbe_log8_lut(x) : rbe_log8_cordic(x);
+    if (family == RBE_APPROX_POLY) return rbe_tanh8_poly(u);
+    __m256 e = rbe_exp8_approx(family, _mm256_add_ps(u, u));
+    return _mm256_fnmadd_ps(RBE_V8(2.0f), rbe_recip8(_mm256_add_ps(e, RBE_V8(1.0f))), RBE_V8(1.0f));
+}
+
+static inline RBE_TARGET_AVX2 __m256 rbe_log1p8_approx(int family, __m256 a)
+{
+    __m256 one_plus_a = _mm256_add_ps(a, RBE_V8(1.0f));
+    return family == RBE_APPROX_POLY ? rbe_log1p8_poly(a)
+         : family == RBE_APPROX_LUT ? rbe_log8_lut(one_plus_a) : rbe_log8_cordic(one_plus_a);
 }
 
 #endif

@@ -165,70 +165,52 @@ static inline RBE_TARGET_AVX2 __m256 rbe_reverse8(__m256 v)
     return _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0));
 }
 
-/* Rows evaluated together: one weight is a long dependency chain (exp, reciprocal, clamps),
- * and interleaving independent chains keeps the FMA units busy. */
-#define RBE_FUSED_ROWS 4
+/* How a class pass uses each weight it evaluates (a compile-time constant in every call):
+ * PLAIN       acc[i] += row i . x
+ * ROTATED     also acc[h-1-i] += row i . xr, xr being the block's input reversed
+ *             (xr[k] = x[4g-1-k]): the rotation pairs above
+ * TRANSPOSED  also, for lanes q < g/2, acct[p][q] += W[i][p][q] x[h-1-i]: the
+ *             anti-transposed positions of rbe_fused_gemv_class8_at */
+enum { RBE_GEMV_PLAIN, RBE_GEMV_ROTATED, RBE_GEMV_TRANSPOSED };
 
-/* acc[i] (8 lanes) += class-c weights of row i . x for rows [i0, i0 + n), n <= RBE_FUSED_ROWS,
- * lanes [0, lanes) of each group.
- * - With xr (the block's input reversed, xr[k] = x[4g-1-k]) the same weights also give row
- *   h-1-i: acc[h-1-i] += (row i's group p) . (xr's group p) (rotation pairs).
- * - With acct, lanes q < g/2 of row i also feed the anti-transposed positions (see
- *   rbe_fused_gemv_class8_at): acct[p][q] += W[i][p][q] x[h-1-i]. */
-RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_rows8(int family, int state, int c, int n,
-                                                     int lanes, const rbe_seed_v8 *sv,
-                                                     const rbe_tables *t, int i0,
-                                                     const float *x, const float *xr,
-                                                     float *acct, float *acc)
-{
-    const int g = t->g, half = g / 2;
-    const ptrdiff_t sin_off = t->sin_phi - t->rho, cos_off = t->cos_phi - t->rho;
-    const float *tab[RBE_FUSED_ROWS], *xg[RBE_FUSED_ROWS], *xrg[RBE_FUSED_ROWS];
-    float *tg[RBE_FUSED_ROWS];
-    __m256 a[RBE_FUSED_ROWS], ar[RBE_FUSED_ROWS], xs[RBE_FUSED_ROWS], unused;
-    for (int k = 0; k < n; k++) {
-        int i = i0 + k, p = (c + i) & 3;
-        tab[k] = t->rho + ((ptrdiff_t)i * 4 + p) * g;
-        xg[k] = x + (ptrdiff_t)p * g;
-        a[k] = _mm256_loadu_ps(acc + 8 * (ptrdiff_t)i);
-        xrg[k] = xr ? xr + (ptrdiff_t)p * g : NULL;
-        ar[k] = xr ? _mm256_loadu_ps(acc + 8 * (ptrdiff_t)(t->h - 1 - i)) : a[k];
-        /* column h-1-i is lane g-1-(i>>2) of group 3-(i&3) */
-        tg[k] = acct ? acct + (ptrdiff_t)p * half : NULL;
-        xs[k] = acct ? _mm256_set1_ps(x[(3 - (i & 3)) * g + g - 1 - (i >> 2)]) : a[k];
-    }
-    for (int q0 = 0; q0 < lanes; q0 += 8)
-        for (int k = 0; k < n; k++) {
-            const float *r = tab[k] + q0;
-            __m256 w = rbe_weight8(family, state, 0, sv, _mm256_loadu_ps(r),
-                                   _mm256_loadu_ps(r + sin_off), _mm256_loadu_ps(r + cos_off),
-                                   &unused, &unused);
-            a[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg[k] + q0), a[k]);
-            if (xr) ar[k] = _mm256_fmadd_ps(w, _mm256_loadu_ps(xrg[k] + q0), ar[k]);
-            if (acct && q0 < half) {
-                __m256 sum = _mm256_fmadd_ps(w, xs[k], _mm256_loadu_ps(tg[k] + q0));
-                _mm256_storeu_ps(tg[k] + q0, sum);
-            }
-        }
-    for (int k = 0; k < n; k++) {
-        _mm256_storeu_ps(acc + 8 * (ptrdiff_t)(i0 + k), a[k]);
-        if (xr) _mm256_storeu_ps(acc + 8 * (ptrdiff_t)(t->h - 1 - i0 - k), ar[k]);
-    }
-}
-
-/* acc[i] += class-c weights of row i . x, rows [i0, end), lanes [0, lanes) of each group. */
-RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8(int family, int state, int c,
+/* acc[i] (8 lanes) += class-c weights of row i . x for rows [i0, end), lanes [0, lanes) of
+ * each group. One row at a time: the rows are independent, so out-of-order execution
+ * overlaps their weight evaluations (long dependency chains) without holding several rows'
+ * accumulators in registers. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8(int family, int state, int kind, int c,
                                                       const rbe_seed_v8 *sv,
                                                       const rbe_tables *t, int i0, int end,
                                                       int lanes, const float *x,
                                                       const float *xr, float *acct,
                                                       float *acc)
 {
-    int i = i0;
-    for (; i + RBE_FUSED_ROWS <= end; i += RBE_FUSED_ROWS)
-        rbe_fused_gemv_rows8(family, state, c, RBE_FUSED_ROWS, lanes, sv, t, i, x, xr, acct,
-                             acc);
-    if (i < end) rbe_fused_gemv_rows8(family, state, c, end - i, lanes, sv, t, i, x, xr, acct, acc);
+    const int g = t->g, half = g / 2;
+    __m256 unused;
+    for (int i = i0; i < end; i++) {
+        const int p = (c + i) & 3;
+        const ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
+        const float *xg = x + (ptrdiff_t)p * g;
+        __m256 a = _mm256_setzero_ps(), ar = _mm256_setzero_ps(), xs = _mm256_setzero_ps();
+        /* column h-1-i is lane g-1-(i>>2) of group 3-(i&3) */
+        if (kind == RBE_GEMV_TRANSPOSED) xs = _mm256_set1_ps(x[(3 - (i & 3)) * g + g - 1 - (i >> 2)]);
+        for (int q0 = 0; q0 < lanes; q0 += 8) {
+            __m256 w = rbe_weight8(family, state, 0, sv, RBE_LOAD_TABLES(t, off + q0), &unused,
+                                   &unused);
+            a = _mm256_fmadd_ps(w, _mm256_loadu_ps(xg + q0), a);
+            if (kind == RBE_GEMV_ROTATED)
+                ar = _mm256_fmadd_ps(w, _mm256_loadu_ps(xr + (ptrdiff_t)p * g + q0), ar);
+            if (kind == RBE_GEMV_TRANSPOSED && q0 < half) {
+                float *dst = acct + (ptrdiff_t)p * half + q0;
+                _mm256_storeu_ps(dst, _mm256_fmadd_ps(w, xs, _mm256_loadu_ps(dst)));
+            }
+        }
+        float *row = acc + 8 * (ptrdiff_t)i;
+        _mm256_storeu_ps(row, _mm256_add_ps(_mm256_loadu_ps(row), a));
+        if (kind == RBE_GEMV_ROTATED) {
+            float *mirror = acc + 8 * (ptrdiff_t)(t->h - 1 - i);
+            _mm256_storeu_ps(mirror, _mm256_add_ps(_mm256_loadu_ps(mirror), ar));
+        }
+    }
 }
 
 /* The anti-transpose (i, j) -> (h-1-j, w-1-i) of a square block keeps rho and every class, so
@@ -249,8 +231,10 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_class8_at(int family, int state, 
 {
     const int g = t->g, half = g / 2, h = t->h;
     for (int k = 0; k < 4 * half; k++) acct[k] = 0.0f;
-    rbe_fused_gemv_class8(family, state, c, sv, t, 0, h / 2, g, x, NULL, acct, acc);
-    rbe_fused_gemv_class8(family, state, c, sv, t, h / 2, h, half, x, NULL, NULL, acc);
+    rbe_fused_gemv_class8(family, state, RBE_GEMV_TRANSPOSED, c, sv, t, 0, h / 2, g, x, NULL,
+                          acct, acc);
+    rbe_fused_gemv_class8(family, state, RBE_GEMV_PLAIN, c, sv, t, h / 2, h, half, x, NULL,
+                          NULL, acc);
     for (int p = 0; p < 4; p++)
         for (int q = 0; q < half; q++)
             acc[8 * (ptrdiff_t)(h - 1 - (4 * q + p))] += acct[p * half + q];
@@ -282,8 +266,11 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_row_avx2_body(int family, const u
 #undef RBE_GEMV_AT_CASE
                 continue;
             }
-#define RBE_GEMV_CASE(S) \
-    rbe_fused_gemv_class8(family, S, c, &sv, t, 0, end, t->g, x, xr, NULL, acc)
+#define RBE_GEMV_CASE(S)                                                                     \
+    if (paired) rbe_fused_gemv_class8(family, S, RBE_GEMV_ROTATED, c, &sv, t, 0, end, t->g, x, \
+                                      xr, NULL, acc);                                        \
+    else rbe_fused_gemv_class8(family, S, RBE_GEMV_PLAIN, c, &sv, t, 0, end, t->g, x, NULL,    \
+                               NULL, acc)
             RBE_FUSED_SWITCH(s.sel[c], RBE_GEMV_CASE)
 #undef RBE_GEMV_CASE
         }

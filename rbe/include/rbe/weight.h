@@ -124,9 +124,9 @@ RBE_INLINE float rbe_state_fast(int family, int state, int want_grad, const rbe_
         if (want_grad) { *dfdr = 0.0f; *dfdth = -rbe_signf(ca) * (sp * s->cos_theta + cp * s->sin_theta); }
         return fabsf(ca);
     }
-    case 2: f = 1.0f - 2.0f / (rbe_exp_approx(family, 2.0f * u) + 1.0f); dfdu = 1.0f - f * f; break;
+    case 2: f = rbe_tanh_approx(family, u); dfdu = 1.0f - f * f; break;
     case 3: {
-        float t = 1.0f - 2.0f / (rbe_exp_approx(family, 2.0f * u) + 1.0f);
+        float t = rbe_tanh_approx(family, u);
         f = 1.0f - t * t; dfdu = -2.0f * t * f; break;
     }
     case 4: {
@@ -136,7 +136,7 @@ RBE_INLINE float rbe_state_fast(int family, int state, int want_grad, const rbe_
     }
     case 5: {
         float inv = 1.0f / (1.0f + fabsf(u));
-        f = rbe_log_approx(family, 1.0f + fabsf(u)); dfdu = rbe_signf(u) * inv; break;
+        f = rbe_log1p_approx(family, fabsf(u)); dfdu = rbe_signf(u) * inv; break;
     }
     case 6: f = 1.0f / (1.0f + fabsf(u)); dfdu = -rbe_signf(u) * f * f; break;
     default: f = u - u * u * u * (1.0f / 3.0f); dfdu = 1.0f - u * u; break;

@@ -45,12 +45,6 @@ static inline RBE_TARGET_AVX2 __m256 rbe_inside01_8(__m256 v)
     return _mm256_and_ps(in, RBE_V8(1.0f));
 }
 
-static inline RBE_TARGET_AVX2 __m256 rbe_tanh8(int family, __m256 u)
-{
-    __m256 e = rbe_exp8_approx(family, _mm256_add_ps(u, u));
-    return _mm256_fnmadd_ps(RBE_V8(2.0f), rbe_recip8(_mm256_add_ps(e, RBE_V8(1.0f))), RBE_V8(1.0f));
-}
-
 RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_state8(int family, int state, int want_grad,
                                              const rbe_seed_v8 *s, __m256 rho, __m256 sp,
                                              __m256 cp, __m256 rr, __m256 u,
@@ -77,11 +71,11 @@ RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_state8(int family, int state, int want_gra
         return rbe_abs8(ca);
     }
     case 2:
-        f = rbe_tanh8(family, u);
+        f = rbe_tanh8_approx(family, u);
         dfdu = _mm256_fnmadd_ps(f, f, one);
         break;
     case 3: {
-        __m256 t = rbe_tanh8(family, u);
+        __m256 t = rbe_tanh8_approx(family, u);
         f = _mm256_fnmadd_ps(t, t, one);
         dfdu = _mm256_mul_ps(RBE_V8(-2.0f), _mm256_mul_ps(t, f));
         break;
@@ -95,9 +89,9 @@ RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_state8(int family, int state, int want_gra
         return _mm256_fnmadd_ps(RBE_V8(0.5f), e, one);
     }
     case 5: {
-        __m256 a1 = _mm256_add_ps(one, rbe_abs8(u));
-        f = rbe_log8_approx(family, a1);
-        dfdu = want_grad ? rbe_mulsign8(rbe_recip8(a1), u) : _mm256_setzero_ps();
+        __m256 a = rbe_abs8(u);
+        f = rbe_log1p8_approx(family, a);
+        dfdu = want_grad ? rbe_mulsign8(rbe_recip8(_mm256_add_ps(one, a)), u) : _mm256_setzero_ps();
         break;
     }
     case 6:
