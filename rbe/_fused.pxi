@@ -20,6 +20,8 @@ cdef extern from "rbe/fused.h" nogil:
         rbe_fused_panel_fn panel
         rbe_fused_backward_fn backward
     rbe_fused_ops rbe_fused_select(int simd, int family)
+    int rbe_fused_choose_state(const double *cs, int state, double alpha, double tau)
+    int rbe_selector(uint64_t hi, int c)
     enum:
         RBE_FUSED_DR
         RBE_FUSED_DTH
@@ -80,22 +82,20 @@ cdef void _check_fused_grid(const uint64_t[:, ::1] hi, const rbe_tables *t, Py_s
 
 def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
-               const float[::1] xp, const float[::1] xpr, float[::1] y, int simd, int family):
-    """y = W x for one grouped input vector xp; W generated block row by block row.
-
-    xpr is xp with each block column's slice reversed (it pairs rows under the rotation
-    symmetry of fused.h).
-    """
+               const float[::1] xp, float[::1] y, int simd, int family):
+    """y = W x for one grouped input vector xp; W generated block row by block row."""
     cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
     _check_fused_grid(hi, &t, y.shape[0], xp.shape[0])
-    if xpr.shape[0] != xp.shape[0]:
-        raise ValueError("the reversed input must have the length of the input")
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
-    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], bi
+    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], gw = 4 * t.g, bi, k
     cdef int threads = _fused_threads(gr, m * xp.shape[0])
+    # xp with each block column's slice reversed: it pairs rows under the rotation symmetry
+    cdef float[::1] xpr = np.empty(xp.shape[0], np.float32)
     # per thread: 8 lanes per row, then 2g floats for the anti-transposed sums of fused.h
     cdef float[:, ::1] acc = np.empty((threads, 8 * t.h + 2 * t.g), np.float32)
     with nogil:
+        for k in range(xp.shape[0]):
+            xpr[k] = xp[k - k % gw + gw - 1 - k % gw]
         for bi in prange(gr, schedule="dynamic", num_threads=threads):
             ops.gemv(&hi[bi, 0], <int>gc, &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h), &xp[0],
                      &xpr[0], &y[bi * t.h], &acc[threadid(), 0])
@@ -161,3 +161,57 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                 # column-major: dXp_blk^T[gw x batch] (+)= W_blk^T . dY_blk^T
                 _gemm(b'N', b'N', gw, batch, rows, 1.0, &tiles[tid, 1, 0], gw, &dy[0, bi * t.h],
                       <int>m, 0.0 if bi == 0 else 1.0, &dxp[0, bj * gw], kp)
+
+
+cdef void _check_source(const Py_ssize_t[::1] source, Py_ssize_t columns) except *:
+    cdef Py_ssize_t k
+    for k in range(source.shape[0]):
+        if source[k] < -1 or source[k] >= columns:
+            raise ValueError(f"grouped position {k} maps to column {source[k]}, outside "
+                             f"[-1, {columns})")
+
+
+def fused_group(const float[:, ::1] x, const Py_ssize_t[::1] source, float[:, ::1] xp):
+    """xp[:, k] = x[:, source[k]], or 0 where source[k] is -1 (padding): inputs in the
+    grouped column order of fused.h."""
+    if xp.shape[0] != x.shape[0] or xp.shape[1] != source.shape[0]:
+        raise ValueError(f"grouped inputs must have shape ({x.shape[0]}, {source.shape[0]})")
+    _check_source(source, x.shape[1])
+    cdef Py_ssize_t n, k
+    with nogil:
+        for n in range(x.shape[0]):
+            for k in range(source.shape[0]):
+                xp[n, k] = x[n, source[k]] if source[k] >= 0 else 0.0
+
+
+def fused_ungroup(const float[:, ::1] xp, const Py_ssize_t[::1] source, float[:, ::1] x):
+    """x[:, source[k]] = xp[:, k] wherever source[k] is not -1: the inverse of fused_group
+    (source must reach every column of x)."""
+    if xp.shape[0] != x.shape[0] or xp.shape[1] != source.shape[0]:
+        raise ValueError(f"grouped inputs must have shape ({x.shape[0]}, {source.shape[0]})")
+    _check_source(source, x.shape[1])
+    cdef Py_ssize_t n, k
+    with nogil:
+        for n in range(x.shape[0]):
+            for k in range(source.shape[0]):
+                if source[k] >= 0:
+                    x[n, source[k]] = xp[n, k]
+
+
+def fused_choose_transitions(const double[:, :, ::1] stats, const uint64_t[:, ::1] hi,
+                             double alpha, double tau, uint8_t[:, :, ::1] sel):
+    """sel[bi, bj, c]: the state of class c of block (bi, bj) after the transition rule of
+    DESIGN section 4, from the block's backward sums (fused_backward's stats)."""
+    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], bi, bj
+    cdef int c
+    if stats.shape[0] != gr or stats.shape[1] != gc or stats.shape[2] != RBE_FUSED_NSTATS:
+        raise ValueError(f"stats must have shape ({gr}, {gc}, {RBE_FUSED_NSTATS})")
+    if sel.shape[0] != gr or sel.shape[1] != gc or sel.shape[2] != 4:
+        raise ValueError(f"sel must have shape ({gr}, {gc}, 4)")
+    with nogil:
+        for bi in range(gr):
+            for bj in range(gc):
+                for c in range(4):
+                    sel[bi, bj, c] = <uint8_t>rbe_fused_choose_state(
+                        &stats[bi, bj, RBE_FUSED_CLASS + 4 * c], rbe_selector(hi[bi, bj], c),
+                        alpha, tau)

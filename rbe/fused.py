@@ -19,6 +19,7 @@ applied by :meth:`FusedLinear.after_step` (called by the optimisers of :mod:`rbe
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 
 import numpy as np
@@ -270,10 +271,10 @@ class FusedLinear:
         self._check_parameters()
         X2 = X.reshape(-1, self.in_features)
         if self.mode == "fast":
-            Z = self._forward_fast(X2.astype(np.float32, copy=False))
+            Z = self._forward_fast(np.ascontiguousarray(X2, np.float32))
         else:
             Z = self._forward_precise(X2.astype(np.float64, copy=False))
-        Y = self._affine(Z, X2.sum(axis=1, dtype=np.float64), self.bias)
+        Y = self._affine(Z, X2, self.bias)
         return Y.astype(X.dtype, copy=False).reshape(X.shape[:-1] + (self.out_features,))
 
     def backward(self, X, dY) -> np.ndarray:
@@ -295,33 +296,38 @@ class FusedLinear:
         self._check_parameters()
         X2, dY2 = X.reshape(-1, self.in_features), dY.reshape(-1, self.out_features)
         if self.mode == "fast":
-            dZ, stats = self._backward_fast(X2.astype(np.float32, copy=False),
-                                            dY2.astype(np.float32, copy=False))
+            dZ, stats = self._backward_fast(np.ascontiguousarray(X2, np.float32),
+                                            np.ascontiguousarray(dY2, np.float32))
         else:
             dZ, stats = self._backward_precise(X2.astype(np.float64, copy=False),
                                                dY2.astype(np.float64, copy=False))
-        dY_sum = dY2.sum(axis=1, dtype=np.float64)
-        self._fill_grads(stats, dY_sum, X2.sum(axis=1, dtype=np.float64), dY2)
-        dX = self._affine(dZ, dY_sum, None)
+        self._fill_grads(stats, X2, dY2)
+        dX = self._affine(dZ, dY2, None)
         return dX.astype(X.dtype, copy=False).reshape(X.shape)
 
     __call__ = forward
 
-    def _affine(self, Z, row_sums, bias):
-        """alpha Z + beta row_sums (broadcast over columns) + bias."""
-        out = Z * Z.dtype.type(self._alpha)
-        out += (float(self._beta) * row_sums).astype(Z.dtype)[:, None]
+    def _affine(self, Z, A, bias):
+        """alpha Z + beta (row sums of A, broadcast over columns) + bias, in place of Z (a
+        fresh array of the kernels); the terms that alpha = 1, beta = 0, no bias make exact
+        no-ops are skipped."""
+        alpha, beta = float(self._alpha), float(self._beta)
+        if alpha != 1.0:
+            Z *= Z.dtype.type(alpha)
+        if beta != 0.0:
+            Z += (beta * A.sum(axis=1, dtype=np.float64)).astype(Z.dtype)[:, None]
         if bias is not None:
-            out += bias
-        return out
+            Z += bias
+        return Z
 
-    def _fill_grads(self, stats, dY_sum, X_sum, dY2) -> None:
+    def _fill_grads(self, stats, X2, dY2) -> None:
         alpha = float(self._alpha)
         self.grads = {
             "r": alpha * stats[..., STATS["dr"]],
             "theta": alpha * stats[..., STATS["dtheta"]],
             "alpha": np.array(stats[..., STATS["gw"]].sum()),
-            "beta": np.array(np.dot(dY_sum, X_sum)),
+            "beta": np.array(np.dot(dY2.sum(axis=1, dtype=np.float64),
+                                    X2.sum(axis=1, dtype=np.float64))),
         }
         if self.bias is not None:
             self.grads["bias"] = dY2.sum(axis=0, dtype=np.float64)
@@ -330,40 +336,34 @@ class FusedLinear:
     def _choose_transitions(self, stats) -> np.ndarray:
         """New state per class: the candidate with the lowest linearised loss change dL, kept
         when dL < -tau * sum |G W_eff| over the class (DESIGN section 4)."""
-        c0 = STATS["class"]
-        sums = stats[..., c0:c0 + 4 * seeds_mod.N_CLASSES].reshape(stats.shape[:2] + (4, 4))
-        # dL of moving to s' is the change of W_eff = alpha (W(s') - W(s)) against G.
-        d_pos = float(self._alpha) * sums[..., STATS["pos"]]
-        d_neg = float(self._alpha) * sums[..., STATS["neg"]]
-        current = states_of(self._seeds["hi"])
-        take_neg = d_neg < d_pos
-        best = np.where(take_neg, d_neg, d_pos)
-        chosen = np.where(take_neg, NEG_STATE[current], POS_STATE[current])
-        return np.where(best < -self.tau * sums[..., STATS["abs"]], chosen, current)
+        sel = np.empty(self._seeds.shape + (seeds_mod.N_CLASSES,), np.uint8)
+        _core.fused_choose_transitions(np.ascontiguousarray(stats), self._hi(),
+                                       float(self._alpha), self.tau, sel)
+        return sel
 
     # ---- fast mode -------------------------------------------------------------------------
 
     def _build_permutation(self) -> None:
         """Grouped input order of the kernels: block column bj, group p, lane q holds input
-        column bj*w + 4q + p (fused.h); padding lanes and columns past the layer stay zero."""
+        column bj*w + 4q + p (fused.h); padding lanes and columns past the layer hold -1."""
         w = self.block[1]
         g = kernel.shape_tables(self.block).rho.shape[2]
         grid_cols = self._seeds.shape[1]
         bj, p, q = np.meshgrid(np.arange(grid_cols), np.arange(4), np.arange(g), indexing="ij")
-        column = bj * w + 4 * q + p
-        valid = ((4 * q + p) < w) & (column < self.in_features)
-        self._grouped_pos = np.flatnonzero(valid.reshape(-1))
-        self._grouped_col = column.reshape(-1)[self._grouped_pos]
-        self._grouped_width = grid_cols * 4 * g
+        column = (bj * w + 4 * q + p).reshape(-1)
+        valid = (((4 * q + p) < w).reshape(-1)) & (column < self.in_features)
+        self._source = np.where(valid, column, -1).astype(np.intp)
 
     def _grouped(self, X2: np.ndarray) -> np.ndarray:
-        Xp = np.zeros((X2.shape[0], self._grouped_width), np.float32)
-        Xp[:, self._grouped_pos] = X2[:, self._grouped_col]
+        Xp = np.empty((X2.shape[0], self._source.size), np.float32)
+        _core.fused_group(X2, self._source, Xp)
         return Xp
 
+    def _hi(self) -> np.ndarray:
+        return np.ascontiguousarray(self._seeds["hi"])
+
     def _kernel_args(self) -> tuple:
-        hi = np.ascontiguousarray(self._seeds["hi"])
-        return (hi, *kernel.shape_tables(self.block), self.block[1])
+        return (self._hi(), *kernel.shape_tables(self.block), self.block[1])
 
     def _kernel_select(self) -> dict:
         return {"simd": _core.SIMD_PATHS[kernel.current_simd()],
@@ -373,10 +373,7 @@ class FusedLinear:
         Xp = self._grouped(X2)
         Y = np.empty((X2.shape[0], self.out_features), np.float32)
         if X2.shape[0] == 1:
-            reversed_blocks = np.ascontiguousarray(
-                Xp[0].reshape(self._seeds.shape[1], -1)[:, ::-1]).reshape(-1)
-            _core.fused_gemv(*self._kernel_args(), Xp[0], reversed_blocks, Y[0],
-                             **self._kernel_select())
+            _core.fused_gemv(*self._kernel_args(), Xp[0], Y[0], **self._kernel_select())
         else:
             # one sgemm per block row: (h x grouped width) times the batch
             with _blas_guard(self.block[0] * Xp.shape[1] * X2.shape[0]):
@@ -389,10 +386,10 @@ class FusedLinear:
         stats = np.empty(self._seeds.shape + (STATS["n"],), np.float64)
         # sgemm calls per block: (h x grouped block width) times the batch
         with _blas_guard(self.block[0] * Xp.shape[1] // self._seeds.shape[1] * X2.shape[0]):
-            _core.fused_backward(*self._kernel_args(), Xp, np.ascontiguousarray(dY2), dXp, stats,
+            _core.fused_backward(*self._kernel_args(), Xp, dY2, dXp, stats,
                                  float(self._alpha), float(self._beta), **self._kernel_select())
         dZ = np.empty(X2.shape, np.float32)
-        dZ[:, self._grouped_col] = dXp[:, self._grouped_pos]
+        _core.fused_ungroup(dXp, self._source, dZ)
         return dZ, stats
 
     # ---- precise mode (float64, one block row at a time) -------------------------------------
@@ -447,8 +444,9 @@ class FusedLinear:
     # ---- checks ----------------------------------------------------------------------------
 
     def _check_parameters(self, masters: bool = False) -> None:
-        params = self.parameters()
-        names = [k for k in params if masters or k not in ("r", "theta")]
-        for name in names:
-            if not np.all(np.isfinite(params[name])):
+        for name, value in self.parameters().items():
+            if name in ("r", "theta") and not masters:
+                continue
+            finite = math.isfinite(value) if value.ndim == 0 else np.isfinite(value).all()
+            if not finite:
                 raise ValueError(f"parameter {name!r} of the layer is not finite")

@@ -69,21 +69,36 @@ def pack(r, theta, sel, detail=128) -> np.ndarray:
         raise ValueError(f"sel must have a trailing axis of {N_CLASSES}, got shape {sel.shape}")
     detail = _integer_field("detail", detail, 255)
 
-    r_q = np.rint(r * R_SCALE).astype(np.int64).clip(0, (1 << R_BITS) - 1).astype(np.uint64)
-    theta_q = np.rint(theta * THETA_SCALE).astype(np.int64).clip(-(1 << 23), (1 << 23) - 1)
-    theta_u = (theta_q & ((1 << THETA_BITS) - 1)).astype(np.uint64)
     shifts = np.arange(N_CLASSES, dtype=np.uint64) * np.uint64(SEL_BITS)
     sel_bits = np.bitwise_or.reduce(sel << shifts, axis=-1)
 
-    r_q, theta_u, detail, sel_bits, r, theta = np.broadcast_arrays(
-        r_q, theta_u, detail, sel_bits, r, theta)
-    out = np.empty(r_q.shape, dtype=DTYPE)
-    out["hi"] = ((r_q << np.uint64(R_SHIFT)) | (theta_u << np.uint64(THETA_SHIFT))
-                 | (detail << np.uint64(DETAIL_SHIFT)) | sel_bits)
+    fixed, detail, sel_bits, r, theta = np.broadcast_arrays(
+        _fixed_point_bits(r, theta), detail, sel_bits, r, theta)
+    out = np.empty(fixed.shape, dtype=DTYPE)
+    out["hi"] = fixed | (detail << np.uint64(DETAIL_SHIFT)) | sel_bits
+    out["lo"] = _master_bits(r, theta)
+    return out
+
+
+#: The bits of hi holding r_q and theta_q.
+_FIXED_POINT_MASK = np.uint64((((1 << R_BITS) - 1) << R_SHIFT)
+                              | (((1 << THETA_BITS) - 1) << THETA_SHIFT))
+
+
+def _fixed_point_bits(r: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """r_q and theta_q in their places of hi, for r and theta already in range: rounded to
+    nearest, saturating."""
+    r_q = np.rint(r * R_SCALE).astype(np.int64).clip(0, (1 << R_BITS) - 1).astype(np.uint64)
+    theta_q = np.rint(theta * THETA_SCALE).astype(np.int64).clip(-(1 << 23), (1 << 23) - 1)
+    theta_u = (theta_q & ((1 << THETA_BITS) - 1)).astype(np.uint64)
+    return (r_q << np.uint64(R_SHIFT)) | (theta_u << np.uint64(THETA_SHIFT))
+
+
+def _master_bits(r: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """lo words holding r and theta as float32."""
     r_bits = r.astype(np.float32).view(np.uint32).astype(np.uint64)
     theta_bits = theta.astype(np.float32).view(np.uint32).astype(np.uint64)
-    out["lo"] = (r_bits << np.uint64(32)) | theta_bits
-    return out
+    return (r_bits << np.uint64(32)) | theta_bits
 
 
 def _check_seeds(seeds) -> np.ndarray:
@@ -116,8 +131,13 @@ def requantize(seeds) -> np.ndarray:
     rounded to nearest; ``sel`` and ``detail`` are kept.
     """
     seeds = _check_seeds(seeds)
-    fields = unpack(seeds)
-    seeds[...] = pack(fields.r_master, fields.theta_master, fields.sel, fields.detail)
+    lo = seeds["lo"]
+    r = np.clip(_finite("r", (lo >> np.uint64(32)).astype(np.uint32).view(np.float32)),
+                0.0, R_MAX)
+    theta = np.clip(_finite("theta", (lo & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+                            .view(np.float32)), THETA_MIN, THETA_MAX)
+    seeds["hi"] = (seeds["hi"] & ~_FIXED_POINT_MASK) | _fixed_point_bits(r, theta)
+    seeds["lo"] = _master_bits(r, theta)
     return seeds
 
 

@@ -7,7 +7,7 @@ import pytest
 import threadpoolctl
 
 import rbe
-from rbe import kernel, seeds
+from rbe import _core, kernel, seeds
 from rbe.fused import FusedLinear, with_states
 
 SHAPES = [(200, 130), (130, 200), (64, 64)]     # (in_features, out_features)
@@ -331,3 +331,23 @@ def test_non_finite_masters_raise_in_after_step():
     with pytest.raises(ValueError, match="theta"):
         layer.after_step()
     assert np.array_equal(layer.seeds["hi"], before["hi"])
+
+
+def test_core_entry_points_check_sizes():
+    layer = make_layer(200, 130)
+    args, select = layer._kernel_args(), layer._kernel_select()
+    xp = layer._grouped(inputs(200, 1))
+    with pytest.raises(ValueError, match="outputs do not fit"):
+        _core.fused_gemv(*args, xp[0], np.empty(100, np.float32), **select)
+    with pytest.raises(ValueError, match="grouped inputs have width"):
+        _core.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), **select)
+    source = layer._source.copy()
+    source[3] = 200                                  # one column past the input
+    with pytest.raises(ValueError, match="outside"):
+        _core.fused_group(inputs(200, 1), source, np.empty_like(xp))
+    with pytest.raises(ValueError, match="grouped inputs must have shape"):
+        _core.fused_ungroup(xp[:, :-1], layer._source, np.empty((1, 200), np.float32))
+    stats = np.zeros(layer.seeds.shape + (rbe.fused.STATS["n"],))
+    with pytest.raises(ValueError, match="stats must have shape"):
+        _core.fused_choose_transitions(stats[:, :-1].copy(), layer._hi(), 1.0, 0.0,
+                                       np.empty(layer.seeds.shape + (4,), np.uint8))

@@ -112,6 +112,18 @@ def test_requantize_follows_the_masters():
     assert fields.detail[0] == 9
 
 
+def test_requantize_equals_packing_the_masters():
+    rng = np.random.default_rng(3)
+    packed = seeds.random(500, rng)
+    masters = packed.view(np.float32).reshape(500, 4)
+    masters[:, 3] = rng.uniform(-0.5, 1.5, 500)    # r copies, partly out of range
+    masters[:, 2] = rng.uniform(-1.5, 1.5, 500)    # theta copies
+    fields = seeds.unpack(packed)
+    expected = seeds.pack(fields.r_master, fields.theta_master, fields.sel, fields.detail)
+    seeds.requantize(packed)
+    np.testing.assert_array_equal(packed, expected)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda: seeds.pack(np.nan, 0.0, [0] * 4), "r must be finite"),
     (lambda: seeds.pack(0.5, np.inf, [0] * 4), "theta must be finite"),
