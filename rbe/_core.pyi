@@ -47,3 +47,37 @@ def ref_layer_backward_adam(seeds: NDArray[np.uint64], bh: int, bw: int,
                             x: NDArray[np.float64], dy: NDArray[np.float64],
                             moments: NDArray[np.float32], epoch: int, lr: float,
                             dx: NDArray[np.float64]) -> None: ...
+
+# hybrid blocks in the transform domain (rbe/include/rbe/hybrid.h); float32 or float64 arrays
+def hybrid_rows_forward(shape: tuple[int, int], block: tuple[int, int], slot: NDArray[np.uint8],
+                        index: NDArray[np.uint16], values: NDArray[np.float32],
+                        z: NDArray[np.floating], u: NDArray[np.floating]) -> None: ...
+def hybrid_cols_backward(shape: tuple[int, int], block: tuple[int, int],
+                         slot: NDArray[np.uint8], index: NDArray[np.uint16],
+                         values: NDArray[np.float32], a: NDArray[np.floating],
+                         dz: NDArray[np.floating]) -> None: ...
+def hybrid_value_grads(shape: tuple[int, int], block: tuple[int, int], slot: NDArray[np.uint8],
+                       index: NDArray[np.uint16], values: NDArray[np.float32],
+                       a: NDArray[np.floating], z: NDArray[np.floating],
+                       grad: NDArray[np.floating]) -> None: ...
+
+# the fused seed-block layer (rbe/include/rbe/fused.h); inputs in its grouped column order
+FUSED_STATS: dict[str, int]
+def fused_gemv(hi: NDArray[np.uint64], rho: NDArray[np.float32], sin_phi: NDArray[np.float32],
+               cos_phi: NDArray[np.float32], w: int, xp: NDArray[np.float32],
+               y: NDArray[np.float32], simd: int, family: int) -> None: ...
+def fused_forward_batch(hi: NDArray[np.uint64], rho: NDArray[np.float32],
+                        sin_phi: NDArray[np.float32], cos_phi: NDArray[np.float32], w: int,
+                        xp: NDArray[np.float32], y: NDArray[np.float32], simd: int,
+                        family: int) -> None: ...
+def fused_backward(hi: NDArray[np.uint64], rho: NDArray[np.float32],
+                   sin_phi: NDArray[np.float32], cos_phi: NDArray[np.float32], w: int,
+                   xp: NDArray[np.float32], dy: NDArray[np.float32], dxp: NDArray[np.float32],
+                   stats: NDArray[np.float64], alpha: float, beta: float, simd: int,
+                   family: int) -> None: ...
+def fused_group(x: NDArray[np.float32], source: NDArray[np.intp],
+                xp: NDArray[np.float32]) -> None: ...
+def fused_ungroup(xp: NDArray[np.float32], source: NDArray[np.intp],
+                  x: NDArray[np.float32]) -> None: ...
+def fused_choose_transitions(stats: NDArray[np.float64], hi: NDArray[np.uint64], alpha: float,
+                             tau: float, sel: NDArray[np.uint8]) -> None: ...

@@ -378,8 +378,8 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grad_class8(int family, int state, int
         for (int q0 = 0; q0 < g; q0 += 8) {
             __m256 dr, dth, unused, gabs, gv = rbe_fused_load_g(G, t, i, p, q0, paired, &gabs);
             __m256 rho = _mm256_loadu_ps(t->rho + off + q0);
-            __m256 b_raw = _mm256_sub_ps(sv->r_plus_theta, _mm256_mul_ps(sv->r, rho));
-            if (!_mm256_movemask_ps(_mm256_cmp_ps(b_raw, _mm256_setzero_ps(), _CMP_GT_OQ))) {
+            if (!_mm256_movemask_ps(_mm256_cmp_ps(rbe_bd_raw8(sv, rho), _mm256_setzero_ps(),
+                                                  _CMP_GT_OQ))) {
                 /* b = 0 on all lanes: W, its gradients and both candidates are 0 here */
                 _mm256_storeu_ps(W + row + q0, _mm256_setzero_ps());
                 if (paired) _mm256_storeu_ps(rot - q0, _mm256_setzero_ps());

@@ -30,9 +30,11 @@ typedef struct {
     const float *rho, *sin_phi, *cos_phi;
 } rbe_tables;
 
-/* A seed decoded for the fast kernels (float32, sincos of theta by the chosen family). */
+/* A seed decoded for the fast kernels (float32, sincos of theta by the chosen family).
+ * The kernels compute b delta = clamp(delta (r + theta) - delta r rho, 0, delta), so they keep
+ * r delta and (r + theta) delta. */
 typedef struct {
-    float r, theta, r_plus_theta, delta, sin_theta, cos_theta;
+    float r, theta, r_plus_theta, delta, sin_theta, cos_theta, r_delta, rpt_delta;
     int sel[RBE_N_CLASSES];
 } rbe_seed32;
 
@@ -42,6 +44,8 @@ static inline void rbe_seed32_init(uint64_t hi, int family, rbe_seed32 *s)
     s->theta = (float)rbe_theta_of(hi);
     s->r_plus_theta = s->r + s->theta;
     s->delta = (float)rbe_delta_of(hi);
+    s->r_delta = s->r * s->delta;
+    s->rpt_delta = s->r_plus_theta * s->delta;
     rbe_sincos_approx(family, s->theta, &s->sin_theta, &s->cos_theta);
     for (int c = 0; c < RBE_N_CLASSES; c++) s->sel[c] = rbe_selector(hi, c);
 }
@@ -145,21 +149,33 @@ RBE_INLINE float rbe_state_fast(int family, int state, int want_grad, const rbe_
     return f;
 }
 
+/* Which sides of clamp(b delta f, 0, 1) f_state can reach (b delta in [0, 1.05]): f >= 0 in
+ * states 0, 1, 3 and 6, and f <= 2/3 in states 4 and 7. The kernels skip the other sides,
+ * which changes no value. */
+static inline int rbe_state_clamps_below(int state)
+{
+    return state == 2 || state == 4 || state == 5 || state == 7;
+}
+
+static inline int rbe_state_clamps_above(int state) { return state != 4 && state != 7; }
+
 RBE_INLINE float rbe_weight_fast(int family, int state, int want_grad, const rbe_seed32 *s,
                                  float rho, float sp, float cp, float *dr, float *dth)
 {
     float rr = s->r * rho, u = rr + s->theta;
-    float b_raw = s->r_plus_theta - rr, b = rbe_clampf(b_raw, 0.0f, 1.0f);
+    float bd_raw = s->rpt_delta - s->r_delta * rho, bd = rbe_clampf(bd_raw, 0.0f, s->delta);
     float dfdr = 0.0f, dfdth = 0.0f;
     float f = rbe_state_fast(family, state, want_grad, s, rho, sp, cp, rr, u, &dfdr, &dfdth);
-    float m = b * f * s->delta;
+    float m = bd * f, w = m;
+    if (rbe_state_clamps_below(state)) w = w > 0.0f ? w : 0.0f;
+    if (rbe_state_clamps_above(state)) w = w < 1.0f ? w : 1.0f;
     if (want_grad) {
-        float gw = (m > 0.0f && m < 1.0f) ? s->delta : 0.0f;
-        float gb = (b_raw > 0.0f && b_raw < 1.0f) ? 1.0f : 0.0f;
-        *dr = gw * (gb * (1.0f - rho) * f + b * dfdr);
-        *dth = gw * (gb * f + b * dfdth);
+        int inside = m > 0.0f && m < 1.0f;
+        float gbf = (bd_raw > 0.0f && bd_raw < s->delta) ? s->delta * f : 0.0f;
+        *dr = inside ? gbf * (1.0f - rho) + bd * dfdr : 0.0f;
+        *dth = inside ? gbf + bd * dfdth : 0.0f;
     }
-    return rbe_clampf(m, 0.0f, 1.0f);
+    return w;
 }
 
 /* All groups of one class in rows [i0, i0 + rows) with a fixed state, into grouped panel
