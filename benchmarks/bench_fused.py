@@ -1,10 +1,11 @@
 """FusedLinear speed: against dense BLAS and against the original algorithm.
 
 One run; every comparison runs its contenders interleaved (round-robin) and reports medians,
-so load from other processes hits all of them alike. Each timed call follows an untimed one of
-the same case (steady state: otherwise a case pays for waking the cores and thread pools that
-the previous, serial or BLAS, case left idle). Ratios are "times faster than the
-baseline" (baseline time / FusedLinear time): above 1, FusedLinear is faster.
+so load from other processes hits all of them alike. Each sample is the mean of back-to-back
+calls that follow untimed calls of the same case (steady state, as in a loop of calls; see
+timing.py: otherwise a case pays for waking the cores and thread pools that the previous,
+serial or BLAS, case left idle). Ratios are "times faster than the baseline" (baseline time /
+FusedLinear time): above 1, FusedLinear is faster.
 
 - forward GEMV (``W @ x``) and batch-64 forward (``X @ W.T``) against numpy on ``to_dense()``,
   plus the batch-64 backward against the dense layer's backward (``dY @ W`` and ``dY.T @ X``),

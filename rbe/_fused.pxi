@@ -15,10 +15,17 @@ cdef extern from "rbe/fused.h" nogil:
     ctypedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows,
                                            const float *G, float *W, float alpha, float beta,
                                            double *stats) noexcept nogil
+    ctypedef void (*rbe_fused_backward_vec_fn)(uint64_t hi, const rbe_tables *t, int rows,
+                                               const float *x, const float *xr,
+                                               const float *dy, float *dx, float *scratch,
+                                               float alpha, float beta,
+                                               double *stats) noexcept nogil
     ctypedef struct rbe_fused_ops:
         rbe_fused_gemv_fn gemv
         rbe_fused_panel_fn panel
         rbe_fused_backward_fn backward
+        rbe_fused_backward_vec_fn backward_vec
+    Py_ssize_t rbe_fused_vec_scratch_floats(const rbe_tables *t)
     rbe_fused_ops rbe_fused_select(int simd, int family)
     int rbe_fused_choose_state(const double *cs, int state, double alpha, double tau)
     int rbe_selector(uint64_t hi, int c)
@@ -80,6 +87,17 @@ cdef void _check_fused_grid(const uint64_t[:, ::1] hi, const rbe_tables *t, Py_s
         raise ValueError("layer too large for the BLAS index type")
 
 
+cdef float[::1] _block_reversed(const float[::1] xp, Py_ssize_t gw):
+    """xp with each block column's slice (gw floats) reversed: it pairs rows under the
+    rotation symmetry of fused.h."""
+    cdef float[::1] xpr = np.empty(xp.shape[0], np.float32)
+    cdef Py_ssize_t k
+    with nogil:
+        for k in range(xp.shape[0]):
+            xpr[k] = xp[k - k % gw + gw - 1 - k % gw]
+    return xpr
+
+
 def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
                const float[::1] xp, float[::1] y, int simd, int family):
@@ -87,15 +105,12 @@ def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
     cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
     _check_fused_grid(hi, &t, y.shape[0], xp.shape[0])
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
-    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], gw = 4 * t.g, bi, k
+    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], bi
     cdef int threads = _fused_threads(gr, m * xp.shape[0])
-    # xp with each block column's slice reversed: it pairs rows under the rotation symmetry
-    cdef float[::1] xpr = np.empty(xp.shape[0], np.float32)
+    cdef float[::1] xpr = _block_reversed(xp, 4 * t.g)
     # per thread: 8 lanes per row, then 2g floats for the anti-transposed sums of fused.h
     cdef float[:, ::1] acc = np.empty((threads, 8 * t.h + 2 * t.g), np.float32)
     with nogil:
-        for k in range(xp.shape[0]):
-            xpr[k] = xp[k - k % gw + gw - 1 - k % gw]
         for bi in prange(gr, schedule="dynamic", num_threads=threads):
             ops.gemv(&hi[bi, 0], <int>gc, &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h), &xp[0],
                      &xpr[0], &y[bi * t.h], &acc[threadid(), 0])
@@ -131,8 +146,9 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                    double[:, :, ::1] stats, float alpha, float beta, int simd, int family):
     """One fused pass per block: dXp = dY W (grouped) and the per-block sums of FUSED_STATS.
 
-    Parallel over block columns; for each block, G = dY^T X of the block comes from a small
-    sgemm into a thread-local tile (call with BLAS limited to one thread).
+    Parallel over block columns. For one input vector, G and dX are formed in the kernel;
+    for a batch, G = dY^T X of the block comes from a small sgemm into a thread-local tile,
+    and dX from another (call with BLAS limited to one thread).
     """
     cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
     _check_fused_grid(hi, &t, dy.shape[1], xp.shape[1])
@@ -147,6 +163,21 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], gw = 4 * t.g, rows, tid
     cdef int threads = _fused_threads(gc, m * kp * <Py_ssize_t>batch)
+    cdef float[::1] xpr
+    cdef float[:, ::1] scratch
+    if batch == 1:
+        xpr = _block_reversed(xp[0], gw)
+        scratch = np.empty((threads, rbe_fused_vec_scratch_floats(&t)), np.float32)
+        with nogil:
+            for bj in prange(gc, schedule="dynamic", num_threads=threads):
+                tid = threadid()
+                dxp[0, bj * gw:(bj + 1) * gw] = 0.0
+                for bi in range(gr):
+                    ops.backward_vec(hi[bi, bj], &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h),
+                                     &xp[0, bj * gw], &xpr[bj * gw], &dy[0, bi * t.h],
+                                     &dxp[0, bj * gw], &scratch[tid, 0], alpha, beta,
+                                     &stats[bi, bj, 0])
+        return
     cdef float[:, :, ::1] tiles = np.empty((threads, 2, t.h * <Py_ssize_t>gw), np.float32)
     with nogil:
         for bj in prange(gc, schedule="dynamic", num_threads=threads):

@@ -7,11 +7,15 @@
  * layer's inputs or q is past the group. Each weight group (row i, group p) then meets a
  * contiguous slice of the input, and no weight has to be moved back to natural order.
  *
- * Three operations, each instantiated per SIMD path and approximation family:
- *   gemv      y[0..rows) = (block row of W) . xp, accumulated in registers
- *   panel     a block row's weights in grouped order, for a BLAS product with grouped inputs
- *   backward  one block: its weights (grouped, for dX), and with G = dY^T X of the block the
- *             sums of DESIGN section 4 (dL/dr, dL/dtheta, sum G W, state-transition deltas)
+ * Four operations, each instantiated per SIMD path and approximation family:
+ *   gemv          y[0..rows) = (block row of W) . xp, accumulated in registers
+ *   panel         a block row's weights in grouped order, for a BLAS product with grouped
+ *                 inputs
+ *   backward      one block: its weights (grouped, for dX), and with G = dY^T X of the block
+ *                 the sums of DESIGN section 4 (dL/dr, dL/dtheta, sum G W, state-transition
+ *                 deltas)
+ *   backward_vec  the same for one input vector, with G = dy x^T formed in registers and
+ *                 dx += W^T dy accumulated in place: no tiles, no BLAS calls
  */
 #ifndef RBE_FUSED_H
 #define RBE_FUSED_H
@@ -141,6 +145,28 @@ RBE_INLINE void rbe_fused_backward_block_scalar_body(int family, uint64_t hi,
         }
     for (int c = 0; c < RBE_N_CLASSES; c++)
         stats[RBE_FUSED_GW] += stats[RBE_FUSED_CLASS + 4 * c + RBE_FUSED_CUR];
+}
+
+/* One input vector: G = dy x^T as a tile, the tile kernel, then dx += W^T dy. */
+RBE_INLINE void rbe_fused_backward_vec_scalar_body(int family, uint64_t hi, const rbe_tables *t,
+                                                   int rows, const float *x, const float *xr,
+                                                   const float *dy, float *dx, float *scratch,
+                                                   float alpha, float beta, double *stats)
+{
+    (void)xr;
+    const ptrdiff_t gw = 4 * (ptrdiff_t)t->g;
+    float *G = scratch, *W = scratch + (ptrdiff_t)t->h * gw;
+    for (int i = 0; i < rows; i++)
+        for (ptrdiff_t k = 0; k < gw; k++) G[i * gw + k] = dy[i] * x[k];
+    rbe_fused_backward_block_scalar_body(family, hi, t, rows, G, W, alpha, beta, stats);
+    for (int i = 0; i < rows; i++)
+        for (ptrdiff_t k = 0; k < gw; k++) dx[k] += W[i * gw + k] * dy[i];
+}
+
+/* Floats of per-thread scratch that backward_vec needs (the scalar version's two tiles). */
+static inline ptrdiff_t rbe_fused_vec_scratch_floats(const rbe_tables *t)
+{
+    return 2 * (ptrdiff_t)t->h * 4 * t->g;
 }
 
 /* ---- AVX2 ---------------------------------------------------------------------------- */
@@ -359,30 +385,64 @@ static inline RBE_TARGET_AVX2 __m256 rbe_fused_load_g(const float *G, const rbe_
     ((S) == 0 ? 1 : (S) == 1 ? 0 : (S) == 2 ? 3 : (S) == 3 ? 2 : (S) == 7 ? 4 : (S) + 1)
 #define RBE_NEG_OF(S) (7 - (S))
 
+/* Where a backward pass takes G from and puts W (source is a compile-time constant):
+ *   RBE_GRAD_TILES   G read from a tile (dY^T X of the block, by sgemm), W written to a tile
+ *                    for the dX product by sgemm; both tiles grouped, row stride 4g
+ *   RBE_GRAD_VECTOR  one input vector: G = dy x^T formed in registers, and dx += W^T dy
+ *                    accumulated in place (rotated rows into dxr, the block's dx reversed) */
+enum { RBE_GRAD_TILES, RBE_GRAD_VECTOR };
+
+typedef struct {
+    const float *G;
+    float *W;
+    const float *x, *xr, *dy;   /* the block's input, its reverse, its rows of dy */
+    float *dx, *dxr;
+} rbe_grad_io;
+
 /* One pass over class c, rows [0, end), in state `state` with its candidates `pos` and `neg`:
  * acc = {G dW/dr, G dW/dtheta, G W, |G| |alpha W + beta|, G (W(pos) - W), G (W(neg) - W)}.
  * The three weights share their loads and common terms (and tanh between states 2 and 3).
- * The weights go to W (grouped, row stride 4g) for the dX product, and when `paired` to the
- * rotated positions too. */
-RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grad_class8(int family, int state, int pos, int neg,
-                                                      int c, const rbe_seed_v8 *sv,
+ * When `paired`, each vector also stands for the rotated positions, whose weights are the
+ * same: their G is added, and W goes to them too. */
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grad_class8(int family, int source, int state,
+                                                      int pos, int neg, int c,
+                                                      const rbe_seed_v8 *sv,
                                                       const rbe_tables *t, int end, int paired,
-                                                      const float *G, float *W, __m256 alpha,
+                                                      const rbe_grad_io *io, __m256 alpha,
                                                       __m256 beta, __m256 *acc)
 {
     const int g = t->g;
+    const __m256 zero = _mm256_setzero_ps();
     for (int i = 0; i < end; i++) {
         int p = (c + i) & 3;
-        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g, row = (ptrdiff_t)i * 4 * g + (ptrdiff_t)p * g;
-        float *rot = W + (ptrdiff_t)(t->h - 1 - i) * 4 * g + (ptrdiff_t)(4 - p) * g - 8;
+        ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g, col = (ptrdiff_t)p * g;
+        ptrdiff_t row = (ptrdiff_t)i * 4 * g + col;
+        float *rot = io->W + (ptrdiff_t)(t->h - 1 - i) * 4 * g + (ptrdiff_t)(4 - p) * g - 8;
+        __m256 dy = zero, dy_rot = zero;
+        if (source == RBE_GRAD_VECTOR) {
+            dy = _mm256_set1_ps(io->dy[i]);
+            dy_rot = paired ? _mm256_set1_ps(io->dy[t->h - 1 - i]) : zero;
+        }
         for (int q0 = 0; q0 < g; q0 += 8) {
-            __m256 dr, dth, unused, gabs, gv = rbe_fused_load_g(G, t, i, p, q0, paired, &gabs);
+            __m256 dr, dth, unused, gabs, gv;
+            if (source == RBE_GRAD_TILES) {
+                gv = rbe_fused_load_g(io->G, t, i, p, q0, paired, &gabs);
+            } else {
+                gv = _mm256_mul_ps(dy, _mm256_loadu_ps(io->x + col + q0));
+                gabs = rbe_abs8(gv);
+                if (paired) {
+                    __m256 gr = _mm256_mul_ps(dy_rot, _mm256_loadu_ps(io->xr + col + q0));
+                    gabs = _mm256_add_ps(gabs, rbe_abs8(gr));
+                    gv = _mm256_add_ps(gv, gr);
+                }
+            }
             __m256 rho = _mm256_loadu_ps(t->rho + off + q0);
-            if (!_mm256_movemask_ps(_mm256_cmp_ps(rbe_bd_raw8(sv, rho), _mm256_setzero_ps(),
-                                                  _CMP_GT_OQ))) {
+            if (!_mm256_movemask_ps(_mm256_cmp_ps(rbe_bd_raw8(sv, rho), zero, _CMP_GT_OQ))) {
                 /* b = 0 on all lanes: W, its gradients and both candidates are 0 here */
-                _mm256_storeu_ps(W + row + q0, _mm256_setzero_ps());
-                if (paired) _mm256_storeu_ps(rot - q0, _mm256_setzero_ps());
+                if (source == RBE_GRAD_TILES) {
+                    _mm256_storeu_ps(io->W + row + q0, zero);
+                    if (paired) _mm256_storeu_ps(rot - q0, zero);
+                }
                 acc[3] = _mm256_fmadd_ps(gabs, rbe_abs8(beta), acc[3]);
                 continue;
             }
@@ -391,8 +451,14 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grad_class8(int family, int state, int
             __m256 w = rbe_weight8(family, state, 1, sv, rho, sp, cp, &dr, &dth);
             __m256 wp = rbe_weight8(family, pos, 0, sv, rho, sp, cp, &unused, &unused);
             __m256 wn = rbe_weight8(family, neg, 0, sv, rho, sp, cp, &unused, &unused);
-            _mm256_storeu_ps(W + row + q0, w);
-            if (paired) _mm256_storeu_ps(rot - q0, rbe_reverse8(w));
+            if (source == RBE_GRAD_TILES) {
+                _mm256_storeu_ps(io->W + row + q0, w);
+                if (paired) _mm256_storeu_ps(rot - q0, rbe_reverse8(w));
+            } else {
+                float *dx = io->dx + col + q0, *dxr = io->dxr + col + q0;
+                _mm256_storeu_ps(dx, _mm256_fmadd_ps(w, dy, _mm256_loadu_ps(dx)));
+                if (paired) _mm256_storeu_ps(dxr, _mm256_fmadd_ps(w, dy_rot, _mm256_loadu_ps(dxr)));
+            }
             acc[0] = _mm256_fmadd_ps(gv, dr, acc[0]);
             acc[1] = _mm256_fmadd_ps(gv, dth, acc[1]);
             acc[2] = _mm256_fmadd_ps(gv, w, acc[2]);
@@ -403,11 +469,11 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grad_class8(int family, int state, int
     }
 }
 
-RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, uint64_t hi,
-                                                                   const rbe_tables *t,
-                                                                   int rows, const float *G,
-                                                                   float *W, float alpha,
-                                                                   float beta, double *stats)
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_avx2_body(int family, int source,
+                                                             uint64_t hi, const rbe_tables *t,
+                                                             int rows, const rbe_grad_io *io,
+                                                             float alpha, float beta,
+                                                             double *stats)
 {
     rbe_seed32 s;
     rbe_seed_v8 sv;
@@ -420,8 +486,8 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, u
         for (int k = 0; k < 6; k++) acc[k] = _mm256_setzero_ps();
         int paired = pairs && rbe_fused_rotation_class(c);
         int end = paired ? rows / 2 : rows;
-#define RBE_GRAD_CASE(S) rbe_fused_grad_class8(family, S, RBE_POS_OF(S), RBE_NEG_OF(S), c, &sv, \
-                                               t, end, paired, G, W, RBE_V8(alpha),       \
+#define RBE_GRAD_CASE(S) rbe_fused_grad_class8(family, source, S, RBE_POS_OF(S), RBE_NEG_OF(S), \
+                                               c, &sv, t, end, paired, io, RBE_V8(alpha),     \
                                                RBE_V8(beta), acc)
         RBE_FUSED_SWITCH(s.sel[c], RBE_GRAD_CASE)
 #undef RBE_GRAD_CASE
@@ -436,6 +502,31 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, u
     }
 }
 
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_block_avx2_body(int family, uint64_t hi,
+                                                                   const rbe_tables *t,
+                                                                   int rows, const float *G,
+                                                                   float *W, float alpha,
+                                                                   float beta, double *stats)
+{
+    rbe_grad_io io = {G, W, NULL, NULL, NULL, NULL, NULL};
+    rbe_fused_backward_avx2_body(family, RBE_GRAD_TILES, hi, t, rows, &io, alpha, beta, stats);
+}
+
+RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_backward_vec_avx2_body(int family, uint64_t hi,
+                                                                 const rbe_tables *t, int rows,
+                                                                 const float *x,
+                                                                 const float *xr,
+                                                                 const float *dy, float *dx,
+                                                                 float *scratch, float alpha,
+                                                                 float beta, double *stats)
+{
+    const int gw = 4 * t->g;
+    rbe_grad_io io = {NULL, scratch, x, xr, dy, dx, scratch};
+    for (int k = 0; k < gw; k++) scratch[k] = 0.0f;
+    rbe_fused_backward_avx2_body(family, RBE_GRAD_VECTOR, hi, t, rows, &io, alpha, beta, stats);
+    for (int k = 0; k < gw; k++) dx[k] += scratch[gw - 1 - k];
+}
+
 #endif
 
 /* ---- dispatch ------------------------------------------------------------------------ */
@@ -448,10 +539,18 @@ typedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows
                                       const float *G, float *W, float alpha, float beta,
                                       double *stats);
 
+/* dx (+)= the block's dy W and its stats, for one input vector x (grouped block slice; xr its
+ * reverse, dy the block's rows); scratch: rbe_fused_vec_scratch_floats per thread. */
+typedef void (*rbe_fused_backward_vec_fn)(uint64_t hi, const rbe_tables *t, int rows,
+                                          const float *x, const float *xr, const float *dy,
+                                          float *dx, float *scratch, float alpha, float beta,
+                                          double *stats);
+
 typedef struct {
     rbe_fused_gemv_fn gemv;
     rbe_fused_panel_fn panel;
     rbe_fused_backward_fn backward;
+    rbe_fused_backward_vec_fn backward_vec;
 } rbe_fused_ops;
 
 #define RBE_DEFINE_FUSED(SIMD, NAME, FAMILY, ATTR)                                            \
@@ -468,18 +567,23 @@ typedef struct {
                                                         int rows, const float *G, float *W,   \
                                                         float alpha, float beta,              \
                                                         double *stats)                        \
-    { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); }
+    { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); }  \
+    static ATTR void rbe_fused_backward_vec_##SIMD##_##NAME(                                  \
+        uint64_t hi, const rbe_tables *t, int rows, const float *x, const float *xr,          \
+        const float *dy, float *dx, float *scratch, float alpha, float beta, double *stats)   \
+    { rbe_fused_backward_vec_##SIMD##_body(FAMILY, hi, t, rows, x, xr, dy, dx, scratch, alpha, \
+                                           beta, stats); }
 
 RBE_FOR_EACH_VARIANT(RBE_DEFINE_FUSED)
 
 #define RBE_FUSED_OPS(SIMD, NAME)                                                              \
     {rbe_fused_gemv_##SIMD##_##NAME, rbe_fused_panel_##SIMD##_##NAME,                          \
-     rbe_fused_backward_##SIMD##_##NAME}
+     rbe_fused_backward_##SIMD##_##NAME, rbe_fused_backward_vec_##SIMD##_##NAME}
 
 /* All-NULL ops when the combination is not compiled in or out of range. */
 static rbe_fused_ops rbe_fused_select(int simd, int family)
 {
-    static const rbe_fused_ops none = {NULL, NULL, NULL};
+    static const rbe_fused_ops none = {NULL, NULL, NULL, NULL};
     static const rbe_fused_ops scalar[RBE_N_APPROX] = {
         RBE_FUSED_OPS(scalar, poly), RBE_FUSED_OPS(scalar, lut), RBE_FUSED_OPS(scalar, cordic)};
 #ifdef RBE_HAVE_X86_SIMD
