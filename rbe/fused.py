@@ -384,7 +384,8 @@ class FusedLinear:
         Xp = self._grouped(X2)
         dXp = np.empty_like(Xp)
         stats = np.empty(self._seeds.shape + (STATS["n"],), np.float64)
-        # sgemm calls per block: (h x grouped block width) times the batch
+        # sgemm calls per block (a batch; one vector needs none): (h x grouped block width)
+        # times the batch
         with _blas_guard(self.block[0] * Xp.shape[1] // self._seeds.shape[1] * X2.shape[0]):
             _core.fused_backward(*self._kernel_args(), Xp, dY2, dXp, stats,
                                  float(self._alpha), float(self._beta), **self._kernel_select())

