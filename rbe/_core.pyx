@@ -58,6 +58,7 @@ cdef extern from "rbe/dispatch.h" nogil:
     enum:
         RBE_SIMD_SCALAR
         RBE_SIMD_AVX2
+        RBE_SIMD_AVX512
         RBE_APPROX_POLY
         RBE_APPROX_LUT
         RBE_APPROX_CORDIC
@@ -68,9 +69,10 @@ cdef extern from "rbe/dispatch.h" nogil:
     void rbe_block_precise(uint64_t hi, int h, int w, double *W, double *dr, double *dth)
     int rbe_kernel_init()
 
-SIMD_PATHS = {"scalar": RBE_SIMD_SCALAR, "avx2": RBE_SIMD_AVX2}
+#: SIMD paths, best last; "avx512" is the AVX2 code with AVX-512VL's 32 vector registers.
+SIMD_PATHS = {"scalar": RBE_SIMD_SCALAR, "avx2": RBE_SIMD_AVX2, "avx512": RBE_SIMD_AVX512}
 APPROX_FAMILIES = {"poly": RBE_APPROX_POLY, "lut": RBE_APPROX_LUT, "cordic": RBE_APPROX_CORDIC}
-BEST_SIMD = "avx2" if rbe_kernel_init() == RBE_SIMD_AVX2 else "scalar"
+BEST_SIMD = {v: k for k, v in SIMD_PATHS.items()}[rbe_kernel_init()]
 # Outputs larger than this are written with non-temporal stores (they cannot stay in cache).
 DEF STREAM_BYTES = 8 << 20
 

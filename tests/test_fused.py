@@ -118,6 +118,22 @@ def test_scalar_path_matches_avx2():
             assert rel_err(a, b) <= 2e-5
 
 
+def test_avx512_path_equals_avx2_exactly():
+    if "avx512" not in kernel.simd_paths():
+        pytest.skip("this CPU has no AVX-512VL")
+    layer = make_layer(200, 130)
+    X, dY = inputs(200, 33), inputs(130, 33, seed=2)
+    results = {}
+    for simd in ("avx2", "avx512"):
+        with kernel.use_simd(simd):
+            results[simd] = [layer.forward(X), layer.forward(X[0])]
+            for x, dy in ((X, dY), (X[0], dY[0])):
+                results[simd] += [layer.backward(x, dy), *layer.grads.values(),
+                                  layer.pending_sel]
+    for a, b in zip(results["avx2"], results["avx512"]):
+        np.testing.assert_array_equal(a, b)
+
+
 # ---- gradients against finite differences (precise mode) ---------------------------------
 
 def loss(layer, X, dY):

@@ -86,6 +86,19 @@ def test_fast_within_bound_of_precise(packed, shape, approx, simd):
     assert smooth.mean() > 0.95        # few positions left out
 
 
+def test_avx512_path_equals_avx2_exactly(packed):
+    """The avx512 path is the AVX2 source compiled with 32 vector registers: same values."""
+    if "avx512" not in kernel.simd_paths():
+        pytest.skip("this CPU has no AVX-512VL")
+    for approx in kernel.APPROX_FAMILIES:
+        out = {}
+        for simd in ("avx2", "avx512"):
+            with kernel.use_simd(simd):
+                out[simd] = rbe.generate_with_grad(packed, (37, 64), approx=approx)
+        for a, b in zip(out["avx2"], out["avx512"]):
+            np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("shape", [(64, 64), (37, 64), (6, 96)])
 def test_fast_point_symmetry(shape):
     """W(h-1-i, w-1-j) == W(i, j) exactly wherever both positions' classes share a state."""

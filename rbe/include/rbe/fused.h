@@ -553,25 +553,25 @@ typedef struct {
     rbe_fused_backward_vec_fn backward_vec;
 } rbe_fused_ops;
 
-#define RBE_DEFINE_FUSED(SIMD, NAME, FAMILY, ATTR)                                            \
+#define RBE_DEFINE_FUSED(SIMD, NAME, FAMILY, ATTR, BODY)                                      \
     static ATTR void rbe_fused_gemv_##SIMD##_##NAME(const uint64_t *hi, int gc,               \
                                                     const rbe_tables *t, int rows,            \
                                                     const float *xp, const float *xpr,        \
                                                     float *y, float *acc)                     \
-    { rbe_fused_gemv_row_##SIMD##_body(FAMILY, hi, gc, t, rows, xp, xpr, y, acc); }           \
+    { rbe_fused_gemv_row_##BODY##_body(FAMILY, hi, gc, t, rows, xp, xpr, y, acc); }           \
     static ATTR void rbe_fused_panel_##SIMD##_##NAME(const uint64_t *hi, int gc,              \
                                                      const rbe_tables *t, int rows,           \
                                                      float *panel, ptrdiff_t ld)              \
-    { rbe_fused_panel_row_##SIMD##_body(FAMILY, hi, gc, t, rows, panel, ld); }                \
+    { rbe_fused_panel_row_##BODY##_body(FAMILY, hi, gc, t, rows, panel, ld); }                \
     static ATTR void rbe_fused_backward_##SIMD##_##NAME(uint64_t hi, const rbe_tables *t,     \
                                                         int rows, const float *G, float *W,   \
                                                         float alpha, float beta,              \
                                                         double *stats)                        \
-    { rbe_fused_backward_block_##SIMD##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); }  \
+    { rbe_fused_backward_block_##BODY##_body(FAMILY, hi, t, rows, G, W, alpha, beta, stats); }  \
     static ATTR void rbe_fused_backward_vec_##SIMD##_##NAME(                                  \
         uint64_t hi, const rbe_tables *t, int rows, const float *x, const float *xr,          \
         const float *dy, float *dx, float *scratch, float alpha, float beta, double *stats)   \
-    { rbe_fused_backward_vec_##SIMD##_body(FAMILY, hi, t, rows, x, xr, dy, dx, scratch, alpha, \
+    { rbe_fused_backward_vec_##BODY##_body(FAMILY, hi, t, rows, x, xr, dy, dx, scratch, alpha, \
                                            beta, stats); }
 
 RBE_FOR_EACH_VARIANT(RBE_DEFINE_FUSED)
@@ -579,23 +579,17 @@ RBE_FOR_EACH_VARIANT(RBE_DEFINE_FUSED)
 #define RBE_FUSED_OPS(SIMD, NAME)                                                              \
     {rbe_fused_gemv_##SIMD##_##NAME, rbe_fused_panel_##SIMD##_##NAME,                          \
      rbe_fused_backward_##SIMD##_##NAME, rbe_fused_backward_vec_##SIMD##_##NAME}
+#define RBE_FUSED_OPS_OF(SIMD) \
+    {RBE_FUSED_OPS(SIMD, poly), RBE_FUSED_OPS(SIMD, lut), RBE_FUSED_OPS(SIMD, cordic)}
 
 /* All-NULL ops when the combination is not compiled in or out of range. */
 static rbe_fused_ops rbe_fused_select(int simd, int family)
 {
     static const rbe_fused_ops none = {NULL, NULL, NULL, NULL};
-    static const rbe_fused_ops scalar[RBE_N_APPROX] = {
-        RBE_FUSED_OPS(scalar, poly), RBE_FUSED_OPS(scalar, lut), RBE_FUSED_OPS(scalar, cordic)};
-#ifdef RBE_HAVE_X86_SIMD
-    static const rbe_fused_ops avx2[RBE_N_APPROX] = {
-        RBE_FUSED_OPS(avx2, poly), RBE_FUSED_OPS(avx2, lut), RBE_FUSED_OPS(avx2, cordic)};
-#endif
-    if (family < 0 || family >= RBE_N_APPROX) return none;
-    if (simd == RBE_SIMD_SCALAR) return scalar[family];
-#ifdef RBE_HAVE_X86_SIMD
-    if (simd == RBE_SIMD_AVX2) return avx2[family];
-#endif
-    return none;
+    static const rbe_fused_ops table[RBE_N_SIMD][RBE_N_APPROX] = {
+        RBE_FOR_EACH_SIMD(RBE_FUSED_OPS_OF)};
+    if (simd < 0 || simd >= RBE_N_SIMD || family < 0 || family >= RBE_N_APPROX) return none;
+    return table[simd][family];
 }
 
 #endif
