@@ -99,19 +99,22 @@ def test_fast_dense_matches_precise(block):
     assert np.max(np.abs(fast.to_dense() - precise.to_dense())) <= 2e-5
 
 
+def outputs_on(simd, layer, X, dY):
+    """Forward of the batch and of its first vector, then backward of each with its
+    gradients and chosen states, on one SIMD path."""
+    with kernel.use_simd(simd):
+        out = [layer.forward(X), layer.forward(X[0])]
+        for x, dy in ((X, dY), (X[0], dY[0])):
+            out += [layer.backward(x, dy), *layer.grads.values(), layer.pending_sel]
+    return out
+
+
 def test_scalar_path_matches_avx2():
     if "avx2" not in kernel.simd_paths():
         pytest.skip("this CPU has no AVX2: only the scalar path exists")
     layer = make_layer(200, 130)
     X, dY = inputs(200, 33), inputs(130, 33, seed=2)
-    results = {}
-    for simd in ("scalar", "avx2"):
-        with kernel.use_simd(simd):
-            results[simd] = [layer.forward(X), layer.forward(X[0])]
-            for x, dy in ((X, dY), (X[0], dY[0])):
-                results[simd] += [layer.backward(x, dy), layer.grads["r"],
-                                  layer.grads["theta"], layer.pending_sel]
-    for a, b in zip(results["scalar"], results["avx2"]):
+    for a, b in zip(outputs_on("scalar", layer, X, dY), outputs_on("avx2", layer, X, dY)):
         if a.dtype == np.uint8:                         # the chosen states
             assert np.array_equal(a, b)
         else:
@@ -123,14 +126,7 @@ def test_avx512_path_equals_avx2_exactly():
         pytest.skip("this CPU has no AVX-512VL")
     layer = make_layer(200, 130)
     X, dY = inputs(200, 33), inputs(130, 33, seed=2)
-    results = {}
-    for simd in ("avx2", "avx512"):
-        with kernel.use_simd(simd):
-            results[simd] = [layer.forward(X), layer.forward(X[0])]
-            for x, dy in ((X, dY), (X[0], dY[0])):
-                results[simd] += [layer.backward(x, dy), *layer.grads.values(),
-                                  layer.pending_sel]
-    for a, b in zip(results["avx2"], results["avx512"]):
+    for a, b in zip(outputs_on("avx2", layer, X, dY), outputs_on("avx512", layer, X, dY)):
         np.testing.assert_array_equal(a, b)
 
 
