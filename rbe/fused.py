@@ -274,7 +274,9 @@ class FusedLinear:
             Z = self._forward_fast(np.ascontiguousarray(X2, np.float32))
         else:
             Z = self._forward_precise(X2.astype(np.float64, copy=False))
-        Y = self._affine(Z, X2, self.bias)
+        # the input's row sums are needed only for beta
+        row_sums = X2.sum(axis=1, dtype=np.float64) if float(self._beta) != 0.0 else None
+        Y = self._affine(Z, row_sums, self.bias)
         return Y.astype(X.dtype, copy=False).reshape(X.shape[:-1] + (self.out_features,))
 
     def backward(self, X, dY) -> np.ndarray:
@@ -301,33 +303,33 @@ class FusedLinear:
         else:
             dZ, stats = self._backward_precise(X2.astype(np.float64, copy=False),
                                                dY2.astype(np.float64, copy=False))
-        self._fill_grads(stats, X2, dY2)
-        dX = self._affine(dZ, dY2, None)
+        dY_sum = dY2.sum(axis=1, dtype=np.float64)
+        self._fill_grads(stats, dY_sum, X2.sum(axis=1, dtype=np.float64), dY2)
+        dX = self._affine(dZ, dY_sum, None)
         return dX.astype(X.dtype, copy=False).reshape(X.shape)
 
     __call__ = forward
 
-    def _affine(self, Z, A, bias):
-        """alpha Z + beta (row sums of A, broadcast over columns) + bias, in place of Z (a
-        fresh array of the kernels); the terms that alpha = 1, beta = 0, no bias make exact
-        no-ops are skipped."""
+    def _affine(self, Z, row_sums, bias):
+        """alpha Z + beta row_sums (broadcast over columns) + bias, in place of Z (a fresh
+        array of the kernels); the terms that alpha = 1, beta = 0, no bias make exact no-ops
+        are skipped (row_sums may be None when beta = 0)."""
         alpha, beta = float(self._alpha), float(self._beta)
         if alpha != 1.0:
             Z *= Z.dtype.type(alpha)
         if beta != 0.0:
-            Z += (beta * A.sum(axis=1, dtype=np.float64)).astype(Z.dtype)[:, None]
+            Z += (beta * row_sums).astype(Z.dtype)[:, None]
         if bias is not None:
             Z += bias
         return Z
 
-    def _fill_grads(self, stats, X2, dY2) -> None:
+    def _fill_grads(self, stats, dY_sum, X_sum, dY2) -> None:
         alpha = float(self._alpha)
         self.grads = {
             "r": alpha * stats[..., STATS["dr"]],
             "theta": alpha * stats[..., STATS["dtheta"]],
             "alpha": np.array(stats[..., STATS["gw"]].sum()),
-            "beta": np.array(np.dot(dY2.sum(axis=1, dtype=np.float64),
-                                    X2.sum(axis=1, dtype=np.float64))),
+            "beta": np.array(np.dot(dY_sum, X_sum)),
         }
         if self.bias is not None:
             self.grads["bias"] = dY2.sum(axis=0, dtype=np.float64)
