@@ -27,8 +27,6 @@ cdef extern from "rbe/fused.h" nogil:
         rbe_fused_backward_vec_fn backward_vec
     Py_ssize_t rbe_fused_vec_scratch_floats(const rbe_tables *t)
     rbe_fused_ops rbe_fused_select(int simd, int family)
-    int rbe_fused_choose_state(const double *cs, int state, double alpha, double tau)
-    int rbe_selector(uint64_t hi, int c)
     enum:
         RBE_FUSED_DR
         RBE_FUSED_DTH
@@ -98,36 +96,63 @@ cdef float[::1] _block_reversed(const float[::1] xp, Py_ssize_t gw):
     return xpr
 
 
+cdef void _check_block_array(const float[:, ::1] a, const uint64_t[:, ::1] hi,
+                             str name) except *:
+    if a.shape[0] != hi.shape[0] or a.shape[1] != hi.shape[1]:
+        raise ValueError(f"{name} must have the seed grid's shape "
+                         f"({hi.shape[0]}, {hi.shape[1]}), got ({a.shape[0]}, {a.shape[1]})")
+
+
+cdef inline void _scaled_row(const float *x, const float *scale, Py_ssize_t gc,
+                             Py_ssize_t gw, float *out) noexcept nogil:
+    """out = x with block column bj's slice of gw floats times scale[bj] (out may be x)."""
+    cdef Py_ssize_t bj, k
+    for bj in range(gc):
+        for k in range(bj * gw, (bj + 1) * gw):
+            out[k] = x[k] * scale[bj]
+
+
 def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
-               const float[::1] xp, float[::1] y, int simd, int family):
-    """y = W x for one grouped input vector xp; W generated block row by block row."""
+               const float[::1] xp, float[::1] y, const float[:, ::1] scale, int simd,
+               int family):
+    """y = W x for one grouped input vector xp, each block's weights times scale[bi, bj];
+    W generated block row by block row (the input is scaled per block row instead)."""
     cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
     _check_fused_grid(hi, &t, y.shape[0], xp.shape[0])
+    _check_block_array(scale, hi, "scale")
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
-    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], bi
-    cdef int threads = _fused_threads(gr, m * xp.shape[0])
-    cdef float[::1] xpr = _block_reversed(xp, 4 * t.g)
+    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], kp = xp.shape[0], bi
+    cdef Py_ssize_t gw = 4 * t.g
+    cdef int threads = _fused_threads(gr, m * kp), tid
+    cdef float[::1] xpr = _block_reversed(xp, gw)
     # per thread: 8 lanes per row, then 2g floats for the anti-transposed sums of fused.h
     cdef float[:, ::1] acc = np.empty((threads, 8 * t.h + 2 * t.g), np.float32)
+    cdef float[:, ::1] xs = np.empty((threads, 2 * kp), np.float32)
     with nogil:
         for bi in prange(gr, schedule="dynamic", num_threads=threads):
-            ops.gemv(&hi[bi, 0], <int>gc, &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h), &xp[0],
-                     &xpr[0], &y[bi * t.h], &acc[threadid(), 0])
+            tid = threadid()
+            _scaled_row(&xp[0], &scale[bi, 0], gc, gw, &xs[tid, 0])
+            _scaled_row(&xpr[0], &scale[bi, 0], gc, gw, &xs[tid, kp])
+            ops.gemv(&hi[bi, 0], <int>gc, &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h),
+                     &xs[tid, 0], &xs[tid, kp], &y[bi * t.h], &acc[tid, 0])
 
 
 def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                         const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
-                        const float[:, ::1] xp, float[:, ::1] y, int simd, int family):
-    """Y = X W^T for grouped inputs xp (batch, kp): per block row, a grouped weight panel in a
-    thread-local buffer times X by sgemm (call with BLAS limited to one thread)."""
+                        const float[:, ::1] xp, float[:, ::1] y, const float[:, ::1] scale,
+                        int simd, int family):
+    """Y = X W^T for grouped inputs xp (batch, kp), each block's weights times scale[bi, bj]:
+    per block row, a grouped weight panel in a thread-local buffer, scaled per block, times X
+    by sgemm (call with BLAS limited to one thread)."""
     cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
     _check_fused_grid(hi, &t, y.shape[1], xp.shape[1])
+    _check_block_array(scale, hi, "scale")
     if xp.shape[0] != y.shape[0] or xp.shape[0] < 1 or xp.shape[0] > _INT_MAX:
         raise ValueError(f"batch sizes differ or are out of range: {xp.shape[0]}, {y.shape[0]}")
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[1], bi
-    cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], rows, tid
+    cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], rows, tid, i
     cdef int threads = _fused_threads(gr, m * kp * <Py_ssize_t>batch)
     cdef float[:, ::1] panel = np.empty((threads, t.h * <Py_ssize_t>kp), np.float32)
     with nogil:
@@ -135,6 +160,9 @@ def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
             tid = threadid()
             rows = <int>min(<Py_ssize_t>t.h, m - bi * t.h)
             ops.panel(&hi[bi, 0], <int>gc, &t, rows, &panel[tid, 0], kp)
+            for i in range(rows):
+                _scaled_row(&panel[tid, i * kp], &scale[bi, 0], gc, 4 * t.g,
+                            &panel[tid, i * kp])
             # column-major: Y^T[rows x batch] = panel^T^T . Xp^T
             _gemm(b'T', b'N', rows, batch, kp, 1.0, &panel[tid, 0], kp, &xp[0, 0], kp, 0.0,
                   &y[0, bi * t.h], <int>m)
@@ -143,8 +171,11 @@ def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
 def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                    const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
                    const float[:, ::1] xp, const float[:, ::1] dy, float[:, ::1] dxp,
-                   double[:, :, ::1] stats, float alpha, float beta, int simd, int family):
-    """One fused pass per block: dXp = dY W (grouped) and the per-block sums of FUSED_STATS.
+                   double[:, :, ::1] stats, const float[:, ::1] scale,
+                   const float[:, ::1] offset, int simd, int family):
+    """One fused pass per block: dXp = dY W_s (grouped), W_s the weights of block (bi, bj)
+    times scale[bi, bj], and the per-block sums of FUSED_STATS (of G and the unscaled W;
+    the |G W_eff| sums with W_eff = scale W + offset).
 
     Parallel over block columns. For one input vector, G and dX are formed in the kernel;
     for a batch, G = dY^T X of the block comes from a small sgemm into a thread-local tile,
@@ -160,23 +191,30 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
         raise ValueError("dx must have the grouped width of x")
     if stats.shape[0] != gr or stats.shape[1] != gc or stats.shape[2] != RBE_FUSED_NSTATS:
         raise ValueError(f"stats must have shape ({gr}, {gc}, {RBE_FUSED_NSTATS})")
+    _check_block_array(scale, hi, "scale")
+    _check_block_array(offset, hi, "offset")
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
-    cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], gw = 4 * t.g, rows, tid
+    cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], gw = 4 * t.g, rows, tid, k
     cdef int threads = _fused_threads(gc, m * kp * <Py_ssize_t>batch)
     cdef float[::1] xpr
-    cdef float[:, ::1] scratch
+    cdef float[:, ::1] scratch, dx_block
     if batch == 1:
         xpr = _block_reversed(xp[0], gw)
         scratch = np.empty((threads, rbe_fused_vec_scratch_floats(&t)), np.float32)
+        dx_block = np.empty((threads, gw), np.float32)
         with nogil:
             for bj in prange(gc, schedule="dynamic", num_threads=threads):
                 tid = threadid()
                 dxp[0, bj * gw:(bj + 1) * gw] = 0.0
                 for bi in range(gr):
+                    # the kernel accumulates W^T dy: into a zeroed buffer, then scaled
+                    dx_block[tid, :] = 0.0
                     ops.backward_vec(hi[bi, bj], &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h),
                                      &xp[0, bj * gw], &xpr[bj * gw], &dy[0, bi * t.h],
-                                     &dxp[0, bj * gw], &scratch[tid, 0], alpha, beta,
-                                     &stats[bi, bj, 0])
+                                     &dx_block[tid, 0], &scratch[tid, 0], scale[bi, bj],
+                                     offset[bi, bj], &stats[bi, bj, 0])
+                    for k in range(gw):
+                        dxp[0, bj * gw + k] += scale[bi, bj] * dx_block[tid, k]
         return
     cdef float[:, :, ::1] tiles = np.empty((threads, 2, t.h * <Py_ssize_t>gw), np.float32)
     with nogil:
@@ -187,10 +225,11 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                 # column-major: G^T[gw x rows] = Xp_blk^T . dY_blk
                 _gemm(b'N', b'T', gw, rows, batch, 1.0, &xp[0, bj * gw], kp, &dy[0, bi * t.h],
                       <int>m, 0.0, &tiles[tid, 0, 0], gw)
-                ops.backward(hi[bi, bj], &t, rows, &tiles[tid, 0, 0], &tiles[tid, 1, 0], alpha,
-                             beta, &stats[bi, bj, 0])
-                # column-major: dXp_blk^T[gw x batch] (+)= W_blk^T . dY_blk^T
-                _gemm(b'N', b'N', gw, batch, rows, 1.0, &tiles[tid, 1, 0], gw, &dy[0, bi * t.h],
+                ops.backward(hi[bi, bj], &t, rows, &tiles[tid, 0, 0], &tiles[tid, 1, 0],
+                             scale[bi, bj], offset[bi, bj], &stats[bi, bj, 0])
+                # column-major: dXp_blk^T[gw x batch] (+)= scale W_blk^T . dY_blk^T
+                _gemm(b'N', b'N', gw, batch, rows, scale[bi, bj], &tiles[tid, 1, 0], gw,
+                      &dy[0, bi * t.h],
                       <int>m, 0.0 if bi == 0 else 1.0, &dxp[0, bj * gw], kp)
 
 
@@ -227,22 +266,3 @@ def fused_ungroup(const float[:, ::1] xp, const Py_ssize_t[::1] source, float[:,
             for k in range(source.shape[0]):
                 if source[k] >= 0:
                     x[n, source[k]] = xp[n, k]
-
-
-def fused_choose_transitions(const double[:, :, ::1] stats, const uint64_t[:, ::1] hi,
-                             double alpha, double tau, uint8_t[:, :, ::1] sel):
-    """sel[bi, bj, c]: the state of class c of block (bi, bj) after the transition rule of
-    DESIGN section 4, from the block's backward sums (fused_backward's stats)."""
-    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], bi, bj
-    cdef int c
-    if stats.shape[0] != gr or stats.shape[1] != gc or stats.shape[2] != RBE_FUSED_NSTATS:
-        raise ValueError(f"stats must have shape ({gr}, {gc}, {RBE_FUSED_NSTATS})")
-    if sel.shape[0] != gr or sel.shape[1] != gc or sel.shape[2] != 4:
-        raise ValueError(f"sel must have shape ({gr}, {gc}, 4)")
-    with nogil:
-        for bi in range(gr):
-            for bj in range(gc):
-                for c in range(4):
-                    sel[bi, bj, c] = <uint8_t>rbe_fused_choose_state(
-                        &stats[bi, bj, RBE_FUSED_CLASS + 4 * c], rbe_selector(hi[bi, bj], c),
-                        alpha, tau)

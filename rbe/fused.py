@@ -1,8 +1,14 @@
 """FusedLinear: a linear layer whose weights are generated from one seed per block.
 
-The layer stores one Packed128 seed (16 bytes) per block of its weight matrix, a per-layer
-affine ``W_eff = alpha * W + beta`` and an optional bias (DESIGN section 6). It computes and
-trains without ever storing the weight matrix (DESIGN sections 3, 4 and 7):
+The layer stores one Packed128 seed (16 bytes) per block of its weight matrix, optionally a
+float32 signed scale per block, a per-layer affine (alpha, beta) and an optional bias. Block
+(bi, bj) of the effective weight matrix is::
+
+    W_eff = alpha * s[bi, bj] * (W - c * mean(W)) + beta
+
+with W the generated block, s its scale (1 without block scales) and c = 1 when the layer
+centres its blocks (docs/fused.md, "Parameterisation"). It computes and trains without ever
+storing the weight matrix:
 
 - ``mode="fast"``: the C kernels of ``rbe/include/rbe/fused.h``. A matrix-vector product
   generates each weight group and dots it with the input in registers; a batch generates one
@@ -10,17 +16,24 @@ trains without ever storing the weight matrix (DESIGN sections 3, 4 and 7):
   Inputs are permuted once into the kernels' class-grouped column order, so no weight is moved.
 - ``mode="precise"``: float64 with libm, one block row at a time in NumPy; the oracle.
 
-Training follows DESIGN section 4: ``backward`` computes dX, the gradients of r, theta, alpha,
-beta and bias, and for every block and position class the linearised loss change of moving the
-class to its two candidate states; the best candidate is kept in :attr:`FusedLinear.pending_sel`
-when it lowers the loss by more than ``tau`` times the class's share of sum |G W_eff|, and
-applied by :meth:`FusedLinear.after_step` (called by the optimisers of :mod:`rbe.optim`).
+The kernels compute with the generated W, each block times its scale; the centring and beta
+terms are per-block offsets, added from the inputs' block sums. The block means (and the means
+of dW/dr, dW/dtheta) are derived from the seeds and cached until ``hi`` changes.
+
+Training: ``backward`` computes dX and the gradients of the trained parameters, and adds to
+:attr:`FusedLinear.transition_stats` the linearised loss change of moving each position class
+to its two candidate states. Every ``transition_every`` optimiser steps,
+:meth:`FusedLinear.after_step` moves the classes whose accumulated change is below
+``-tau`` times their accumulated sum |G W_eff|, at most ``max_moves`` of all classes (those with
+the largest relative gain), and, given a loss function, keeps the moves only if the loss does
+not increase.
 """
 from __future__ import annotations
 
 import contextlib
 import math
 import threading
+from typing import Callable, NamedTuple
 
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -30,6 +43,13 @@ from ._checks import layer_input, positive_int
 from . import seeds as seeds_mod
 
 STATS = _core.FUSED_STATS
+#: Defaults of the transition rule (measured in docs/fused.md, "State transitions").
+TAU, TRANSITION_EVERY, MAX_MOVES = 0.3, 100, 0.02
+# transition_stats[..., c, k]: k = 0, 1 the linearised loss change of the pos / neg candidate
+# (before the centring term), 2 sum |G W_eff|, 3 sum G over the block times its scale
+_GAIN_POS, _GAIN_NEG, _ABS, _GSUM = range(4)
+# weights generated at once for the per-block sums (bounds their temporary memory)
+_CHUNK_WEIGHTS = 1 << 20
 #: The seed's derivative map and its inverse (DESIGN section 4), indexed by state.
 POS_STATE = np.array([1, 0, 3, 2, 5, 6, 7, 4], dtype=np.uint8)
 NEG_STATE = np.array([7, 6, 5, 4, 3, 2, 1, 0], dtype=np.uint8)
@@ -93,6 +113,11 @@ def with_states(hi: np.ndarray, sel: np.ndarray) -> np.ndarray:
     return (hi & ~_SEL_MASK) | bits
 
 
+def _f32(a: np.ndarray) -> np.ndarray:
+    """A per-block array as the kernels take it."""
+    return np.ascontiguousarray(a, np.float32)
+
+
 def _padded(A: np.ndarray, width: int) -> np.ndarray:
     """A with zero columns appended up to ``width``."""
     return np.pad(A, ((0, 0), (0, width - A.shape[1])))
@@ -103,9 +128,19 @@ def _block_row(blocks: np.ndarray) -> np.ndarray:
     return blocks.transpose(1, 0, 2).reshape(blocks.shape[1], -1)
 
 
+class _BlockMoments(NamedTuple):
+    """Per-block sums over a layer's valid positions, derived from the seeds."""
+
+    count: np.ndarray      #: positions of each block inside the layer
+    mean: np.ndarray       #: mean W
+    mean_sq: np.ndarray    #: mean W^2
+    mean_dr: np.ndarray    #: mean dW/dr
+    mean_dth: np.ndarray   #: mean dW/dtheta
+
+
 class FusedLinear:
-    """Linear layer ``y = x W_eff^T + bias`` with ``W_eff = alpha W + beta`` and W generated
-    from one Packed128 seed per block.
+    """Linear layer ``y = x W_eff^T + bias`` whose weights are generated from one Packed128
+    seed per block.
 
     Parameters
     ----------
@@ -119,38 +154,47 @@ class FusedLinear:
     seed : int or numpy Generator, optional
         Random initialisation: r ~ U[0.2, 0.9), theta ~ U[-0.1, 0.4) (so that every block
         starts with weights and gradients that are not clamped to zero), uniform states and
-        detail; alpha = 1, beta = 0.
+        detail, block scales of random sign; alpha and beta then give W_eff mean 0 and
+        variance 1 / in_features.
     mode : {"fast", "precise"}
+    center : bool
+        Subtract each block's mean weight (derived from its seed, nothing stored): a block's
+        weights then have mean 0 whatever r, theta and the states are.
+    block_scale : bool
+        Give each block a trained signed float32 scale (4 bytes per block).
     tau : float
-        Threshold of the state transitions (DESIGN section 4), >= 0.
+        Threshold of the state transitions, >= 0 (relative to the class's sum |G W_eff|).
+    transition_every : int
+        Optimiser steps between transition decisions; 0 turns transitions off.
+    max_moves : float
+        Largest fraction of all position classes moved by one decision, in (0, 1].
+
+    With ``center`` or ``block_scale``, alpha and beta are fixed by the initialisation and not
+    trained (a per-layer offset moves every weight at once and can silence a whole layer);
+    without both (the original parameterisation, and files written before it) they are
+    trained.
 
     Attributes
     ----------
     seeds : ndarray of rbe.seeds.DTYPE, shape (block rows, block columns)
         Writable; ``hi`` is what the layer computes with, ``lo`` holds the r and theta master
         copies that the optimisers update.
+    scale : ndarray of float32 shaped like ``seeds``, or None
+        The block scales.
     grads : dict
-        Filled (overwritten) by :meth:`backward`: ``"r"`` and ``"theta"`` shaped like ``seeds``,
-        ``"alpha"``, ``"beta"`` (0-d) and ``"bias"``.
-    pending_sel : ndarray of uint8, shape seeds.shape + (4,), or None
-        State of every position class after the transitions chosen by the last
-        :meth:`backward`; applied by :meth:`after_step`.
+        Filled (overwritten) by :meth:`backward`, one entry per trained parameter.
+    transition_stats : ndarray of float64, shape seeds.shape + (4, 4), or None
+        Sums over the backward passes since the last transition decision (they add up across
+        micro-batches and across processes).
     """
 
     def __init__(self, in_features: int, out_features: int, block=(64, 64), bias: bool = True,
-                 seed=None, mode: str = "fast", tau: float = 0.01):
-        self.in_features = positive_int("in_features", in_features)
-        self.out_features = positive_int("out_features", out_features)
-        self.block = kernel.check_block_shape(block)
-        if self.block[0] > self.out_features or self.block[1] > self.in_features:
-            raise ValueError(f"block {self.block} is larger than the layer "
-                             f"({self.out_features} x {self.in_features})")
-        if mode not in kernel.MODES:
-            raise ValueError(f"unknown mode {mode!r}; choose from {kernel.MODES}")
-        if not (np.isfinite(tau) and tau >= 0):
-            raise ValueError(f"tau must be a finite number >= 0, got {tau}")
-        self.mode, self.tau = mode, float(tau)
-        grid = (-(-self.out_features // self.block[0]), -(-self.in_features // self.block[1]))
+                 seed=None, mode: str = "fast", center: bool = True, block_scale: bool = True,
+                 tau: float = TAU, transition_every: int = TRANSITION_EVERY,
+                 max_moves: float = MAX_MOVES):
+        self._configure(in_features, out_features, block, mode, center, block_scale, tau,
+                        transition_every, max_moves)
+        grid = self.grid
         rng = np.random.default_rng(seed)
         self._seeds = seeds_mod.pack(
             rng.uniform(0.2, 0.9, grid), rng.uniform(-0.1, 0.4, grid),
@@ -160,12 +204,56 @@ class FusedLinear:
         # float 2 of a seed is theta and float 3 is r on any host).
         masters = self._seeds.view("<f4").reshape(grid + (4,))
         self._r, self._theta = masters[..., 3], masters[..., 2]
+        self._scale = (rng.choice(np.array([-1.0, 1.0], np.float32), grid)
+                       if block_scale else None)
         self._alpha = np.ones((), np.float32)
         self._beta = np.zeros((), np.float32)
         self.bias = np.zeros(self.out_features, np.float32) if bias else None
+        self._standardise()
+
+    def _configure(self, in_features, out_features, block, mode, center, block_scale, tau,
+                   transition_every, max_moves) -> None:
+        """Check and set everything but the parameters."""
+        self.in_features = positive_int("in_features", in_features)
+        self.out_features = positive_int("out_features", out_features)
+        self.block = kernel.check_block_shape(block)
+        if self.block[0] > self.out_features or self.block[1] > self.in_features:
+            raise ValueError(f"block {self.block} is larger than the layer "
+                             f"({self.out_features} x {self.in_features})")
+        if mode not in kernel.MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose from {kernel.MODES}")
+        for name, flag in (("center", center), ("block_scale", block_scale)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        if not (isinstance(tau, (int, float, np.number)) and math.isfinite(tau) and tau >= 0):
+            raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")
+        if transition_every != 0:
+            positive_int("transition_every", transition_every)
+        if not (isinstance(max_moves, (int, float, np.number)) and 0 < max_moves <= 1):
+            raise ValueError(f"max_moves must be a number in (0, 1], got {max_moves!r}")
+        self.mode, self.tau = mode, float(tau)
+        self.center, self.block_scale = bool(center), bool(block_scale)
+        self.transition_every, self.max_moves = int(transition_every), float(max_moves)
+        self.grid = (-(-self.out_features // self.block[0]), -(-self.in_features // self.block[1]))
         self.grads: dict = {}
-        self.pending_sel = None
+        self.transition_stats = None
+        self._steps = 0
+        self._moments_cache = (None, None)
         self._build_permutation()
+
+    def _standardise(self) -> None:
+        """alpha and beta giving W_eff mean 0 and variance 1 / in_features."""
+        m = self._moments()
+        s = self._signs()
+        c = float(self.center)
+        # per block: sum and sum of squares of s (W - c mean)
+        total = np.sum(m.count * s * (1 - c) * m.mean)
+        squares = np.sum(m.count * s * s * (m.mean_sq - c * (2 - c) * m.mean ** 2))
+        n = m.count.sum()
+        var = max(squares / n - (total / n) ** 2, 1e-12)
+        alpha = 1.0 / math.sqrt(self.in_features * var)
+        self._alpha[...] = alpha
+        self._beta[...] = -alpha * total / n
 
     # ---- parameters ------------------------------------------------------------------------
 
@@ -180,7 +268,11 @@ class FusedLinear:
             raise ValueError(f"seeds must be an array of rbe.seeds.DTYPE with shape "
                              f"{self._seeds.shape}, got {value.dtype} {value.shape}")
         self._seeds[...] = value
-        self.pending_sel = None
+        self.transition_stats = None
+
+    @property
+    def scale(self):
+        return self._scale
 
     @property
     def alpha(self) -> np.ndarray:
@@ -198,53 +290,92 @@ class FusedLinear:
     def beta(self, value) -> None:
         self._beta[...] = value
 
+    @property
+    def trains_affine(self) -> bool:
+        """Whether alpha and beta are trained (only in the original parameterisation)."""
+        return not (self.center or self.block_scale)
+
     def parameters(self) -> dict:
-        """Arrays the optimisers update in place: r and theta masters, alpha, beta, bias."""
-        params = {"r": self._r, "theta": self._theta, "alpha": self._alpha, "beta": self._beta}
+        """Arrays the optimisers update in place: the r and theta masters, the block scales,
+        alpha and beta when they are trained, and the bias."""
+        params = {"r": self._r, "theta": self._theta}
+        if self._scale is not None:
+            params["scale"] = self._scale
+        if self.trains_affine:
+            params["alpha"], params["beta"] = self._alpha, self._beta
         if self.bias is not None:
             params["bias"] = self.bias
         return params
 
-    def after_step(self) -> None:
-        """Apply the pending state transitions and re-derive ``hi`` from the masters."""
+    def after_step(self, loss: Callable[[], float] | None = None) -> None:
+        """Re-derive ``hi`` from the masters and, every ``transition_every`` calls, apply the
+        state transitions chosen from :attr:`transition_stats`.
+
+        Parameters
+        ----------
+        loss : callable returning the loss (a float) on a batch, optional
+            The exact check: the transitions are kept only if they do not increase it.
+        """
         self._check_parameters(masters=True)
-        if self.pending_sel is not None:
-            self._seeds["hi"] = with_states(self._seeds["hi"], self.pending_sel)
-            self.pending_sel = None
         seeds_mod.requantize(self._seeds)
+        self._steps += 1
+        if self.transition_every and self._steps % self.transition_every == 0 \
+                and self.transition_stats is not None:
+            self._transition(loss)
 
     def _state(self) -> tuple[dict, dict]:
         """Config and arrays for rbe.save (seeds as their two uint64 words)."""
         config = {"in_features": self.in_features, "out_features": self.out_features,
-                  "block": list(self.block), "mode": self.mode, "tau": self.tau}
+                  "block": list(self.block), "mode": self.mode, "tau": self.tau,
+                  "center": self.center, "block_scale": self.block_scale,
+                  "transition_every": self.transition_every, "max_moves": self.max_moves}
         arrays = {"hi": self._seeds["hi"], "lo": self._seeds["lo"],
                   "alpha": self._alpha, "beta": self._beta}
+        if self._scale is not None:
+            arrays["scale"] = self._scale
         if self.bias is not None:
             arrays["bias"] = self.bias
         return config, arrays
 
     @classmethod
     def _from_state(cls, config: dict, arrays: dict) -> "FusedLinear":
-        """Inverse of ``_state``; validates like the constructor and the setters."""
-        layer = cls(config["in_features"], config["out_features"], tuple(config["block"]),
-                    bias="bias" in arrays, mode=config["mode"], tau=config["tau"])
-        if arrays["hi"].shape != layer.seeds.shape or arrays["lo"].shape != layer.seeds.shape:
-            raise ValueError(f"seed words of shape {arrays['hi'].shape} do not fit the "
-                             f"{layer.seeds.shape} block grid")
-        seeds = np.empty(layer.seeds.shape, seeds_mod.DTYPE)
-        seeds["hi"], seeds["lo"] = arrays["hi"], arrays["lo"]
-        layer.seeds = seeds
-        layer.alpha, layer.beta = arrays["alpha"], arrays["beta"]
-        if layer.bias is not None:
-            layer.bias[...] = arrays["bias"]
+        """Inverse of ``_state``; validates like the constructor and the setters. Files
+        written before block scales and centring (no such keys) load as the original
+        parameterisation."""
+        layer = cls.__new__(cls)
+        layer._configure(config["in_features"], config["out_features"], tuple(config["block"]),
+                         config["mode"], config.get("center", False),
+                         config.get("block_scale", False), config["tau"],
+                         config.get("transition_every", TRANSITION_EVERY),
+                         config.get("max_moves", MAX_MOVES))
+        expected = {"hi", "lo", "alpha", "beta"} | ({"scale"} if layer.block_scale else set())
+        if not expected <= set(arrays):
+            raise ValueError(f"missing arrays {sorted(expected - set(arrays))}")
+        for name in ("hi", "lo") + (("scale",) if layer.block_scale else ()):
+            if arrays[name].shape != layer.grid:
+                raise ValueError(f"{name} of shape {arrays[name].shape} does not fit the "
+                                 f"{layer.grid} block grid")
+        layer._seeds = np.empty(layer.grid, seeds_mod.DTYPE)
+        layer._seeds["hi"], layer._seeds["lo"] = arrays["hi"], arrays["lo"]
+        masters = layer._seeds.view("<f4").reshape(layer.grid + (4,))
+        layer._r, layer._theta = masters[..., 3], masters[..., 2]
+        layer._scale = (np.array(arrays["scale"], np.float32) if layer.block_scale else None)
+        layer._alpha = np.array(arrays["alpha"], np.float32).reshape(())
+        layer._beta = np.array(arrays["beta"], np.float32).reshape(())
+        layer.bias = None
+        if "bias" in arrays:
+            layer.bias = np.array(arrays["bias"], np.float32)
+            if layer.bias.shape != (layer.out_features,):
+                raise ValueError(f"bias of shape {layer.bias.shape}, expected "
+                                 f"({layer.out_features},)")
         layer._check_parameters(masters=True)
         return layer
 
     @property
     def nbytes(self) -> int:
-        """Bytes stored: seeds, alpha, beta and bias."""
-        bias = self.bias.nbytes if self.bias is not None else 0
-        return self._seeds.nbytes + self._alpha.nbytes + self._beta.nbytes + bias
+        """Bytes stored: seeds, block scales, alpha, beta and bias."""
+        return self._seeds.nbytes + sum(a.nbytes for a in (self._scale, self._alpha, self._beta,
+                                                           self.bias) if a is not None)
 
     @property
     def compression_ratio(self) -> float:
@@ -253,12 +384,78 @@ class FusedLinear:
         return (4 * self.out_features * self.in_features + bias) / self.nbytes
 
     def to_dense(self) -> np.ndarray:
-        """W_eff = alpha W + beta, (out_features, in_features): float32 (fast) or float64."""
+        """W_eff, (out_features, in_features): float32 (fast) or float64 (precise)."""
         h, w = self.block
         blocks = kernel.generate(self._seeds, self.block, self.mode)
-        dense = blocks.transpose(0, 2, 1, 3).reshape(blocks.shape[0] * h, blocks.shape[1] * w)
-        dense = dense[:self.out_features, :self.in_features]
-        return (dense * dense.dtype.type(self._alpha) + dense.dtype.type(self._beta))
+        blocks = blocks * blocks.dtype.type(1)      # a writable copy in the output dtype
+        blocks *= self._block_factor().astype(blocks.dtype)[..., None, None]
+        blocks += self._block_offset().astype(blocks.dtype)[..., None, None]
+        dense = blocks.transpose(0, 2, 1, 3).reshape(self.grid[0] * h, self.grid[1] * w)
+        return np.ascontiguousarray(dense[:self.out_features, :self.in_features])
+
+    # ---- the effective weights' per-block terms ----------------------------------------------
+
+    def _signs(self) -> np.ndarray:
+        """s: the block scales, or ones (float64)."""
+        return self._scale.astype(np.float64) if self._scale is not None else np.ones(self.grid)
+
+    def _block_factor(self) -> np.ndarray:
+        """alpha s per block (float64): what the kernels multiply W by."""
+        return self._signs() * float(self._alpha)
+
+    def _block_offset(self) -> np.ndarray:
+        """beta - c alpha s mean(W) per block (float64): the constant part of W_eff."""
+        offset = np.full(self.grid, float(self._beta))
+        if self.center:
+            offset -= float(self._alpha) * self._signs() * self._moments().mean
+        return offset
+
+    def _moments(self) -> _BlockMoments:
+        """The per-block means of W, W^2, dW/dr, dW/dtheta over valid positions, for the
+        current ``hi`` (recomputed only when it changes)."""
+        key, moments = self._moments_cache
+        hi = self._seeds["hi"]
+        if key is not None and np.array_equal(key, hi):
+            return moments
+        rows, cols = self._valid_masks()
+        count = rows.sum(1)[:, None] * cols.sum(1)[None, :]
+        sums = np.empty((4,) + self.grid)
+        for chunk in self._row_chunks():
+            W, dr, dth = kernel.generate_with_grad(self._seeds[chunk], self.block, self.mode)
+            for k, a in enumerate((W, W * W, dr, dth)):
+                sums[k, chunk] = np.einsum("bkij,bi,kj->bk", a, rows[chunk], cols)
+        moments = _BlockMoments(count, *(sums / count))
+        self._moments_cache = (hi.copy(), moments)
+        return moments
+
+    def _row_chunks(self):
+        """Slices of block rows whose weights, generated at once, stay small."""
+        step = max(1, _CHUNK_WEIGHTS // (self.grid[1] * self.block[0] * self.block[1]))
+        return [slice(i, i + step) for i in range(0, self.grid[0], step)]
+
+    def _valid_masks(self) -> tuple[np.ndarray, np.ndarray]:
+        """Which rows of each block row and columns of each block column are in the layer:
+        (grid rows, h) and (grid columns, w) float64 masks."""
+        h, w = self.block
+        rows = (np.arange(self.grid[0])[:, None] * h + np.arange(h)) < self.out_features
+        cols = (np.arange(self.grid[1])[:, None] * w + np.arange(w)) < self.in_features
+        return rows.astype(np.float64), cols.astype(np.float64)
+
+    def _class_sums(self, seeds: np.ndarray) -> np.ndarray:
+        """Sum of W over the valid positions of each position class: grid + (4,)."""
+        h, w = self.block
+        i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        classes = (((j - i) % 4)[None] == np.arange(4)[:, None, None]).astype(np.float64)
+        rows, cols = self._valid_masks()
+        out = np.empty(self.grid + (4,))
+        for chunk in self._row_chunks():
+            W = kernel.generate(seeds[chunk], self.block, self.mode)
+            out[chunk] = np.einsum("bkij,cij,bi,kj->bkc", W, classes, rows[chunk], cols)
+        return out
+
+    def _block_sums(self, A: np.ndarray, axis_size: int, width: int) -> np.ndarray:
+        """Sums of A's columns over each block of ``width`` (the last block may be short)."""
+        return np.add.reduceat(A, np.arange(0, axis_size, width), axis=1, dtype=np.float64)
 
     # ---- forward and backward --------------------------------------------------------------
 
@@ -270,17 +467,22 @@ class FusedLinear:
         X = layer_input("X", X, self.in_features)
         self._check_parameters()
         X2 = X.reshape(-1, self.in_features)
+        factor = self._block_factor()
         if self.mode == "fast":
-            Z = self._forward_fast(np.ascontiguousarray(X2, np.float32))
+            Z = self._forward_fast(np.ascontiguousarray(X2, np.float32), factor)
         else:
-            Z = self._forward_precise(X2.astype(np.float64, copy=False))
-        # the input's row sums are needed only for beta
-        row_sums = X2.sum(axis=1, dtype=np.float64) if float(self._beta) != 0.0 else None
-        Y = self._affine(Z, row_sums, self.bias)
-        return Y.astype(X.dtype, copy=False).reshape(X.shape[:-1] + (self.out_features,))
+            Z = self._forward_precise(X2.astype(np.float64, copy=False), factor)
+        offset = self._block_offset()
+        if offset.any():
+            Xs = self._block_sums(X2, self.in_features, self.block[1])
+            Z += np.repeat(Xs @ offset.T, self.block[0], axis=1)[:, :self.out_features] \
+                .astype(Z.dtype)
+        if self.bias is not None:
+            Z += self.bias
+        return Z.astype(X.dtype, copy=False).reshape(X.shape[:-1] + (self.out_features,))
 
     def backward(self, X, dY) -> np.ndarray:
-        """dX = dY W_eff; fills :attr:`grads` and chooses the state transitions.
+        """dX = dY W_eff; fills :attr:`grads` and adds to :attr:`transition_stats`.
 
         Parameters
         ----------
@@ -297,51 +499,105 @@ class FusedLinear:
             raise ValueError(f"X {X.shape} and dY {dY.shape} have different batch shapes")
         self._check_parameters()
         X2, dY2 = X.reshape(-1, self.in_features), dY.reshape(-1, self.out_features)
+        factor, offset = self._block_factor(), self._block_offset()
         if self.mode == "fast":
             dZ, stats = self._backward_fast(np.ascontiguousarray(X2, np.float32),
-                                            np.ascontiguousarray(dY2, np.float32))
+                                            np.ascontiguousarray(dY2, np.float32),
+                                            factor, offset)
         else:
             dZ, stats = self._backward_precise(X2.astype(np.float64, copy=False),
-                                               dY2.astype(np.float64, copy=False))
-        dY_sum = dY2.sum(axis=1, dtype=np.float64)
-        self._fill_grads(stats, dY_sum, X2.sum(axis=1, dtype=np.float64), dY2)
-        dX = self._affine(dZ, dY_sum, None)
-        return dX.astype(X.dtype, copy=False).reshape(X.shape)
+                                               dY2.astype(np.float64, copy=False),
+                                               factor, offset)
+        Xs = self._block_sums(X2, self.in_features, self.block[1])
+        dYs = self._block_sums(dY2, self.out_features, self.block[0])
+        if offset.any():
+            dZ += np.repeat(dYs @ offset, self.block[1], axis=1)[:, :self.in_features] \
+                .astype(dZ.dtype)
+        self._fill_grads(stats, dYs.T @ Xs, dY2)
+        return dZ.astype(X.dtype, copy=False).reshape(X.shape)
 
     __call__ = forward
 
-    def _affine(self, Z, row_sums, bias):
-        """alpha Z + beta row_sums (broadcast over columns) + bias, in place of Z (a fresh
-        array of the kernels); the terms that alpha = 1, beta = 0, no bias make exact no-ops
-        are skipped (row_sums may be None when beta = 0)."""
-        alpha, beta = float(self._alpha), float(self._beta)
-        if alpha != 1.0:
-            Z *= Z.dtype.type(alpha)
-        if beta != 0.0:
-            Z += (beta * row_sums).astype(Z.dtype)[:, None]
-        if bias is not None:
-            Z += bias
-        return Z
-
-    def _fill_grads(self, stats, dY_sum, X_sum, dY2) -> None:
-        alpha = float(self._alpha)
+    def _fill_grads(self, stats, gsum, dY2) -> None:
+        """Gradients from the kernels' sums of G = dY^T X and gsum, G summed per block."""
+        m = self._moments()
+        c = float(self.center)
+        factor = self._block_factor()
+        # dW_eff/dp = alpha s (dW/dp - c mean(dW/dp)) for p = r, theta, and
+        # dL/d(alpha s) = sum G (W - c mean W)
+        g_scaled = stats[..., STATS["gw"]] - c * m.mean * gsum
         self.grads = {
-            "r": alpha * stats[..., STATS["dr"]],
-            "theta": alpha * stats[..., STATS["dtheta"]],
-            "alpha": np.array(stats[..., STATS["gw"]].sum()),
-            "beta": np.array(np.dot(dY_sum, X_sum)),
+            "r": factor * (stats[..., STATS["dr"]] - c * m.mean_dr * gsum),
+            "theta": factor * (stats[..., STATS["dtheta"]] - c * m.mean_dth * gsum),
         }
+        if self._scale is not None:
+            self.grads["scale"] = float(self._alpha) * g_scaled
+        if self.trains_affine:
+            self.grads["alpha"] = np.array((self._signs() * g_scaled).sum())
+            self.grads["beta"] = np.array(gsum.sum())
         if self.bias is not None:
             self.grads["bias"] = dY2.sum(axis=0, dtype=np.float64)
-        self.pending_sel = self._choose_transitions(stats)
+        if self.transition_every:
+            self._add_transition_stats(stats, factor, gsum)
 
-    def _choose_transitions(self, stats) -> np.ndarray:
-        """New state per class: the candidate with the lowest linearised loss change dL, kept
-        when dL < -tau * sum |G W_eff| over the class (DESIGN section 4)."""
-        sel = np.empty(self._seeds.shape + (seeds_mod.N_CLASSES,), np.uint8)
-        _core.fused_choose_transitions(np.ascontiguousarray(stats), self._hi(),
-                                       float(self._alpha), self.tau, sel)
-        return sel
+    # ---- state transitions -----------------------------------------------------------------
+
+    def _add_transition_stats(self, stats, factor, gsum) -> None:
+        classes = stats[..., STATS["class"]:].reshape(self.grid + (4, 4))
+        add = np.empty(self.grid + (4, 4))
+        add[..., _GAIN_POS] = factor[..., None] * classes[..., STATS["pos"]]
+        add[..., _GAIN_NEG] = factor[..., None] * classes[..., STATS["neg"]]
+        add[..., _ABS] = classes[..., STATS["abs"]]
+        add[..., _GSUM] = (factor * gsum)[..., None]
+        if self.transition_stats is None:
+            self.transition_stats = add
+        else:
+            self.transition_stats += add
+
+    def candidate_states(self) -> tuple[np.ndarray, np.ndarray]:
+        """The states the accumulated :attr:`transition_stats` choose, and which classes move.
+
+        Each class's candidate is the one of its two (the seed's derivative map and its
+        inverse) with the lower linearised loss change dL, including the shift of the block's
+        mean when the layer centres its blocks. A class moves when dL < -tau sum |G W_eff|;
+        if more than ``max_moves`` of all classes qualify, those with the most negative
+        dL / sum |G W_eff| move (ties: lower flat index).
+        """
+        stats = self.transition_stats
+        sel = states_of(self._seeds["hi"])
+        candidates = np.stack([POS_STATE[sel], NEG_STATE[sel]], axis=-1)
+        gain = stats[..., [_GAIN_POS, _GAIN_NEG]].copy()
+        if self.center:
+            current = self._class_sums(self._seeds)
+            count = self._moments().count[..., None, None]
+            for k in range(2):
+                moved = self._seeds.copy()
+                moved["hi"] = with_states(moved["hi"], candidates[..., k])
+                shift = (self._class_sums(moved) - current) / count[..., 0]
+                gain[..., k] -= shift * stats[..., _GSUM]
+        best = gain.argmin(axis=-1)
+        delta = np.take_along_axis(gain, best[..., None], axis=-1)[..., 0]
+        relative = delta / np.maximum(stats[..., _ABS], 1e-300)
+        moves = delta < -self.tau * stats[..., _ABS]
+        limit = max(1, int(self.max_moves * moves.size))
+        if moves.sum() > limit:
+            order = np.argsort(np.where(moves, relative, np.inf), axis=None, kind="stable")
+            moves = np.zeros(moves.size, bool)
+            moves[order[:limit]] = True
+            moves = moves.reshape(sel.shape)
+        new = np.take_along_axis(candidates, best[..., None], axis=-1)[..., 0]
+        return np.where(moves, new, sel).astype(np.uint8), moves
+
+    def _transition(self, loss) -> None:
+        new, moves = self.candidate_states()
+        self.transition_stats = None
+        if not moves.any():
+            return
+        before_hi = self._seeds["hi"].copy()
+        before = loss() if loss is not None else None
+        self._seeds["hi"] = with_states(before_hi, new)
+        if loss is not None and not loss() <= before:
+            self._seeds["hi"] = before_hi
 
     # ---- fast mode -------------------------------------------------------------------------
 
@@ -350,7 +606,7 @@ class FusedLinear:
         column bj*w + 4q + p (fused.h); padding lanes and columns past the layer hold -1."""
         w = self.block[1]
         g = kernel.shape_tables(self.block).rho.shape[2]
-        grid_cols = self._seeds.shape[1]
+        grid_cols = self.grid[1]
         bj, p, q = np.meshgrid(np.arange(grid_cols), np.arange(4), np.arange(g), indexing="ij")
         column = (bj * w + 4 * q + p).reshape(-1)
         valid = (((4 * q + p) < w).reshape(-1)) & (column < self.in_features)
@@ -371,52 +627,55 @@ class FusedLinear:
         return {"simd": _core.SIMD_PATHS[kernel.current_simd()],
                 "family": _core.APPROX_FAMILIES[kernel.default_approx()]}
 
-    def _forward_fast(self, X2: np.ndarray) -> np.ndarray:
+    def _forward_fast(self, X2: np.ndarray, factor: np.ndarray) -> np.ndarray:
         Xp = self._grouped(X2)
         Y = np.empty((X2.shape[0], self.out_features), np.float32)
         if X2.shape[0] == 1:
-            _core.fused_gemv(*self._kernel_args(), Xp[0], Y[0], **self._kernel_select())
+            _core.fused_gemv(*self._kernel_args(), Xp[0], Y[0], _f32(factor),
+                             **self._kernel_select())
         else:
             # one sgemm per block row: (h x grouped width) times the batch
             with _blas_guard(self.block[0] * Xp.shape[1] * X2.shape[0]):
-                _core.fused_forward_batch(*self._kernel_args(), Xp, Y, **self._kernel_select())
+                _core.fused_forward_batch(*self._kernel_args(), Xp, Y, _f32(factor),
+                                          **self._kernel_select())
         return Y
 
-    def _backward_fast(self, X2: np.ndarray, dY2: np.ndarray):
+    def _backward_fast(self, X2: np.ndarray, dY2: np.ndarray, factor, offset):
         Xp = self._grouped(X2)
         dXp = np.empty_like(Xp)
-        stats = np.empty(self._seeds.shape + (STATS["n"],), np.float64)
+        stats = np.empty(self.grid + (STATS["n"],), np.float64)
         # sgemm calls per block (a batch; one vector needs none): (h x grouped block width)
         # times the batch
-        with _blas_guard(self.block[0] * Xp.shape[1] // self._seeds.shape[1] * X2.shape[0]):
-            _core.fused_backward(*self._kernel_args(), Xp, dY2, dXp, stats,
-                                 float(self._alpha), float(self._beta), **self._kernel_select())
+        with _blas_guard(self.block[0] * Xp.shape[1] // self.grid[1] * X2.shape[0]):
+            _core.fused_backward(*self._kernel_args(), Xp, dY2, dXp, stats, _f32(factor),
+                                 _f32(offset), **self._kernel_select())
         dZ = np.empty(X2.shape, np.float32)
         _core.fused_ungroup(dXp, self._source, dZ)
         return dZ, stats
 
     # ---- precise mode (float64, one block row at a time) -------------------------------------
 
-    def _forward_precise(self, X2: np.ndarray) -> np.ndarray:
+    def _forward_precise(self, X2: np.ndarray, factor) -> np.ndarray:
         h, w = self.block
-        Xpad = _padded(X2, self._seeds.shape[1] * w)
+        Xpad = _padded(X2, self.grid[1] * w)
         Z = np.empty((X2.shape[0], self.out_features))
-        for bi in range(self._seeds.shape[0]):
+        for bi in range(self.grid[0]):
             n = min(h, self.out_features - bi * h)
-            W = _block_row(kernel.generate(self._seeds[bi], self.block, "precise"))
+            W = _block_row(kernel.generate(self._seeds[bi], self.block, "precise")
+                           * factor[bi][:, None, None])
             Z[:, bi * h:bi * h + n] = Xpad @ W[:n].T
         return Z
 
-    def _backward_precise(self, X2: np.ndarray, dY2: np.ndarray):
+    def _backward_precise(self, X2: np.ndarray, dY2: np.ndarray, factor, offset):
         h, w = self.block
-        grid_rows, grid_cols = self._seeds.shape
+        grid_rows, grid_cols = self.grid
         Xpad = _padded(X2, grid_cols * w)
         sel = states_of(self._seeds["hi"])
         candidates = [self._seeds.copy(), self._seeds.copy()]
         for cand, states in zip(candidates, (POS_STATE[sel], NEG_STATE[sel])):
             cand["hi"] = with_states(cand["hi"], states)
         dZ = np.zeros((X2.shape[0], grid_cols * w))
-        stats = np.zeros(self._seeds.shape + (STATS["n"],))
+        stats = np.zeros(self.grid + (STATS["n"],))
         for bi in range(grid_rows):
             n = min(h, self.out_features - bi * h)
             dYb = dY2[:, bi * h:bi * h + n]
@@ -425,31 +684,33 @@ class FusedLinear:
                 self._seeds[bi], self.block, "precise"))
             moved = [kernel.generate(c[bi], self.block, "precise")[:, :n] - W
                      for c in candidates]
-            dZ += dYb @ _block_row(W)
-            self._precise_block_stats(stats[bi], G, W, dr, dth, moved)
+            dZ += dYb @ _block_row(W * factor[bi][:, None, None])
+            W_eff = W * factor[bi][:, None, None] + offset[bi][:, None, None]
+            _precise_block_stats(stats[bi], G, W, W_eff, dr, dth, moved)
         return dZ[:, :self.in_features], stats
-
-    def _precise_block_stats(self, out, G, W, dr, dth, moved) -> None:
-        """The sums of fused.h's backward kernel for one block row, in float64."""
-        i, j = np.meshgrid(np.arange(G.shape[1]), np.arange(G.shape[2]), indexing="ij")
-        W_eff = float(self._alpha) * W + float(self._beta)
-        out[:, STATS["dr"]] = np.einsum("kij,kij->k", G, dr)
-        out[:, STATS["dtheta"]] = np.einsum("kij,kij->k", G, dth)
-        out[:, STATS["gw"]] = np.einsum("kij,kij->k", G, W)
-        for c in range(seeds_mod.N_CLASSES):
-            m = ((j - i) % 4) == c
-            base = STATS["class"] + 4 * c
-            out[:, base + STATS["cur"]] = (G * W)[:, m].sum(axis=1)
-            out[:, base + STATS["pos"]] = (G * moved[0])[:, m].sum(axis=1)
-            out[:, base + STATS["neg"]] = (G * moved[1])[:, m].sum(axis=1)
-            out[:, base + STATS["abs"]] = np.abs(G * W_eff)[:, m].sum(axis=1)
 
     # ---- checks ----------------------------------------------------------------------------
 
     def _check_parameters(self, masters: bool = False) -> None:
-        for name, value in self.parameters().items():
+        arrays = {"alpha": self._alpha, "beta": self._beta, **self.parameters()}
+        for name, value in arrays.items():
             if name in ("r", "theta") and not masters:
                 continue
             finite = math.isfinite(value) if value.ndim == 0 else np.isfinite(value).all()
             if not finite:
                 raise ValueError(f"parameter {name!r} of the layer is not finite")
+
+
+def _precise_block_stats(out, G, W, W_eff, dr, dth, moved) -> None:
+    """The sums of fused.h's backward kernel for one block row, in float64."""
+    i, j = np.meshgrid(np.arange(G.shape[1]), np.arange(G.shape[2]), indexing="ij")
+    out[:, STATS["dr"]] = np.einsum("kij,kij->k", G, dr)
+    out[:, STATS["dtheta"]] = np.einsum("kij,kij->k", G, dth)
+    out[:, STATS["gw"]] = np.einsum("kij,kij->k", G, W)
+    for c in range(seeds_mod.N_CLASSES):
+        m = ((j - i) % 4) == c
+        base = STATS["class"] + 4 * c
+        out[:, base + STATS["cur"]] = (G * W)[:, m].sum(axis=1)
+        out[:, base + STATS["pos"]] = (G * moved[0])[:, m].sum(axis=1)
+        out[:, base + STATS["neg"]] = (G * moved[1])[:, m].sum(axis=1)
+        out[:, base + STATS["abs"]] = np.abs(G * W_eff)[:, m].sum(axis=1)

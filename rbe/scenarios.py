@@ -86,8 +86,12 @@ def train_fused(sc: Scenario, epochs: int, lr: float = 0.05, tau: float = 0.01,
                 affine: bool = True, seed: int = 0) -> list:
     """RMSE before every epoch of ours (FusedLinear + Adam), then after the last one."""
     target = reference.pattern(sc.pattern, sc.size, sc.size).T   # forward(I) = W_eff^T
-    layer = FusedLinear(sc.size, sc.size, block=(sc.size, sc.size), bias=False, tau=tau)
+    # The original's model (W = alpha W_seed + beta, alpha = 1, beta = 0 to start) with the
+    # state transitions decided every step.
+    layer = FusedLinear(sc.size, sc.size, block=(sc.size, sc.size), bias=False, tau=tau,
+                        center=False, block_scale=False, transition_every=1, max_moves=1.0)
     layer.seeds = to_ours(original_seed(sc, seed)).reshape(1, 1)
+    layer.alpha, layer.beta = 1.0, 0.0
     adam = optim.Adam(layer, lr=lr)
     X = np.eye(sc.size, dtype=np.float32)
     history = []

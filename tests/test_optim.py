@@ -7,7 +7,10 @@ from rbe.fused import FusedLinear
 
 
 def trained_layer(seed=0, tau=0.01):
-    layer = FusedLinear(200, 130, block=(32, 32), seed=seed, tau=tau)
+    """A layer of the original parameterisation (alpha and beta trained) after one backward,
+    deciding transitions every step."""
+    layer = FusedLinear(200, 130, block=(32, 32), seed=seed, tau=tau, center=False,
+                        block_scale=False, transition_every=1, max_moves=1.0)
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((16, 200)).astype(np.float32)
     layer.backward(X, rng.standard_normal((16, 130)).astype(np.float32))
@@ -21,7 +24,7 @@ def snapshot(layer):
 def test_sgd_step_updates_masters_then_requantizes_and_applies_transitions():
     layer = trained_layer()
     before, grads = snapshot(layer), {k: np.array(v) for k, v in layer.grads.items()}
-    pending = layer.pending_sel.copy()
+    pending = layer.candidate_states()[0]
     optim.SGD(layer, lr=1e-3).step()
     after = snapshot(layer)
     for name in ("alpha", "beta", "bias"):
@@ -54,7 +57,7 @@ def test_optimizer_takes_a_list_and_zero_grad_clears():
     layers = [trained_layer(0), trained_layer(1)]
     adam = optim.Adam(layers, lr=1e-3)
     adam.step()
-    assert all(layer.pending_sel is None for layer in layers)
+    assert all(layer.transition_stats is None for layer in layers)
     adam.zero_grad()
     assert all(not np.any(g) for layer in layers for g in layer.grads.values())
 
@@ -66,9 +69,10 @@ def test_bad_optimizer_arguments(make):
         make(trained_layer())
 
 
-def test_training_lowers_loss_deterministically():
+@pytest.mark.parametrize("kw", [{}, {"center": False, "block_scale": False}])
+def test_training_lowers_loss_deterministically(kw):
     def run():
-        layer = FusedLinear(96, 80, block=(32, 32), seed=3)
+        layer = FusedLinear(96, 80, block=(32, 32), seed=3, transition_every=5, **kw)
         rng = np.random.default_rng(4)
         X = rng.standard_normal((32, 96)).astype(np.float32)
         target = X @ rng.uniform(0, 0.05, (96, 80)).astype(np.float32)

@@ -138,8 +138,6 @@ def test_parameter_gradients_match_finite_differences(kind, step, tol):
             for sign in (1, -1):
                 with torch.no_grad():
                     p[index] += sign * step
-                if kind == "fused":   # keep the states: only the parameter moves
-                    module._layer.pending_sel = None
                 values.append(loss(module, x, g))
                 with torch.no_grad():
                     p[index] -= sign * step
@@ -200,8 +198,6 @@ def test_every_optimizer_step_runs_after_step_once(kind, optimizer, monkeypatch)
         assert len(calls) == step           # right after the step, not at the next forward
     module(x)
     assert len(calls) == 3
-    if kind == "fused":
-        assert module._layer.pending_sel is None
 
 
 def test_manual_in_place_update_runs_after_step(monkeypatch):
@@ -246,16 +242,17 @@ def test_adam_trains_a_regression():
 
 
 @needs_fused
-def test_fused_transitions_applied_before_next_forward():
+def test_fused_transitions_applied_by_the_optimizer_step():
     module = small("fused", seed=4)
+    module._layer.transition_every, module._layer.max_moves = 1, 1.0
     x = inputs(8, 40)
-    opt = torch.optim.SGD(module.parameters(), lr=1.0)
+    opt = torch.optim.SGD(module.parameters(), lr=0.0)    # the parameters stay: same choice
     (module(x) ** 2).sum().backward()
-    pending = module._layer.pending_sel.copy()
+    chosen, moved = module._layer.candidate_states()
+    assert moved.any()
     opt.step()
-    module(x)
-    assert module._layer.pending_sel is None
-    assert (rbe.seeds.unpack(module._layer.seeds).sel == pending).all()
+    assert module._layer.transition_stats is None
+    assert (rbe.seeds.unpack(module._layer.seeds).sel == chosen).all()
 
 
 def trained_pair(kind):

@@ -42,18 +42,6 @@ enum { RBE_FUSED_CUR = 0, RBE_FUSED_POS = 1, RBE_FUSED_NEG = 2, RBE_FUSED_ABS = 
 static const int rbe_pos_state[RBE_N_STATES] = {1, 0, 3, 2, 5, 6, 7, 4};
 static const int rbe_neg_state[RBE_N_STATES] = {7, 6, 5, 4, 3, 2, 1, 0};
 
-/* The state transition rule of DESIGN section 4 for one class, from its backward sums cs
- * (RBE_FUSED_CUR..ABS): the candidate with the lower linearised loss change alpha sum G
- * (W(s') - W(s)), kept when that is below -tau sum |G W_eff|; else the current state. */
-static inline int rbe_fused_choose_state(const double *cs, int state, double alpha, double tau)
-{
-    double d_pos = alpha * cs[RBE_FUSED_POS], d_neg = alpha * cs[RBE_FUSED_NEG];
-    int take_neg = d_neg < d_pos;
-    double best = take_neg ? d_neg : d_pos;
-    if (!(best < -tau * cs[RBE_FUSED_ABS])) return state;
-    return take_neg ? rbe_neg_state[state] : rbe_pos_state[state];
-}
-
 /* Expands CALL(S) with the compile-time state S equal to the run-time `state`, so the class
  * loop inside CALL runs one state without branches. */
 #define RBE_FUSED_SWITCH(state, CALL)                                                        \
