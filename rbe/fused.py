@@ -26,7 +26,8 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from . import _core, kernel
-from ._checks import layer_input, positive_int
+from ._checks import (MAX_FEATURES, block_count, finite_output, layer_input,
+                      nonnegative_number, positive_int)
 from . import seeds as seeds_mod
 
 STATS = _core.FUSED_STATS
@@ -139,17 +140,16 @@ class FusedLinear:
 
     def __init__(self, in_features: int, out_features: int, block=(64, 64), bias: bool = True,
                  seed=None, mode: str = "fast", tau: float = 0.01):
-        self.in_features = positive_int("in_features", in_features)
-        self.out_features = positive_int("out_features", out_features)
+        self.in_features = positive_int("in_features", in_features, MAX_FEATURES)
+        self.out_features = positive_int("out_features", out_features, MAX_FEATURES)
         self.block = kernel.check_block_shape(block)
         if self.block[0] > self.out_features or self.block[1] > self.in_features:
             raise ValueError(f"block {self.block} is larger than the layer "
                              f"({self.out_features} x {self.in_features})")
+        block_count((self.out_features, self.in_features), self.block)
         if mode not in kernel.MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {kernel.MODES}")
-        if not (np.isfinite(tau) and tau >= 0):
-            raise ValueError(f"tau must be a finite number >= 0, got {tau}")
-        self.mode, self.tau = mode, float(tau)
+        self.mode, self.tau = mode, nonnegative_number("tau", tau)
         grid = (-(-self.out_features // self.block[0]), -(-self.in_features // self.block[1]))
         rng = np.random.default_rng(seed)
         self._seeds = seeds_mod.pack(
@@ -276,8 +276,8 @@ class FusedLinear:
             Z = self._forward_precise(X2.astype(np.float64, copy=False))
         # the input's row sums are needed only for beta
         row_sums = X2.sum(axis=1, dtype=np.float64) if float(self._beta) != 0.0 else None
-        Y = self._affine(Z, row_sums, self.bias)
-        return Y.astype(X.dtype, copy=False).reshape(X.shape[:-1] + (self.out_features,))
+        Y = self._affine(Z, row_sums, self.bias).astype(X.dtype, copy=False)
+        return finite_output("forward", Y).reshape(X.shape[:-1] + (self.out_features,))
 
     def backward(self, X, dY) -> np.ndarray:
         """dX = dY W_eff; fills :attr:`grads` and chooses the state transitions.
@@ -305,8 +305,8 @@ class FusedLinear:
                                                dY2.astype(np.float64, copy=False))
         dY_sum = dY2.sum(axis=1, dtype=np.float64)
         self._fill_grads(stats, dY_sum, X2.sum(axis=1, dtype=np.float64), dY2)
-        dX = self._affine(dZ, dY_sum, None)
-        return dX.astype(X.dtype, copy=False).reshape(X.shape)
+        dX = self._affine(dZ, dY_sum, None).astype(X.dtype, copy=False)
+        return finite_output("backward", dX).reshape(X.shape)
 
     __call__ = forward
 

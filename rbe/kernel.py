@@ -132,7 +132,7 @@ def check_block_shape(shape) -> tuple:
         h, w = (int(v) for v in shape)
         if (h, w) != tuple(shape):
             raise TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"block shape must be a pair of integers, got {shape!r}") from None
     if h < 1 or w < 1:
         raise ValueError(f"block shape must be positive, got {(h, w)}")

@@ -183,9 +183,11 @@ MALFORMED = {
         d, lambda c: c["__metadata__"].update(rbe="{nope")), "not valid JSON"),
     "unknown kind": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["hybrid"].update(kind="pickle")), "unknown kind 'pickle'"),
-    "missing tensor": (lambda d: edit_rbe_header(
+    "unknown part": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["hybrid"]["tensors"].update(extra=h["entries"]["hybrid"]["tensors"]["coef"])),
-        "tensor 'extra' is missing"),
+        "unknown fields ['extra']"),
+    "missing part": (lambda d: edit_rbe_header(
+        d, lambda h: h["entries"]["hybrid"]["tensors"].pop("coef")), "missing ['coef']"),
     "inconsistent config": (forge_consistently, "entry 'hybrid'"),
     "index out of range": (out_of_range_index, "entry 'hybrid'"),
     "nan parameters": (nan_values, "NaN or inf"),
