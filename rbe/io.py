@@ -136,11 +136,11 @@ def _check_json_limits(text: str, what: str) -> None:
     if values > MAX_JSON_VALUES:
         raise FormatError(f"{what}: more than {MAX_JSON_VALUES} JSON values")
     brackets = _NOT_BRACKET.sub("", skeleton)
-    for _ in range(MAX_JSON_DEPTH + 1):          # each pass removes one level of nesting
-        brackets, removed = _INNERMOST.subn("", brackets)
-        if not removed:
-            return
-    raise FormatError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    for _ in range(MAX_JSON_DEPTH):              # each pass removes one level of nesting
+        brackets = _INNERMOST.sub("", brackets)
+    if brackets:                                 # (the parser would recurse into them)
+        raise FormatError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels or "
+                          "unbalanced brackets")
 
 
 def _refuse_constant(name):
