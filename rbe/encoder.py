@@ -24,6 +24,7 @@ MAX_WEIGHT = 2.0**64
 HEADER_BYTES = 6 * 8                   # rows, cols, block rows, block cols, k, format version
 FORMAT_VERSION = 1
 _CHUNK_ELEMENTS = 1 << 22              # blocks encoded together (bounds the temporary memory)
+_CHECK_CHUNK_ELEMENTS = 1 << 18        # indices checked together (bounds the temporary memory)
 _PROGRESS_MIN_BLOCKS = 1024
 
 
@@ -364,8 +365,15 @@ def check_coding(grid: BlockGrid, transform: np.ndarray, index: np.ndarray) -> N
     """Transform ids known; each block's first min(k, h*w) indices distinct and inside it."""
     if (transform >= len(tf.TRANSFORMS)).any():
         raise ValueError(f"transform ids must be < {len(tf.TRANSFORMS)}")
-    k = index.shape[1]
     sizes = grid.block_sizes()
+    # Blocks in chunks: the int64 temporaries stay small whatever the size of a loaded file.
+    step = max(1, _CHECK_CHUNK_ELEMENTS // max(1, index.shape[1]))
+    for start in range(0, len(index), step):
+        _check_index(index[start:start + step], sizes[start:start + step])
+
+
+def _check_index(index: np.ndarray, sizes: np.ndarray) -> None:
+    k = index.shape[1]
     used = np.arange(k) < np.minimum(k, sizes)[:, None]
     if (index[used] >= np.repeat(sizes, used.sum(axis=1))).any():
         raise ValueError("index points outside its block")
