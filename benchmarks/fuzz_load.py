@@ -96,10 +96,14 @@ def tensor_keys(container: dict) -> list:
     return sorted(k for k in container if k != "__metadata__")
 
 
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
 # Placeholders replaced in the JSON text by what json.dumps cannot write.
 _RAW_VALUES = {
     '"@deep"': lambda rng: "[" * int(rng.integers(20, 100_000)) + "]" * 0,
-    '"@deep_closed"': lambda rng: (lambda n: "[" * n + "]" * n)(int(rng.integers(20, 50_000))),
+    '"@deep_closed"': lambda rng: _nested(int(rng.integers(20, 50_000))),
     '"@long_int"': lambda rng: "9" * int(rng.integers(40, 20_000)),
     '"@big_float"': lambda rng: "1e" + str(int(rng.integers(39, 99_999))),
     '"@nan"': lambda rng: "NaN",
@@ -288,14 +292,10 @@ def make_case(bases: list, seed: int, case: int) -> tuple[str, bytes]:
 
 # ---- running a case -------------------------------------------------------------------------
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _vm_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+def _status_bytes(field: str) -> int:
+    """VmSize, VmRSS or VmHWM (the peak since the last reset) of this process."""
+    with open("/proc/self/status") as f:
+        return 1024 * next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
 def _exercise(entries: dict, rng) -> str:
@@ -321,23 +321,25 @@ def run_case(path: str, seed: int) -> dict:
         os.close(read_end)
         code, report = 0, {}
         try:
-            limit = _vm_bytes() + ADDRESS_SPACE_LIMIT
+            limit = _status_bytes("VmSize") + ADDRESS_SPACE_LIMIT
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
             signal.alarm(CASE_SECONDS)
-            report["rss_before"] = _rss_bytes()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")                              # the peak restarts from here
+            report["rss_before"] = _status_bytes("VmRSS")
             try:
                 entries = rbe.load(path)
                 report["outcome"] = "loaded"
             except rbe.FormatError as exc:
                 report["outcome"], report["message"] = "FormatError", str(exc)[:300]
-            report["peak"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            report["peak"] = _status_bytes("VmHWM")
             if report["outcome"] == "loaded":
                 report["problem"] = _exercise(entries, np.random.default_rng(seed))
                 with contextlib.redirect_stdout(io.StringIO()) as out:
                     cli.main(["info", path])
                 if any(not line.isprintable() for line in out.getvalue().splitlines()):
                     report["problem"] = "rbe info printed a control character"
-        except BaseException as exc:                      # anything else is a finding
+        except BaseException as exc:  # noqa: BLE001 (anything else is a finding)
             report["outcome"] = "exception"
             report["type"] = type(exc).__name__
             report["message"] = str(exc)[:300]

@@ -9,7 +9,6 @@ import zlib
 
 import numpy as np
 
-
 _MAX_MESSAGE = 1000      # an error about a hostile file stays one readable line
 
 

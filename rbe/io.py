@@ -122,7 +122,7 @@ def save(path, obj) -> None:
 # ---- bounded JSON ---------------------------------------------------------------------------
 
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_LONG_NUMBER = re.compile(r"[-+.0-9eE]{%d,}" % (MAX_NUMBER_CHARS + 1))
+_LONG_NUMBER = re.compile(rf"[-+.0-9eE]{{{MAX_NUMBER_CHARS + 1},}}")
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _INNERMOST = re.compile(r"\[\]|\{\}")
 
@@ -248,7 +248,7 @@ class _Container:
     """An open safetensors file whose header and tensor layout have been checked."""
 
     def __init__(self, path):
-        self.file = open(os.fspath(path), "rb")
+        self.file = open(os.fspath(path), "rb")     # noqa: SIM115 (closed by __exit__)
         try:
             self._read_header()
         except FormatError as exc:

@@ -15,7 +15,7 @@ print(json.dumps(fuzz_load.campaign(int(sys.argv[2]), int(sys.argv[3]))))
 """
 
 
-@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.exists("/proc/self/statm")
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.exists("/proc/self/clear_refs")
                     or not os.path.isdir(FUZZ),
                     reason="the campaign (benchmarks/) forks a child per case, reads /proc")
 def test_fuzzed_files_load_or_raise_format_error(python_in_child):
