@@ -55,7 +55,7 @@ def layer_input(name: str, value, width: int) -> np.ndarray:
                          f"got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite (got NaN or inf)")
-    if arr.dtype == np.float64 and np.max(np.abs(arr)) > MAX_INPUT:
+    if arr.dtype == np.float64 and max(arr.max(), -arr.min()) > MAX_INPUT:
         raise ValueError(f"{name} holds values beyond float32's range (|x| > {MAX_INPUT:.4g})")
     return arr
 

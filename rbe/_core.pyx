@@ -26,9 +26,11 @@ def openmp_enabled():
     return bool(rbe_openmp_enabled())
 
 
-#: Most threads set_num_threads accepts: more than this only oversubscribes the cores, and
-#: every thread of a team needs its own stack (OpenMP aborts the process when it cannot start one).
-MAX_THREADS = 256
+#: Most threads set_num_threads accepts (and the kernels use, whatever OMP_NUM_THREADS says):
+#: more only oversubscribes the cores, and every thread of a team needs its own stack (OpenMP
+#: aborts the process when it cannot start one).
+DEF _MAX_THREADS = 256
+MAX_THREADS = _MAX_THREADS
 
 
 def max_threads():
@@ -49,11 +51,11 @@ def set_num_threads(n):
 
 def get_num_threads():
     """Threads the kernels will use."""
-    return _num_threads if _num_threads > 0 else rbe_max_threads()
+    return _threads()
 
 
 cdef inline int _threads() noexcept nogil:
-    return _num_threads if _num_threads > 0 else rbe_max_threads()
+    return _num_threads if _num_threads > 0 else min(rbe_max_threads(), _MAX_THREADS)
 
 
 # ---- seed-block weight kernel ---------------------------------------------------------------

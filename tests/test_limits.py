@@ -115,3 +115,10 @@ def test_float64_bias_that_overflows_float32_is_refused():
     W = np.ones((16, 16), np.float32)
     with pytest.raises(ValueError, match="bias contains NaN or infinite values"):
         rbe.HybridLinear.from_dense(W, bias=np.full(16, 1e300), block=(8, 8), k=2)
+
+
+def test_kernels_use_at_most_max_threads_whatever_the_environment(run_python):
+    done = run_python("import rbe; print(rbe.get_num_threads(), rbe._core.MAX_THREADS)",
+                      env={"OMP_NUM_THREADS": "100000"})
+    used, limit = map(int, done.stdout.split())
+    assert done.returncode == 0 and 1 <= used <= limit
