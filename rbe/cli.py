@@ -103,10 +103,11 @@ def _entry_names(weights: list, others: list) -> dict:
         name = tensor[: -len(".weight")] if tensor in weights and tensor.endswith(".weight") \
             else tensor
         name = name.replace("/", ".")
-        if not name or name in owner:
-            raise ValueError(f"tensors {printable(owner.get(name, ''))!r} and "
-                             f"{printable(tensor)!r} would both be stored as {printable(name)!r}"
-                             if name else f"tensor {printable(tensor)!r} has no name to store")
+        if not name:
+            raise ValueError(f"tensor {printable(tensor)!r} has no name to store")
+        if name in owner:
+            raise ValueError(f"tensors {printable(owner[name])!r} and {printable(tensor)!r} "
+                             f"would both be stored as {printable(name)!r}")
         names[tensor], owner[name] = name, tensor
     return names
 
@@ -148,12 +149,16 @@ def compress(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ratio(dense: float, stored: float) -> str:
+    """dense / stored as "12.3x"; "-" for an entry that stores nothing (a zero-size tensor)."""
+    return f"{dense / stored:.1f}x" if stored else "-"
+
+
 def info(args: argparse.Namespace) -> int:
     """List the layers of an rbe file: kinds, shapes, bytes, compression ratio."""
     import rbe
 
     entries = rbe.load(args.file)
-    ratio = lambda dense, stored: f"{dense / stored:>6.1f}x" if stored else f"{'-':>7}"
     print(f"{'name':<40} {'kind':<14} {'shape':>14} {'block':>9} {'bytes':>12} {'ratio':>7}")
     total_dense = total = 0
     for name, obj in entries.items():
@@ -167,9 +172,8 @@ def info(args: argparse.Namespace) -> int:
             dense = nbytes * obj.compression_ratio
         total, total_dense = total + nbytes, total_dense + dense
         print(f"{printable(name):<40} {kind:<14} {str(tuple(shape)):>14} {block:>9} "
-              f"{nbytes:>12,d} {ratio(dense, nbytes)}")
-    print(f"total: {int(total):,d} bytes, {ratio(total_dense, total).strip()} smaller than "
-          "float32")
+              f"{nbytes:>12,d} {_ratio(dense, nbytes):>7}")
+    print(f"total: {int(total):,d} bytes, {_ratio(total_dense, total)} smaller than float32")
     return 0
 
 

@@ -378,8 +378,7 @@ def _check_masters(arrays: dict) -> None:
 
 
 def _hybrid_kind(*, bias: bool) -> _Kind:
-    from .encoder import MAX_BLOCK_ELEMENTS
-    from .kernel import MAX_BLOCK_SIDE
+    from .encoder import MAX_BLOCK_ELEMENTS, MAX_BLOCK_SIDE
     parts = {"coef": _Part("float32", ("blocks", 8)), "transform": _Part("uint8", ("blocks",)),
              "index": _Part("uint16", ("blocks", "k")),
              "values": _Part("float32", ("blocks", "k"))}
