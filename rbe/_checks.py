@@ -2,7 +2,7 @@
 ValueError naming the argument and what is wrong with it."""
 from __future__ import annotations
 
-import math
+import sys
 
 import numpy as np
 
@@ -26,8 +26,8 @@ def positive_int(name: str, value, maximum: int | None = None) -> int:
 
 def nonnegative_number(name: str, value) -> float:
     """value as a float, if it is a finite real number >= 0 (not a string or a bool)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value) or value < 0:
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not real or not abs(value) <= sys.float_info.max or value < 0:     # NaN fails too
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     return float(value)
 

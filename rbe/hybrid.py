@@ -180,7 +180,8 @@ class HybridLinear:
         if bias.shape != (self.out_features,) or bias.dtype.kind not in "fiu":
             raise ValueError(f"bias must be a real vector of shape ({self.out_features},), "
                              f"got {bias.dtype} {bias.shape}")
-        bias = bias.astype(np.float32)          # finite in float64 may overflow float32
+        with np.errstate(over="ignore"):        # finite in float64 may overflow float32
+            bias = bias.astype(np.float32)
         if not np.isfinite(bias).all():
             raise ValueError("bias contains NaN or infinite values (or values beyond float32)")
         return bias

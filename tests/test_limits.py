@@ -105,7 +105,7 @@ def test_overflowing_results_raise(layer):
         layer.backward(np.ones((2, 48), np.float32), np.full((2, 32), 3e38, np.float32))
 
 
-@pytest.mark.parametrize("tau", ["0.1", True, math.nan, -1.0, None])
+@pytest.mark.parametrize("tau", ["0.1", True, math.nan, -1.0, None, 10**400])
 def test_tau_must_be_a_finite_number(tau):
     with pytest.raises(ValueError, match="tau must be a finite number >= 0"):
         rbe.FusedLinear(64, 64, block=(16, 16), tau=tau)
