@@ -32,7 +32,8 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+import reprlib
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -55,6 +56,17 @@ MAX_DIMS = 8
 #: Largest magnitude of a loaded layer parameter: with inputs |x| <= 1 no layer within the
 #: size limits can overflow float32 (2^60 * 2^16 coefficients * 2^31 inputs < 3.4e38).
 MAX_PARAMETER = 2.0**60
+
+
+def _shown(value) -> str:
+    """repr of a value from a file, shortened: an error message stays readable whatever the
+    file holds."""
+    return _SHORT_REPR.repr(value)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 120
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 8
 
 
 class FormatError(ValueError):
@@ -185,14 +197,14 @@ def _fields(obj, required: set, what: str, optional: frozenset = frozenset()) ->
         raise FormatError(f"{what} is not an object")
     missing, unknown = required - set(obj), set(obj) - required - optional
     if missing or unknown:
-        raise FormatError(f"{what}: missing {sorted(missing)}, unknown {sorted(unknown)}"
-                          if missing else f"{what}: unknown fields {sorted(unknown)}")
+        raise FormatError(f"{what}: missing {sorted(missing)}, unknown {_shown(sorted(unknown))}"
+                          if missing else f"{what}: unknown fields {_shown(sorted(unknown))}")
     return obj
 
 
 def _integer(value, low: int, high: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise FormatError(f"{what} must be an integer in [{low}, {high}], got {value!r}")
+        raise FormatError(f"{what} must be an integer in [{low}, {high}], got {_shown(value)}")
     return value
 
 
@@ -200,7 +212,7 @@ def _integers(value, what: str, length: int | None = None, high: int = 1 << 62) 
     if not isinstance(value, list) or len(value) > MAX_DIMS \
             or (length is not None and len(value) != length):
         raise FormatError(f"{what} must be a list of {length or f'at most {MAX_DIMS}'} "
-                          f"integers, got {value!r}")
+                          f"integers, got {_shown(value)}")
     return [_integer(v, 0, high, what) for v in value]
 
 
@@ -220,11 +232,11 @@ def _tensor_layout(container: dict, payload_bytes: int) -> dict:
     """key -> _Stored for every tensor; their byte ranges must tile the payload."""
     layout = {}
     for key, info in container.items():
-        what = f"tensor {key!r}"
+        what = f"tensor {_shown(key)}"
         _fields(info, {"dtype", "shape", "data_offsets"}, what)
         dtype = info["dtype"]
         if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
-            raise FormatError(f"{what}: dtype {dtype!r} is not one rbe reads "
+            raise FormatError(f"{what}: dtype {_shown(dtype)} is not one rbe reads "
                               f"({', '.join(_SAFETENSORS_DTYPES)})")
         shape = tuple(_integers(info["shape"], f"{what} shape"))
         begin, end = _integers(info["data_offsets"], f"{what} data_offsets", length=2)
@@ -236,7 +248,7 @@ def _tensor_layout(container: dict, payload_bytes: int) -> dict:
     position = 0
     for key, stored in sorted(layout.items(), key=lambda item: item[1].begin):
         if stored.begin != position:
-            raise FormatError(f"tensor {key!r}: data starts at byte {stored.begin}, "
+            raise FormatError(f"tensor {_shown(key)}: data starts at byte {stored.begin}, "
                               f"expected {position} (gaps and overlaps are refused)")
         position = stored.end
     if position != payload_bytes:
@@ -284,7 +296,7 @@ class _Container:
         data = bytearray(stored.end - stored.begin)
         self.file.seek(self.payload_start + stored.begin)
         if self.file.readinto(data) != len(data):
-            raise FormatError(f"tensor {key!r}: the file ended early")
+            raise FormatError(f"tensor {_shown(key)}: the file ended early")
         array = np.frombuffer(data, np.dtype(stored.dtype).newbyteorder("<"))
         return array.reshape(stored.shape), hashlib.sha256(data).hexdigest()
 
@@ -327,7 +339,7 @@ def _pair(high: int, area: int):
         pair = _integers(value, what, length=2, high=high)
         if min(pair) < 1 or pair[0] * pair[1] > area:
             raise FormatError(f"{what} must be two integers in [1, {high}] with a product of "
-                              f"at most {area}, got {value!r}")
+                              f"at most {area}, got {_shown(value)}")
         return tuple(pair)
     return check
 
@@ -335,7 +347,7 @@ def _pair(high: int, area: int):
 def _name(choices: Callable):
     def check(value, what):
         if not isinstance(value, str) or value not in choices():
-            raise FormatError(f"{what} must be one of {tuple(choices())}, got {value!r}")
+            raise FormatError(f"{what} must be one of {tuple(choices())}, got {_shown(value)}")
         return value
     return check
 
@@ -347,8 +359,8 @@ def _count(value, what):
 def _tau(value, what):
     try:
         return _checks.nonnegative_number(what, value)
-    except ValueError as exc:
-        raise FormatError(str(exc)) from None
+    except ValueError:
+        raise FormatError(f"{what} must be a finite number >= 0, got {_shown(value)}") from None
 
 
 def _wavelets():
@@ -408,7 +420,7 @@ def _kind_table(version: int) -> dict:
     """The entry kinds of a format version."""
     if isinstance(version, bool) or not isinstance(version, int) \
             or version not in SUPPORTED_VERSIONS:
-        raise FormatError(f"unsupported format version {version!r} (this rbe reads "
+        raise FormatError(f"unsupported format version {_shown(version)} (this rbe reads "
                           f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
     table = {"hybrid_matrix": _hybrid_kind(bias=False), "hybrid_linear": _hybrid_kind(bias=True),
              "tensor": _tensor_kind()}
@@ -441,7 +453,6 @@ class _Plan:
     spec: _Kind
     config: dict
     parts: dict                                   # part -> (container key, sha256)
-    arrays: dict = field(default_factory=dict)
 
 
 def _check_part(where: str, part: str, described, stored: _Stored, expected: _Part,
@@ -450,7 +461,8 @@ def _check_part(where: str, part: str, described, stored: _Stored, expected: _Pa
     _fields(described, {"dtype", "shape", "sha256"}, f"{where}: tensor {part!r}")
     if described["dtype"] != stored.dtype or described["shape"] != list(stored.shape):
         raise FormatError(f"{where}: tensor {part!r} is {stored.dtype}{list(stored.shape)}, "
-                          f"the header says {described['dtype']!r}{described['shape']!r}")
+                          f"the header says {_shown(described['dtype'])} "
+                          f"{_shown(described['shape'])}")
     sha = described["sha256"]
     if not isinstance(sha, str) or not re.fullmatch("[0-9a-f]{64}", sha):
         raise FormatError(f"{where}: tensor {part!r} has no valid sha256")
@@ -475,15 +487,15 @@ def _check_part(where: str, part: str, described, stored: _Stored, expected: _Pa
 
 def _plan_entry(name, entry, kinds: dict, layout: dict) -> _Plan:
     if not isinstance(name, str) or not name or "/" in name:
-        raise FormatError(f"entry name {name!r} is empty or holds '/'")
-    where = f"entry {name!r}"
+        raise FormatError(f"entry name {_shown(name)} is empty or holds '/'")
+    where = f"entry {_shown(name)}"
     _fields(entry, {"kind", "config", "tensors"}, where)
     kind = entry["kind"]
     if not isinstance(kind, str) or kind not in kinds:
-        raise FormatError(f"{where}: unknown kind {kind!r}")
+        raise FormatError(f"{where}: unknown kind {_shown(kind)}")
     spec = kinds[kind]
     config = _fields(entry["config"], set(spec.config), f"{where}: config")
-    config = {key: check(config[key], f"{where}: config {key!r}")
+    config = {key: check(config[key], f"{where}: config {_shown(key)}")
               for key, check in spec.config.items()}
     try:
         dims = spec.dims(config)
@@ -512,12 +524,12 @@ def _plan(header: dict, layout: dict) -> list:
     described = {key for plan in plans for key, _ in plan.parts.values()}
     extra = sorted(set(layout) - described)
     if extra:
-        raise FormatError(f"tensors not described by the header: {extra[:5]}")
+        raise FormatError(f"tensors not described by the header: {_shown(extra)}")
     return plans
 
 
 def _read_entry(plan: _Plan, container: _Container) -> dict:
-    where = f"entry {plan.name!r}"
+    where = f"entry {_shown(plan.name)}"
     arrays = {}
     for part, (key, sha256) in plan.parts.items():
         array, digest = container.read(key)
@@ -544,7 +556,7 @@ def _build(plan: _Plan, arrays: dict):
     try:
         return _kinds()[plan.kind]._from_state(plan.config, arrays)
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
-        raise FormatError(f"entry {plan.name!r} ({plan.kind}): {exc}") from None
+        raise FormatError(f"entry {_shown(plan.name)} ({plan.kind}): {exc}") from None
 
 
 def load(path) -> dict:
