@@ -102,8 +102,8 @@ def _nested(depth: int) -> str:
 
 # Placeholders replaced in the JSON text by what json.dumps cannot write.
 _RAW_VALUES = {
-    '"@deep"': lambda rng: "[" * int(rng.integers(20, 100_000)) + "]" * 0,
-    '"@deep_closed"': lambda rng: _nested(int(rng.integers(20, 50_000))),
+    '"@unclosed"': lambda rng: "[" * int(rng.integers(20, 100_000)),
+    '"@deep"': lambda rng: _nested(int(rng.integers(20, 50_000))),
     '"@long_int"': lambda rng: "9" * int(rng.integers(40, 20_000)),
     '"@big_float"': lambda rng: "1e" + str(int(rng.integers(39, 99_999))),
     '"@nan"': lambda rng: "NaN",
