@@ -1,20 +1,52 @@
-"""Argument checks shared by the layers and the encoder: each raises ValueError naming the
-argument and what is wrong with it."""
+"""Argument checks shared by the layers, the encoder and the file reader: each raises
+ValueError naming the argument and what is wrong with it."""
 from __future__ import annotations
+
+import sys
 
 import numpy as np
 
+#: Largest layer side: the kernels index rows and columns with C ints.
+MAX_FEATURES = 2**31 - 1
+#: Most blocks in one layer or matrix (256 MiB of seeds; per-block arrays are allocated
+#: before any work, so the count is checked first).
+MAX_BLOCKS = 1 << 24
+#: Largest magnitude of an input value: every layer computes in float32 somewhere.
+MAX_INPUT = float(np.finfo(np.float32).max)
 
-def positive_int(name: str, value) -> int:
-    """value as an int, if it is a positive integer (bools are not)."""
+
+def positive_int(name: str, value, maximum: int | None = None) -> int:
+    """value as an int, if it is a positive integer (bools are not), at most ``maximum``."""
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
     return int(value)
+
+
+def nonnegative_number(name: str, value) -> float:
+    """value as a float, if it is a finite real number >= 0 (not a string or a bool)."""
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if not real or not abs(value) <= sys.float_info.max or value < 0:     # NaN fails too
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def block_count(shape: tuple, block: tuple) -> int:
+    """Blocks of a (rows, cols) layer tiled by (h, w) blocks, at most MAX_BLOCKS."""
+    (m, n), (h, w) = shape, block
+    if max(m, n) > MAX_FEATURES:
+        raise ValueError(f"layer shape {shape} exceeds the largest side, {MAX_FEATURES}")
+    count = -(-m // h) * -(-n // w)
+    if count > MAX_BLOCKS:
+        raise ValueError(f"a {m} x {n} layer of {h} x {w} blocks has {count} blocks, more than "
+                         f"the limit of {MAX_BLOCKS}")
+    return count
 
 
 def layer_input(name: str, value, width: int) -> np.ndarray:
     """A layer's input or upstream gradient: float32/float64, shape (width,) or
-    (batch, width) with batch >= 1, finite."""
+    (batch, width) with batch >= 1, finite and within float32's range."""
     arr = np.asarray(value)
     if arr.dtype not in (np.float32, np.float64):
         raise ValueError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
@@ -23,4 +55,15 @@ def layer_input(name: str, value, width: int) -> np.ndarray:
                          f"got {arr.shape}")
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite (got NaN or inf)")
+    if arr.dtype == np.float64 and max(arr.max(), -arr.min()) > MAX_INPUT:
+        raise ValueError(f"{name} holds values beyond float32's range (|x| > {MAX_INPUT:.4g})")
     return arr
+
+
+def finite_output(name: str, value: np.ndarray) -> np.ndarray:
+    """A layer's result, if every element is finite (large inputs or parameters can overflow
+    float32 even when they are finite)."""
+    if not np.all(np.isfinite(value)):
+        raise ValueError(f"{name} overflows: the result is not finite (inputs or parameters "
+                         "too large)")
+    return value

@@ -16,6 +16,7 @@ cnp.import_array()
 cdef extern from "rbe/threads.h":
     int rbe_openmp_enabled() nogil
     int rbe_max_threads() nogil
+    int rbe_thread_limit() nogil
 
 cdef int _num_threads = 0
 
@@ -25,21 +26,36 @@ def openmp_enabled():
     return bool(rbe_openmp_enabled())
 
 
-def set_num_threads(int n):
-    """Threads used by the kernels (0 = OpenMP's default)."""
+#: Most threads set_num_threads accepts (and the kernels use, whatever OMP_NUM_THREADS says):
+#: more only oversubscribes the cores, and every thread of a team needs its own stack (OpenMP
+#: aborts the process when it cannot start one).
+DEF _MAX_THREADS = 256
+MAX_THREADS = _MAX_THREADS
+
+
+def max_threads():
+    """The largest thread count :func:`set_num_threads` accepts: MAX_THREADS, or OpenMP's
+    thread limit (OMP_THREAD_LIMIT) when that is lower."""
+    return min(MAX_THREADS, rbe_thread_limit())
+
+
+def set_num_threads(n):
+    """Threads used by the kernels (0 = OpenMP's default), at most :func:`max_threads`."""
     global _num_threads
-    if n < 0:
-        raise ValueError(f"number of threads must be >= 0, got {n}")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"number of threads must be an integer >= 0, got {n!r}")
+    if n > max_threads():
+        raise ValueError(f"number of threads must be at most {max_threads()}, got {n}")
     _num_threads = n
 
 
 def get_num_threads():
     """Threads the kernels will use."""
-    return _num_threads if _num_threads > 0 else rbe_max_threads()
+    return _threads()
 
 
 cdef inline int _threads() noexcept nogil:
-    return _num_threads if _num_threads > 0 else rbe_max_threads()
+    return _num_threads if _num_threads > 0 else min(rbe_max_threads(), _MAX_THREADS)
 
 
 # ---- seed-block weight kernel ---------------------------------------------------------------

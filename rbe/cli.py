@@ -4,8 +4,12 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import zipfile
+import zlib
 
 import numpy as np
+
+_MAX_MESSAGE = 1000      # an error about a hostile file stays one readable line
 
 
 def _best_time(fn, repeats: int = 5) -> float:
@@ -61,21 +65,51 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def printable(text: str) -> str:
+    """text with control, format and unpaired surrogate characters escaped (names and messages
+    from a file must not reach the terminal as escape sequences or line breaks)."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape", "backslashreplace")
+                   .decode("ascii") for c in text)
+
+
 def _read_tensors(path: str) -> dict:
     """Dense tensors of a .safetensors or .npz file, as numpy arrays."""
     if path.endswith(".npz"):
-        with np.load(path, allow_pickle=False) as f:
-            return {name: f[name] for name in f.files}
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                return {name: f[name] for name in f.files}
+        except (zipfile.BadZipFile, zlib.error, EOFError, KeyError) as exc:
+            raise ValueError(f"{path}: not a valid .npz file ({exc})") from None
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
     try:
         return load_file(path)
-    except SafetensorError as exc:
+    except (SafetensorError, TypeError) as exc:
         raise ValueError(f"{path}: not a valid safetensors file ({exc})") from None
 
 
-def _layer_name(tensor_name: str) -> str:
-    return tensor_name[: -len(".weight")] if tensor_name.endswith(".weight") else tensor_name
+def _bias_name(weight: str, tensors: dict):
+    """The bias stored with a weight "x.weight": "x.bias", if it is a vector of its rows."""
+    name = weight[: -len("weight")] + "bias" if weight.endswith(".weight") else None
+    bias = tensors.get(name)
+    return name if bias is not None and bias.shape == tensors[weight].shape[:1] else None
+
+
+def _entry_names(weights: list, others: list) -> dict:
+    """Entry name of every tensor (layers lose ".weight", "/" becomes "."); two tensors with
+    one name, or an empty name, are refused rather than one silently replacing the other."""
+    names, owner = {}, {}
+    for tensor in weights + others:
+        name = tensor[: -len(".weight")] if tensor in weights and tensor.endswith(".weight") \
+            else tensor
+        name = name.replace("/", ".")
+        if not name:
+            raise ValueError(f"tensor {printable(tensor)!r} has no name to store")
+        if name in owner:
+            raise ValueError(f"tensors {printable(owner[name])!r} and {printable(tensor)!r} "
+                             f"would both be stored as {printable(name)!r}")
+        names[tensor], owner[name] = name, tensor
+    return names
 
 
 def compress(args: argparse.Namespace) -> int:
@@ -87,31 +121,37 @@ def compress(args: argparse.Namespace) -> int:
     weights = [n for n, t in tensors.items() if t.ndim == 2 and t.dtype.kind == "f"]
     if not weights:
         raise ValueError(f"{args.input}: no 2-D floating-point weights to compress")
+    biases = {name: _bias_name(name, tensors) for name in weights}
+    names = _entry_names(weights, [n for n in tensors
+                                   if n not in weights and n not in biases.values()])
     entries, report = {}, []
     for name in tqdm(weights, desc="compressing", unit="matrix", disable=None):
         W = tensors.pop(name)
-        bias_name = name[: -len("weight")] + "bias" if name.endswith(".weight") else None
-        bias = tensors.pop(bias_name) if bias_name in tensors and tensors[bias_name].ndim == 1 \
-            and len(tensors[bias_name]) == len(W) else None
+        bias = tensors.pop(biases[name]) if biases[name] else None
         layer = rbe.HybridLinear.from_dense(W, bias=bias, block=tuple(args.block), k=args.k,
                                             transform=args.transform, wavelet=args.wavelet)
-        entries[_layer_name(name)] = layer
+        entries[names[name]] = layer
         rel = layer.matrix.rmse(W) / max(float(np.std(W)), 1e-30)
         report.append((name, W.shape, W.nbytes + (0 if bias is None else bias.nbytes),
                        layer.nbytes, rel))
-    entries.update({name.replace("/", "."): t for name, t in tensors.items()})
+    entries.update({names[name]: t for name, t in tensors.items()})
     rbe.save(args.output, entries)
     kept = sum(t.nbytes for t in tensors.values())
     print(f"{'tensor':<40} {'shape':>14} {'bytes':>12} {'compressed':>12} {'ratio':>7} "
           f"{'rmse/std':>9}")
     for name, shape, before, after, rel in report:
-        print(f"{name:<40} {str(shape):>14} {before:>12,d} {after:>12,d} "
+        print(f"{printable(name):<40} {str(shape):>14} {before:>12,d} {after:>12,d} "
               f"{before / after:>6.1f}x {rel:>9.4f}")
     before = sum(r[2] for r in report) + kept
     after = sum(r[3] for r in report) + kept
     print(f"total: {before:,d} -> {after:,d} bytes ({before / after:.1f}x), "
           f"{len(tensors)} other tensor(s) kept as they were; wrote {args.output}")
     return 0
+
+
+def _ratio(dense: float, stored: float) -> str:
+    """dense / stored as "12.3x"; "-" for an entry that stores nothing (a zero-size tensor)."""
+    return f"{dense / stored:.1f}x" if stored else "-"
 
 
 def info(args: argparse.Namespace) -> int:
@@ -131,9 +171,9 @@ def info(args: argparse.Namespace) -> int:
             nbytes = obj.nbytes
             dense = nbytes * obj.compression_ratio
         total, total_dense = total + nbytes, total_dense + dense
-        print(f"{name:<40} {kind:<14} {str(tuple(shape)):>14} {block:>9} {nbytes:>12,d} "
-              f"{dense / nbytes:>6.1f}x")
-    print(f"total: {int(total):,d} bytes, {total_dense / total:.1f}x smaller than float32")
+        print(f"{printable(name):<40} {kind:<14} {str(tuple(shape)):>14} {block:>9} "
+              f"{nbytes:>12,d} {_ratio(dense, nbytes):>7}")
+    print(f"total: {int(total):,d} bytes, {_ratio(total_dense, total)} smaller than float32")
     return 0
 
 
@@ -171,7 +211,10 @@ def main(argv=None) -> int:
     try:
         return args.run(args)
     except (ValueError, OSError) as exc:
-        print(f"rbe {args.command}: error: {exc}", file=sys.stderr)
+        message = printable(str(exc))
+        if len(message) > _MAX_MESSAGE:
+            message = message[:_MAX_MESSAGE] + "..."
+        print(f"rbe {args.command}: error: {message}", file=sys.stderr)
         return 1
 
 

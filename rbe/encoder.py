@@ -14,13 +14,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import transforms as tf
-from ._checks import positive_int
+from ._checks import block_count, positive_int
 
 MODES = ("dct", "dwt", "adaptive")
 MAX_BLOCK_ELEMENTS = 1 << 16           # flat indices are stored as uint16
+MAX_BLOCK_SIDE = 1024                  # the layers' transforms are dense side x side matrices
+#: Largest |w| encoded: the coefficients of larger values could overflow float32.
+MAX_WEIGHT = 2.0**64
 HEADER_BYTES = 6 * 8                   # rows, cols, block rows, block cols, k, format version
 FORMAT_VERSION = 1
 _CHUNK_ELEMENTS = 1 << 22              # blocks encoded together (bounds the temporary memory)
+_CHECK_CHUNK_ELEMENTS = 1 << 18        # indices checked together (bounds the temporary memory)
 _PROGRESS_MIN_BLOCKS = 1024
 
 
@@ -45,6 +49,9 @@ class BlockGrid:
         if self.block[0] * self.block[1] > MAX_BLOCK_ELEMENTS:
             raise ValueError(f"block {self.block} has more than {MAX_BLOCK_ELEMENTS} elements "
                              "(flat indices are uint16)")
+        if max(self.block) > MAX_BLOCK_SIDE:
+            raise ValueError(f"block {self.block} has a side longer than {MAX_BLOCK_SIDE}")
+        block_count(self.shape, self.block)
         (m, n), (bh, bw) = self.shape, self.block
         self.rows, self.cols = -(-m // bh), -(-n // bw)
         self.heights = np.minimum(bh, m - bh * np.arange(self.rows))
@@ -86,7 +93,7 @@ def _classes(extent, size):
 def _check_shape(pair, what):
     try:
         a, b = (int(v) for v in pair)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"{what} must be a pair of positive integers, got {pair!r}") from None
     if a < 1 or b < 1 or (a, b) != tuple(pair):
         raise ValueError(f"{what} must be a pair of positive integers, got {pair!r}")
@@ -192,6 +199,9 @@ def check_matrix(W, name="W") -> np.ndarray:
     W = W.astype(np.float64, copy=False)
     if not np.isfinite(W).all():
         raise ValueError(f"{name} contains NaN or infinite values")
+    if max(W.max(), -W.min()) > MAX_WEIGHT:
+        raise ValueError(f"{name} holds values too large to encode (|w| > 2**64): their "
+                         "coefficients could overflow float32")
     return W
 
 
@@ -355,8 +365,15 @@ def check_coding(grid: BlockGrid, transform: np.ndarray, index: np.ndarray) -> N
     """Transform ids known; each block's first min(k, h*w) indices distinct and inside it."""
     if (transform >= len(tf.TRANSFORMS)).any():
         raise ValueError(f"transform ids must be < {len(tf.TRANSFORMS)}")
-    k = index.shape[1]
     sizes = grid.block_sizes()
+    # Blocks in chunks: the int64 temporaries stay small whatever the size of a loaded file.
+    step = max(1, _CHECK_CHUNK_ELEMENTS // max(1, index.shape[1]))
+    for start in range(0, len(index), step):
+        _check_index(index[start:start + step], sizes[start:start + step])
+
+
+def _check_index(index: np.ndarray, sizes: np.ndarray) -> None:
+    k = index.shape[1]
     used = np.arange(k) < np.minimum(k, sizes)[:, None]
     if (index[used] >= np.repeat(sizes, used.sum(axis=1))).any():
         raise ValueError("index points outside its block")

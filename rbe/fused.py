@@ -39,7 +39,8 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from . import _core, kernel
-from ._checks import layer_input, positive_int
+from ._checks import (MAX_FEATURES, block_count, finite_output, layer_input,
+                      nonnegative_number, positive_int)
 from . import seeds as seeds_mod
 
 STATS = _core.FUSED_STATS
@@ -214,19 +215,19 @@ class FusedLinear:
     def _configure(self, in_features, out_features, block, mode, center, block_scale, tau,
                    transition_every, max_moves) -> None:
         """Check and set everything but the parameters."""
-        self.in_features = positive_int("in_features", in_features)
-        self.out_features = positive_int("out_features", out_features)
+        self.in_features = positive_int("in_features", in_features, MAX_FEATURES)
+        self.out_features = positive_int("out_features", out_features, MAX_FEATURES)
         self.block = kernel.check_block_shape(block)
         if self.block[0] > self.out_features or self.block[1] > self.in_features:
             raise ValueError(f"block {self.block} is larger than the layer "
                              f"({self.out_features} x {self.in_features})")
+        block_count((self.out_features, self.in_features), self.block)
         if mode not in kernel.MODES:
             raise ValueError(f"unknown mode {mode!r}; choose from {kernel.MODES}")
         for name, flag in (("center", center), ("block_scale", block_scale)):
             if not isinstance(flag, (bool, np.bool_)):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
-        if not (isinstance(tau, (int, float, np.number)) and math.isfinite(tau) and tau >= 0):
-            raise ValueError(f"tau must be a finite number >= 0, got {tau!r}")
+        tau = nonnegative_number("tau", tau)
         if transition_every != 0:
             positive_int("transition_every", transition_every)
         if not (isinstance(max_moves, (int, float, np.number)) and 0 < max_moves <= 1):
@@ -479,7 +480,8 @@ class FusedLinear:
                 .astype(Z.dtype)
         if self.bias is not None:
             Z += self.bias
-        return Z.astype(X.dtype, copy=False).reshape(X.shape[:-1] + (self.out_features,))
+        Y = Z.astype(X.dtype, copy=False)
+        return finite_output("forward", Y).reshape(X.shape[:-1] + (self.out_features,))
 
     def backward(self, X, dY) -> np.ndarray:
         """dX = dY W_eff; fills :attr:`grads` and adds to :attr:`transition_stats`.
@@ -514,7 +516,7 @@ class FusedLinear:
             dZ += np.repeat(dYs @ offset, self.block[1], axis=1)[:, :self.in_features] \
                 .astype(dZ.dtype)
         self._fill_grads(stats, dYs.T @ Xs, dY2)
-        return dZ.astype(X.dtype, copy=False).reshape(X.shape)
+        return finite_output("backward", dZ.astype(X.dtype, copy=False)).reshape(X.shape)
 
     __call__ = forward
 

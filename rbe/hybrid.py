@@ -21,7 +21,7 @@ import numpy as np
 
 from . import _core
 from . import transforms as tf
-from ._checks import layer_input, positive_int
+from ._checks import finite_output, layer_input, positive_int
 from .encoder import BlockGrid, HybridMatrix, encode
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -180,9 +180,11 @@ class HybridLinear:
         if bias.shape != (self.out_features,) or bias.dtype.kind not in "fiu":
             raise ValueError(f"bias must be a real vector of shape ({self.out_features},), "
                              f"got {bias.dtype} {bias.shape}")
+        with np.errstate(over="ignore"):        # finite in float64 may overflow float32
+            bias = bias.astype(np.float32)
         if not np.isfinite(bias).all():
-            raise ValueError("bias contains NaN or infinite values")
-        return bias.astype(np.float32)
+            raise ValueError("bias contains NaN or infinite values (or values beyond float32)")
+        return bias
 
     in_features = property(lambda self: self.grid.shape[1])
     out_features = property(lambda self: self.grid.shape[0])
@@ -214,6 +216,7 @@ class HybridLinear:
         yt += self._apply(outputs, self._row_classes, u, 1).reshape(yt.shape)
         if self.bias is not None:
             yt += self.bias[:, None]
+        finite_output("forward", yt)
         return np.ascontiguousarray(yt.T).reshape(X.shape[:-1] + (self.out_features,))
 
     def backward(self, X: np.ndarray, dY: np.ndarray) -> np.ndarray:
@@ -237,6 +240,7 @@ class HybridLinear:
                            1).reshape(dxt.shape)
         if self.bias is not None:
             self.grads["bias"][...] = dyt.sum(axis=1)
+        finite_output("backward", dxt)
         return np.ascontiguousarray(dxt.T).reshape(X.shape)
 
     def _kernel_args(self):

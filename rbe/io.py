@@ -8,22 +8,65 @@ A file is an ordinary safetensors file. Its metadata key ``"rbe"`` holds a JSON 
                         "tensors": {PART: {"dtype": "float32", "shape": [...],
                                            "sha256": "..."}}}}}
 
-and the tensor of part PART of entry NAME is stored as ``NAME/PART``. Loading checks the
-container, the header, every tensor's dtype, shape and checksum, and then the entry's own
-consistency (block grid, indices, finite parameters); anything wrong raises
-:class:`FormatError` naming the problem. Nothing is executed or unpickled.
+and the tensor of part PART of entry NAME is stored as ``NAME/PART``.
+
+Loading reads the file itself, in this order, and raises :class:`FormatError` naming the entry,
+part and problem at the first thing wrong:
+
+1. the container: header length, then the header JSON under limits (size, nesting depth, number
+   of values, number length; no NaN/Infinity, no repeated keys), every tensor's dtype (by name,
+   among rbe's), shape and byte range, the byte ranges tiling the payload exactly;
+2. the rbe header: format, version, and per entry its kind, every config field (a finite integer
+   in range or a known name) and every part's dtype and shape, exactly as the kind defines them
+   from the config (no casts, no broadcasts) -- all before any tensor is read, so a forged shape
+   costs nothing;
+3. per entry: the parts' bytes and checksums, finite parameters of bounded magnitude, then the
+   layer's own consistency (block grid, indices).
+
+Nothing is executed or unpickled; memory stays within a small multiple of the file's size.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
+import re
+import reprlib
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
+from . import _checks
+
 FORMAT = "rbe"
-VERSION = 1
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)
 _ALLOWED_DTYPES = {"float32", "float64", "uint8", "uint16", "uint64", "int64", "int32"}
+#: safetensors dtype names of the dtypes above; any other name is refused as it is.
+_SAFETENSORS_DTYPES = {"F32": "float32", "F64": "float64", "U8": "uint8", "U16": "uint16",
+                       "U64": "uint64", "I64": "int64", "I32": "int32"}
+
+MAX_HEADER_BYTES = 8 << 20     #: the safetensors JSON header (names, shapes, checksums)
+MAX_JSON_DEPTH = 16            #: nesting of objects and arrays (rbe's headers use 6)
+MAX_JSON_VALUES = 1 << 18      #: objects, arrays and items: bounds the parsed header's memory
+MAX_NUMBER_CHARS = 32
+MAX_DIMS = 8
+#: Largest magnitude of a loaded layer parameter: with inputs |x| <= 1 no layer within the
+#: size limits can overflow float32 (2^60 * 2^16 coefficients * 2^31 inputs < 3.4e38).
+MAX_PARAMETER = 2.0**60
+
+
+def _shown(value) -> str:
+    """repr of a value from a file, shortened: an error message stays readable whatever the
+    file holds."""
+    return _SHORT_REPR.repr(value)
+
+
+_SHORT_REPR = reprlib.Repr()
+_SHORT_REPR.maxstring = _SHORT_REPR.maxother = 120
+_SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 8
 
 
 class FormatError(ValueError):
@@ -83,80 +126,459 @@ def save(path, obj) -> None:
         arrays = {part: np.ascontiguousarray(a) for part, a in arrays.items()}
         header["entries"][name] = {"kind": kind, "config": config, "tensors": _describe(arrays)}
         tensors.update({f"{name}/{part}": a for part, a in arrays.items()})
+    # Created here first, so that a missing folder or a directory is a plain OSError.
+    open(os.fspath(path), "wb").close()
     save_file(tensors, os.fspath(path), metadata={FORMAT: json.dumps(header)})
 
 
-def _read_container(path) -> tuple[dict, dict]:
-    """The tensors and the metadata of a safetensors file, or FormatError."""
-    from safetensors import SafetensorError, safe_open
+# ---- bounded JSON ---------------------------------------------------------------------------
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_LONG_NUMBER = re.compile(rf"[-+.0-9eE]{{{MAX_NUMBER_CHARS + 1},}}")
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+_INNERMOST = re.compile(r"\[\]|\{\}")
+
+
+def _check_json_limits(text: str, what: str) -> None:
+    """Limits checked on the text before parsing: numbers, values, nesting depth."""
+    skeleton = _JSON_STRING.sub('""', text)      # the structure, strings emptied
+    if _LONG_NUMBER.search(skeleton):
+        raise FormatError(f"{what}: a number longer than {MAX_NUMBER_CHARS} characters")
+    values = skeleton.count(",") + skeleton.count("[") + skeleton.count("{")
+    if values > MAX_JSON_VALUES:
+        raise FormatError(f"{what}: more than {MAX_JSON_VALUES} JSON values")
+    brackets = _NOT_BRACKET.sub("", skeleton)
+    for _ in range(MAX_JSON_DEPTH):              # each pass removes one level of nesting
+        brackets = _INNERMOST.sub("", brackets)
+    if brackets:                                 # (the parser would recurse into them)
+        raise FormatError(f"{what}: JSON nested deeper than {MAX_JSON_DEPTH} levels or "
+                          "unbalanced brackets")
+
+
+def _refuse_constant(name):
+    raise FormatError(f"{name} is not a JSON number")
+
+
+def _finite_float(text):
+    value = float(text)
+    if not math.isfinite(value):
+        raise FormatError(f"number {text} overflows")
+    return value
+
+
+def _unique_keys(pairs):
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise FormatError("an object repeats a key")
+    return result
+
+
+def _parse_json(raw: bytes, what: str):
+    """Strict JSON from UTF-8 bytes, within the limits above."""
     try:
-        with safe_open(os.fspath(path), framework="np") as f:
-            metadata = f.metadata() or {}
-            tensors = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError, TypeError) as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
-        raise FormatError(f"{os.fspath(path)}: not a valid safetensors file ({exc})") from None
-    return metadata, tensors
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise FormatError(f"{what} is not UTF-8") from None
+    _check_json_limits(text, what)
+    try:
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                          object_pairs_hook=_unique_keys)
+    except FormatError as exc:
+        raise FormatError(f"{what}: {exc}") from None
+    except ValueError as exc:
+        raise FormatError(f"{what} is not valid JSON ({exc})") from None
 
+
+# ---- field checks ---------------------------------------------------------------------------
+
+def _fields(obj, required: set, what: str, optional: frozenset = frozenset()) -> dict:
+    """obj, if it is an object with exactly the required keys (and maybe optional ones)."""
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what} is not an object")
+    missing, unknown = required - set(obj), set(obj) - required - optional
+    if missing or unknown:
+        raise FormatError(f"{what}: missing {sorted(missing)}, unknown {_shown(sorted(unknown))}"
+                          if missing else f"{what}: unknown fields {_shown(sorted(unknown))}")
+    return obj
+
+
+def _integer(value, low: int, high: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise FormatError(f"{what} must be an integer in [{low}, {high}], got {_shown(value)}")
+    return value
+
+
+def _integers(value, what: str, length: int | None = None, high: int = 1 << 62) -> list:
+    if not isinstance(value, list) or len(value) > MAX_DIMS \
+            or (length is not None and len(value) != length):
+        raise FormatError(f"{what} must be a list of {length or f'at most {MAX_DIMS}'} "
+                          f"integers, got {_shown(value)}")
+    return [_integer(v, 0, high, what) for v in value]
+
+
+# ---- the container --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Stored:
+    """One tensor in the file: numpy dtype name, shape, byte range in the payload."""
+
+    dtype: str
+    shape: tuple
+    begin: int
+    end: int
+
+
+def _tensor_layout(container: dict, payload_bytes: int) -> dict:
+    """key -> _Stored for every tensor; their byte ranges must tile the payload."""
+    layout = {}
+    for key, info in container.items():
+        what = f"tensor {_shown(key)}"
+        _fields(info, {"dtype", "shape", "data_offsets"}, what)
+        dtype = info["dtype"]
+        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
+            raise FormatError(f"{what}: dtype {_shown(dtype)} is not one rbe reads "
+                              f"({', '.join(_SAFETENSORS_DTYPES)})")
+        shape = tuple(_integers(info["shape"], f"{what} shape"))
+        begin, end = _integers(info["data_offsets"], f"{what} data_offsets", length=2)
+        size = math.prod(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+        if end - begin != size:
+            raise FormatError(f"{what}: {dtype}{list(shape)} needs {size} bytes, its data "
+                              f"offsets span {end - begin}")
+        layout[key] = _Stored(_SAFETENSORS_DTYPES[dtype], shape, begin, end)
+    position = 0
+    for key, stored in sorted(layout.items(), key=lambda item: item[1].begin):
+        if stored.begin != position:
+            raise FormatError(f"tensor {_shown(key)}: data starts at byte {stored.begin}, "
+                              f"expected {position} (gaps and overlaps are refused)")
+        position = stored.end
+    if position != payload_bytes:
+        raise FormatError(f"the tensors hold {position} bytes, the payload is {payload_bytes}")
+    return layout
+
+
+class _Container:
+    """An open safetensors file whose header and tensor layout have been checked."""
+
+    def __init__(self, path):
+        self.file = open(os.fspath(path), "rb")     # noqa: SIM115 (closed by __exit__)
+        try:
+            self._read_header()
+        except FormatError as exc:
+            self.file.close()
+            raise FormatError(f"{os.fspath(path)}: not a valid safetensors file ({exc})") \
+                from None
+        except BaseException:
+            self.file.close()
+            raise
+
+    def _read_header(self) -> None:
+        size = os.fstat(self.file.fileno()).st_size
+        if size < 8:
+            raise FormatError(f"{size} bytes: too short for a safetensors file")
+        length = int.from_bytes(self.file.read(8), "little")
+        if length > min(MAX_HEADER_BYTES, size - 8):
+            raise FormatError(f"header length {length} exceeds the file ({size} bytes) or "
+                              f"the limit of {MAX_HEADER_BYTES}")
+        container = _parse_json(self.file.read(length), "the safetensors header")
+        if not isinstance(container, dict):
+            raise FormatError("the safetensors header is not an object")
+        metadata = container.pop("__metadata__", {})
+        if not isinstance(metadata, dict) \
+                or not all(isinstance(v, str) for v in metadata.values()):
+            raise FormatError("the safetensors metadata is not an object of strings")
+        self.metadata = metadata
+        self.layout = _tensor_layout(container, size - 8 - length)
+        self.payload_start = 8 + length
+
+    def read(self, key: str) -> tuple[np.ndarray, str]:
+        """The tensor stored under key (a writable array) and the sha256 of its bytes."""
+        stored = self.layout[key]
+        data = bytearray(stored.end - stored.begin)
+        self.file.seek(self.payload_start + stored.begin)
+        if self.file.readinto(data) != len(data):
+            raise FormatError(f"tensor {_shown(key)}: the file ended early")
+        array = np.frombuffer(data, np.dtype(stored.dtype).newbyteorder("<"))
+        return array.reshape(stored.shape), hashlib.sha256(data).hexdigest()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+# ---- entry kinds ----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Part:
+    """A stored array of a kind: dtype and shape, dimensions named or fixed."""
+
+    dtype: str
+    shape: tuple
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What an entry of one kind holds.
+
+    ``config``: field -> check(value, what) returning the value; ``dims``: config -> size of
+    every named dimension, or its (low, high) range when the stored arrays set it; ``check``:
+    kind-specific checks of the arrays before the layer is built.
+    """
+
+    config: dict
+    dims: Callable
+    parts: dict
+    check: Callable = lambda arrays: None
+    bounded: bool = True          # floating-point parts hold parameters of bounded magnitude
+
+
+def _pair(high: int, area: int):
+    def check(value, what):
+        pair = _integers(value, what, length=2, high=high)
+        if min(pair) < 1 or pair[0] * pair[1] > area:
+            raise FormatError(f"{what} must be two integers in [1, {high}] with a product of "
+                              f"at most {area}, got {_shown(value)}")
+        return tuple(pair)
+    return check
+
+
+def _name(choices: Callable):
+    def check(value, what):
+        if not isinstance(value, str) or value not in choices():
+            raise FormatError(f"{what} must be one of {tuple(choices())}, got {_shown(value)}")
+        return value
+    return check
+
+
+def _count(value, what):
+    return _integer(value, 1, _checks.MAX_FEATURES, what)
+
+
+def _tau(value, what):
+    try:
+        return _checks.nonnegative_number(what, value)
+    except ValueError:
+        raise FormatError(f"{what} must be a finite number >= 0, got {_shown(value)}") from None
+
+
+def _flag(value, what):
+    if not isinstance(value, bool):
+        raise FormatError(f"{what} must be true or false, got {_shown(value)}")
+    return value
+
+
+def _steps(value, what):
+    return _integer(value, 0, _checks.MAX_FEATURES, what)
+
+
+def _fraction(value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise FormatError(f"{what} must be a number in (0, 1], got {_shown(value)}")
+    return value
+
+
+def _wavelets():
+    import pywt
+    return pywt.wavelist(kind="discrete")
+
+
+def _hybrid_dims(config: dict) -> dict:
+    from .encoder import MAX_BLOCK_ELEMENTS
+    block = config["block"]
+    return {"blocks": _checks.block_count(config["shape"], block), "out": config["shape"][0],
+            "k": (1, min(block[0] * block[1], MAX_BLOCK_ELEMENTS))}
+
+
+def _fused_dims(config: dict) -> dict:
+    (h, w), rows, cols = config["block"], config["out_features"], config["in_features"]
+    if h > rows or w > cols:
+        raise FormatError(f"block {(h, w)} is larger than the layer ({rows} x {cols})")
+    _checks.block_count((rows, cols), (h, w))
+    return {"rows": -(-rows // h), "cols": -(-cols // w), "out": rows}
+
+
+def _check_masters(arrays: dict) -> None:
+    """The r and theta master copies (the float32 halves of the ``lo`` words) are finite."""
+    if not np.isfinite(arrays["lo"].view("<f4")).all():
+        raise FormatError("tensor 'lo' holds NaN or infinite r/theta master copies")
+
+
+def _hybrid_kind(*, bias: bool) -> _Kind:
+    from .encoder import MAX_BLOCK_ELEMENTS, MAX_BLOCK_SIDE
+    parts = {"coef": _Part("float32", ("blocks", 8)), "transform": _Part("uint8", ("blocks",)),
+             "index": _Part("uint16", ("blocks", "k")),
+             "values": _Part("float32", ("blocks", "k"))}
+    if bias:
+        parts["bias"] = _Part("float32", ("out",), optional=True)
+    config = {"shape": _pair(_checks.MAX_FEATURES, _checks.MAX_FEATURES**2),
+              "block": _pair(MAX_BLOCK_SIDE, MAX_BLOCK_ELEMENTS), "wavelet": _name(_wavelets)}
+    return _Kind(config, _hybrid_dims, parts)
+
+
+def _fused_kind(version: int) -> _Kind:
+    """Version 1 holds the original parameterisation; version 2 adds centring, block scales
+    and the transition schedule (docs/fused.md)."""
+    from .kernel import MAX_BLOCK_SIDE, MAX_BLOCK_SIZE, MODES
+    config = {"in_features": _count, "out_features": _count,
+              "block": _pair(MAX_BLOCK_SIDE, MAX_BLOCK_SIZE), "mode": _name(lambda: MODES),
+              "tau": _tau}
+    parts = {"hi": _Part("uint64", ("rows", "cols")), "lo": _Part("uint64", ("rows", "cols")),
+             "alpha": _Part("float32", (1,)), "beta": _Part("float32", (1,)),
+             "bias": _Part("float32", ("out",), optional=True)}
+    if version >= 2:
+        config.update(center=_flag, block_scale=_flag, transition_every=_steps,
+                      max_moves=_fraction)
+        parts["scale"] = _Part("float32", ("rows", "cols"), optional=True)
+    return _Kind(config, _fused_dims, parts, check=_check_masters)
+
+
+def _tensor_kind() -> _Kind:
+    return _Kind({}, lambda config: {}, {"data": _Part(None, None)}, bounded=False)
+
+
+def _kind_table(version: int) -> dict:
+    """The entry kinds of a format version."""
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or version not in SUPPORTED_VERSIONS:
+        raise FormatError(f"unsupported format version {_shown(version)} (this rbe reads "
+                          f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
+    table = {"hybrid_matrix": _hybrid_kind(bias=False), "hybrid_linear": _hybrid_kind(bias=True),
+             "tensor": _tensor_kind()}
+    if "fused_linear" in _kinds():
+        table["fused_linear"] = _fused_kind(version)
+    return table
+
+
+# ---- the rbe header -------------------------------------------------------------------------
 
 def _parse_header(metadata: dict) -> dict:
     if FORMAT not in metadata:
         raise FormatError("no rbe header in the file's metadata (not written by rbe.save)")
-    try:
-        header = json.loads(metadata[FORMAT])
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"the rbe header is not valid JSON ({exc})") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
+    raw = metadata[FORMAT].encode("utf-8", "surrogatepass")
+    header = _fields(_parse_json(raw, "the rbe header"), {"format", "version", "entries"},
+                     "the rbe header")
+    if header["format"] != FORMAT:
         raise FormatError("the rbe header does not describe an rbe file")
-    version = header.get("version")
-    if version != VERSION:
-        raise FormatError(f"unsupported format version {version!r} (this rbe reads {VERSION})")
-    if not isinstance(header.get("entries"), dict) or not header["entries"]:
+    if not isinstance(header["entries"], dict) or not header["entries"]:
         raise FormatError("the rbe header lists no entries")
     return header
 
 
-def _checked_arrays(name: str, entry: dict, tensors: dict) -> dict:
-    described = entry.get("tensors")
-    if not isinstance(described, dict):
-        raise FormatError(f"entry {name!r}: no tensor list")
-    arrays = {}
-    for part, spec in described.items():
+@dataclass
+class _Plan:
+    """An entry whose header has been checked: what to read and how to build it."""
+
+    name: str
+    kind: str
+    spec: _Kind
+    config: dict
+    parts: dict                                   # part -> (container key, sha256)
+
+
+def _check_part(where: str, part: str, described, stored: _Stored, expected: _Part,
+                dims: dict) -> None:
+    """The header's description of a part matches the container and the kind."""
+    _fields(described, {"dtype", "shape", "sha256"}, f"{where}: tensor {part!r}")
+    if described["dtype"] != stored.dtype or described["shape"] != list(stored.shape):
+        raise FormatError(f"{where}: tensor {part!r} is {stored.dtype}{list(stored.shape)}, "
+                          f"the header says {_shown(described['dtype'])} "
+                          f"{_shown(described['shape'])}")
+    sha = described["sha256"]
+    if not isinstance(sha, str) or not re.fullmatch("[0-9a-f]{64}", sha):
+        raise FormatError(f"{where}: tensor {part!r} has no valid sha256")
+    if expected.dtype is None:
+        return
+    if stored.dtype != expected.dtype or len(stored.shape) != len(expected.shape):
+        raise FormatError(f"{where}: tensor {part!r} must be {expected.dtype} with "
+                          f"{len(expected.shape)} dimension(s), got "
+                          f"{stored.dtype}{list(stored.shape)}")
+    for axis, (size, dim) in enumerate(zip(stored.shape, expected.shape)):
+        want = dims.get(dim, dim)
+        if isinstance(want, tuple):                # set by the arrays: the first one fixes it
+            low, high = want
+            if not low <= size <= high:
+                raise FormatError(f"{where}: tensor {part!r} has {dim} = {size}, outside "
+                                  f"[{low}, {high}]")
+            dims[dim] = want = size
+        if size != want:
+            raise FormatError(f"{where}: tensor {part!r} has shape {list(stored.shape)}, the "
+                              f"config makes axis {axis} ({dim}) {want}")
+
+
+def _plan_entry(name, entry, kinds: dict, layout: dict) -> _Plan:
+    if not isinstance(name, str) or not name or "/" in name:
+        raise FormatError(f"entry name {_shown(name)} is empty or holds '/'")
+    where = f"entry {_shown(name)}"
+    _fields(entry, {"kind", "config", "tensors"}, where)
+    kind = entry["kind"]
+    if not isinstance(kind, str) or kind not in kinds:
+        raise FormatError(f"{where}: unknown kind {_shown(kind)}")
+    spec = kinds[kind]
+    config = _fields(entry["config"], set(spec.config), f"{where}: config")
+    config = {key: check(config[key], f"{where}: config {_shown(key)}")
+              for key, check in spec.config.items()}
+    try:
+        dims = spec.dims(config)
+    except ValueError as exc:
+        raise FormatError(f"{where}: {exc}") from None
+    required = {p for p, part in spec.parts.items() if not part.optional}
+    described = _fields(entry["tensors"], required, f"{where}: tensors",
+                        frozenset(spec.parts) - required)
+    parts = {}
+    for part, expected in spec.parts.items():
+        if part not in described:
+            continue
         key = f"{name}/{part}"
-        if key not in tensors:
-            raise FormatError(f"entry {name!r}: tensor {part!r} is missing")
-        a = tensors.pop(key)
-        if not isinstance(spec, dict) or a.dtype.name != spec.get("dtype") \
-                or list(a.shape) != spec.get("shape"):
-            raise FormatError(f"entry {name!r}: tensor {part!r} is {a.dtype.name}{list(a.shape)}, "
-                              f"the header says {spec!r}")
-        if _checksum(a) != spec.get("sha256"):
-            raise FormatError(f"entry {name!r}: tensor {part!r} fails its checksum (corrupted)")
-        arrays[part] = a
+        if key not in layout:
+            raise FormatError(f"{where}: tensor {part!r} is missing")
+        _check_part(where, part, described[part], layout[key], expected, dims)
+        parts[part] = (key, described[part]["sha256"])
+    return _Plan(name, kind, spec, config, parts)
+
+
+def _plan(header: dict, layout: dict) -> list:
+    """Every entry checked against the container, before any tensor is read."""
+    kinds = _kind_table(header["version"])
+    plans = [_plan_entry(name, entry, kinds, layout)
+             for name, entry in header["entries"].items()]
+    described = {key for plan in plans for key, _ in plan.parts.values()}
+    extra = sorted(set(layout) - described)
+    if extra:
+        raise FormatError(f"tensors not described by the header: {_shown(extra)}")
+    return plans
+
+
+def _read_entry(plan: _Plan, container: _Container) -> dict:
+    where = f"entry {_shown(plan.name)}"
+    arrays = {}
+    for part, (key, sha256) in plan.parts.items():
+        array, digest = container.read(key)
+        if digest != sha256:
+            raise FormatError(f"{where}: tensor {part!r} fails its checksum (corrupted)")
+        if array.dtype.kind == "f":
+            if not np.isfinite(array).all():
+                raise FormatError(f"{where}: tensor {part!r} holds NaN or inf")
+            if plan.spec.bounded and array.size \
+                    and max(array.max(), -array.min()) > MAX_PARAMETER:
+                raise FormatError(f"{where}: tensor {part!r} holds values beyond "
+                                  f"{MAX_PARAMETER:.3g} in magnitude")
+        arrays[part] = array
+    try:
+        plan.spec.check(arrays)
+    except FormatError as exc:
+        raise FormatError(f"{where}: {exc}") from None
     return arrays
 
 
-def _build(name: str, entry: dict, arrays: dict):
-    kind = entry.get("kind")
-    if kind == "tensor":
-        if set(arrays) != {"data"}:
-            raise FormatError(f"entry {name!r}: a tensor entry holds exactly one 'data' tensor")
+def _build(plan: _Plan, arrays: dict):
+    if plan.kind == "tensor":
         return arrays["data"]
-    cls = _kinds().get(kind)
-    if cls is None:
-        raise FormatError(f"entry {name!r}: unknown kind {kind!r}")
-    config = entry.get("config")
-    if not isinstance(config, dict):
-        raise FormatError(f"entry {name!r}: no config")
-    for part, a in arrays.items():
-        if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
-            raise FormatError(f"entry {name!r}: tensor {part!r} holds NaN or inf")
     try:
-        return cls._from_state(config, arrays)
-    except (ValueError, TypeError, KeyError) as exc:
-        raise FormatError(f"entry {name!r} ({kind}): {exc}") from None
+        return _kinds()[plan.kind]._from_state(plan.config, arrays)
+    except (ValueError, TypeError, KeyError, OverflowError) as exc:
+        raise FormatError(f"entry {_shown(plan.name)} ({plan.kind}): {exc}") from None
 
 
 def load(path) -> dict:
@@ -165,17 +587,12 @@ def load(path) -> dict:
     Raises
     ------
     FormatError
-        If the file is truncated, corrupted, forged, inconsistent or of an unknown version.
-    FileNotFoundError
-        If there is no such file.
+        If the file is truncated, corrupted, forged, inconsistent, of an unknown version or
+        beyond rbe's limits (the message names the entry, part and problem); nothing else for
+        any content of a readable file.
+    OSError
+        If the file cannot be opened or read (FileNotFoundError if there is none).
     """
-    metadata, tensors = _read_container(path)
-    header = _parse_header(metadata)
-    result = {}
-    for name, entry in header["entries"].items():
-        if not isinstance(entry, dict):
-            raise FormatError(f"entry {name!r} is not an object")
-        result[name] = _build(name, entry, _checked_arrays(name, entry, tensors))
-    if tensors:
-        raise FormatError(f"tensors not described by the header: {sorted(tensors)[:5]}")
-    return result
+    with _Container(path) as container:
+        plans = _plan(_parse_header(container.metadata), container.layout)
+        return {plan.name: _build(plan, _read_entry(plan, container)) for plan in plans}

@@ -29,6 +29,7 @@ APPROX_FAMILIES = tuple(_core.APPROX_FAMILIES)
 DEFAULT_APPROX = "poly"
 MAX_BLOCK_SIDE = 65535
 MAX_BLOCK_SIZE = 1 << 24
+_TABLE_CHUNK = 1 << 16          # weights whose tables are computed at once
 
 
 def simd_paths() -> tuple:
@@ -102,21 +103,21 @@ def coordinates(shape) -> tuple:
 def _build_tables(h: int, w: int) -> ShapeTables:
     g = -(-(-(-w // 4)) // 8) * 8          # ceil(ceil(w / 4) / 8) * 8
     x, y = coordinates((h, w))
-    xx, yy = np.meshgrid(x, y)
-    rho = np.hypot(xx, yy)
-    safe = np.where(rho > 0, rho, 1.0)
-    sin_phi = np.where(rho > 0, yy / safe, 0.0)     # phi = atan2(0, 0) = 0 at the centre
-    cos_phi = np.where(rho > 0, xx / safe, 1.0)
-    grouped = np.zeros((3, h, 4, g))
-    for p in range(min(4, w)):
-        cols = slice(p, w, 4)
-        n = len(range(p, w, 4))
-        grouped[0, :, p, :n] = rho[:, cols]
-        grouped[1, :, p, :n] = sin_phi[:, cols]
-        grouped[2, :, p, :n] = cos_phi[:, cols]
-    tables = np.ascontiguousarray(grouped, dtype=np.float32)
-    for t in tables:
-        t.flags.writeable = False
+    tables = np.zeros((3, h, 4, g), np.float32)
+    # Chunks of rows keep the float64 temporaries small (a block has up to 2^24 weights).
+    step = max(1, _TABLE_CHUNK // w)
+    for top in range(0, h, step):
+        rows = slice(top, top + step)
+        xx, yy = np.meshgrid(x, y[rows])
+        rho = np.hypot(xx, yy)
+        safe = np.where(rho > 0, rho, 1.0)
+        sin_phi = np.where(rho > 0, yy / safe, 0.0)     # phi = atan2(0, 0) = 0 at the centre
+        cos_phi = np.where(rho > 0, xx / safe, 1.0)
+        for p in range(min(4, w)):
+            cols = slice(p, w, 4)
+            n = len(range(p, w, 4))
+            tables[:, rows, p, :n] = rho[:, cols], sin_phi[:, cols], cos_phi[:, cols]
+    tables.flags.writeable = False                      # (and so every view of it)
     return ShapeTables(*tables)
 
 
@@ -132,7 +133,7 @@ def check_block_shape(shape) -> tuple:
         h, w = (int(v) for v in shape)
         if (h, w) != tuple(shape):
             raise TypeError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ValueError(f"block shape must be a pair of integers, got {shape!r}") from None
     if h < 1 or w < 1:
         raise ValueError(f"block shape must be positive, got {(h, w)}")

@@ -17,20 +17,26 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 
 
-@pytest.fixture
-def run_python(tmp_path):
+@pytest.fixture(scope="session")
+def python_in_child(tmp_path_factory):
     """Run ``python -c code *args`` (or ``python -m ...`` with module=) in a child process that
     imports the rbe under test (installed wheel or in-place build), from a directory outside
-    the source tree. Returns the CompletedProcess (text output)."""
+    the source tree (cwd=, or a fresh one). Returns the CompletedProcess (text output)."""
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(rbe.__file__)))
     path = os.pathsep.join(filter(None, [package_parent, os.environ.get("PYTHONPATH")]))
 
-    def run(code=None, *args, module=None, env=None, timeout=120):
+    def run(code=None, *args, module=None, env=None, timeout=120, cwd=None):
         command = ["-m", module] if module else ["-c", code]
         return subprocess.run([sys.executable, *command, *args], capture_output=True, text=True,
-                              cwd=tmp_path, timeout=timeout,
+                              cwd=cwd or tmp_path_factory.mktemp("child"), timeout=timeout,
                               env=os.environ | (env or {}) | {"PYTHONPATH": path})
     return run
+
+
+@pytest.fixture
+def run_python(python_in_child, tmp_path):
+    """python_in_child, run from the test's tmp_path."""
+    return lambda *args, **kwargs: python_in_child(*args, cwd=tmp_path, **kwargs)
 
 
 @pytest.fixture

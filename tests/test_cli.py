@@ -76,3 +76,57 @@ def test_errors_print_one_line_and_exit_nonzero(dense_file, tmp_path, run_python
     assert done.returncode == 1
     assert message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def write_npz(path, **arrays):
+    np.savez_compressed(path, **arrays)
+    return path
+
+
+def corrupt_deflate_stream(path):
+    """The .npz with bytes in the middle of its first compressed member flipped."""
+    data = bytearray(path.read_bytes())
+    for i in range(200, 240):
+        data[i] ^= 0x5A
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("make_input, output, message", [
+    (lambda d: d / "cut.npz", "out.safetensors", "not a valid .npz file"),
+    (lambda d: corrupt_deflate_stream(write_npz(d / "bad.npz", w=np.arange(4096.0))),
+     "out.safetensors", "not a valid .npz file"),
+    (lambda d: write_npz(d / "ok.npz", w=np.ones((16, 16))), "missing/out.safetensors",
+     "No such file or directory"),
+    (lambda d: write_npz(d / "ok.npz", w=np.ones((16, 16))), ".", "Is a directory"),
+    (lambda d: write_npz(d / "twice.npz", **{"a.weight": np.ones((16, 16)), "a": np.ones(3)}),
+     "out.safetensors", "tensors 'a.weight' and 'a' would both be stored as 'a'"),
+    (lambda d: write_npz(d / "twice.npz", **{"w": np.ones((8, 8)), "x.y": np.ones(3),
+                                             "x/y": np.ones(4)}),
+     "out.safetensors", "would both be stored as 'x.y'"),
+])
+def test_compress_errors_are_one_line(tmp_path, run_python, make_input, output, message):
+    write_npz(tmp_path / "full.npz", w=np.random.default_rng(0).standard_normal((64, 64)))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "full.npz").read_bytes()[:3000])
+    source = make_input(tmp_path)
+    done = run_python(None, "compress", str(source), "-o", str(tmp_path / output), "--k", "4",
+                      "--block", "8", "8", module="rbe")
+    assert done.returncode == 1, done.stderr
+    assert message in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_usage_errors_exit_2(run_python):
+    done = run_python(None, "compress", "x.npz", module="rbe")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+
+
+def test_info_escapes_names_and_handles_zero_size_tensors(tmp_path, capsys):
+    path = tmp_path / "names.safetensors"
+    hostile = "evil\x1b[2J\nforged line\u202e"
+    rbe.save(path, {hostile: np.zeros((0, 4), np.float32), "ok": np.zeros(0, np.uint8)})
+    assert cli.main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\u202e" not in out and "forged line" in out
+    assert "evil\\x1b[2J\\nforged line\\u202e" in out
+    assert len(out.splitlines()) == 4                # title, two entries, total

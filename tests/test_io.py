@@ -1,7 +1,7 @@
 """rbe.save / rbe.load: round trips, and every kind of malformed file rejected with FormatError.
 
 Malformed files are loaded in a child process, so a crash (a signal) cannot pass for a clean
-error: the child must exit through its FormatError handler.
+error: the child must report a FormatError for each and exit normally.
 """
 import hashlib
 import json
@@ -21,12 +21,12 @@ try:
 except ImportError:
     pass
 import rbe
-try:
-    rbe.load(sys.argv[1])
-except rbe.FormatError as exc:
-    print("FormatError:", exc)
-    sys.exit(3)
-print("loaded")
+for path in sys.argv[1:]:
+    try:
+        rbe.load(path)
+        print("loaded")
+    except rbe.FormatError as exc:
+        print("FormatError:", repr(str(exc)))
 """
 
 
@@ -162,7 +162,106 @@ def forge_seed_grid(data: bytes) -> bytes:
     return edit_rbe_header(data, lambda h: h["entries"]["seeded"]["config"].update(in_features=300))
 
 
+_SAFETENSORS_NAMES = {"float32": "F32", "float64": "F64", "int64": "I64", "uint64": "U64",
+                      "uint16": "U16", "uint8": "U8", "int32": "I32"}
+
+
+def replace_part(data: bytes, name: str, part: str, array) -> bytes:
+    """The file with entry name's part replaced by array, container, header and checksum
+    rewritten to agree (a consistent forgery: no cast or broadcast may accept it)."""
+    container, payload = split(data)
+    header = json.loads(container.pop("__metadata__")["rbe"])
+    arrays = {key: payload[info["data_offsets"][0]:info["data_offsets"][1]]
+              for key, info in container.items()}
+    array = np.ascontiguousarray(array)
+    arrays[f"{name}/{part}"] = array.tobytes()
+    container[f"{name}/{part}"] = {"dtype": _SAFETENSORS_NAMES[array.dtype.name],
+                                   "shape": list(array.shape)}
+    header["entries"][name]["tensors"][part] = {
+        "dtype": array.dtype.name, "shape": list(array.shape),
+        "sha256": hashlib.sha256(array.tobytes()).hexdigest()}
+    offset = 0
+    for key in container:
+        container[key]["data_offsets"] = [offset, offset + len(arrays[key])]
+        offset += len(arrays[key])
+    container["__metadata__"] = {"rbe": json.dumps(header)}
+    return join(container, b"".join(arrays[key] for key in container if key != "__metadata__"))
+
+
+def stored_part(data: bytes, name: str, part: str) -> np.ndarray:
+    container, payload = split(data)
+    info = container[f"{name}/{part}"]
+    dtype = {v: k for k, v in _SAFETENSORS_NAMES.items()}[info["dtype"]]
+    begin, end = info["data_offsets"]
+    return np.frombuffer(payload[begin:end], dtype).reshape(info["shape"]).copy()
+
+
+def edit_rbe_text(data: bytes, edit) -> bytes:
+    """The file with the rbe header's JSON text passed through edit (raw JSON, which
+    json.dumps could not write)."""
+    container, payload = split(data)
+    container["__metadata__"]["rbe"] = edit(container["__metadata__"]["rbe"])
+    return join(container, payload)
+
+
+def with_part_values(name, part, edit):
+    def forge(data):
+        array = stored_part(data, name, part)
+        edit(array)
+        return replace_part(data, name, part, array)
+    return forge
+
+
+def set_kind(value):
+    return lambda d: edit_rbe_header(d, lambda h: h["entries"]["hybrid"].update(kind=value))
+
+
 MALFORMED = {
+    # each finding of the fuzzing campaign of issue 11, then the older cases
+    "deeply nested header": (lambda d: edit_rbe_text(d, lambda t: t.replace(
+        '"version": 1', '"version": ' + "[" * 100_000 + "]" * 100_000)), "nested deeper"),
+    "unbalanced nesting": (lambda d: edit_rbe_text(d, lambda t: t.replace(
+        '"version": 1', '"version": ' + "[" * 100_000)), "unbalanced"),
+    "integer of 5000 digits": (lambda d: edit_rbe_text(d, lambda t: t.replace(
+        '"version": 1', '"version": ' + "9" * 5000)), "longer than 32 characters"),
+    "F8_E4M3 tensor": (lambda d: edit_container(
+        d, lambda c: c["hybrid/values"].update(dtype="F8_E4M3")), "dtype 'F8_E4M3'"),
+    "F8_E5M2 tensor": (lambda d: edit_container(
+        d, lambda c: c["hybrid/values"].update(dtype="F8_E5M2")), "dtype 'F8_E5M2'"),
+    "kind is an object": (set_kind({}), "unknown kind {}"),
+    "kind is a list": (set_kind([]), "unknown kind []"),
+    "block of Infinity": (lambda d: edit_rbe_text(d, lambda t: t.replace(
+        '"block": [32, 32]', '"block": [Infinity, 8]', 1)), "Infinity is not a JSON number"),
+    "number overflowing float": (lambda d: edit_rbe_text(d, lambda t: t.replace(
+        '"tau": 0.01', '"tau": 1e999', 1)), "overflows"),
+    "repeated key": (lambda d: edit_rbe_text(d, lambda t: t.replace(
+        '"version": 1', '"version": 1, "version": 1')), "repeats a key"),
+    "giant layer in the config": (lambda d: edit_rbe_header(d, lambda h: h["entries"]["seeded"][
+        "config"].update(in_features=2**31 - 1, out_features=2**31 - 1)), "more than the limit"),
+    "giant matrix in the config": (lambda d: edit_rbe_header(d, lambda h: h["entries"]["hybrid"][
+        "config"].update(shape=[2**31 - 1, 2**31 - 1])), "more than the limit"),
+    "giant forged tensor shape": (lambda d: edit_container(
+        d, lambda c: c["hybrid/values"].update(shape=[1 << 20, 1 << 20])), "needs 4398046511104"),
+    "float64 bias of 1e300": (lambda d: replace_part(d, "hybrid", "bias", np.full(70, 1e300)),
+                              "tensor 'bias' must be float32"),
+    "float32 bias of 3.4e38": (with_part_values("hybrid", "bias", lambda a: a.fill(3.4e38)),
+                               "beyond"),
+    "values of 3.4e38": (with_part_values("hybrid", "values", lambda a: a.__setitem__(0, 3.4e38)),
+                         "tensor 'values' holds values beyond"),
+    "coefficients of -3.4e38": (with_part_values("hybrid", "coef", lambda a: a.fill(-3.4e38)),
+                                "tensor 'coef' holds values beyond"),
+    "alpha of 3.4e38": (with_part_values("seeded", "alpha", lambda a: a.fill(3.4e38)),
+                        "tensor 'alpha' holds values beyond"),
+    "beta of 3.4e38": (with_part_values("seeded", "beta", lambda a: a.fill(3.4e38)),
+                       "tensor 'beta' holds values beyond"),
+    "seed words as int64": (lambda d: replace_part(
+        d, "seeded", "hi", stored_part(d, "seeded", "hi").view(np.int64)), "must be uint64"),
+    "seed words as float64": (lambda d: replace_part(
+        d, "seeded", "lo", stored_part(d, "seeded", "lo").astype(np.float64)), "must be uint64"),
+    "bias of shape (1,)": (lambda d: replace_part(d, "hybrid", "bias", np.ones(1, np.float32)),
+                           "the config makes axis 0 (out) 70"),
+    "NaN master copies": (with_part_values("seeded", "lo", lambda a: a.fill(0x7FC00000)),
+                          "master copies"),
     "seed grid mismatch": (forge_seed_grid, "entry 'seeded'"),
     "empty": (lambda d: b"", "not a valid safetensors file"),
     "garbage": (lambda d: os.urandom(4096), "not a valid safetensors file"),
@@ -180,27 +279,104 @@ MALFORMED = {
     "not rbe": (lambda d: edit_container(d, lambda c: c.update(__metadata__={"x": "y"})),
                 "no rbe header"),
     "header not json": (lambda d: edit_container(
-        d, lambda c: c["__metadata__"].update(rbe="{nope")), "not valid JSON"),
+        d, lambda c: c["__metadata__"].update(rbe="{nope}")), "not valid JSON"),
     "unknown kind": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["hybrid"].update(kind="pickle")), "unknown kind 'pickle'"),
-    "missing tensor": (lambda d: edit_rbe_header(
+    "unknown part": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["hybrid"]["tensors"].update(extra=h["entries"]["hybrid"]["tensors"]["coef"])),
-        "tensor 'extra' is missing"),
+        "unknown fields ['extra']"),
+    "missing part": (lambda d: edit_rbe_header(
+        d, lambda h: h["entries"]["hybrid"]["tensors"].pop("coef")), "missing ['coef']"),
     "inconsistent config": (forge_consistently, "entry 'hybrid'"),
     "index out of range": (out_of_range_index, "entry 'hybrid'"),
     "nan parameters": (nan_values, "NaN or inf"),
 }
 
 
+@pytest.fixture(scope="module")
+def malformed_outcomes(saved, tmp_path_factory, python_in_child):
+    """What loading each MALFORMED file did, all loaded by one child process (a crash there
+    fails every case rather than passing for a clean error)."""
+    folder = tmp_path_factory.mktemp("malformed")
+    paths = []
+    for i, case in enumerate(sorted(MALFORMED)):
+        paths.append(str(folder / f"{i}.safetensors"))
+        with open(paths[-1], "wb") as f:
+            f.write(MALFORMED[case][0](saved.read_bytes()))
+    done = python_in_child(LOAD_IN_CHILD, *paths, timeout=300)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    return dict(zip(sorted(MALFORMED), done.stdout.splitlines()))
+
+
 @pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_malformed_file_raises_format_error_in_child(saved, tmp_path, run_python, case):
-    corrupt, message = MALFORMED[case]
-    path = tmp_path / "bad.safetensors"
-    path.write_bytes(corrupt(saved.read_bytes()))
-    done = run_python(LOAD_IN_CHILD, str(path))
-    assert done.returncode == 3, (done.returncode, done.stdout, done.stderr[-2000:])
-    assert message in done.stdout
+def test_malformed_file_raises_format_error_in_child(malformed_outcomes, case):
+    outcome = malformed_outcomes[case]
+    assert outcome.startswith("FormatError:"), outcome
+    assert MALFORMED[case][1] in outcome
 
 
 def test_format_error_is_a_value_error():
     assert issubclass(rbe.FormatError, ValueError)
+
+
+PEAK_IN_CHILD = """
+import resource, sys
+limit = 2 << 30
+resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+import rbe
+
+def status(field):            # kB; VmHWM is this process's own peak (ru_maxrss is not after exec)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")              # the peak restarts from here
+before = status("VmRSS")
+try:
+    rbe.load(sys.argv[1])
+except rbe.FormatError:
+    print(1024 * (status("VmHWM") - before))
+    sys.exit(3)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+@pytest.mark.parametrize("case", ["giant layer in the config", "giant matrix in the config",
+                                  "giant forged tensor shape", "forged offsets",
+                                  "deeply nested header", "integer of 5000 digits"])
+def test_rejected_file_stays_within_the_memory_bound(saved, tmp_path, run_python, case):
+    """Peak memory of a rejected file <= 64 MiB + 4 x its size (the forged sizes are
+    refused before anything is allocated)."""
+    data = MALFORMED[case][0](saved.read_bytes())
+    path = tmp_path / "bad.safetensors"
+    path.write_bytes(data)
+    done = run_python(PEAK_IN_CHILD, str(path))
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert int(done.stdout) <= (64 << 20) + 4 * len(data)
+
+
+def test_load_refuses_an_oversized_header_before_reading_it(saved, tmp_path):
+    container, payload = split(saved.read_bytes())
+    container["__metadata__"]["padding"] = " " * rbe.io.MAX_HEADER_BYTES
+    path = tmp_path / "big.safetensors"
+    path.write_bytes(join(container, payload))
+    with pytest.raises(rbe.FormatError, match="exceeds the file .* or the limit"):
+        rbe.load(path)
+
+
+def test_zero_size_tensor_round_trips(tmp_path):
+    rbe.save(tmp_path / "z.safetensors", {"empty": np.zeros((0, 3), np.float32)})
+    assert rbe.load(tmp_path / "z.safetensors")["empty"].shape == (0, 3)
+
+
+def test_loaded_parts_are_exact_and_writable(layers, saved):
+    loaded = rbe.load(saved)
+    assert loaded["embedding"].dtype == np.float64 and loaded["embedding"].flags.writeable
+    assert loaded["seeded"].seeds.dtype == rbe.seeds.DTYPE
+
+
+def test_save_into_a_missing_folder_or_onto_a_directory_is_an_os_error(layers, tmp_path):
+    with pytest.raises(FileNotFoundError):
+        rbe.save(tmp_path / "missing" / "x.safetensors", layers["hybrid"])
+    with pytest.raises(IsADirectoryError):
+        rbe.save(tmp_path, layers["hybrid"])

@@ -6,9 +6,11 @@
 #include <omp.h>
 static inline int rbe_openmp_enabled(void) { return 1; }
 static inline int rbe_max_threads(void) { return omp_get_max_threads(); }
+static inline int rbe_thread_limit(void) { return omp_get_thread_limit(); }
 #else
 static inline int rbe_openmp_enabled(void) { return 0; }
 static inline int rbe_max_threads(void) { return 1; }
+static inline int rbe_thread_limit(void) { return 1 << 30; }
 #endif
 
 #endif

@@ -1,0 +1,124 @@
+"""Argument limits and bad inputs (issue 11): every size and thread count is bounded with a
+ValueError naming the argument and the limit before anything is allocated; non-finite or
+overflowing inputs and results raise ValueError."""
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import rbe
+from rbe import _core
+
+
+def raises_before_allocating(fn, match):
+    """fn raises ValueError(match) having allocated less than 1 MiB."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match=match):
+            fn()
+        assert tracemalloc.get_traced_memory()[1] < 1 << 20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("n", [100_000, _core.MAX_THREADS + 1, 2**40])
+def test_set_num_threads_refuses_more_than_the_limit(threads, n):
+    with pytest.raises(ValueError, match=f"at most {_core.max_threads()}"):
+        threads(n)
+
+
+@pytest.mark.parametrize("n", [-1, 1.5, "4", True])
+def test_set_num_threads_refuses_what_is_not_a_count(threads, n):
+    with pytest.raises(ValueError, match="number of threads"):
+        threads(n)
+
+
+def test_set_num_threads_accepts_the_limit(threads):
+    threads(_core.max_threads())
+    assert rbe.get_num_threads() == _core.max_threads()
+    x = np.ones((3, 64), np.float32)
+    assert np.isfinite(rbe.FusedLinear(64, 64, block=(16, 16), seed=0).forward(x)).all()
+
+
+def test_giant_layers_are_refused_before_allocation():
+    raises_before_allocating(lambda: rbe.FusedLinear(2**31, 2**31), "in_features must be at most")
+    raises_before_allocating(lambda: rbe.FusedLinear(8192, 8192, block=(1, 1)),
+                             "67108864 blocks, more than the limit of 16777216")
+    raises_before_allocating(lambda: rbe.HybridLinear(8192, 8192, block=(1, 1), k=1),
+                             "more than the limit")
+
+
+def test_hybrid_block_sides_are_bounded():
+    with pytest.raises(ValueError, match="side longer than 1024"):
+        rbe.HybridLinear(2048, 4, block=(2, 2048), k=1)
+
+
+@pytest.mark.parametrize("block", [(math.inf, 8), (8, -math.inf), (math.nan, 8)])
+def test_non_finite_block_is_a_value_error(block):
+    W = np.ones((64, 64), np.float32)
+    for make in (lambda: rbe.FusedLinear(64, 64, block=block),
+                 lambda: rbe.HybridLinear(64, 64, block=block),
+                 lambda: rbe.encode(W, block=block)):
+        with pytest.raises(ValueError, match="block"):
+            make()
+
+
+@pytest.mark.parametrize("value", [3.5e38, 1e30, -1e300])
+def test_encode_refuses_values_whose_coefficients_overflow_float32(value):
+    W = np.ones((60, 16))
+    W[3, 4] = value
+    with pytest.raises(ValueError, match="W holds values too large"):
+        rbe.encode(W, block=(4, 4), k=4)
+
+
+def test_encode_keeps_large_values_below_the_limit_finite():
+    W = np.full((16, 16), 2.0**63)
+    matrix = rbe.encode(W, block=(4, 4), k=4)
+    assert np.isfinite(matrix.coef).all() and np.isfinite(matrix.values).all()
+
+
+def layers():
+    W = np.random.default_rng(0).standard_normal((32, 48)).astype(np.float32)
+    return [rbe.FusedLinear(48, 32, block=(16, 16), seed=0),
+            rbe.FusedLinear(48, 32, block=(16, 16), seed=0, mode="precise"),
+            rbe.HybridLinear.from_dense(W, block=(16, 16), k=8)]
+
+
+@pytest.mark.parametrize("layer", layers(), ids=["fused", "fused-precise", "hybrid"])
+def test_inputs_beyond_float32_are_refused(layer):
+    x = np.ones(48)
+    x[5] = 1e300
+    with pytest.raises(ValueError, match="X holds values beyond float32's range"):
+        layer.forward(x)
+    with pytest.raises(ValueError, match="X holds values beyond"):
+        layer.backward(x, np.ones(32))
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
+@pytest.mark.parametrize("layer", layers(), ids=["fused", "fused-precise", "hybrid"])
+def test_overflowing_results_raise(layer):
+    x = np.full((2, 48), 3e38, np.float32)
+    with pytest.raises(ValueError, match="forward overflows"):
+        layer.forward(x)
+    with pytest.raises(ValueError, match="backward overflows"):
+        layer.backward(np.ones((2, 48), np.float32), np.full((2, 32), 3e38, np.float32))
+
+
+@pytest.mark.parametrize("tau", ["0.1", True, math.nan, -1.0, None, 10**400])
+def test_tau_must_be_a_finite_number(tau):
+    with pytest.raises(ValueError, match="tau must be a finite number >= 0"):
+        rbe.FusedLinear(64, 64, block=(16, 16), tau=tau)
+
+
+def test_float64_bias_that_overflows_float32_is_refused():
+    W = np.ones((16, 16), np.float32)
+    with pytest.raises(ValueError, match="bias contains NaN or infinite values"):
+        rbe.HybridLinear.from_dense(W, bias=np.full(16, 1e300), block=(8, 8), k=2)
+
+
+def test_kernels_use_at_most_max_threads_whatever_the_environment(run_python):
+    done = run_python("import rbe; print(rbe.get_num_threads(), rbe._core.MAX_THREADS)",
+                      env={"OMP_NUM_THREADS": "100000"})
+    used, limit = map(int, done.stdout.split())
+    assert done.returncode == 0 and 1 <= used <= limit
