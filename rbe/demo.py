@@ -140,22 +140,10 @@ def dense_mlp(rng) -> MLP:
                 DenseLinear(HIDDEN, 10, rng)])
 
 
-def _standardised(layer):
-    """Set alpha and beta so that W_eff = alpha W + beta has mean 0 and variance 1/fan_in.
-
-    Generated weights lie in [0, 1]; with the default alpha = 1, beta = 0 every unit would
-    see the same large positive sum, as a dense layer initialised with all-positive weights.
-    """
-    W = layer.to_dense()
-    layer.alpha = 1.0 / (np.sqrt(layer.in_features) * max(float(W.std()), 1e-6))
-    layer.beta = -float(layer.alpha) * float(W.mean())
-    return layer
-
-
 def fused_mlp(seed: int) -> MLP:
     from .fused import FusedLinear
     sizes = [(64, HIDDEN), (HIDDEN, HIDDEN), (HIDDEN, 10)]
-    return MLP([_standardised(FusedLinear(i, o, block=(min(16, o), 16), seed=seed + n))
+    return MLP([FusedLinear(i, o, block=(min(16, o), 16), seed=seed + n)
                 for n, (i, o) in enumerate(sizes)])
 
 

@@ -5,9 +5,13 @@ A trainable layer exposes three things:
 - ``parameters()``: a dict name -> float array, updated in place by the optimiser;
 - ``grads``: a dict with the same names and shapes, filled by ``backward``;
 - ``after_step()``: called after every update, to re-derive state that depends on the
-  parameters (seed layers apply their state transitions and re-quantise ``hi`` there).
+  parameters (seed layers apply their state transitions and re-quantise ``hi`` there). Given
+  a closure, :meth:`Optimizer.step` passes it on as ``after_step(loss=closure)``: seed layers
+  then keep their state transitions only if the loss does not increase.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -43,11 +47,20 @@ class Optimizer:
                                      f"parameter has {p.shape}")
                 yield (i, name), p, g
 
-    def step(self) -> None:
+    def step(self, closure: Callable[[], float] | None = None) -> None:
+        """Update every parameter from its gradient, then run each layer's ``after_step``.
+
+        closure : callable returning the loss on the current batch, optional
+            Passed to ``after_step(loss=closure)`` (the exact check of seed layers' state
+            transitions); it must not change gradients.
+        """
         for key, p, g in self._pairs():
             self._update(key, p, g)
         for layer in self.layers:
-            layer.after_step()
+            if closure is None:
+                layer.after_step()
+            else:
+                layer.after_step(loss=closure)
 
     def zero_grad(self) -> None:
         for layer in self.layers:
@@ -91,9 +104,9 @@ class Adam(Optimizer):
         self.t = 0
         self._moments = {}
 
-    def step(self) -> None:
+    def step(self, closure: Callable[[], float] | None = None) -> None:
         self.t += 1
-        super().step()
+        super().step(closure)
 
     def _update(self, key, p, g):
         m, v = self._moments.setdefault(key, (np.zeros(p.shape), np.zeros(p.shape)))

@@ -18,6 +18,7 @@ def test_demo_trains_every_variant(results):
     assert dense.accuracy > 0.9
     assert results["dense, hybrid-encoded + fine-tuned"].accuracy > 0.9
     assert results["hybrid blocks (HybridLinear), from scratch"].accuracy > 0.5
+    assert results["seed blocks (FusedLinear), from scratch"].accuracy > 0.8
     for name, r in results.items():
         assert 0.0 <= r.accuracy <= 1.0 and r.seconds > 0
         if name != "dense float32":

@@ -469,3 +469,40 @@ def test_core_entry_points_check_sizes():
     with pytest.raises(ValueError, match="offset must have the seed grid's shape"):
         _core.fused_backward(*args, xp, dy, np.empty_like(xp), stats, factor, factor[:-1].copy(),
                              **select)
+
+
+# ---- training with the defaults ------------------------------------------------------------
+
+def digits_mlp_loss(make_optimizer, epochs=3, seed=0):
+    """Mean training loss of the last epoch of the digits MLP (64-256-256-10) whose hidden
+    layers are default FusedLinear layers of 16 x 16 blocks (the head dense)."""
+    pytest.importorskip("sklearn")
+    from rbe import demo, optim
+    Xtr, ytr, _, _ = demo.load_data(seed)
+    model = demo.MLP([FusedLinear(64, 256, block=(16, 16), seed=seed),
+                      FusedLinear(256, 256, block=(16, 16), seed=seed + 1),
+                      demo.DenseLinear(256, 10, np.random.default_rng(seed))])
+    opt = make_optimizer(optim, model.layers)
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        losses = []
+        for idx in np.array_split(rng.permutation(len(Xtr)), len(Xtr) // 64):
+            logits = model.forward(Xtr[idx], keep=True)
+            p = np.exp(logits - logits.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            losses.append(-np.mean(np.log(p[np.arange(len(idx)), ytr[idx]] + 1e-12)))
+            p[np.arange(len(idx)), ytr[idx]] -= 1.0
+            model.backward((p / len(idx)).astype(np.float32))
+            opt.step()
+    return float(np.mean(losses))
+
+
+@pytest.mark.parametrize("make_optimizer", [
+    lambda optim, layers: optim.Adam(layers, lr=1e-3),
+    lambda optim, layers: optim.Adam(layers, lr=1e-2),
+    lambda optim, layers: optim.SGD(layers, lr=0.1, momentum=0.9),
+], ids=["adam-1e-3", "adam-1e-2", "sgd-momentum-0.1"])
+def test_default_layers_do_not_collapse(make_optimizer):
+    """The per-layer affine of the original parameterisation let one Adam step silence every
+    unit (the loss stuck at ln 10 = 2.30); the defaults must learn at both ends of the range."""
+    assert digits_mlp_loss(make_optimizer) < np.log(10) - 0.5
