@@ -125,8 +125,8 @@ class RBELinear(nn.Module):
         Layer size.
     kind : {"hybrid", "fused"}
         "hybrid": ``rbe.HybridLinear`` (trainable coefficients of a smooth basis plus k transform
-        coefficients per block). "fused": ``rbe.FusedLinear`` (one 16-byte seed per block, plus
-        a per-layer affine alpha, beta).
+        coefficients per block). "fused": ``rbe.FusedLinear`` with its defaults (one 16-byte
+        seed and one float32 scale per block, centred blocks, fan-in scaled initialisation).
     block : (int, int)
         Block shape (rows = outputs, columns = inputs).
     k, transform :
