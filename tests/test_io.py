@@ -380,3 +380,17 @@ def test_save_into_a_missing_folder_or_onto_a_directory_is_an_os_error(layers, t
         rbe.save(tmp_path / "missing" / "x.safetensors", layers["hybrid"])
     with pytest.raises(IsADirectoryError):
         rbe.save(tmp_path, layers["hybrid"])
+
+
+def test_version_1_seed_layer_loads_as_the_original_parameterisation():
+    """format_v1_fused.safetensors was written by the version-1 writer (per-layer alpha and
+    beta only); the expected outputs were computed by that version."""
+    data = os.path.join(os.path.dirname(__file__), "data")
+    layer = rbe.load(os.path.join(data, "format_v1_fused.safetensors"))["seeded"]
+    assert not layer.center and not layer.block_scale and layer.scale is None
+    assert set(layer.parameters()) == {"r", "theta", "alpha", "beta", "bias"}
+    assert layer.tau == 0.05
+    with np.load(os.path.join(data, "format_v1_fused_expected.npz")) as expected:
+        np.testing.assert_allclose(layer.to_dense(), expected["dense"], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(layer.forward(expected["x"]), expected["y"], rtol=1e-5,
+                                   atol=1e-5)
