@@ -2,7 +2,7 @@
 
 A file is an ordinary safetensors file. Its metadata key ``"rbe"`` holds a JSON header::
 
-    {"format": "rbe", "version": 1,
+    {"format": "rbe", "version": 2,
      "entries": {NAME: {"kind": "hybrid_linear" | "fused_linear" | "hybrid_matrix" | "tensor",
                         "config": {...},                       # shapes, block sizes, wavelet...
                         "tensors": {PART: {"dtype": "float32", "shape": [...],
@@ -12,6 +12,9 @@ and the tensor of part PART of entry NAME is stored as ``NAME/PART``. Loading ch
 container, the header, every tensor's dtype, shape and checksum, and then the entry's own
 consistency (block grid, indices, finite parameters); anything wrong raises
 :class:`FormatError` naming the problem. Nothing is executed or unpickled.
+
+Version 2 stores hybrid blocks ragged and compact (see ``HybridMatrix._state``). Version-1 files
+still load: their hybrid entries are converted on load (``_upgraded``).
 """
 from __future__ import annotations
 
@@ -22,7 +25,8 @@ import os
 import numpy as np
 
 FORMAT = "rbe"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 _ALLOWED_DTYPES = {"float32", "float64", "uint8", "uint16", "uint64", "int64", "int32"}
 
 
@@ -111,8 +115,9 @@ def _parse_header(metadata: dict) -> dict:
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise FormatError("the rbe header does not describe an rbe file")
     version = header.get("version")
-    if version != VERSION:
-        raise FormatError(f"unsupported format version {version!r} (this rbe reads {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(f"unsupported format version {version!r} "
+                          f"(this rbe reads {READABLE_VERSIONS})")
     if not isinstance(header.get("entries"), dict) or not header["entries"]:
         raise FormatError("the rbe header lists no entries")
     return header
@@ -138,7 +143,15 @@ def _checked_arrays(name: str, entry: dict, tensors: dict) -> dict:
     return arrays
 
 
-def _build(name: str, entry: dict, arrays: dict):
+def _upgraded(kind: str, config: dict, arrays: dict, version: int) -> tuple[dict, dict]:
+    """An entry's config and arrays in the form of the current version."""
+    if version == 1 and kind in ("hybrid_linear", "hybrid_matrix"):
+        from .encoder import upgrade_v1_state
+        return upgrade_v1_state(config, arrays)
+    return config, arrays
+
+
+def _build(name: str, entry: dict, arrays: dict, version: int):
     kind = entry.get("kind")
     if kind == "tensor":
         if set(arrays) != {"data"}:
@@ -154,7 +167,7 @@ def _build(name: str, entry: dict, arrays: dict):
         if a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             raise FormatError(f"entry {name!r}: tensor {part!r} holds NaN or inf")
     try:
-        return cls._from_state(config, arrays)
+        return cls._from_state(*_upgraded(kind, config, arrays, version))
     except (ValueError, TypeError, KeyError) as exc:
         raise FormatError(f"entry {name!r} ({kind}): {exc}") from None
 
@@ -175,7 +188,8 @@ def load(path) -> dict:
     for name, entry in header["entries"].items():
         if not isinstance(entry, dict):
             raise FormatError(f"entry {name!r} is not an object")
-        result[name] = _build(name, entry, _checked_arrays(name, entry, tensors))
+        result[name] = _build(name, entry, _checked_arrays(name, entry, tensors),
+                              header["version"])
     if tensors:
         raise FormatError(f"tensors not described by the header: {sorted(tensors)[:5]}")
     return result

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_file_is_plain_safetensors_with_a_versioned_header(saved):
     with safe_open(str(saved), framework="np") as f:
         header = json.loads(f.metadata()["rbe"])
         keys = set(f.keys())
-    assert header["format"] == "rbe" and header["version"] == 1
+    assert header["format"] == "rbe" and header["version"] == 2
     entry = header["entries"]["hybrid"]
     assert entry["kind"] == "hybrid_linear" and entry["config"]["block"] == [32, 32]
     assert {f"hybrid/{part}" for part in entry["tensors"]} <= keys
@@ -129,7 +130,7 @@ def flip_payload_byte(data: bytes) -> bytes:
 
 
 def swap_shape(container):
-    container["hybrid/values"]["shape"] = container["hybrid/values"]["shape"][::-1]
+    container["hybrid/values"]["shape"] = container["hybrid/values"]["shape"] + [1]
 
 
 def forge_consistently(data: bytes) -> bytes:
@@ -204,3 +205,19 @@ def test_malformed_file_raises_format_error_in_child(saved, tmp_path, run_python
 
 def test_format_error_is_a_value_error():
     assert issubclass(rbe.FormatError, ValueError)
+
+
+def test_version_1_files_load_converted(tmp_path):
+    """format_v1.safetensors was written by the version-1 writer (k entries per block with zero
+    padding, unnormalised basis); format_v1_dense.npz holds what it decoded to then."""
+    data = Path(__file__).parent / "data"
+    loaded = rbe.load(data / "format_v1.safetensors")
+    with np.load(data / "format_v1_dense.npz") as expected:
+        layer, matrix = loaded["layer"], loaded["matrix"]
+        np.testing.assert_allclose(layer.to_dense(), expected["layer"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(layer.bias, expected["bias"])
+        np.testing.assert_allclose(matrix.decode(), expected["matrix"], rtol=1e-5, atol=1e-5)
+    assert (matrix.counts < 256).any()             # the padding of edge blocks is gone
+    rbe.save(tmp_path / "v2.safetensors", loaded)
+    again = rbe.load(tmp_path / "v2.safetensors")
+    np.testing.assert_array_equal(again["layer"].to_dense(), layer.to_dense())
