@@ -304,8 +304,10 @@ class Runner:
 def run(tasks=("digits", "synthetic"), ratios=(8, 32), seeds=(0, 1, 2),
         lrs=(1e-3, 3e-3, 1e-2), variants=VARIANTS, plot=None, log=print):
     """Run the benchmark; returns the Results and prints a table as it goes."""
+    import torch
     from threadpoolctl import threadpool_limits
     results = []
+    torch.set_num_threads(1)        # runs are small: one thread each, comparable timings
     with threadpool_limits(1):
         for name in tasks:
             runner = Runner(TASKS[name], lrs, seeds)

@@ -50,17 +50,15 @@ def loss(layer, X, G):
     return float(np.sum(layer.forward(X) * G))
 
 
-@pytest.mark.parametrize("transform,wavelet", TRANSFORMS)
-def test_parameter_gradients_equal_finite_differences(transform, wavelet):
-    layer = layer_for((40, 36), (16, 16), transform, wavelet, k=12)
+def assert_gradients_equal_finite_differences(layer, samples=12):
     rng = np.random.default_rng(3)
-    X = rng.standard_normal((4, 36))
-    G = rng.standard_normal((4, 40))
+    X = rng.standard_normal((4, layer.in_features))
+    G = rng.standard_normal((4, layer.out_features))
     layer.backward(X, G)
-    eps = 2.0 ** -8          # exact in float32 for these magnitudes; the loss is linear
+    eps = 2.0 ** -8          # exact in float32 for these magnitudes; the loss is linear in each
     for name, p in layer.parameters().items():
         flat = p.reshape(-1)
-        for i in rng.choice(flat.size, 12, replace=False):
+        for i in rng.choice(flat.size, samples, replace=False):
             saved = flat[i]
             flat[i] = saved + eps
             up = loss(layer, X, G)
@@ -71,24 +69,16 @@ def test_parameter_gradients_equal_finite_differences(transform, wavelet):
             assert layer.grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-4, abs=1e-4), name
 
 
+@pytest.mark.parametrize("transform,wavelet", TRANSFORMS)
+def test_parameter_gradients_equal_finite_differences(transform, wavelet):
+    assert_gradients_equal_finite_differences(layer_for((40, 36), (16, 16), transform, wavelet,
+                                                        k=12))
+
+
 def test_low_rank_and_basis_free_layer_gradients_equal_finite_differences():
     layer = rbe.HybridLinear(36, 40, block=(16, 16), k=5, basis=False, rank=3, seed=0)
     assert set(layer.parameters()) == {"values", "factor_out", "factor_in", "bias"}
-    rng = np.random.default_rng(3)
-    X, G = rng.standard_normal((4, 36)), rng.standard_normal((4, 40))
-    layer.backward(X, G)
-    eps = 1e-3                # the loss is quadratic in the factors: central differences exact
-    for name, p in layer.parameters().items():
-        flat = p.reshape(-1)
-        for i in rng.choice(flat.size, 8, replace=False):
-            saved = flat[i]
-            flat[i] = saved + eps
-            up = loss(layer, X, G)
-            flat[i] = saved - eps
-            down = loss(layer, X, G)
-            flat[i] = saved
-            fd = (up - down) / (2 * eps)
-            assert layer.grads[name].reshape(-1)[i] == pytest.approx(fd, rel=1e-3, abs=1e-3), name
+    assert_gradients_equal_finite_differences(layer, samples=8)
 
 
 def test_blocks_smaller_than_k_keep_all_their_positions():
