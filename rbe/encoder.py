@@ -528,7 +528,10 @@ class HybridMatrix:
             transform = np.full(grid.nblocks, tf.TRANSFORM_IDS[config["transform"]], np.uint8)
         counts = arrays.pop("counts", None)
         if counts is None:
-            counts = np.minimum(positive_int("k", config["k"]), grid.block_sizes())
+            k = config["k"]
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ValueError(f"k must be a non-negative integer, got {k!r}")
+            counts = np.minimum(k, grid.block_sizes())
         elif counts.dtype not in (np.uint8, np.uint16) or counts.shape != (grid.nblocks,):
             raise ValueError(f"counts must be uint8 or uint16 of shape ({grid.nblocks},)")
         index = arrays.pop("index")

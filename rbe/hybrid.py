@@ -1,8 +1,8 @@
 """HybridLinear: a linear layer stored as hybrid blocks that computes in the transform domain.
 
 For a block (bi, bj) of shape (h, w), W_b = sum_k c_k B_k + G_h S G_w^T, where B_k are the 8
-basis functions, S holds k nonzero coefficients and G are the synthesis matrices of the block's
-transform. Then, for an input slice x_bj and output slice y_bi,
+basis functions (optional), S holds the block's nonzero coefficients (a ragged number per
+block) and G are the synthesis matrices of the block's transform. Then, for an input slice x_bj and output slice y_bi,
 
     y_bi = sum_bj sum_k c_bk (B_k x_bj) + sum_t G_h,t sum_{bj: t_b = t} S_b (G_w,t^T x_bj)
 
@@ -10,7 +10,8 @@ so no block is ever rebuilt: G_w^T x is computed once per block column and trans
 sparse products S_b z cost O(k) per block (C core), G_h is applied once per block row and
 transform. The basis part uses low-rank factors B_k = L_k R (``tf.basis_factors``): R x_bj is
 shared down a block column and each block costs 8 * rank multiply-adds.
-Backward uses the same identities with the roles of analysis and synthesis swapped.
+Backward uses the same identities with the roles of analysis and synthesis swapped. An optional
+layer-level low-rank term U V^T adds two thin GEMMs.
 
 Internally the layer works feature-major (features x batch) so that the sparse loops read and
 write contiguous batch rows and the dense transforms are plain GEMMs.
@@ -22,15 +23,8 @@ import numpy as np
 from . import _core
 from . import transforms as tf
 from ._checks import layer_input, positive_int
-from .encoder import (
-    BlockGrid,
-    HybridMatrix,
-    check_matrix,
-    check_rank,
-    encode,
-    index_bytes,
-    ragged_arrays,
-)
+from .encoder import (BlockGrid, HybridMatrix, check_matrix, check_rank, encode, index_bytes,
+                      ragged_arrays)
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _SERIAL_GEMM = 1 << 18      # OpenBLAS runs a GEMM of up to 2^18 multiply-adds on one thread
