@@ -92,7 +92,9 @@ def _low_rank(sizes, ratio, bytes_per_value):
 
 
 def _hybrid_options(i, o, budget):
-    rank = int(LOW_RANK_SHARE * budget) // (2 * (i + o))
+    """A hybrid layer (in i, out o) of ``budget`` bytes, LOW_RANK_SHARE of its weight bytes in
+    float16 factors."""
+    rank = int(LOW_RANK_SHARE * (budget - 4 * o)) // (2 * (i + o))
     return {"budget": budget, "basis": False, "rank": rank, "precision": "float16"}
 
 
