@@ -23,8 +23,15 @@ import numpy as np
 from . import _core
 from . import transforms as tf
 from ._checks import layer_input, positive_int
-from .encoder import (BlockGrid, HybridMatrix, check_matrix, check_rank, encode, index_bytes,
-                      ragged_arrays)
+from .encoder import (
+    BlockGrid,
+    HybridMatrix,
+    check_matrix,
+    check_rank,
+    encode,
+    index_bytes,
+    ragged_arrays,
+)
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _SERIAL_GEMM = 1 << 18      # OpenBLAS runs a GEMM of up to 2^18 multiply-adds on one thread

@@ -4,7 +4,7 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("sklearn")
 
-from rbe import quality  # noqa: E402
+from rbe import quality
 
 
 def dense_bytes(n_in, hidden):
