@@ -400,6 +400,8 @@ def count_limit(grid: BlockGrid) -> int:
 
 
 def count_bytes(grid: BlockGrid) -> int:
+    """Bytes a budget reserves for one block's count: as wide as a position, so blocks of at
+    most 256 positions keep at most 255 (uint8)."""
     return index_bytes(grid)
 
 
