@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:     # ImportError: a missing extra
         print(f"rbe {args.command}: error: {exc}", file=sys.stderr)
         return 1
 

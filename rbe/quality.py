@@ -308,7 +308,12 @@ class Runner:
 def run(tasks=("digits", "synthetic"), ratios=(8, 32), seeds=(0, 1, 2),
         lrs=(1e-3, 3e-3, 1e-2), variants=VARIANTS, plot=None, log=print):
     """Run the benchmark; returns the Results and prints a table as it goes."""
-    import torch
+    try:
+        import sklearn  # noqa: F401
+        import torch
+    except ImportError:
+        raise ImportError('the quality benchmark needs torch and scikit-learn: '
+                          'pip install "rbe[torch,demo]"') from None
     from threadpoolctl import threadpool_limits
     results = []
     torch.set_num_threads(1)        # runs are small: one thread each, comparable timings
