@@ -88,7 +88,10 @@ def _low_rank(sizes, ratio, bytes_per_value):
     rank = room // (bytes_per_value * sum(i + o for i, o in sizes))
     if rank < 1:
         raise ValueError(f"ratio {ratio} leaves no rank for layers {sizes}")
-    return [nn.Sequential(nn.Linear(i, rank, bias=False), nn.Linear(rank, o)) for i, o in sizes]
+    layers = [nn.Sequential(nn.Linear(i, rank, bias=False), nn.Linear(rank, o)) for i, o in sizes]
+    for layer in layers:
+        layer.stored_float16 = bytes_per_value == 2     # weights rounded in ``as_stored``
+    return layers
 
 
 def _hybrid_options(i, o, budget):
@@ -157,13 +160,13 @@ def narrower_width(n_in, hidden, ratio):
 
 
 def build_model(variant, task, n_in, ratio, seed, steps):
-    """(model, its two hidden layers)."""
+    """The MLP of ``task`` with the hidden layers of ``variant``."""
     from torch import nn
     width = narrower_width(n_in, task.hidden, ratio) if variant == "narrower" else task.hidden
     sizes = [(n_in, width), (width, width)]
     hidden = hidden_layers("dense" if variant == "narrower" else variant, sizes, ratio, seed,
                            steps)
-    return nn.Sequential(hidden[0], nn.ReLU(), hidden[1], nn.ReLU(), nn.Linear(width, 10)), hidden
+    return nn.Sequential(hidden[0], nn.ReLU(), hidden[1], nn.ReLU(), nn.Linear(width, 10))
 
 
 def stored_bytes(layer) -> int:
@@ -174,7 +177,7 @@ def stored_bytes(layer) -> int:
     params = list(layer.parameters())
     if type(layer).__name__ == "Int8Linear":
         return layer.weight.numel() + 4 * layer.out_features + 4 * layer.bias.numel()
-    per = 2 if getattr(layer, "_fp16", False) else 4
+    per = 2 if getattr(layer, "stored_float16", False) else 4
     return sum(per * p.numel() if p.dim() == 2 else 4 * p.numel() for p in params)
 
 
@@ -209,7 +212,7 @@ def as_stored(model):
                 parent, _, attr = name.rpartition(".")
                 setattr(model.get_submodule(parent), attr,
                         rbe_torch.RBELinear.from_layer(io.load(path)["layer"]))
-            elif getattr(module, "_fp16", False):
+            elif getattr(module, "stored_float16", False):
                 with torch.no_grad():
                     for p in module.parameters():
                         if p.dim() == 2:
@@ -258,16 +261,12 @@ class Runner:
         Xtr, ytr, Xte, yte = self.splits[split]
         steps = self.steps(len(Xtr))
         if variant == "compressed":
-            model, hidden = self._compressed(ratio, seed, split)
+            model = self._compressed(ratio, seed, split)
         else:
-            model, hidden = build_model(variant, self.task, Xtr.shape[1], ratio, seed, steps)
-            if variant == "low-rank fp16":
-                for layer in hidden:
-                    layer._fp16 = True
+            model = build_model(variant, self.task, Xtr.shape[1], ratio, seed, steps)
         train(model, Xtr, ytr, self.task.epochs, lr, seed)
         model = as_stored(model)
-        hidden = [model[0], model[2]]
-        return accuracy(model, Xte, yte), sum(stored_bytes(layer) for layer in hidden)
+        return accuracy(model, Xte, yte), sum(stored_bytes(model[i]) for i in (0, 2))
 
     def _compressed(self, ratio, seed, split):
         import copy
@@ -280,13 +279,13 @@ class Runner:
             dense[index] = rbe_torch.compress(
                 linear, block=BLOCK, transform="dct",
                 **_hybrid_options(linear.in_features, linear.out_features, budget))
-        return dense, [dense[0], dense[2]]
+        return dense
 
     def _trained_dense(self, seed, split):
         if (seed, split) not in self._dense:
             Xtr, ytr = self.splits[split][:2]
-            model, _ = build_model("dense", self.task, Xtr.shape[1], 1.0, seed,
-                                   self.steps(len(Xtr)))
+            model = build_model("dense", self.task, Xtr.shape[1], 1.0, seed,
+                                self.steps(len(Xtr)))
             lr = self.best_lr("dense", 1.0)
             self._dense[seed, split] = train(model, Xtr, ytr, self.task.epochs, lr, seed)
         return self._dense[seed, split]
