@@ -305,7 +305,15 @@ class HybridLinear:
         if stop is not None:
             stop = positive_int("regrow_stop", stop)
         self.regrow_every, self.regrow_fraction, self.regrow_stop = every, float(fraction), stop
-        self.grow_grads = None if every is None else np.zeros(self.grid.shape, np.float32)
+        self._grow_grads = None
+
+    @property
+    def grow_grads(self):
+        # Allocated on first use, not by set_regrow: loading a file that keeps a regrow
+        # schedule must not allocate a dense (out, in) array.
+        if self._grow_grads is None and self.regrow_every is not None:
+            self._grow_grads = np.zeros(self.grid.shape, np.float32)
+        return self._grow_grads
 
     def _regrow_fraction_at(self, step: int) -> float:
         """The fraction of each block that may move after optimiser step ``step`` (0: none)."""
@@ -350,13 +358,14 @@ class HybridLinear:
 
     def _accumulate_grow_grads(self, a, z):
         """grow_grads += a_t z_t^T of each block's transform t: its coefficients' gradient."""
+        grads = self.grow_grads
         for t in range(self._nslots):
             full = a[:, t, :] @ z[:, t, :].T
             if self._nslots > 1:
                 per_block = (self._slots == t).reshape(self.grid.rows, self.grid.cols)
                 full *= np.repeat(np.repeat(per_block, self.grid.heights, axis=0),
                                   self.grid.widths, axis=1)
-            self.grow_grads += full
+            grads += full
 
     # -- products -------------------------------------------------------------------------------
 

@@ -402,6 +402,23 @@ def test_rejected_file_stays_within_the_memory_bound(saved, tmp_path, run_python
     assert int(done.stdout) <= (64 << 20) + 4 * len(data)
 
 
+def test_a_large_layer_keeping_a_regrow_schedule_loads_without_dense_gradients(tmp_path,
+                                                                              run_python):
+    """A small file may describe a 2^20 x 2^20 layer of 256 x 256 blocks with no coefficients;
+    its regrow schedule must not allocate the (out, in) gradient array on load (4 TiB)."""
+    W = np.ones((64, 64), np.float32)
+    rbe.save(tmp_path / "small.safetensors",
+             rbe.HybridLinear.from_dense(W, block=(16, 16), k=1, basis=False, transform="dct"))
+    data = edit_rbe_header((tmp_path / "small.safetensors").read_bytes(), lambda h: h[
+        "entries"]["layer"]["config"].update(shape=[1 << 20, 1 << 20], block=[256, 256], k=0,
+                                             regrow=[5, 0.3, None]))
+    data = replace_part(data, "layer", "index", np.zeros(0, np.uint16))
+    data = replace_part(data, "layer", "values", np.zeros(0, np.float32))
+    (tmp_path / "large.safetensors").write_bytes(data)
+    done = run_python(LOAD_IN_CHILD, str(tmp_path / "large.safetensors"))
+    assert done.stdout.strip() == "loaded", done.stdout + done.stderr[-2000:]
+
+
 def test_load_refuses_an_oversized_header_before_reading_it(saved, tmp_path):
     container, payload = split(saved.read_bytes())
     container["__metadata__"]["padding"] = " " * rbe.io.MAX_HEADER_BYTES
