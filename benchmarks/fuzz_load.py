@@ -62,13 +62,21 @@ def base_files(directory: str) -> list:
         "mixed": {"a": rbe.FusedLinear(24, 16, block=(8, 8), seed=4),
                   "b": rbe.HybridLinear.from_dense(W[:16, :24], block=(8, 8), k=4),
                   "t": np.ones(3, np.uint16)},
+        # ragged counts, uint8 positions, float16, no basis, a low-rank term, a regrow schedule
+        "compact": {"fc": rbe.HybridLinear.from_dense(W, block=(16, 16), ratio=6, rank=2,
+                                                      basis=False, precision="float16")},
     }
+    objects["compact"]["fc"].set_regrow(10, 0.25, 100)
     files = []
     for name, entries in objects.items():
         path = os.path.join(directory, f"{name}.safetensors")
         rbe.save(path, entries)
         with open(path, "rb") as f:
             files.append((name, f.read()))
+    version_1 = os.path.join(os.path.dirname(__file__), "..", "tests", "data",
+                             "format_v1.safetensors")
+    with open(version_1, "rb") as f:           # hybrid entries in the layout of version 1
+        files.append(("version_1", f.read()))
     return files
 
 
@@ -117,7 +125,7 @@ def hostile_value(rng):
                True, False, None, "", "x" * int(rng.integers(1, 5000)), "\x1b[31m\n", [], {},
                [1], [16, 16], [0, 16], [-16, 16], [2**31, 2**31], [1, 1], [65535, 1],
                [1024, 64], [1, 2, 3], {"a": 1}, [[16, 16]], "fast", "precise", "dct", "db2",
-               "haar", "tensor", "fused_linear", "hybrid_linear", "hybrid_matrix",
+               "haar", "float16", "tensor", "fused_linear", "hybrid_linear", "hybrid_matrix",
                *(marker.strip('"') for marker in _RAW_VALUES)]
     return choices[int(rng.integers(len(choices)))]
 
@@ -206,7 +214,8 @@ def _extreme_values(array: np.ndarray, rng) -> None:
         info = np.iinfo(array.dtype)
         values = rng.integers(info.min, info.max, int(rng.integers(1, 4)), dtype=array.dtype,
                               endpoint=True)
-    flat[rng.integers(flat.size, size=len(values))] = values
+    with np.errstate(over="ignore"):          # float16 parts: large values become inf
+        flat[rng.integers(flat.size, size=len(values))] = values
 
 
 def forge(data: bytes, rng) -> bytes:
@@ -229,8 +238,8 @@ def forge(data: bytes, rng) -> bytes:
         _extreme_values(a, rng)
     elif how == "dtype":
         with np.errstate(invalid="ignore", over="ignore"):
-            a = a.astype(str(rng.choice(["float64", "float32", "int64", "uint64", "int32",
-                                         "uint16", "uint8"])))
+            a = a.astype(str(rng.choice(["float64", "float32", "float16", "int64", "uint64",
+                                         "int32", "uint16", "uint8"])))
     elif how == "shape":
         new = list(a.shape) or [1]
         axis = int(rng.integers(len(new)))

@@ -9,9 +9,10 @@ from libc.stdint cimport uint16_t
 
 cdef extern from "rbe/hybrid.h":
     ctypedef struct rbe_hybrid_grid:
-        int64_t rows, cols, bh, bw, grid_rows, grid_cols, k, nslots, batch
+        int64_t rows, cols, bh, bw, grid_rows, grid_cols, nslots, batch
         uint64_t magic_full
         const uint8_t *slot
+        const int64_t *offsets
         const uint16_t *index
         const float *values
     int64_t RBE_HYBRID_PARALLEL_MIN
@@ -35,8 +36,9 @@ ctypedef fused real:
 
 
 cdef rbe_hybrid_grid _hybrid_grid(shape, block, const uint8_t[::1] slot,
-                                  const uint16_t[:, ::1] index, const float[:, ::1] values,
-                                  int64_t nslots, int64_t batch) except *:
+                                  const int64_t[::1] offsets, const uint16_t[::1] index,
+                                  const float[::1] values, int64_t nslots,
+                                  int64_t batch) except *:
     cdef rbe_hybrid_grid g
     g.rows, g.cols = shape
     g.bh, g.bw = block
@@ -47,25 +49,32 @@ cdef rbe_hybrid_grid _hybrid_grid(shape, block, const uint8_t[::1] slot,
     g.grid_rows = (g.rows + g.bh - 1) // g.bh
     g.grid_cols = (g.cols + g.bw - 1) // g.bw
     cdef int64_t nblocks = g.grid_rows * g.grid_cols
-    if slot.shape[0] != nblocks or index.shape[0] != nblocks:
+    if slot.shape[0] != nblocks or offsets.shape[0] != nblocks + 1:
         raise ValueError(f"expected {nblocks} blocks, got slot {slot.shape[0]}, "
-                         f"index {index.shape[0]}")
-    if values.shape[0] != index.shape[0] or values.shape[1] != index.shape[1]:
-        raise ValueError("index and values must have the same shape")
+                         f"offsets {offsets.shape[0]} (blocks + 1)")
+    if values.shape[0] != index.shape[0]:
+        raise ValueError("index and values must have the same length")
+    cdef int64_t b
+    if offsets[0] != 0 or offsets[nblocks] != index.shape[0]:
+        raise ValueError(f"offsets must run from 0 to the number of entries {index.shape[0]}")
+    for b in range(nblocks):
+        if offsets[b + 1] < offsets[b]:
+            raise ValueError("offsets must be non-decreasing")
     if nslots < 1 or batch < 1:
         raise ValueError(f"need at least one transform slot and one batch column")
-    g.k = index.shape[1]
     g.nslots = nslots
     g.batch = batch
     g.magic_full = rbe_hybrid_magic(g.bw)
     g.slot = &slot[0]
-    g.index = &index[0, 0] if g.k > 0 else NULL
-    g.values = &values[0, 0] if g.k > 0 else NULL
+    g.offsets = &offsets[0]
+    g.index = &index[0] if index.shape[0] > 0 else NULL
+    g.values = &values[0] if index.shape[0] > 0 else NULL
     return g
 
 
 cdef inline int _hybrid_threads(const rbe_hybrid_grid *g) noexcept nogil:
-    return 1 if g.grid_rows * g.grid_cols * g.k * g.batch < RBE_HYBRID_PARALLEL_MIN else _threads()
+    return 1 if g.offsets[g.grid_rows * g.grid_cols] * g.batch < RBE_HYBRID_PARALLEL_MIN \
+        else _threads()
 
 
 cdef _check_shape(name, tuple actual, tuple expected):
@@ -73,15 +82,15 @@ cdef _check_shape(name, tuple actual, tuple expected):
         raise ValueError(f"{name} must have shape {expected}, got {actual}")
 
 
-def hybrid_rows_forward(shape, block, const uint8_t[::1] slot, const uint16_t[:, ::1] index,
-                        const float[:, ::1] values, const real[:, :, ::1] z, real[:, :, ::1] u):
+def hybrid_rows_forward(shape, block, const uint8_t[::1] slot, const int64_t[::1] offsets,
+                        const uint16_t[::1] index, const float[::1] values, const real[:, :, ::1] z, real[:, :, ::1] u):
     """u += S z for every block; z is (cols, nslots, batch), u is (rows, nslots, batch)."""
-    cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, index, values, z.shape[1],
+    cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, offsets, index, values, z.shape[1],
                                           z.shape[2])
     _check_shape("z", (z.shape[0], z.shape[1], z.shape[2]), (g.cols, g.nslots, g.batch))
     _check_shape("u", (u.shape[0], u.shape[1], u.shape[2]), (g.rows, g.nslots, g.batch))
     cdef int64_t bi
-    if g.k == 0:
+    if index.shape[0] == 0:
         return
     with nogil:
         for bi in prange(g.grid_rows, schedule="static", num_threads=_hybrid_threads(&g)):
@@ -92,15 +101,16 @@ def hybrid_rows_forward(shape, block, const uint8_t[::1] slot, const uint16_t[:,
 
 
 def hybrid_cols_backward(shape, block, const uint8_t[::1] slot,
-                         const uint16_t[:, ::1] index, const float[:, ::1] values,
+                         const int64_t[::1] offsets, const uint16_t[::1] index,
+                         const float[::1] values,
                          const real[:, :, ::1] a, real[:, :, ::1] dz):
     """dz += S^T a for every block; a is (rows, nslots, batch), dz is (cols, nslots, batch)."""
-    cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, index, values, a.shape[1],
+    cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, offsets, index, values, a.shape[1],
                                           a.shape[2])
     _check_shape("a", (a.shape[0], a.shape[1], a.shape[2]), (g.rows, g.nslots, g.batch))
     _check_shape("dz", (dz.shape[0], dz.shape[1], dz.shape[2]), (g.cols, g.nslots, g.batch))
     cdef int64_t bj
-    if g.k == 0:
+    if index.shape[0] == 0:
         return
     with nogil:
         for bj in prange(g.grid_cols, schedule="static", num_threads=_hybrid_threads(&g)):
@@ -110,21 +120,21 @@ def hybrid_cols_backward(shape, block, const uint8_t[::1] slot,
                 rbe_hybrid_cols_backward_f64(&g, &a[0, 0, 0], &dz[0, 0, 0], bj)
 
 
-def hybrid_value_grads(shape, block, const uint8_t[::1] slot, const uint16_t[:, ::1] index,
-                       const float[:, ::1] values, const real[:, :, ::1] a,
-                       const real[:, :, ::1] z, real[:, ::1] grad):
-    """grad[b, e] = a[row, slot] . z[col, slot] for entry e of block b (0 for padding)."""
-    cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, index, values, a.shape[1],
+def hybrid_value_grads(shape, block, const uint8_t[::1] slot, const int64_t[::1] offsets,
+                       const uint16_t[::1] index, const float[::1] values, const real[:, :, ::1] a,
+                       const real[:, :, ::1] z, real[::1] grad):
+    """grad[e] = a[row, slot] . z[col, slot] for every entry e (0 for one outside its block)."""
+    cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, offsets, index, values, a.shape[1],
                                           a.shape[2])
     _check_shape("a", (a.shape[0], a.shape[1], a.shape[2]), (g.rows, g.nslots, g.batch))
     _check_shape("z", (z.shape[0], z.shape[1], z.shape[2]), (g.cols, g.nslots, g.batch))
-    _check_shape("grad", (grad.shape[0], grad.shape[1]), (g.grid_rows * g.grid_cols, g.k))
+    _check_shape("grad", (grad.shape[0],), (index.shape[0],))
     cdef int64_t bi
-    if g.k == 0:
+    if index.shape[0] == 0:
         return
     with nogil:
         for bi in prange(g.grid_rows, schedule="static", num_threads=_hybrid_threads(&g)):
             if real is float:
-                rbe_hybrid_value_grads_f32(&g, &a[0, 0, 0], &z[0, 0, 0], &grad[0, 0], bi)
+                rbe_hybrid_value_grads_f32(&g, &a[0, 0, 0], &z[0, 0, 0], &grad[0], bi)
             else:
-                rbe_hybrid_value_grads_f64(&g, &a[0, 0, 0], &z[0, 0, 0], &grad[0, 0], bi)
+                rbe_hybrid_value_grads_f64(&g, &a[0, 0, 0], &z[0, 0, 0], &grad[0], bi)

@@ -37,6 +37,11 @@ def bench(args: argparse.Namespace) -> int:
     """Headline speed ratios on this machine (see benchmarks/ for the full scripts)."""
     import rbe
 
+    if args.quality:
+        from rbe import quality
+        quality.run(tasks=args.tasks, seeds=range(args.runs), plot=args.plot or None)
+        return 0
+
     rng = np.random.default_rng(0)
     packed = rbe.seeds.random(args.seeds, rng=0)
     out = rbe.kernel.empty_aligned((args.seeds, 64, 64))
@@ -128,8 +133,10 @@ def compress(args: argparse.Namespace) -> int:
     for name in tqdm(weights, desc="compressing", unit="matrix", disable=None):
         W = tensors.pop(name)
         bias = tensors.pop(biases[name]) if biases[name] else None
-        layer = rbe.HybridLinear.from_dense(W, bias=bias, block=tuple(args.block), k=args.k,
-                                            transform=args.transform, wavelet=args.wavelet)
+        layer = rbe.HybridLinear.from_dense(
+            W, bias=bias, block=tuple(args.block), k=args.k, transform=args.transform,
+            wavelet=args.wavelet, ratio=args.ratio, rank=args.rank, basis=not args.no_basis,
+            precision=args.precision)
         entries[names[name]] = layer
         rel = layer.matrix.rmse(W) / max(float(np.std(W)), 1e-30)
         report.append((name, W.shape, W.nbytes + (0 if bias is None else bias.nbytes),
@@ -189,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("bench", help=bench.__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=2048, help="64x64 blocks to generate")
     p.add_argument("--size", type=int, default=4096, help="layer size of the GEMVs")
+    p.add_argument("--quality", action="store_true",
+                   help="instead: accuracy per byte against low-rank, narrower and int8 layers "
+                        "(rbe.quality; needs torch and scikit-learn; long)")
+    p.add_argument("--tasks", nargs="+", default=["digits", "synthetic"],
+                   choices=["digits", "synthetic"], help="with --quality")
+    p.add_argument("--runs", type=int, default=3, help="with --quality: seeds per variant")
+    p.add_argument("--plot", default="rbe-quality.png",
+                   help="with --quality: PNG of accuracy against bytes ('' for none)")
     p.set_defaults(run=bench)
     p = commands.add_parser("compress", help=compress.__doc__.splitlines()[0])
     p.add_argument("input", help=".safetensors or .npz file of dense tensors")
@@ -196,7 +211,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=["hybrid"], default="hybrid",
                    help="block kind; seed blocks are trained, not encoded from a matrix")
     p.add_argument("--block", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
-    p.add_argument("--k", type=int, default=64, help="residual coefficients per block")
+    p.add_argument("--k", type=int, help="residual coefficients per block (default 64)")
+    p.add_argument("--ratio", type=float,
+                   help="instead of --k: stored bytes at most dense float32 bytes / RATIO per "
+                        "layer, the largest coefficients of each matrix kept")
+    p.add_argument("--rank", type=int, default=0, help="rank of a low-rank term per layer")
+    p.add_argument("--no-basis", action="store_true", help="no smooth basis coefficients")
+    p.add_argument("--precision", choices=["float32", "float16"], default="float32",
+                   help="storage precision of values, basis coefficients and factors")
     p.add_argument("--transform", choices=["adaptive", "dct", "dwt"], default="adaptive")
     p.add_argument("--wavelet", default="db2", help="PyWavelets wavelet of the dwt transform")
     p.set_defaults(run=compress)
@@ -210,7 +232,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:     # ImportError: a missing extra
         message = printable(str(exc))
         if len(message) > _MAX_MESSAGE:
             message = message[:_MAX_MESSAGE] + "..."

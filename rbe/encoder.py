@@ -17,12 +17,12 @@ from . import transforms as tf
 from ._checks import block_count, positive_int
 
 MODES = ("dct", "dwt", "adaptive")
+PRECISIONS = ("float32", "float16")
 MAX_BLOCK_ELEMENTS = 1 << 16           # flat indices are stored as uint16
 MAX_BLOCK_SIDE = 1024                  # the layers' transforms are dense side x side matrices
 #: Largest |w| encoded: the coefficients of larger values could overflow float32.
 MAX_WEIGHT = 2.0**64
 HEADER_BYTES = 6 * 8                   # rows, cols, block rows, block cols, k, format version
-FORMAT_VERSION = 1
 _CHUNK_ELEMENTS = 1 << 22              # blocks encoded together (bounds the temporary memory)
 _CHECK_CHUNK_ELEMENTS = 1 << 18        # indices checked together (bounds the temporary memory)
 _PROGRESS_MIN_BLOCKS = 1024
@@ -166,16 +166,25 @@ def _synthesize_sparse(index, values, h, w, kind, wavelet):
     return tf.synthesize(coefs.reshape(-1, h, w), kind, wavelet)
 
 
-def encode_blocks(blocks: np.ndarray, k: int, transform: str, wavelet: str):
-    """Encode a (n, h, w) float64 stack of one shape.
+def _smooth_part(blocks, basis, precision):
+    """Basis coefficients of a (n, h, w) stack in the stored precision ((n, 0) without a basis)
+    and the residual they leave (the residual absorbs their rounding)."""
+    n, h, w = blocks.shape
+    if not basis:
+        return np.zeros((n, 0), np.float32), blocks
+    coef = _rounded(fit_basis(blocks), precision)
+    return coef, blocks - basis_pattern(coef, h, w)
 
-    Returns coef (n, 8) float32, transform ids (n,) uint8, index (n, min(k, h*w)) uint16 and
-    values float32 of the same shape.
+
+def encode_blocks(blocks: np.ndarray, k: int, transform: str, wavelet: str, basis=True,
+                  precision="float32"):
+    """Encode a (n, h, w) float64 stack of one shape with min(k, h*w) coefficients per block.
+
+    Returns coef (n, 8) float32 ((n, 0) without ``basis``), transform ids (n,) uint8, index
+    (n, min(k, h*w)) uint16 and values float32 of the same shape.
     """
     n, h, w = blocks.shape
-    # Round the fit first so that the residual absorbs the float32 rounding of the coefficients.
-    coef = fit_basis(blocks).astype(np.float32)
-    residual = blocks - basis_pattern(coef, h, w)
+    coef, residual = _smooth_part(blocks, basis, precision)
     kinds = tf.TRANSFORMS if transform == "adaptive" else (transform,)
     coded = [_code_residual(residual, min(k, h * w), kind, wavelet) for kind in kinds]
     # Adaptive: the lower reconstruction error wins, the DCT on ties (as the original).
@@ -184,7 +193,7 @@ def encode_blocks(blocks: np.ndarray, k: int, transform: str, wavelet: str):
     index = np.stack([c[0] for c in coded])[choice, np.arange(n)]
     values = np.stack([c[1] for c in coded])[choice, np.arange(n)]
     ids = np.array([tf.TRANSFORM_IDS[kind] for kind in kinds], np.uint8)[choice]
-    return coef, ids, index.astype(np.uint16), values
+    return coef, ids, index.astype(np.uint16), _rounded(values, precision)
 
 
 def check_matrix(W, name="W") -> np.ndarray:
@@ -211,14 +220,44 @@ def _check_mode(transform, wavelet):
     tf.check_wavelet(wavelet)
 
 
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision
+
+
+def _rounded(a, precision):
+    """a as float32 holding values representable in the stored precision."""
+    return np.asarray(a, precision).astype(np.float32)
+
+
 def _progress(total, progress):
     if progress is None:
         progress = total >= _PROGRESS_MIN_BLOCKS and sys.stderr.isatty()
     return tqdm(total=total, unit="block", desc="rbe.encode", disable=not progress)
 
 
-def encode(W, block=(64, 64), k=64, transform="adaptive", wavelet=tf.DEFAULT_WAVELET,
-           progress=None) -> "HybridMatrix":
+def check_rank(rank, shape) -> int:
+    """rank as an int in [0, min(shape)], or ValueError naming it."""
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
+            or not 0 <= rank <= min(shape):
+        raise ValueError(f"rank must be an integer in [0, {min(shape)}], got {rank!r}")
+    return int(rank)
+
+
+def low_rank_factors(W: np.ndarray, rank: int, precision: str):
+    """The best rank-r approximation of W as factor_out @ factor_in.T (balanced singular
+    values), in the stored precision, or None for rank 0."""
+    if rank == 0:
+        return None
+    u, s, vt = np.linalg.svd(W, full_matrices=False)
+    root = np.sqrt(s[:rank])
+    return _rounded(u[:, :rank] * root, precision), _rounded(vt[:rank].T * root, precision)
+
+
+def encode(W, block=(64, 64), k=None, transform="adaptive", wavelet=tf.DEFAULT_WAVELET,
+           progress=None, *, budget=None, basis=True, rank=0,
+           precision="float32") -> "HybridMatrix":
     """Encode a dense matrix into hybrid blocks.
 
     Parameters
@@ -227,76 +266,200 @@ def encode(W, block=(64, 64), k=64, transform="adaptive", wavelet=tf.DEFAULT_WAV
         Finite real matrix.
     block : (int, int)
         Block shape (h, w), h * w <= 65536. Edge blocks are smaller and use their own shape.
-    k : int
-        Residual coefficients kept per block (min(k, h*w) for smaller blocks).
+    k : int, optional
+        Residual coefficients kept per block (min(k, h*w) for smaller blocks); 64 when neither
+        k nor ``budget`` is given.
     transform : {"adaptive", "dct", "dwt"}
         Residual transform; ``adaptive`` picks per block the one with lower error.
     wavelet : str
         PyWavelets wavelet of the ``dwt`` transform (e.g. "db2", "haar", "bior3.1").
     progress : bool or None
         Show a progress bar; by default only on a terminal and for >= 1024 blocks.
+    budget : int, optional
+        Stored bytes (``nbytes``) not to exceed, instead of k: the coefficients of the whole
+        matrix with the largest magnitudes are kept (least squared error for orthonormal
+        transforms), so blocks keep different numbers of them.
+    basis : bool
+        Fit the 8 smooth basis functions per block (8 stored values per block).
+    rank : int
+        Rank of a low-rank term U Vᵀ fitted first (truncated SVD); the blocks code the rest.
+    precision : {"float32", "float16"}
+        Storage precision of the values, basis coefficients and low-rank factors.
 
     Returns
     -------
     HybridMatrix
     """
     W = check_matrix(W)
-    k = positive_int("k", k)
     _check_mode(transform, wavelet)
+    check_precision(precision)
     grid = BlockGrid(W.shape, block)
-    k_stored = min(k, grid.block[0] * grid.block[1])
-    coef = np.zeros((grid.nblocks, tf.NUM_BASIS), np.float32)
+    factors = low_rank_factors(W, check_rank(rank, W.shape), precision)
+    if factors is not None:
+        W = W - factors[0].astype(np.float64) @ factors[1].T
+    options = {"wavelet": wavelet, "factors": factors, "precision": precision}
+    if budget is not None:
+        if k is not None:
+            raise ValueError("give either k or budget, not both")
+        return _encode_budget(W, grid, positive_int("budget", budget), transform, basis,
+                              options)
+    k = 64 if k is None else positive_int("k", k)
+    coef = np.zeros((grid.nblocks, tf.NUM_BASIS if basis else 0), np.float32)
     ids = np.zeros(grid.nblocks, np.uint8)
-    index = np.zeros((grid.nblocks, k_stored), np.uint16)
-    values = np.zeros((grid.nblocks, k_stored), np.float32)
+    parts = []
     with _progress(grid.nblocks, progress) as bar:
-        for group in grid.groups():
-            rows, cols = grid.slices(group)
-            block_ids = grid.block_ids(group).reshape(group.row1 - group.row0, -1)
-            step = max(1, _CHUNK_ELEMENTS // (group.h * W.shape[1]))
-            for r in range(0, len(block_ids), step):
-                sub = W[rows][r * group.h:(r + step) * group.h, cols]
-                ids_chunk = block_ids[r:r + step].ravel()
-                c, t, i, v = encode_blocks(split_blocks(sub, group.h, group.w), k, transform,
-                                           wavelet)
-                coef[ids_chunk], ids[ids_chunk] = c, t
-                index[ids_chunk, :i.shape[1]], values[ids_chunk, :i.shape[1]] = i, v
-                bar.update(len(ids_chunk))
-    return HybridMatrix(W.shape, grid.block, coef, ids, index, values, wavelet)
+        for group, block_ids, chunk in _chunks(W, grid):
+            c, t, i, v = encode_blocks(chunk, k, transform, wavelet, basis, precision)
+            coef[block_ids], ids[block_ids] = c, t
+            parts.append((block_ids, i, v))
+            bar.update(len(block_ids))
+    return HybridMatrix(W.shape, grid.block, coef, ids, *ragged_arrays(grid.nblocks, parts),
+                        **options)
+
+
+def _chunks(W, grid):
+    """(group, block ids, (n, h, w) blocks) in pieces that bound the temporary memory."""
+    for group in grid.groups():
+        rows, cols = grid.slices(group)
+        block_ids = grid.block_ids(group).reshape(group.row1 - group.row0, -1)
+        step = max(1, _CHUNK_ELEMENTS // (group.h * W.shape[1]))
+        for r in range(0, len(block_ids), step):
+            sub = W[rows][r * group.h:(r + step) * group.h, cols]
+            yield group, block_ids[r:r + step].ravel(), split_blocks(sub, group.h, group.w)
+
+
+def ragged_arrays(nblocks, parts):
+    """offsets, index, values of the blocks from (block ids, (n, m) index, (n, m) values) parts,
+    entries of a block in the order given."""
+    counts = np.zeros(nblocks, np.int64)
+    for block_ids, index, _ in parts:
+        counts[block_ids] = index.shape[1]
+    offsets = np.concatenate([[0], np.cumsum(counts)])
+    index = np.zeros(offsets[-1], np.uint16)
+    values = np.zeros(offsets[-1], np.float32)
+    for block_ids, i, v in parts:
+        at = (offsets[block_ids][:, None] + np.arange(i.shape[1])).ravel()
+        index[at], values[at] = i.ravel(), v.ravel()
+    return offsets, index, values
+
+
+def _encode_budget(W, grid, budget, transform, basis, options):
+    """Blocks keeping the matrix's largest coefficients, as many as ``budget`` bytes allow."""
+    precision, wavelet = options["precision"], options["wavelet"]
+    per_coef = index_bytes(grid) + np.dtype(precision).itemsize
+    kinds = tf.TRANSFORMS if transform == "adaptive" else (transform,)
+    coef = np.zeros((grid.nblocks, tf.NUM_BASIS if basis else 0), np.float32)
+    ids = np.zeros(grid.nblocks, np.uint8)
+    full = []
+    for group, block_ids, chunk in _chunks(W, grid):
+        c, residual = _smooth_part(chunk, basis, precision)
+        # Adaptive: per block the transform with the lower error at the average count.
+        k_mean = min(group.h * group.w, max(1, budget // (per_coef * grid.nblocks)))
+        t = encode_blocks(residual, k_mean, transform, wavelet, basis=False)[1]
+        coefs = np.stack([tf.analyze(residual, kind, wavelet).reshape(len(chunk), -1)
+                          for kind in kinds])
+        slot = np.searchsorted([tf.TRANSFORM_IDS[kind] for kind in kinds], t)
+        coef[block_ids], ids[block_ids] = c, t
+        full.append((block_ids, coefs[slot, np.arange(len(chunk))]))
+    empty = HybridMatrix(W.shape, grid.block, coef, ids, np.zeros(grid.nblocks + 1, np.int64),
+                         np.zeros(0, np.uint16), np.zeros(0, np.float32), **options)
+    fixed = empty.nbytes + count_bytes(grid) * grid.nblocks
+    keep = (budget - fixed) // per_coef
+    if keep < 1:
+        raise ValueError(f"budget {budget} bytes cannot hold a coefficient: the basis, "
+                         f"low-rank factors and per-block counts take {fixed} bytes")
+    return HybridMatrix(W.shape, grid.block, coef, ids, *_largest(grid, full, keep, precision),
+                        **options)
+
+
+def _largest(grid, full, keep, precision):
+    """offsets, index, values of the ``keep`` largest coefficients over all blocks (ties to the
+    earlier block and position), at most ``count_limit`` per block."""
+    limit = count_limit(grid)
+    magnitude = []
+    for _, coefs in full:
+        m = np.abs(coefs)
+        if coefs.shape[1] > limit:      # rank within the block beyond the limit: never kept
+            order = np.argsort(-m, axis=1, kind="stable")
+            np.put_along_axis(m, order[:, limit:], -1.0, axis=1)
+        magnitude.append(m.ravel())
+    magnitude = np.concatenate(magnitude)
+    keep = min(keep, int((magnitude >= 0).sum()))
+    _, chosen = top_k(magnitude[None], keep)
+    parts, start = [], 0
+    for block_ids, coefs in full:
+        mask = chosen[0, start:start + coefs.size].reshape(coefs.shape)
+        start += coefs.size
+        for n in np.unique(mask.sum(axis=1)):
+            rows = np.flatnonzero(mask.sum(axis=1) == n)
+            index = np.nonzero(mask[rows])[1].reshape(len(rows), n)
+            parts.append((block_ids[rows], index.astype(np.uint16),
+                          _rounded(np.take_along_axis(coefs[rows], index, axis=1), precision)))
+    return ragged_arrays(grid.nblocks, parts)
+
+
+def index_bytes(grid: BlockGrid) -> int:
+    """Bytes of one stored position: uint8 when every block has at most 256."""
+    return 1 if grid.block[0] * grid.block[1] <= 256 else 2
+
+
+def count_limit(grid: BlockGrid) -> int:
+    """Most coefficients a block of a ragged matrix keeps (its count is stored in
+    ``count_bytes``)."""
+    return 255 if count_bytes(grid) == 1 else 65535
+
+
+def count_bytes(grid: BlockGrid) -> int:
+    """Bytes a budget reserves for one block's count: as wide as a position, so blocks of at
+    most 256 positions keep at most 255 (uint8)."""
+    return index_bytes(grid)
 
 
 class HybridMatrix:
-    """A matrix stored as hybrid blocks (row-major block order).
+    """A matrix stored as hybrid blocks (row-major block order), plus an optional low-rank term.
 
-    Per block: ``coef`` (8 float32 basis coefficients), ``transform`` (uint8 id: 0 DCT, 1 DWT),
-    ``index`` (uint16 flat row-major positions in the block's coefficient array) and ``values``
-    (float32). Blocks with fewer than k elements use their first h*w entries; the rest is zero
-    padding.
+    Per block: ``coef`` (8 basis coefficients, or none), ``transform`` (uint8 id: 0 DCT,
+    1 DWT) and a ragged list of transform coefficients: entries ``offsets[b]`` to
+    ``offsets[b + 1] - 1`` of ``index`` (flat row-major positions in the block's coefficient
+    array) and ``values``. ``factors`` = (factor_out (rows, r), factor_in (cols, r)) adds
+    factor_out @ factor_in.T. In memory everything is float32 (values representable in
+    ``precision``); ``nbytes`` counts the compact stored form (see ``_state``).
     """
 
-    def __init__(self, shape, block, coef, transform, index, values,
-                 wavelet=tf.DEFAULT_WAVELET):
+    def __init__(self, shape, block, coef, transform, offsets, index, values, *,
+                 wavelet=tf.DEFAULT_WAVELET, factors=None, precision="float32"):
         self.grid = BlockGrid(shape, block)
         self.wavelet = wavelet
         tf.check_wavelet(wavelet)
+        self.precision = check_precision(precision)
         nb = self.grid.nblocks
-        self.coef = _check_array(coef, "coef", np.float32, (nb, tf.NUM_BASIS))
+        self.coef = _check_array(coef, "coef", np.float32, None)
+        if self.coef.shape not in ((nb, tf.NUM_BASIS), (nb, 0)):
+            raise ValueError(f"coef must have shape ({nb}, {tf.NUM_BASIS}) or ({nb}, 0), "
+                             f"got {self.coef.shape}")
         self.transform = _check_array(transform, "transform", np.uint8, (nb,))
+        self.offsets = _check_array(offsets, "offsets", np.int64, (nb + 1,))
         self.index = _check_array(index, "index", np.uint16, None)
-        if self.index.ndim != 2 or len(self.index) != nb:
-            raise ValueError(f"index must have shape ({nb}, k), got {self.index.shape}")
+        if self.index.ndim != 1:
+            raise ValueError(f"index must be 1-D, got shape {self.index.shape}")
         self.values = _check_array(values, "values", np.float32, self.index.shape)
-        check_coding(self.grid, self.transform, self.index)
+        self.factors = None if factors is None else _check_factors(factors, self.grid.shape)
+        if precision != "float32":
+            self.coef, self.values = _rounded(self.coef, precision), _rounded(self.values, precision)
+            if self.factors is not None:
+                self.factors = tuple(_rounded(f, precision) for f in self.factors)
+        check_coding(self.grid, self.transform, self.offsets, self.index)
 
     shape = property(lambda self: self.grid.shape)
     block = property(lambda self: self.grid.block)
-    k = property(lambda self: self.index.shape[1])
+    counts = property(lambda self: np.diff(self.offsets))
+    rank = property(lambda self: 0 if self.factors is None else self.factors[0].shape[1])
 
     @property
     def nbytes(self) -> int:
-        """Every stored byte: header, wavelet name, coefficients, ids, indices, values."""
-        arrays = (self.coef, self.transform, self.index, self.values)
-        return HEADER_BYTES + len(self.wavelet.encode()) + sum(a.nbytes for a in arrays)
+        """Every stored byte: header, wavelet name and the arrays of ``_state``."""
+        arrays = self._state()[1]
+        return HEADER_BYTES + len(self.wavelet.encode()) + sum(a.nbytes for a in arrays.values())
 
     @property
     def compression_ratio(self) -> float:
@@ -304,23 +467,26 @@ class HybridMatrix:
         return 4 * self.shape[0] * self.shape[1] / self.nbytes
 
     def decode(self, dtype=np.float32) -> np.ndarray:
-        """The dense matrix the blocks represent."""
-        out = np.empty(self.shape, dtype)
+        """The dense matrix the blocks (and the low-rank term) represent."""
+        out = np.empty(self.shape, np.float64)
         for group in self.grid.groups():
             rows, cols = self.grid.slices(group)
             blocks = self._decode_group(self.grid.block_ids(group), group.h, group.w)
             out[rows, cols] = join_blocks(blocks, group.row1 - group.row0,
                                           group.col1 - group.col0)
-        return out
+        if self.factors is not None:
+            out += self.factors[0].astype(np.float64) @ self.factors[1].T
+        return out.astype(dtype)
 
     def _decode_group(self, ids, h, w):
-        kb = min(self.k, h * w)
-        blocks = basis_pattern(self.coef[ids], h, w)
+        blocks = np.zeros((len(ids), h, w))
+        if self.coef.shape[1]:
+            blocks += basis_pattern(self.coef[ids], h, w)
+        coefs = scatter_blocks(self.offsets, self.index, self.values, ids, h * w)
         for kind, tid in tf.TRANSFORM_IDS.items():
-            sel = ids[self.transform[ids] == tid]
-            if len(sel):
-                blocks[self.transform[ids] == tid] += _synthesize_sparse(
-                    self.index[sel, :kb], self.values[sel, :kb], h, w, kind, self.wavelet)
+            sel = self.transform[ids] == tid
+            if sel.any():
+                blocks[sel] += tf.synthesize(coefs[sel].reshape(-1, h, w), kind, self.wavelet)
         return blocks
 
     def rmse(self, W) -> float:
@@ -331,22 +497,126 @@ class HybridMatrix:
         return float(np.sqrt(np.mean(np.square(self.decode(np.float64) - W))))
 
     def _state(self) -> tuple[dict, dict]:
-        """Config and arrays for rbe.save."""
-        config = {"shape": list(self.shape), "block": list(self.block), "wavelet": self.wavelet}
-        return config, {"coef": self.coef, "transform": self.transform, "index": self.index,
-                        "values": self.values}
+        """Config and the compact stored arrays (format version 2).
+
+        Values, basis coefficients and factors in ``precision``; positions as uint8 when every
+        block has at most 256; per-block transform ids only when blocks differ (else the
+        config's "transform"), per-block counts only when they are not min(k, block size) for
+        one k (else the config's "k").
+        """
+        config = {"shape": list(self.shape), "block": list(self.block),
+                  "wavelet": self.wavelet, "precision": self.precision}
+        store = lambda a: a.astype(self.precision)
+        arrays = {"coef": store(self.coef)} if self.coef.shape[1] else {}
+        if (self.transform == self.transform[0]).all():
+            config["transform"] = tf.TRANSFORMS[self.transform[0]]
+        else:
+            arrays["transform"] = self.transform
+        counts, sizes = self.counts, self.grid.block_sizes()
+        k = int(counts.max())
+        if (counts == np.minimum(k, sizes)).all():
+            config["k"] = k
+        else:
+            arrays["counts"] = counts.astype(np.uint8 if k <= 255 else np.uint16)
+        arrays["index"] = self.index.astype(np.uint8 if index_bytes(self.grid) == 1
+                                            else np.uint16)
+        arrays["values"] = store(self.values)
+        if self.factors is not None:
+            arrays["factor_out"], arrays["factor_in"] = map(store, self.factors)
+        return config, arrays
 
     @classmethod
     def _from_state(cls, config: dict, arrays: dict) -> "HybridMatrix":
         """Inverse of ``_state``; validates like the constructor."""
-        return cls(config["shape"], config["block"], arrays["coef"], arrays["transform"],
-                   arrays["index"], arrays["values"], config["wavelet"])
+        arrays = dict(arrays)
+        grid = BlockGrid(config["shape"], config["block"])
+        values = arrays.pop("values")
+        precision = check_precision(config.get("precision", values.dtype.name))
+        as_float = lambda a: _check_float(a, precision)
+        coef = as_float(arrays.pop("coef", np.zeros((grid.nblocks, 0), precision)))
+        if "transform" in arrays:
+            transform = arrays.pop("transform")
+        else:
+            transform = np.full(grid.nblocks, tf.TRANSFORM_IDS[config["transform"]], np.uint8)
+        counts = arrays.pop("counts", None)
+        if counts is None:
+            k = config["k"]
+            if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+                raise ValueError(f"k must be a non-negative integer, got {k!r}")
+            counts = np.minimum(k, grid.block_sizes())
+        elif counts.dtype not in (np.uint8, np.uint16) or counts.shape != (grid.nblocks,):
+            raise ValueError(f"counts must be uint8 or uint16 of shape ({grid.nblocks},)")
+        index = arrays.pop("index")
+        if index.dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"index must be uint8 or uint16, got {index.dtype}")
+        factors = None
+        if "factor_out" in arrays:
+            factors = (as_float(arrays.pop("factor_out")), as_float(arrays.pop("factor_in")))
+        if arrays:
+            raise ValueError(f"unexpected arrays {sorted(arrays)}")
+        offsets = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+        return cls(grid.shape, grid.block, coef, transform, offsets, index.astype(np.uint16),
+                   as_float(values), wavelet=config["wavelet"], factors=factors,
+                   precision=precision)
 
     def __repr__(self):
         counts = np.bincount(self.transform, minlength=len(tf.TRANSFORMS))
         mix = ", ".join(f"{n}={c}" for n, c in zip(tf.TRANSFORMS, counts))
-        return (f"HybridMatrix(shape={self.shape}, block={self.block}, k={self.k}, {mix}, "
+        return (f"HybridMatrix(shape={self.shape}, block={self.block}, "
+                f"coefficients={len(self.values)}, rank={self.rank}, {mix}, "
                 f"wavelet={self.wavelet!r}, ratio={self.compression_ratio:.1f})")
+
+
+def upgrade_v1_state(config: dict, arrays: dict) -> tuple[dict, dict]:
+    """A hybrid entry of format version 1 in the version-2 form ``_from_state`` reads.
+
+    Version 1 stored k entries per block (zero padding in blocks smaller than k) and basis
+    coefficients of the unnormalised functions.
+    """
+    arrays = dict(arrays)
+    grid = BlockGrid(config["shape"], config["block"])
+    index, values, coef = arrays.pop("index"), arrays.pop("values"), arrays.pop("coef")
+    if index.ndim != 2 or index.shape != values.shape or coef.shape != (grid.nblocks, 8):
+        raise ValueError("version-1 index, values and coef must be (blocks, k), (blocks, k) "
+                         "and (blocks, 8)")
+    coef = coef.astype(np.float64)
+    for group in grid.groups():
+        coef[grid.block_ids(group)] *= tf.basis_norms(group.h, group.w)
+    used = np.arange(index.shape[1]) < grid.block_sizes()[:, None]
+    arrays.update(coef=coef.astype(np.float32), index=index[used], values=values[used])
+    return dict(config, k=index.shape[1]), arrays
+
+
+def scatter_blocks(offsets, index, values, ids, size) -> np.ndarray:
+    """(len(ids), size) coefficient arrays of blocks ``ids`` (all of one size), float64."""
+    counts = offsets[ids + 1] - offsets[ids]
+    rows = np.repeat(np.arange(len(ids)), counts)
+    entries = np.repeat(offsets[ids] - np.cumsum(counts) + counts, counts) + np.arange(len(rows))
+    out = np.zeros((len(ids), size))
+    out[rows, index[entries]] = values[entries]
+    return out
+
+
+def _check_float(a, precision):
+    """A stored float array (in ``precision``, or float32 as a torch state holds it) as
+    float32."""
+    if not isinstance(a, np.ndarray) or a.dtype.name not in (precision, "float32"):
+        raise ValueError(f"stored values must be {precision} or float32 arrays")
+    return a.astype(np.float32)
+
+
+def _check_factors(factors, shape):
+    try:
+        out, inp = factors
+    except (TypeError, ValueError):
+        raise ValueError("factors must be a pair (factor_out, factor_in)") from None
+    out = _check_array(out, "factor_out", np.float32, None)
+    inp = _check_array(inp, "factor_in", np.float32, None)
+    if out.ndim != 2 or inp.ndim != 2 or out.shape[0] != shape[0] or inp.shape[0] != shape[1] \
+            or out.shape[1] != inp.shape[1]:
+        raise ValueError(f"factors must have shapes ({shape[0]}, r) and ({shape[1]}, r), "
+                         f"got {out.shape} and {inp.shape}")
+    return out, inp
 
 
 def _check_array(a, name, dtype, shape):
@@ -361,22 +631,33 @@ def _check_array(a, name, dtype, shape):
     return np.ascontiguousarray(a)
 
 
-def check_coding(grid: BlockGrid, transform: np.ndarray, index: np.ndarray) -> None:
-    """Transform ids known; each block's first min(k, h*w) indices distinct and inside it."""
+def check_coding(grid: BlockGrid, transform: np.ndarray, offsets: np.ndarray,
+                 index: np.ndarray) -> None:
+    """Transform ids known; offsets run from 0 to len(index) and give every block at most its
+    size; each block's positions distinct and inside it."""
     if (transform >= len(tf.TRANSFORMS)).any():
         raise ValueError(f"transform ids must be < {len(tf.TRANSFORMS)}")
+    counts = np.diff(offsets)
+    if offsets[0] != 0 or offsets[-1] != len(index) or (counts < 0).any():
+        raise ValueError(f"offsets must rise from 0 to the number of entries {len(index)}")
     sizes = grid.block_sizes()
-    # Blocks in chunks: the int64 temporaries stay small whatever the size of a loaded file.
-    step = max(1, _CHECK_CHUNK_ELEMENTS // max(1, index.shape[1]))
-    for start in range(0, len(index), step):
-        _check_index(index[start:start + step], sizes[start:start + step])
+    if (counts > sizes).any():
+        raise ValueError("a block has more entries than positions")
+    # Blocks in chunks of about _CHECK_CHUNK_ELEMENTS entries: the int64 temporaries stay
+    # small whatever the size of a loaded file.
+    start = 0
+    while start < grid.nblocks:
+        stop = int(np.searchsorted(offsets, offsets[start] + _CHECK_CHUNK_ELEMENTS, "right")) - 1
+        stop = min(grid.nblocks, max(stop, start + 1))
+        _check_index(index[offsets[start]:offsets[stop]], counts[start:stop],
+                     sizes[start:stop])
+        start = stop
 
 
-def _check_index(index: np.ndarray, sizes: np.ndarray) -> None:
-    k = index.shape[1]
-    used = np.arange(k) < np.minimum(k, sizes)[:, None]
-    if (index[used] >= np.repeat(sizes, used.sum(axis=1))).any():
+def _check_index(index: np.ndarray, counts: np.ndarray, sizes: np.ndarray) -> None:
+    block_of = np.repeat(np.arange(len(counts)), counts)
+    if (index >= sizes[block_of]).any():
         raise ValueError("index points outside its block")
-    ordered = np.sort(np.where(used, index.astype(np.int64), -1 - np.arange(k)), axis=1)
-    if (np.diff(ordered, axis=1) == 0).any():
+    keys = np.sort(block_of * (1 << 16) + index)
+    if (np.diff(keys) == 0).any():
         raise ValueError("index repeats a position within a block")

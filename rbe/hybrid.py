@@ -1,8 +1,8 @@
 """HybridLinear: a linear layer stored as hybrid blocks that computes in the transform domain.
 
 For a block (bi, bj) of shape (h, w), W_b = sum_k c_k B_k + G_h S G_w^T, where B_k are the 8
-basis functions, S holds k nonzero coefficients and G are the synthesis matrices of the block's
-transform. Then, for an input slice x_bj and output slice y_bi,
+basis functions (optional), S holds the block's nonzero coefficients (a ragged number per
+block) and G are the synthesis matrices of the block's transform. Then, for an input slice x_bj and output slice y_bi,
 
     y_bi = sum_bj sum_k c_bk (B_k x_bj) + sum_t G_h,t sum_{bj: t_b = t} S_b (G_w,t^T x_bj)
 
@@ -10,7 +10,8 @@ so no block is ever rebuilt: G_w^T x is computed once per block column and trans
 sparse products S_b z cost O(k) per block (C core), G_h is applied once per block row and
 transform. The basis part uses low-rank factors B_k = L_k R (``tf.basis_factors``): R x_bj is
 shared down a block column and each block costs 8 * rank multiply-adds.
-Backward uses the same identities with the roles of analysis and synthesis swapped.
+Backward uses the same identities with the roles of analysis and synthesis swapped. An optional
+layer-level low-rank term U V^T adds two thin GEMMs.
 
 Internally the layer works feature-major (features x batch) so that the sparse loops read and
 write contiguous batch rows and the dense transforms are plain GEMMs.
@@ -22,7 +23,15 @@ import numpy as np
 from . import _core
 from . import transforms as tf
 from ._checks import finite_output, layer_input, positive_int
-from .encoder import BlockGrid, HybridMatrix, encode
+from .encoder import (
+    BlockGrid,
+    HybridMatrix,
+    check_matrix,
+    check_rank,
+    encode,
+    index_bytes,
+    ragged_arrays,
+)
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 _SERIAL_GEMM = 1 << 18      # OpenBLAS runs a GEMM of up to 2^18 multiply-adds on one thread
@@ -54,10 +63,9 @@ def _left(matrix: np.ndarray, stack: np.ndarray) -> np.ndarray:
     return np.matmul(matrix, stack)
 
 
-def _low_frequency_positions(h: int, w: int, k: int) -> np.ndarray:
-    """The k flat positions with the lowest r + c (then lowest r), ascending."""
-    r, c = np.divmod(np.arange(h * w), w)
-    return np.sort(np.lexsort((r, r + c))[:k])
+def _random_positions(rng, n_blocks, size, count):
+    """``count`` distinct positions out of ``size`` for each of ``n_blocks`` blocks, ascending."""
+    return np.sort(rng.random((n_blocks, size)).argsort(axis=1)[:, :count], axis=1)
 
 
 class HybridLinear:
@@ -69,9 +77,10 @@ class HybridLinear:
         Layer size.
     block : (int, int)
         Block shape (h, w); edge blocks are smaller.
-    k : int
-        Residual coefficients per block. A layer built here (for training from scratch) uses the
-        k lowest-frequency positions of its transform; ``from_dense`` picks them by magnitude.
+    k : int, optional
+        Transform coefficients per block (64 when neither k, ``budget`` nor ``ratio`` is
+        given). A layer built here (for training from scratch) starts them at random
+        positions; ``from_dense`` picks them by magnitude.
     transform : {"dct", "dwt"}
         Residual transform of every block.
     bias : bool
@@ -79,49 +88,105 @@ class HybridLinear:
     wavelet : str
         PyWavelets wavelet of the "dwt" transform.
     seed : int or None
-        Seed of the random initialisation (residual values with the variance of
-        ``torch.nn.Linear``'s uniform weights; basis coefficients 0).
+        Seed of the random initialisation (positions; values with the variance of
+        ``torch.nn.Linear``'s uniform weights, shared with the low-rank term; basis
+        coefficients 0).
+    budget, ratio : optional
+        Instead of k: the layer's stored bytes (``nbytes``, bias included) must not exceed
+        ``budget``, or dense float32 bytes / ``ratio``; k is the largest that fits.
+    basis : bool
+        Keep the 8 smooth basis coefficients per block (8 stored values per block).
+    rank : int
+        Rank of a layer-level low-rank term factor_out @ factor_in.T added to the blocks.
+    precision : {"float32", "float16"}
+        Storage precision of values, basis coefficients and factors (training keeps float32).
+    regrow_every, regrow_fraction, regrow_stop :
+        Moving positions (see ``set_regrow``); on by default for a layer built here.
 
     Attributes
     ----------
-    coef : (nblocks, 8) float32, values : (nblocks, k) float32, bias : (out_features,) float32
+    coef : (nblocks, 8) float32, values : (entries,) float32, bias : (out_features,) float32,
+    factor_out : (out_features, rank), factor_in : (in_features, rank) float32
         Trainable parameters, updated in place by ``rbe.optim``.
     grads : dict
         Gradients with the same names and shapes, overwritten by ``backward``.
-    transform, index : read-only arrays
-        Per-block transform ids and the uint16 flat positions of the values.
+    transform, offsets, index : read-only arrays
+        Per-block transform ids; block b's values are ``values[offsets[b]:offsets[b + 1]]`` at
+        the flat positions ``index[offsets[b]:offsets[b + 1]]`` of its coefficient array.
+    grow_grads : (out_features, in_features) float32 or None
+        While positions move: the transform-domain gradient of every block's coefficients,
+        present or not (block (bi, bj)'s position r * w + c at [bi * h + r, bj * w + c]),
+        summed over the backward passes before a step that moves positions.
     """
 
-    def __init__(self, in_features, out_features, block=(64, 64), k=64, transform="dct",
-                 bias=True, wavelet=tf.DEFAULT_WAVELET, seed=None):
+    # Stored arrays (``_state``) that depend on the contents, not on the layer's shape.
+    OPTIONAL_STATE = ("transform", "counts")
+
+    def __init__(self, in_features, out_features, block=(64, 64), k=None, transform="dct",
+                 bias=True, wavelet=tf.DEFAULT_WAVELET, seed=None, *, budget=None, ratio=None,
+                 basis=True, rank=0, precision="float32", regrow_every=100,
+                 regrow_fraction=0.3, regrow_stop=None):
         if transform not in tf.TRANSFORMS:
             raise ValueError(f"a layer trained from scratch needs one transform, "
                              f"{tf.TRANSFORMS}, got {transform!r}")
         grid = BlockGrid((out_features, in_features), block)
         tf.check_wavelet(wavelet)
-        k = positive_int("k", k)
+        rank = check_rank(rank, grid.shape)
         rng = np.random.default_rng(seed)
-        k = min(int(k), grid.block[0] * grid.block[1])
-        index = np.zeros((grid.nblocks, k), np.uint16)
-        values = np.zeros((grid.nblocks, k), np.float32)
-        for group in grid.groups():
-            ids = grid.block_ids(group)
-            positions = _low_frequency_positions(group.h, group.w, k)
-            # Orthonormal transforms keep the energy: per-weight variance 1 / (3 in_features).
-            std = np.sqrt(group.h * group.w / (3.0 * in_features * len(positions)))
-            index[ids, :len(positions)] = positions
-            values[ids, :len(positions)] = rng.normal(0.0, std, (len(ids), len(positions)))
+        bias = rng.uniform(-1, 1, out_features) / np.sqrt(in_features) if bias else None
+        factors = self._initial_factors(rng, grid.shape, rank, precision)
         ids = np.full(grid.nblocks, tf.TRANSFORM_IDS[transform], np.uint8)
-        coef = np.zeros((grid.nblocks, tf.NUM_BASIS), np.float32)
-        matrix = HybridMatrix(grid.shape, grid.block, coef, ids, index, values, wavelet)
-        bound = 1.0 / np.sqrt(in_features)
-        self._attach(matrix, rng.uniform(-bound, bound, out_features) if bias else None)
+        coef = np.zeros((grid.nblocks, tf.NUM_BASIS if basis else 0), np.float32)
+        options = {"wavelet": wavelet, "factors": factors, "precision": precision}
+        budget = matrix_budget(budget, ratio, grid.shape, bias is not None)
+        if budget is None:
+            k = 64 if k is None else positive_int("k", k)
+        elif k is not None:
+            raise ValueError("give either k or a budget (budget, ratio), not both")
+        else:
+            k = _largest_k(HybridMatrix(grid.shape, grid.block, coef, ids,
+                                        np.zeros(grid.nblocks + 1, np.int64),
+                                        np.zeros(0, np.uint16), np.zeros(0, np.float32),
+                                        **options), budget)
+        parts = []
+        for group in grid.groups():
+            block_ids = grid.block_ids(group)
+            size = group.h * group.w
+            count = min(k, size)
+            # Orthonormal transforms keep the energy: per-weight variance 1 / (3 in_features),
+            # half of it in the low-rank term when there is one.
+            share = 0.5 if rank else 1.0
+            std = np.sqrt(share * size / (3.0 * in_features * count))
+            parts.append((block_ids, _random_positions(rng, len(block_ids), size, count),
+                          rng.normal(0.0, std, (len(block_ids), count)).astype(np.float32)))
+        matrix = HybridMatrix(grid.shape, grid.block, coef, ids, *ragged_arrays(grid.nblocks, parts),
+                              **options)
+        self._attach(matrix, bias)
+        self.set_regrow(regrow_every, regrow_fraction, regrow_stop)
+
+    @staticmethod
+    def _initial_factors(rng, shape, rank, precision):
+        """factor_out @ factor_in.T with half the variance of nn.Linear's weights."""
+        if rank == 0:
+            return None
+        out_features, in_features = shape
+        factor_out = rng.normal(0.0, np.sqrt(1.0 / (6.0 * rank)), (out_features, rank))
+        factor_in = rng.normal(0.0, np.sqrt(1.0 / in_features), (in_features, rank))
+        return factor_out.astype(np.float32), factor_in.astype(np.float32)
 
     @classmethod
-    def from_dense(cls, W, bias=None, block=(64, 64), k=64, transform="adaptive",
-                   wavelet=tf.DEFAULT_WAVELET, progress=None) -> "HybridLinear":
-        """Encode a dense (out_features, in_features) weight matrix (see ``rbe.encode``)."""
-        return cls.from_matrix(encode(W, block, k, transform, wavelet, progress), bias)
+    def from_dense(cls, W, bias=None, block=(64, 64), k=None, transform="adaptive",
+                   wavelet=tf.DEFAULT_WAVELET, progress=None, *, budget=None, ratio=None,
+                   basis=True, rank=0, precision="float32") -> "HybridLinear":
+        """Encode a dense (out_features, in_features) weight matrix (see ``rbe.encode``).
+
+        ``budget`` and ``ratio`` bound the layer's bytes (bias included) as in the
+        constructor; positions do not move (``set_regrow`` turns that on).
+        """
+        W = check_matrix(W)
+        budget = matrix_budget(budget, ratio, W.shape, bias is not None)
+        return cls.from_matrix(encode(W, block, k, transform, wavelet, progress, budget=budget,
+                                      basis=basis, rank=rank, precision=precision), bias)
 
     @classmethod
     def from_matrix(cls, matrix: HybridMatrix, bias=None) -> "HybridLinear":
@@ -130,17 +195,20 @@ class HybridLinear:
             raise ValueError(f"expected a HybridMatrix, got {type(matrix).__name__}")
         layer = cls.__new__(cls)
         layer._attach(matrix, bias)
+        layer.set_regrow(None)
         return layer
 
     def _attach(self, matrix, bias):
         self.grid = matrix.grid
         self.wavelet = matrix.wavelet
+        self.precision = matrix.precision
         self.transform = _frozen(matrix.transform)
+        self.offsets = _frozen(matrix.offsets)
         self.index = _frozen(matrix.index)
         self.coef = matrix.coef.copy()
         self.values = matrix.values.copy()
+        self._factors = None if matrix.factors is None else tuple(f.copy() for f in matrix.factors)
         self.bias = None if bias is None else self._check_bias(bias)
-        self._padding = np.arange(self.index.shape[1]) >= self.grid.block_sizes()[:, None]
         # Transforms in use, numbered 0.. as "slots" of the transform-domain arrays.
         kinds = [kind for kind, t in tf.TRANSFORM_IDS.items() if (self.transform == t).any()]
         slot_of = np.zeros(len(tf.TRANSFORMS), np.uint8)
@@ -160,6 +228,7 @@ class HybridLinear:
                                  .values())
         self._operators = {dtype: self._stacked_operators(kinds, dtype) for dtype in _FLOATS}
         self.grads = {name: np.zeros_like(p) for name, p in self.parameters().items()}
+        self.steps = 0
 
     def _stacked_operators(self, kinds, dtype):
         """Per axis length n: the synthesis matrices of all transforms in use, side by side.
@@ -188,20 +257,115 @@ class HybridLinear:
 
     in_features = property(lambda self: self.grid.shape[1])
     out_features = property(lambda self: self.grid.shape[0])
-    k = property(lambda self: self.index.shape[1])
+    counts = property(lambda self: np.diff(self.offsets))
+    has_basis = property(lambda self: self.coef.shape[1] > 0)
+    rank = property(lambda self: 0 if self.factors is None else self.factors[0].shape[1])
+
+    @property
+    def factors(self):
+        """(factor_out, factor_in) of the low-rank term, or None."""
+        return getattr(self, "_factors", None)
 
     # -- optimiser protocol -------------------------------------------------------------------
 
     def parameters(self) -> dict:
         """Trainable arrays, updated in place by ``rbe.optim``."""
-        params = {"coef": self.coef, "values": self.values}
+        params = {"coef": self.coef} if self.has_basis else {}
+        params["values"] = self.values
+        if self.factors is not None:
+            params["factor_out"], params["factor_in"] = self.factors
         if self.bias is not None:
             params["bias"] = self.bias
         return params
 
     def after_step(self) -> None:
-        """Keep the padding entries of blocks smaller than k at zero."""
-        self.values[self._padding] = 0.0
+        """Count the optimiser step; on a regrow step, move positions (``regrow``) and clear
+        ``grow_grads``."""
+        self.steps += 1
+        fraction = self._regrow_fraction_at(self.steps)
+        if fraction > 0:
+            self.regrow(fraction)
+            self.grow_grads[...] = 0
+
+    # -- moving positions ---------------------------------------------------------------------
+
+    def set_regrow(self, every, fraction=0.3, stop=None) -> None:
+        """Move positions while training, by transform-domain prune-and-grow.
+
+        After every ``every``-th optimiser step (``after_step``), each block swaps up to
+        ``fraction`` of its coefficients (see ``regrow``), the fraction decaying as a half
+        cosine to 0 at step ``stop`` (constant without ``stop``; no moves after it). The
+        backward passes just before such a step sum the gradient of every position into
+        ``grow_grads``. ``every=None`` stops moving positions.
+        """
+        if every is not None:
+            every = positive_int("regrow_every", every)
+        if not (isinstance(fraction, (int, float, np.floating)) and 0 < fraction <= 1):
+            raise ValueError(f"regrow_fraction must be in (0, 1], got {fraction!r}")
+        if stop is not None:
+            stop = positive_int("regrow_stop", stop)
+        self.regrow_every, self.regrow_fraction, self.regrow_stop = every, float(fraction), stop
+        self._grow_grads = None
+
+    @property
+    def grow_grads(self):
+        # Allocated on first use, not by set_regrow: loading a file that keeps a regrow
+        # schedule must not allocate a dense (out, in) array.
+        if self._grow_grads is None and self.regrow_every is not None:
+            self._grow_grads = np.zeros(self.grid.shape, np.float32)
+        return self._grow_grads
+
+    def _regrow_fraction_at(self, step: int) -> float:
+        """The fraction of each block that may move after optimiser step ``step`` (0: none)."""
+        every, stop = self.regrow_every, self.regrow_stop
+        if every is None or step % every or (stop is not None and step >= stop):
+            return 0.0
+        decay = 1.0 if stop is None else 0.5 * (1.0 + np.cos(np.pi * step / stop))
+        return self.regrow_fraction * decay
+
+    def regrow(self, fraction: float) -> int:
+        """Swap weak present coefficients for strong absent ones, per block, from ``grow_grads``.
+
+        In every block with n coefficients, the floor(fraction * n) present ones of smallest
+        |value| are paired, in order, with the absent positions of largest |gradient|; a pair
+        swaps when the absent position's |gradient| exceeds the present one's, so a gradient
+        step on the new positions lowers the linearised loss at least as much as on the old
+        ones. Grown values start at 0; the number of coefficients does not change. Ties go to
+        the lower entry and position, so the result depends only on the gradients and values.
+        Returns the number of swaps.
+        """
+        scores = np.abs(self.grow_grads)
+        index = self.index.copy()
+        (bh, bw), swaps = self.grid.block, 0
+        for b, (lo, hi) in enumerate(zip(self.offsets[:-1], self.offsets[1:])):
+            m = int(fraction * (hi - lo))
+            if m == 0:
+                continue
+            bi, bj = divmod(b, self.grid.cols)
+            grad = scores[bi * bh:(bi + 1) * bh, bj * bw:(bj + 1) * bw].ravel()
+            prune = lo + np.argsort(np.abs(self.values[lo:hi]), kind="stable")[:m]
+            absent = np.ones(grad.size, bool)
+            absent[index[lo:hi]] = False
+            candidates = np.flatnonzero(absent)
+            grow = candidates[np.argsort(-grad[candidates], kind="stable")[:m]]
+            prune = prune[:len(grow)]
+            better = grad[grow] > grad[index[prune]]
+            index[prune[better]] = grow[better]
+            self.values[prune[better]] = 0.0
+            swaps += int(better.sum())
+        self.index = _frozen(index)
+        return swaps
+
+    def _accumulate_grow_grads(self, a, z):
+        """grow_grads += a_t z_t^T of each block's transform t: its coefficients' gradient."""
+        grads = self.grow_grads
+        for t in range(self._nslots):
+            full = a[:, t, :] @ z[:, t, :].T
+            if self._nslots > 1:
+                per_block = (self._slots == t).reshape(self.grid.rows, self.grid.cols)
+                full *= np.repeat(np.repeat(per_block, self.grid.heights, axis=0),
+                                  self.grid.widths, axis=1)
+            grads += full
 
     # -- products -------------------------------------------------------------------------------
 
@@ -212,15 +376,20 @@ class HybridLinear:
         z = self._apply(inputs, self._col_classes, xt, self._nslots)
         u = np.zeros((self.out_features, self._nslots, xt.shape[1]), xt.dtype)
         _core.hybrid_rows_forward(*self._kernel_args(), z, u)
-        yt = self._basis_forward(xt)
-        yt += self._apply(outputs, self._row_classes, u, 1).reshape(yt.shape)
+        yt = self._apply(outputs, self._row_classes, u, 1).reshape(self.out_features, -1)
+        if self.has_basis:
+            yt += self._basis_forward(xt)
+        if self.factors is not None:
+            factor_out, factor_in = (f.astype(xt.dtype) for f in self.factors)
+            yt += factor_out @ (factor_in.T @ xt)
         if self.bias is not None:
             yt += self.bias[:, None]
         finite_output("forward", yt)
         return np.ascontiguousarray(yt.T).reshape(X.shape[:-1] + (self.out_features,))
 
     def backward(self, X: np.ndarray, dY: np.ndarray) -> np.ndarray:
-        """dX for upstream gradient dY; overwrites ``grads`` with the parameter gradients."""
+        """dX for upstream gradient dY; overwrites ``grads`` with the parameter gradients (and
+        adds to ``grow_grads`` before a step that moves positions)."""
         xt = self._features_major(X, self.in_features, "X")
         dyt = self._features_major(dY, self.out_features, "dY")
         if dY.dtype != X.dtype or dY.shape[:-1] != X.shape[:-1]:
@@ -235,16 +404,31 @@ class HybridLinear:
         value_grads = np.empty(self.values.shape, xt.dtype)
         _core.hybrid_value_grads(*self._kernel_args(), a, z, value_grads)
         self.grads["values"][...] = value_grads
-        dxt = self._basis_backward(xt, dyt)
-        dxt += self._apply({w: m.T for w, m in inputs.items()}, self._col_classes, dz,
-                           1).reshape(dxt.shape)
+        if self._regrow_fraction_at(self.steps + 1) > 0:
+            self._accumulate_grow_grads(a, z)
+        dxt = self._apply({w: m.T for w, m in inputs.items()}, self._col_classes, dz,
+                          1).reshape(self.in_features, -1)
+        if self.has_basis:
+            dxt += self._basis_backward(xt, dyt)
+        if self.factors is not None:
+            dxt += self._low_rank_backward(xt, dyt)
         if self.bias is not None:
             self.grads["bias"][...] = dyt.sum(axis=1)
         finite_output("backward", dxt)
         return np.ascontiguousarray(dxt.T).reshape(X.shape)
 
+    def _low_rank_backward(self, xt, dyt):
+        """dX of the low-rank term, (in, batch); fills the factors' gradients."""
+        factor_out, factor_in = (f.astype(xt.dtype) for f in self.factors)
+        projected_x = factor_in.T @ xt              # (rank, batch)
+        projected_dy = factor_out.T @ dyt
+        self.grads["factor_out"][...] = dyt @ projected_x.T
+        self.grads["factor_in"][...] = xt @ projected_dy.T
+        return factor_in @ projected_dy
+
     def _kernel_args(self):
-        return self.grid.shape, self.grid.block, self._slots, self.index, self.values
+        return (self.grid.shape, self.grid.block, self._slots, self.offsets, self.index,
+                self.values)
 
     @staticmethod
     def _apply(matrices, classes, source, slots_out):
@@ -318,12 +502,15 @@ class HybridLinear:
 
     @property
     def matrix(self) -> HybridMatrix:
-        """The weight as a HybridMatrix (copies of the current parameters)."""
+        """The weight as a HybridMatrix (copies of the current parameters, in ``precision``)."""
+        factors = None if self.factors is None else tuple(f.copy() for f in self.factors)
         return HybridMatrix(self.grid.shape, self.grid.block, self.coef.copy(), self.transform,
-                            self.index, self.values.copy(), self.wavelet)
+                            self.offsets, self.index, self.values.copy(), wavelet=self.wavelet,
+                            factors=factors, precision=self.precision)
 
     def to_dense(self) -> np.ndarray:
-        """The dense float32 weight matrix (out_features, in_features)."""
+        """The dense float32 weight matrix (out_features, in_features), as stored (values
+        rounded to ``precision``; ``forward`` computes with the float32 training values)."""
         return self.matrix.decode(np.float32)
 
     @property
@@ -338,10 +525,12 @@ class HybridLinear:
         return (dense + (0 if self.bias is None else self.bias.nbytes)) / self.nbytes
 
     def _state(self) -> tuple[dict, dict]:
-        """Config and arrays for rbe.save."""
+        """Config and arrays for rbe.save (with the step count and the regrow schedule)."""
         config, arrays = self.matrix._state()
         if self.bias is not None:
             arrays["bias"] = self.bias
+        config["steps"] = self.steps
+        config["regrow"] = [self.regrow_every, self.regrow_fraction, self.regrow_stop]
         return config, arrays
 
     @classmethod
@@ -349,12 +538,56 @@ class HybridLinear:
         """Inverse of ``_state``; validates like the constructor."""
         arrays = dict(arrays)
         bias = arrays.pop("bias", None)
-        return cls.from_matrix(HybridMatrix._from_state(config, arrays), bias)
+        layer = cls.from_matrix(HybridMatrix._from_state(config, arrays), bias)
+        if "regrow" in config:
+            layer.set_regrow(*config["regrow"])
+        steps = config.get("steps", 0)
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+        layer.steps = steps
+        return layer
 
     def __repr__(self):
         return (f"HybridLinear(in_features={self.in_features}, "
-                f"out_features={self.out_features}, block={self.grid.block}, k={self.k}, "
+                f"out_features={self.out_features}, block={self.grid.block}, "
+                f"coefficients={len(self.values)}, basis={self.has_basis}, rank={self.rank}, "
                 f"bias={self.bias is not None}, ratio={self.compression_ratio:.1f})")
+
+
+def matrix_budget(budget, ratio, shape, has_bias):
+    """Bytes left for the weight of a layer of ``shape`` whose stored bytes (bias included)
+    may not exceed ``budget``, or dense float32 bytes / ``ratio``; None when neither is given."""
+    if budget is None and ratio is None:
+        return None
+    if budget is not None and ratio is not None:
+        raise ValueError("give either budget or ratio, not both")
+    bias_bytes = 4 * shape[0] if has_bias else 0
+    if ratio is not None:
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float, np.number)) \
+                or not (np.isfinite(ratio) and ratio >= 1):
+            raise ValueError(f"ratio must be a finite number >= 1, got {ratio!r}")
+        budget = int((4 * shape[0] * shape[1] + bias_bytes) / ratio)
+    budget = positive_int("budget", budget)
+    if budget <= bias_bytes:
+        raise ValueError(f"budget of {budget} bytes does not hold the bias ({bias_bytes} bytes)")
+    return budget - bias_bytes
+
+
+def _largest_k(empty: HybridMatrix, budget: int) -> int:
+    """The largest k for which ``empty`` with min(k, block size) coefficients per block fits in
+    ``budget`` bytes."""
+    per_coef = index_bytes(empty.grid) + np.dtype(empty.precision).itemsize
+    room = (budget - empty.nbytes) // per_coef
+    sizes = empty.grid.block_sizes()
+    low, high = 0, int(sizes.max())
+    while low < high:       # the largest k with sum(min(k, sizes)) <= room
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if np.minimum(mid, sizes).sum() <= room else (low, mid - 1)
+    if low == 0:
+        raise ValueError(f"budget of {budget} bytes (weight part) cannot hold one coefficient "
+                         f"per block: the fixed part (header, basis, low-rank factors) takes "
+                         f"{empty.nbytes} bytes, a coefficient {per_coef}")
+    return low
 
 
 def _frozen(a):

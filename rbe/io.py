@@ -2,7 +2,7 @@
 
 A file is an ordinary safetensors file. Its metadata key ``"rbe"`` holds a JSON header::
 
-    {"format": "rbe", "version": 1,
+    {"format": "rbe", "version": 2,
      "entries": {NAME: {"kind": "hybrid_linear" | "fused_linear" | "hybrid_matrix" | "tensor",
                         "config": {...},                       # shapes, block sizes, wavelet...
                         "tensors": {PART: {"dtype": "float32", "shape": [...],
@@ -22,6 +22,9 @@ part and problem at the first thing wrong:
    costs nothing;
 3. per entry: the parts' bytes and checksums, finite parameters of bounded magnitude, then the
    layer's own consistency (block grid, indices).
+
+Version 2 stores hybrid blocks ragged and compact (see ``HybridMatrix._state``). Version-1 files
+still load: their parts are checked against the version-1 layout, then converted (``_upgraded``).
 
 Nothing is executed or unpickled; memory stays within a small multiple of the file's size.
 """
@@ -43,10 +46,11 @@ from . import _checks
 FORMAT = "rbe"
 VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)
-_ALLOWED_DTYPES = {"float32", "float64", "uint8", "uint16", "uint64", "int64", "int32"}
+_ALLOWED_DTYPES = {"float16", "float32", "float64", "uint8", "uint16", "uint64", "int64",
+                   "int32"}
 #: safetensors dtype names of the dtypes above; any other name is refused as it is.
-_SAFETENSORS_DTYPES = {"F32": "float32", "F64": "float64", "U8": "uint8", "U16": "uint16",
-                       "U64": "uint64", "I64": "int64", "I32": "int32"}
+_SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "U8": "uint8",
+                       "U16": "uint16", "U64": "uint64", "I64": "int64", "I32": "int32"}
 
 MAX_HEADER_BYTES = 8 << 20     #: the safetensors JSON header (names, shapes, checksums)
 MAX_JSON_DEPTH = 16            #: nesting of objects and arrays (rbe's headers use 6)
@@ -56,6 +60,9 @@ MAX_DIMS = 8
 #: Largest magnitude of a loaded layer parameter: with inputs |x| <= 1 no layer within the
 #: size limits can overflow float32 (2^60 * 2^16 coefficients * 2^31 inputs < 3.4e38).
 MAX_PARAMETER = 2.0**60
+#: Largest magnitude of a low-rank factor: the term multiplies two of them, so the same
+#: guarantee needs 2^30 * 2^31 inputs * 2^30 * 2^31 ranks < 3.4e38.
+MAX_FACTOR = 2.0**30
 
 
 def _shown(value) -> str:
@@ -311,9 +318,10 @@ class _Container:
 
 @dataclass(frozen=True)
 class _Part:
-    """A stored array of a kind: dtype and shape, dimensions named or fixed."""
+    """A stored array of a kind: dtype (a name, a tuple of names, or a dimension naming it)
+    and shape, dimensions named or fixed."""
 
-    dtype: str
+    dtype: str | tuple | None
     shape: tuple
     optional: bool = False
 
@@ -322,16 +330,18 @@ class _Part:
 class _Kind:
     """What an entry of one kind holds.
 
-    ``config``: field -> check(value, what) returning the value; ``dims``: config -> size of
-    every named dimension, or its (low, high) range when the stored arrays set it; ``check``:
-    kind-specific checks of the arrays before the layer is built.
+    ``config``: field -> check(value, what) returning the value (fields in ``optional`` may be
+    absent); ``dims``: config -> size of every named dimension, or its (low, high) range when
+    the stored arrays set it, or the dtype of a part; ``check``: kind-specific checks of the
+    config and arrays before the layer is built.
     """
 
     config: dict
     dims: Callable
     parts: dict
-    check: Callable = lambda arrays: None
+    check: Callable = lambda config, arrays: None
     bounded: bool = True          # floating-point parts hold parameters of bounded magnitude
+    optional: frozenset = frozenset()
 
 
 def _pair(high: int, area: int):
@@ -385,10 +395,58 @@ def _wavelets():
 
 
 def _hybrid_dims(config: dict) -> dict:
+    """Version 1: k entries per block, zero-padded in blocks smaller than k."""
     from .encoder import MAX_BLOCK_ELEMENTS
     block = config["block"]
     return {"blocks": _checks.block_count(config["shape"], block), "out": config["shape"][0],
             "k": (1, min(block[0] * block[1], MAX_BLOCK_ELEMENTS))}
+
+
+def _ragged_dims(config: dict) -> dict:
+    """Version 2: the entries of all blocks in one ragged list (exactly min(k, block size) per
+    block when the config gives k)."""
+    (rows, cols), (h, w) = config["shape"], config["block"]
+    dims = {"blocks": _checks.block_count((rows, cols), (h, w)), "out": rows, "rows": rows,
+            "cols": cols, "rank": (1, min(rows, cols)), "float": config["precision"],
+            "position": "uint8" if h * w <= 256 else "uint16", "entries": (0, rows * cols)}
+    if "k" in config:
+        # Full blocks, then the narrower last column, the shorter last row, the corner.
+        sides = [(rows // h, h), (1, rows % h)], [(cols // w, w), (1, cols % w)]
+        dims["entries"] = sum(nr * nc * min(config["k"], bh * bw)
+                              for nr, bh in sides[0] for nc, bw in sides[1])
+    return dims
+
+
+def _check_ragged(config: dict, arrays: dict) -> None:
+    """Each per-block setting stored once (config or tensor), factors in pairs, counts adding
+    up to the entries (positions inside their blocks are checked by the layer)."""
+    for field, part in (("transform", "transform"), ("k", "counts")):
+        if (field in config) == (part in arrays):
+            raise FormatError(f"needs either config {field!r} or tensor {part!r}, not "
+                              f"{'both' if field in config else 'neither'}")
+    if ("factor_out" in arrays) != ("factor_in" in arrays):
+        raise FormatError("tensors 'factor_out' and 'factor_in' come together")
+    for part in ("factor_out", "factor_in"):
+        factor = arrays.get(part)
+        if factor is not None and factor.size \
+                and max(float(factor.max()), -float(factor.min())) > MAX_FACTOR:
+            raise FormatError(f"tensor {part!r} holds values beyond {MAX_FACTOR:.3g} in "
+                              "magnitude")
+    if "counts" in arrays:
+        total = int(arrays["counts"].sum(dtype=np.int64))
+        if total != len(arrays["index"]):
+            raise FormatError(f"tensor 'counts' adds up to {total} entries, tensor 'index' "
+                              f"holds {len(arrays['index'])}")
+
+
+def _regrow(value, what):
+    """[every or null, fraction, stop or null] (HybridLinear.set_regrow)."""
+    if not isinstance(value, list) or len(value) != 3:
+        raise FormatError(f"{what} must be [every, fraction, stop], got {_shown(value)}")
+    every, fraction, stop = value
+    return [None if every is None else _integer(every, 1, 1 << 62, f"{what} every"),
+            _fraction(fraction, f"{what} fraction"),
+            None if stop is None else _integer(stop, 1, 1 << 62, f"{what} stop")]
 
 
 def _fused_dims(config: dict) -> dict:
@@ -399,22 +457,43 @@ def _fused_dims(config: dict) -> dict:
     return {"rows": -(-rows // h), "cols": -(-cols // w), "out": rows}
 
 
-def _check_masters(arrays: dict) -> None:
+def _check_masters(config: dict, arrays: dict) -> None:
     """The r and theta master copies (the float32 halves of the ``lo`` words) are finite."""
     if not np.isfinite(arrays["lo"].view("<f4")).all():
         raise FormatError("tensor 'lo' holds NaN or infinite r/theta master copies")
 
 
-def _hybrid_kind(*, bias: bool) -> _Kind:
-    from .encoder import MAX_BLOCK_ELEMENTS, MAX_BLOCK_SIDE
-    parts = {"coef": _Part("float32", ("blocks", 8)), "transform": _Part("uint8", ("blocks",)),
-             "index": _Part("uint16", ("blocks", "k")),
-             "values": _Part("float32", ("blocks", "k"))}
-    if bias:
-        parts["bias"] = _Part("float32", ("out",), optional=True)
+def _hybrid_kind(version: int, *, bias: bool) -> _Kind:
+    """Version 1: dense (blocks, k) positions and values, a transform id per block; version 2:
+    ragged, compact storage, optional basis and low-rank term (HybridMatrix._state)."""
+    from . import transforms as tf
+    from .encoder import MAX_BLOCK_ELEMENTS, MAX_BLOCK_SIDE, PRECISIONS
     config = {"shape": _pair(_checks.MAX_FEATURES, _checks.MAX_FEATURES**2),
               "block": _pair(MAX_BLOCK_SIDE, MAX_BLOCK_ELEMENTS), "wavelet": _name(_wavelets)}
-    return _Kind(config, _hybrid_dims, parts)
+    if version == 1:
+        parts = {"coef": _Part("float32", ("blocks", tf.NUM_BASIS)),
+                 "transform": _Part("uint8", ("blocks",)),
+                 "index": _Part("uint16", ("blocks", "k")),
+                 "values": _Part("float32", ("blocks", "k"))}
+        kind = {"dims": _hybrid_dims}
+    else:
+        config.update(precision=_name(lambda: PRECISIONS),
+                      transform=_name(lambda: tf.TRANSFORMS),
+                      k=lambda value, what: _integer(value, 0, MAX_BLOCK_ELEMENTS, what))
+        if bias:
+            config.update(steps=lambda value, what: _integer(value, 0, 1 << 62, what),
+                          regrow=_regrow)
+        parts = {"coef": _Part("float", ("blocks", tf.NUM_BASIS), optional=True),
+                 "transform": _Part("uint8", ("blocks",), optional=True),
+                 "counts": _Part(("uint8", "uint16"), ("blocks",), optional=True),
+                 "index": _Part("position", ("entries",)), "values": _Part("float", ("entries",)),
+                 "factor_out": _Part("float", ("rows", "rank"), optional=True),
+                 "factor_in": _Part("float", ("cols", "rank"), optional=True)}
+        kind = {"dims": _ragged_dims, "check": _check_ragged,
+                "optional": frozenset({"transform", "k"})}
+    if bias:
+        parts["bias"] = _Part("float32", ("out",), optional=True)
+    return _Kind(config, parts=parts, **kind)
 
 
 def _fused_kind(version: int) -> _Kind:
@@ -444,8 +523,8 @@ def _kind_table(version: int) -> dict:
             or version not in SUPPORTED_VERSIONS:
         raise FormatError(f"unsupported format version {_shown(version)} (this rbe reads "
                           f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
-    table = {"hybrid_matrix": _hybrid_kind(bias=False), "hybrid_linear": _hybrid_kind(bias=True),
-             "tensor": _tensor_kind()}
+    table = {"hybrid_matrix": _hybrid_kind(version, bias=False),
+             "hybrid_linear": _hybrid_kind(version, bias=True), "tensor": _tensor_kind()}
     if "fused_linear" in _kinds():
         table["fused_linear"] = _fused_kind(version)
     return table
@@ -472,6 +551,7 @@ class _Plan:
 
     name: str
     kind: str
+    version: int
     spec: _Kind
     config: dict
     parts: dict                                   # part -> (container key, sha256)
@@ -490,8 +570,11 @@ def _check_part(where: str, part: str, described, stored: _Stored, expected: _Pa
         raise FormatError(f"{where}: tensor {part!r} has no valid sha256")
     if expected.dtype is None:
         return
-    if stored.dtype != expected.dtype or len(stored.shape) != len(expected.shape):
-        raise FormatError(f"{where}: tensor {part!r} must be {expected.dtype} with "
+    dtypes = dims.get(expected.dtype, expected.dtype) if isinstance(expected.dtype, str) \
+        else expected.dtype
+    dtypes = (dtypes,) if isinstance(dtypes, str) else dtypes
+    if stored.dtype not in dtypes or len(stored.shape) != len(expected.shape):
+        raise FormatError(f"{where}: tensor {part!r} must be {' or '.join(dtypes)} with "
                           f"{len(expected.shape)} dimension(s), got "
                           f"{stored.dtype}{list(stored.shape)}")
     for axis, (size, dim) in enumerate(zip(stored.shape, expected.shape)):
@@ -507,7 +590,7 @@ def _check_part(where: str, part: str, described, stored: _Stored, expected: _Pa
                               f"config makes axis {axis} ({dim}) {want}")
 
 
-def _plan_entry(name, entry, kinds: dict, layout: dict) -> _Plan:
+def _plan_entry(name, entry, version: int, kinds: dict, layout: dict) -> _Plan:
     if not isinstance(name, str) or not name or "/" in name:
         raise FormatError(f"entry name {_shown(name)} is empty or holds '/'")
     where = f"entry {_shown(name)}"
@@ -516,9 +599,10 @@ def _plan_entry(name, entry, kinds: dict, layout: dict) -> _Plan:
     if not isinstance(kind, str) or kind not in kinds:
         raise FormatError(f"{where}: unknown kind {_shown(kind)}")
     spec = kinds[kind]
-    config = _fields(entry["config"], set(spec.config), f"{where}: config")
+    config = _fields(entry["config"], set(spec.config) - spec.optional, f"{where}: config",
+                     spec.optional)
     config = {key: check(config[key], f"{where}: config {_shown(key)}")
-              for key, check in spec.config.items()}
+              for key, check in spec.config.items() if key in config}
     try:
         dims = spec.dims(config)
     except ValueError as exc:
@@ -535,13 +619,13 @@ def _plan_entry(name, entry, kinds: dict, layout: dict) -> _Plan:
             raise FormatError(f"{where}: tensor {part!r} is missing")
         _check_part(where, part, described[part], layout[key], expected, dims)
         parts[part] = (key, described[part]["sha256"])
-    return _Plan(name, kind, spec, config, parts)
+    return _Plan(name, kind, version, spec, config, parts)
 
 
 def _plan(header: dict, layout: dict) -> list:
     """Every entry checked against the container, before any tensor is read."""
     kinds = _kind_table(header["version"])
-    plans = [_plan_entry(name, entry, kinds, layout)
+    plans = [_plan_entry(name, entry, header["version"], kinds, layout)
              for name, entry in header["entries"].items()]
     described = {key for plan in plans for key, _ in plan.parts.values()}
     extra = sorted(set(layout) - described)
@@ -561,22 +645,30 @@ def _read_entry(plan: _Plan, container: _Container) -> dict:
             if not np.isfinite(array).all():
                 raise FormatError(f"{where}: tensor {part!r} holds NaN or inf")
             if plan.spec.bounded and array.size \
-                    and max(array.max(), -array.min()) > MAX_PARAMETER:
+                    and max(float(array.max()), -float(array.min())) > MAX_PARAMETER:
                 raise FormatError(f"{where}: tensor {part!r} holds values beyond "
                                   f"{MAX_PARAMETER:.3g} in magnitude")
         arrays[part] = array
     try:
-        plan.spec.check(arrays)
+        plan.spec.check(plan.config, arrays)
     except FormatError as exc:
         raise FormatError(f"{where}: {exc}") from None
     return arrays
+
+
+def _upgraded(plan: _Plan, arrays: dict) -> tuple[dict, dict]:
+    """An entry's config and checked arrays in the form of the current version."""
+    if plan.version == 1 and plan.kind in ("hybrid_linear", "hybrid_matrix"):
+        from .encoder import upgrade_v1_state
+        return upgrade_v1_state(plan.config, arrays)
+    return plan.config, arrays
 
 
 def _build(plan: _Plan, arrays: dict):
     if plan.kind == "tensor":
         return arrays["data"]
     try:
-        return _kinds()[plan.kind]._from_state(plan.config, arrays)
+        return _kinds()[plan.kind]._from_state(*_upgraded(plan, arrays))
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise FormatError(f"entry {_shown(plan.name)} ({plan.kind}): {exc}") from None
 

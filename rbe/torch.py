@@ -135,6 +135,10 @@ class RBELinear(nn.Module):
         Add a trainable bias.
     seed : int or None
         Seed of the random initialisation.
+    **hybrid_options :
+        Hybrid layers only: ``budget``, ``ratio``, ``basis``, ``rank``, ``precision`` and the
+        ``regrow_*`` settings of ``rbe.HybridLinear`` (positions move from the optimiser step
+        hook, through ``after_step``).
 
     Notes
     -----
@@ -145,12 +149,14 @@ class RBELinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, kind: str = "hybrid",
-                 block=(64, 64), k: int = 64, transform: str = "dct", bias: bool = True,
-                 seed: Optional[int] = None):
+                 block=(64, 64), k: Optional[int] = None, transform: str = "dct",
+                 bias: bool = True, seed: Optional[int] = None, **hybrid_options):
         super().__init__()
         if kind == "hybrid":
             layer = HybridLinear(in_features, out_features, block=block, k=k,
-                                 transform=transform, bias=bias, seed=seed)
+                                 transform=transform, bias=bias, seed=seed, **hybrid_options)
+        elif hybrid_options:
+            raise ValueError(f"options {sorted(hybrid_options)} apply to kind='hybrid' only")
         elif kind == "fused":
             layer = _fused_class()(in_features, out_features, block=block, bias=bias, seed=seed)
         else:
@@ -335,8 +341,12 @@ class RBELinear(nn.Module):
             expected = [n for n, p in self._parameters.items() if p is not None]
             expected += list(self._buffers) + [_EXTRA_STATE]
             missing = [prefix + name for name in expected if name not in mine]
+            # Arrays a layer stores only for some contents (hybrid: mixed transforms, ragged
+            # blocks) are expected when present.
+            optional = set(getattr(type(self._layer), "OPTIONAL_STATE", ()))
+            missing = [key for key in missing if key[len(prefix):] not in optional]
             if strict:
-                unexpected_keys.extend(prefix + n for n in sorted(mine - set(expected)))
+                unexpected_keys.extend(prefix + n for n in sorted(mine - set(expected) - optional))
             if missing:
                 missing_keys.extend(missing)
                 return
@@ -362,9 +372,10 @@ class RBELinear(nn.Module):
                 f"ratio={self._layer.compression_ratio:.1f}")
 
 
-def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int = 64,
+def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: Optional[int] = None,
              transform: str = "adaptive",
-             filter: Optional[Callable[[str, nn.Module], bool]] = None) -> nn.Module:
+             filter: Optional[Callable[[str, nn.Module], bool]] = None,
+             **hybrid_options) -> nn.Module:
     """Replace the model's ``nn.Linear`` layers by :class:`RBELinear`, in place.
 
     Parameters
@@ -381,6 +392,9 @@ def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int = 64
         transform ("dct", "dwt" or "adaptive").
     filter : callable(name, module) -> bool, optional
         Replace only the layers it accepts (names as in ``model.named_modules()``).
+    **hybrid_options :
+        For "hybrid", ``budget`` or ``ratio`` (per layer, instead of k), ``basis``, ``rank``
+        and ``precision`` of ``rbe.HybridLinear.from_dense``.
 
     Returns
     -------
@@ -388,23 +402,27 @@ def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int = 64
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind != "hybrid" and hybrid_options:
+        raise ValueError(f"options {sorted(hybrid_options)} apply to kind='hybrid' only")
     accepts = lambda name, m: isinstance(m, nn.Linear) and (filter is None or filter(name, m))
     if accepts("", model):
-        return _replacement(model, kind, block, k, transform)
+        return _replacement(model, kind, block, k, transform, hybrid_options)
     # A layer used at several places is replaced once, by the same module everywhere.
     places = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
               if name and accepts(name, m)]
     replacements = {}
     for linear in tqdm(list({id(m): m for _, m in places}.values()), desc="rbe.compress",
                        unit="layer", disable=None):
-        replacements[id(linear)] = _replacement(linear, kind, block, k, transform)
+        replacements[id(linear)] = _replacement(linear, kind, block, k, transform,
+                                                  hybrid_options)
     for name, linear in places:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, replacements[id(linear)])
     return model
 
 
-def _replacement(linear: nn.Linear, kind: str, block, k: int, transform: str) -> RBELinear:
+def _replacement(linear: nn.Linear, kind: str, block, k, transform: str,
+                 hybrid_options: dict) -> RBELinear:
     if linear.weight.device.type != "cpu":
         raise ValueError(f"rbe layers compute on the CPU; the model is on {linear.weight.device}")
     block = (min(block[0], linear.out_features), min(block[1], linear.in_features))
@@ -415,5 +433,5 @@ def _replacement(linear: nn.Linear, kind: str, block, k: int, transform: str) ->
     weight = linear.weight.detach().to(torch.float32).numpy()
     bias = linear.bias.detach().to(torch.float32).numpy() if has_bias else None
     layer = HybridLinear.from_dense(weight, bias, block=block, k=k, transform=transform,
-                                    progress=False)
+                                    progress=False, **hybrid_options)
     return RBELinear.from_layer(layer)

@@ -133,22 +133,39 @@ def synthesize(coefs: np.ndarray, kind: str, wavelet: str = DEFAULT_WAVELET) -> 
     return _idwt_along(cols, wavelet, dwt_level(w, wavelet), axis=2)
 
 
-def _build_basis(h, w):
+def _basis_functions(h, w):
     y, x = np.meshgrid(axis_coordinates(h), axis_coordinates(w), indexing="ij")
     rho2 = x * x + y * y
     funcs = [np.ones_like(x), np.sqrt(rho2), rho2, np.cos(np.pi * x), np.cos(np.pi * y),
              np.cos(2 * np.pi * x), np.cos(2 * np.pi * y), np.cos(np.pi * x) * np.cos(np.pi * y)]
-    return _read_only(np.stack(funcs))
+    return np.stack(funcs)
+
+
+def basis_norms(h: int, w: int) -> np.ndarray:
+    """Frobenius norms of the 8 functions on an h x w block (1 for a function that is 0 there).
+
+    ``basis`` divides by them; a coefficient c of the unnormalised function (format version 1)
+    is c * norm of the normalised one.
+    """
+    def build():
+        norms = np.linalg.norm(_basis_functions(h, w).reshape(NUM_BASIS, -1), axis=1)
+        return _read_only(np.where(norms > 0, norms, 1.0))
+    return cached(("basis norms", h, w), build)
 
 
 def basis(h: int, w: int, dtype=np.float64) -> np.ndarray:
-    """The 8 smooth basis functions on an h x w block, shape (8, h, w)."""
+    """The 8 smooth basis functions on an h x w block, each of unit norm, shape (8, h, w).
+
+    Unit norm puts basis coefficients on the scale of orthonormal transform coefficients, so one
+    learning rate fits both.
+    """
     if h < 1 or w < 1:
         raise ValueError(f"block shape must be positive, got {(h, w)}")
     dtype = np.dtype(dtype)
     if dtype != np.float64:
         return cached(("basis", h, w, dtype), lambda: _read_only(basis(h, w).astype(dtype)))
-    return cached(("basis", h, w, dtype), lambda: _build_basis(h, w))
+    return cached(("basis", h, w, dtype), lambda: _read_only(
+        _basis_functions(h, w) / basis_norms(h, w)[:, None, None]))
 
 
 def basis_pinv(h: int, w: int) -> np.ndarray:

@@ -32,13 +32,24 @@ def test_compress_writes_layers_and_keeps_other_tensors(dense_file, tmp_path, ca
     loaded = rbe.load(out)
     assert set(loaded) == {"fc1", "head", "position"}
     fc1 = loaded["fc1"]
-    assert isinstance(fc1, rbe.HybridLinear) and fc1.grid.block == (32, 32) and fc1.k == 32
+    assert isinstance(fc1, rbe.HybridLinear) and fc1.grid.block == (32, 32)
+    assert (fc1.counts == 32).all()
     np.testing.assert_array_equal(fc1.bias, tensors["fc1.bias"])
     W = tensors["fc1.weight"]
     assert np.sqrt(np.mean((fc1.to_dense() - W) ** 2)) < 0.01 * W.std()
     np.testing.assert_array_equal(loaded["position"], tensors["position"])
     report = capsys.readouterr().out
     assert "fc1.weight" in report and "head.weight" in report and "total:" in report
+
+
+def test_compress_to_a_ratio(dense_file, tmp_path):
+    path, tensors = dense_file
+    out = tmp_path / "small.safetensors"
+    assert cli.main(["compress", str(path), "-o", str(out), "--ratio", "16", "--block", "16",
+                     "16", "--no-basis", "--precision", "float16"]) == 0
+    fc1, head = rbe.load(out)["fc1"], rbe.load(out)["head"]
+    assert fc1.nbytes <= (256 * 128 + 256) * 4 / 16 and head.nbytes <= 10 * 256 * 4 / 16
+    assert not fc1.has_basis and fc1.precision == "float16" and len(set(fc1.counts)) > 1
 
 
 def test_compress_npz(tmp_path):

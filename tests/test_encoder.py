@@ -106,8 +106,9 @@ def test_storage_accounting():
     W = np.random.default_rng(5).standard_normal((100, 70))
     encoded = rbe.encode(W, block=(32, 32), k=10, transform="dwt", wavelet="haar")
     grid = BlockGrid((100, 70), (32, 32))
-    assert grid.nblocks == 12 and encoded.k == 10
-    per_block = 8 * 4 + 1 + 10 * (2 + 4)
+    assert grid.nblocks == 12
+    np.testing.assert_array_equal(encoded.counts, 10)
+    per_block = 8 * 4 + 10 * (2 + 4)          # one transform: stored once, in the header
     assert encoded.nbytes == 48 + len("haar") + 12 * per_block
     assert encoded.compression_ratio == pytest.approx(100 * 70 * 4 / encoded.nbytes)
 
@@ -115,7 +116,7 @@ def test_storage_accounting():
 def test_small_edge_blocks_keep_fewer_coefficients():
     W = np.random.default_rng(6).standard_normal((33, 33))
     encoded = rbe.encode(W, block=(32, 32), k=100)
-    np.testing.assert_array_equal(encoded.values[-1, 1:], 0)      # 1 x 1 corner block
+    assert encoded.counts[-1] == 1 and encoded.counts[0] == 100    # 1 x 1 corner block
     rmse = encoded.rmse(W)
     assert 0 < rmse < np.std(W)
 
@@ -123,7 +124,7 @@ def test_small_edge_blocks_keep_fewer_coefficients():
 def test_k_is_capped_by_the_block_size():
     W = np.random.default_rng(7).standard_normal((8, 8))
     encoded = rbe.encode(W, block=(4, 4), k=100)
-    assert encoded.k == 16
+    np.testing.assert_array_equal(encoded.counts, 16)
     np.testing.assert_allclose(encoded.decode(), W, atol=1e-5)
 
 
@@ -156,14 +157,17 @@ def test_bad_matrix_raises():
 def test_hybrid_matrix_validates_its_arrays():
     encoded = rbe.encode(np.random.default_rng(8).standard_normal((8, 8)), block=(4, 4), k=3)
     parts = dict(shape=encoded.shape, block=encoded.block, coef=encoded.coef,
-                 transform=encoded.transform, index=encoded.index, values=encoded.values)
+                 transform=encoded.transform, offsets=encoded.offsets, index=encoded.index,
+                 values=encoded.values)
     bad_index = encoded.index.copy()
-    bad_index[0, 0] = 16
+    bad_index[0] = 16
     with pytest.raises(ValueError, match="outside"):
         rbe.HybridMatrix(**{**parts, "index": bad_index})
-    bad_index[0, :2] = 5
+    bad_index[:2] = 5
     with pytest.raises(ValueError, match="repeats"):
         rbe.HybridMatrix(**{**parts, "index": bad_index})
+    with pytest.raises(ValueError, match="offsets"):
+        rbe.HybridMatrix(**{**parts, "offsets": encoded.offsets[::-1].copy()})
     with pytest.raises(ValueError, match="dtype"):
         rbe.HybridMatrix(**{**parts, "values": encoded.values.astype(np.float64)})
     bad_ids = encoded.transform.copy()

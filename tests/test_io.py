@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,7 +130,7 @@ def flip_payload_byte(data: bytes) -> bytes:
 
 
 def swap_shape(container):
-    container["hybrid/values"]["shape"] = container["hybrid/values"]["shape"][::-1]
+    container["hybrid/values"]["shape"] = container["hybrid/values"]["shape"] + [1]
 
 
 def forge_consistently(data: bytes) -> bytes:
@@ -162,7 +163,7 @@ def forge_seed_grid(data: bytes) -> bytes:
     return edit_rbe_header(data, lambda h: h["entries"]["seeded"]["config"].update(in_features=300))
 
 
-_SAFETENSORS_NAMES = {"float32": "F32", "float64": "F64", "int64": "I64", "uint64": "U64",
+_SAFETENSORS_NAMES = {"float16": "F16", "float32": "F32", "float64": "F64", "int64": "I64", "uint64": "U64",
                       "uint16": "U16", "uint8": "U8", "int32": "I32"}
 
 
@@ -209,6 +210,24 @@ def with_part_values(name, part, edit):
         array = stored_part(data, name, part)
         edit(array)
         return replace_part(data, name, part, array)
+    return forge
+
+
+def repeated_position(data: bytes) -> bytes:
+    return rewrite_tensor(data, "index", np.uint16, lambda a: a.__setitem__(1, a[0]))
+
+
+def ragged_counts(data: bytes, counts) -> bytes:
+    """The hybrid entry with per-block counts instead of the config's k."""
+    data = edit_rbe_header(data, lambda h: h["entries"]["hybrid"]["config"].pop("k"))
+    return replace_part(data, "hybrid", "counts", np.asarray(counts, np.uint8))
+
+
+def version_1_part(part, edit):
+    """The version-1 file of tests/data with one part of its layer changed."""
+    def forge(data):
+        v1 = (Path(__file__).parent / "data" / "format_v1.safetensors").read_bytes()
+        return replace_part(v1, "layer", part, edit(stored_part(v1, "layer", part)))
     return forge
 
 
@@ -286,10 +305,38 @@ MALFORMED = {
         d, lambda h: h["entries"]["hybrid"]["tensors"].update(extra=h["entries"]["hybrid"]["tensors"]["coef"])),
         "unknown fields ['extra']"),
     "missing part": (lambda d: edit_rbe_header(
-        d, lambda h: h["entries"]["hybrid"]["tensors"].pop("coef")), "missing ['coef']"),
+        d, lambda h: h["entries"]["hybrid"]["tensors"].pop("index")), "missing ['index']"),
     "inconsistent config": (forge_consistently, "entry 'hybrid'"),
     "index out of range": (out_of_range_index, "entry 'hybrid'"),
     "nan parameters": (nan_values, "NaN or inf"),
+    # the ragged hybrid layout of version 2
+    "repeated position": (repeated_position, "repeats a position"),
+    "counts not adding up": (lambda d: ragged_counts(d, np.full(12, 15)), "adds up to 180"),
+    "counts and k": (lambda d: replace_part(d, "hybrid", "counts", np.full(12, 16, np.uint8)),
+                     "not both"),
+    "count beyond a block": (lambda d: ragged_counts(d, [0] * 11 + [192]), "more entries than"),
+    "no transform": (lambda d: edit_rbe_header(
+        d, lambda h: h["entries"]["matrix"]["config"].pop("transform")), "neither"),
+    "unknown transform": (lambda d: edit_rbe_header(
+        d, lambda h: h["entries"]["matrix"]["config"].update(transform="fft")), "'fft'"),
+    "unknown precision": (lambda d: edit_rbe_header(
+        d, lambda h: h["entries"]["matrix"]["config"].update(precision="int4")), "'int4'"),
+    "lone factor": (lambda d: replace_part(d, "hybrid", "factor_out", np.zeros((70, 2), np.float32)),
+                    "come together"),
+    "factors of 2**40": (lambda d: replace_part(
+        replace_part(d, "hybrid", "factor_out", np.full((70, 1), 2.0**40, np.float32)),
+        "hybrid", "factor_in", np.full((100, 1), 2.0**40, np.float32)), "beyond 1.07e+09"),
+    "float16 values of a float32 layer": (lambda d: replace_part(
+        d, "hybrid", "values", stored_part(d, "hybrid", "values").astype(np.float16)),
+        "must be float32"),
+    "uint8 positions of 32 x 32 blocks": (lambda d: replace_part(
+        d, "hybrid", "index", stored_part(d, "hybrid", "index").astype(np.uint8)),
+        "must be uint16"),
+    "fewer values than k gives": (lambda d: replace_part(
+        d, "hybrid", "values", stored_part(d, "hybrid", "values")[1:]), "(entries) 192"),
+    "version-1 values ragged": (version_1_part("values", np.ravel), "with 2 dimension(s)"),
+    "version-1 index narrower than values": (version_1_part("index", lambda a: a[:, 1:]),
+                                             "axis 1 (k) 19"),
 }
 
 
@@ -355,6 +402,23 @@ def test_rejected_file_stays_within_the_memory_bound(saved, tmp_path, run_python
     assert int(done.stdout) <= (64 << 20) + 4 * len(data)
 
 
+def test_a_large_layer_keeping_a_regrow_schedule_loads_without_dense_gradients(tmp_path,
+                                                                              run_python):
+    """A small file may describe a 2^20 x 2^20 layer of 256 x 256 blocks with no coefficients;
+    its regrow schedule must not allocate the (out, in) gradient array on load (4 TiB)."""
+    W = np.ones((64, 64), np.float32)
+    rbe.save(tmp_path / "small.safetensors",
+             rbe.HybridLinear.from_dense(W, block=(16, 16), k=1, basis=False, transform="dct"))
+    data = edit_rbe_header((tmp_path / "small.safetensors").read_bytes(), lambda h: h[
+        "entries"]["layer"]["config"].update(shape=[1 << 20, 1 << 20], block=[256, 256], k=0,
+                                             regrow=[5, 0.3, None]))
+    data = replace_part(data, "layer", "index", np.zeros(0, np.uint16))
+    data = replace_part(data, "layer", "values", np.zeros(0, np.float32))
+    (tmp_path / "large.safetensors").write_bytes(data)
+    done = run_python(LOAD_IN_CHILD, str(tmp_path / "large.safetensors"))
+    assert done.stdout.strip() == "loaded", done.stdout + done.stderr[-2000:]
+
+
 def test_load_refuses_an_oversized_header_before_reading_it(saved, tmp_path):
     container, payload = split(saved.read_bytes())
     container["__metadata__"]["padding"] = " " * rbe.io.MAX_HEADER_BYTES
@@ -394,3 +458,19 @@ def test_version_1_seed_layer_loads_as_the_original_parameterisation():
         np.testing.assert_allclose(layer.to_dense(), expected["dense"], rtol=0, atol=1e-6)
         np.testing.assert_allclose(layer.forward(expected["x"]), expected["y"], rtol=1e-5,
                                    atol=1e-5)
+
+
+def test_version_1_files_load_converted(tmp_path):
+    """format_v1.safetensors was written by the version-1 writer (k entries per block with zero
+    padding, unnormalised basis); format_v1_dense.npz holds what it decoded to then."""
+    data = Path(__file__).parent / "data"
+    loaded = rbe.load(data / "format_v1.safetensors")
+    with np.load(data / "format_v1_dense.npz") as expected:
+        layer, matrix = loaded["layer"], loaded["matrix"]
+        np.testing.assert_allclose(layer.to_dense(), expected["layer"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(layer.bias, expected["bias"])
+        np.testing.assert_allclose(matrix.decode(), expected["matrix"], rtol=1e-5, atol=1e-5)
+    assert (matrix.counts < 256).any()             # the padding of edge blocks is gone
+    rbe.save(tmp_path / "v2.safetensors", loaded)
+    again = rbe.load(tmp_path / "v2.safetensors")
+    np.testing.assert_array_equal(again["layer"].to_dense(), layer.to_dense())

@@ -306,7 +306,7 @@ def test_state_dict_missing_and_unexpected_keys():
 def test_state_dict_with_corrupted_index_is_refused():
     module, other = trained_pair("hybrid")
     state = module.state_dict()
-    state["index"] = torch.full_like(state["index"], 999)
+    state["index"] = torch.zeros_like(state["index"])          # repeated positions
     with pytest.raises(RuntimeError, match="cannot rebuild"):
         other.load_state_dict(state)
 

@@ -46,12 +46,12 @@ def test_batched_transforms_equal_the_separable_matrices(shape, kind, wavelet):
 
 
 def test_basis_functions():
-    b = tf.basis(3, 5)
+    b = tf.basis(3, 5) * tf.basis_norms(3, 5)[:, None, None]      # unit norm -> as defined
     assert b.shape == (8, 3, 5)
     # Corner (0, 0): x = y = -1, rho = sqrt(2); centre (1, 2): x = y = 0.
     np.testing.assert_allclose(b[:, 0, 0], [1, np.sqrt(2), 2, -1, -1, 1, 1, 1], atol=1e-15)
     np.testing.assert_allclose(b[:, 1, 2], [1, 0, 0, 1, 1, 1, 1, 1], atol=1e-15)
-    single_row = tf.basis(1, 4)
+    single_row = tf.basis(1, 4) * tf.basis_norms(1, 4)[:, None, None]
     assert np.isfinite(single_row).all()
     np.testing.assert_allclose(single_row[4], 1.0)       # cos(pi * y) with y = 0
 

@@ -1,7 +1,8 @@
 /* Sparse transform-domain products of hybrid blocks.
  *
- * A block (bi, bj) of shape h x w stores k (flat index, value) pairs of its coefficient array S,
- * index = r * w + c. Its residual is G_h S G_w^T. The caller transforms inputs and outputs with
+ * A block (bi, bj) of shape h x w stores (flat index, value) pairs of its coefficient array S,
+ * index = r * w + c; block b's pairs are entries offsets[b] .. offsets[b + 1] - 1 of the index and
+ * value arrays (ragged: blocks keep different numbers of coefficients). Its residual is G_h S G_w^T. The caller transforms inputs and outputs with
  * dense matrices (BLAS); these kernels do the O(k)-per-block part:
  *
  *   rows_forward:  u[row0 + r, t, :] += v * z[col0 + c, t, :]   (u = S z, one block row)
@@ -25,13 +26,13 @@ typedef struct {
     int64_t rows, cols;            /* matrix shape */
     int64_t bh, bw;                /* full block shape; edge blocks are smaller */
     int64_t grid_rows, grid_cols;  /* blocks per column and per row */
-    int64_t k;                     /* entries stored per block */
     int64_t nslots;                /* transforms in use */
     int64_t batch;                 /* inputs per product */
     uint64_t magic_full;           /* rbe_hybrid_magic(bw) */
     const uint8_t *slot;           /* (grid_rows * grid_cols) */
-    const uint16_t *index;         /* (grid_rows * grid_cols, k) */
-    const float *values;           /* (grid_rows * grid_cols, k) */
+    const int64_t *offsets;        /* (grid_rows * grid_cols + 1), non-decreasing from 0 */
+    const uint16_t *index;         /* (offsets[nblocks]) */
+    const float *values;           /* (offsets[nblocks]) */
 } rbe_hybrid_grid;
 
 /* floor(2^32 / w) + 1: for index < 2^16 and w <= 2^16 (so index * w < 2^32),
@@ -57,11 +58,11 @@ static inline rbe_hybrid_block rbe_hybrid_block_at(const rbe_hybrid_grid *g, int
     b.row0 = bi * g->bh;
     b.col0 = bj * g->bw;
     b.size = h * b.w;
-    b.count = g->k < b.size ? g->k : b.size;
+    b.count = g->offsets[id + 1] - g->offsets[id];
     b.slot = g->slot[id];
     b.magic = b.w == g->bw ? g->magic_full : rbe_hybrid_magic(b.w);
-    b.index = g->index + id * g->k;
-    b.values = g->values + id * g->k;
+    b.index = g->index + g->offsets[id];
+    b.values = g->values + g->offsets[id];
     return b;
 }
 
@@ -143,8 +144,8 @@ static inline void rbe_hybrid_value_grads_##SUFFIX(const rbe_hybrid_grid *g, con
     const int64_t nb = g->batch, stride = g->nslots * nb;                                      \
     for (int64_t bj = 0; bj < g->grid_cols; ++bj) {                                            \
         const rbe_hybrid_block b = rbe_hybrid_block_at(g, bi, bj);                             \
-        T *out = grad + (bi * g->grid_cols + bj) * g->k;                                       \
-        for (int64_t e = 0; e < g->k; ++e) out[e] = 0;                                         \
+        T *out = grad + g->offsets[bi * g->grid_cols + bj];                                    \
+        for (int64_t e = 0; e < b.count; ++e) out[e] = 0;                                      \
         if (b.slot >= g->nslots) continue;                                                     \
         const T *at = a + b.row0 * stride + b.slot * nb;                                       \
         const T *zt = z + b.col0 * stride + b.slot * nb;                                       \
