@@ -45,7 +45,7 @@ from . import seeds as seeds_mod
 
 STATS = _core.FUSED_STATS
 #: Defaults of the transition rule (measured in docs/fused.md, "State transitions").
-TAU, TRANSITION_EVERY, MAX_MOVES = 0.3, 100, 0.02
+TAU, TRANSITION_EVERY, MAX_MOVES = 1.0, 100, 0.02
 # transition_stats[..., c, k]: k = 0, 1 the linearised loss change of the pos / neg candidate
 # (before the centring term), 2 sum |G W_eff|, 3 sum G over the block times its scale
 _GAIN_POS, _GAIN_NEG, _ABS, _GSUM = range(4)

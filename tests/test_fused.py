@@ -298,7 +298,7 @@ def test_transitions_deterministic_and_thread_independent(threads):
 
 
 def test_after_step_applies_transitions_every_interval_and_requantizes():
-    layer = make_layer(200, 130, block=(32, 32), seed=7, transition_every=2)
+    layer = make_layer(200, 130, block=(32, 32), seed=7, transition_every=2, tau=0.01)
     start = seeds.unpack(layer.seeds).sel
     layer.backward(inputs(200, 16, seed=8), inputs(130, 16, seed=9))
     layer.parameters()["r"][...] += 0.01

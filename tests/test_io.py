@@ -252,7 +252,7 @@ MALFORMED = {
     "block of Infinity": (lambda d: edit_rbe_text(d, lambda t: t.replace(
         '"block": [32, 32]', '"block": [Infinity, 8]', 1)), "Infinity is not a JSON number"),
     "number overflowing float": (lambda d: edit_rbe_text(d, lambda t: t.replace(
-        '"tau": 0.3', '"tau": 1e999', 1)), "overflows"),
+        '"tau": 1.0', '"tau": 1e999', 1)), "overflows"),
     "repeated key": (lambda d: edit_rbe_text(d, lambda t: t.replace(
         '"version": 2', '"version": 1, "version": 1')), "repeats a key"),
     "giant layer in the config": (lambda d: edit_rbe_header(d, lambda h: h["entries"]["seeded"][

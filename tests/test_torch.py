@@ -244,7 +244,8 @@ def test_adam_trains_a_regression():
 @needs_fused
 def test_fused_transitions_applied_by_the_optimizer_step():
     module = small("fused", seed=4)
-    module._layer.transition_every, module._layer.max_moves = 1, 1.0
+    layer = module._layer
+    layer.transition_every, layer.max_moves, layer.tau = 1, 1.0, 0.01
     x = inputs(8, 40)
     opt = torch.optim.SGD(module.parameters(), lr=0.0)    # the parameters stay: same choice
     (module(x) ** 2).sum().backward()
