@@ -20,20 +20,9 @@ import torch
 from torch import nn
 
 import rbe.torch
-from rbe.demo import load_data
+from rbe.quality import TASKS, load_task
 
-EPOCHS = {"digits": 40, "synthetic": 20}
 WIDTHS = {"digits": (64, 256, 256, 10), "synthetic": (256, 512, 512, 10)}
-
-
-def synthetic_data():
-    from sklearn.datasets import make_classification
-    X, y = make_classification(n_samples=20000, n_features=256, n_informative=64,
-                               n_classes=10, n_clusters_per_class=2, random_state=0)
-    X = X.astype(np.float32)
-    cut = 16000
-    X = (X - X[:cut].mean(0)) / X[:cut].std(0)
-    return X[:cut], y[:cut], X[cut:], y[cut:]
 
 
 class LowRank(nn.Module):
@@ -75,7 +64,7 @@ def train(data, widths, hidden, epochs: int, lr: float, optimizer: str, seed: in
                           nn.Linear(widths[2], widths[3]))
     opt = (torch.optim.Adam(model.parameters(), lr=lr) if optimizer == "adam"
            else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
-    X, y = torch.from_numpy(Xtr), torch.from_numpy(ytr).long()
+    X, y = torch.from_numpy(Xtr), torch.from_numpy(ytr)
     order = torch.Generator().manual_seed(seed)
     for _ in range(epochs):
         perm = torch.randperm(len(X), generator=order)
@@ -91,7 +80,7 @@ def train(data, widths, hidden, epochs: int, lr: float, optimizer: str, seed: in
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--tasks", nargs="+", default=["digits"], choices=sorted(EPOCHS))
+    p.add_argument("--tasks", nargs="+", default=["digits"], choices=sorted(TASKS))
     p.add_argument("--blocks", nargs="+", type=int, default=[16])
     p.add_argument("--lrs", nargs="+", type=float, default=[1e-3, 3e-3, 1e-2])
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -102,8 +91,7 @@ def main(argv=None) -> None:
     print(f"{'task':<10} {'variant':<34} {'lr':>7} {'accuracy per seed':<24} {'mean':>6} "
           f"{'bytes':>8}")
     for task in args.tasks:
-        data = load_data(0) if task == "digits" else synthetic_data()
-        widths = WIDTHS[task]
+        data, widths, epochs = load_task(task), WIDTHS[task], TASKS[task].epochs
         for block in args.blocks:
             for lr in args.lrs:
                 nbytes = None
@@ -112,15 +100,15 @@ def main(argv=None) -> None:
                     for seed in args.seeds:
                         hidden = seed_layers(widths, block, transitions, 10 * seed)
                         nbytes = sum(m.layer.nbytes for m in hidden)
-                        accs.append(train(data, widths, hidden, EPOCHS[task], lr,
-                                          args.optimizer, seed))
+                        accs.append(train(data, widths, hidden, epochs, lr, args.optimizer,
+                                          seed))
                     name = f"seed {block}x{block}, transitions {'on' if transitions else 'off'}"
                     _row(task, name, lr, accs, nbytes)
                 accs = []
                 for seed in args.seeds:
+                    torch.manual_seed(seed)
                     hidden = low_rank_layers(widths, nbytes)
-                    accs.append(train(data, widths, hidden, EPOCHS[task], lr, args.optimizer,
-                                      seed))
+                    accs.append(train(data, widths, hidden, epochs, lr, args.optimizer, seed))
                 _row(task, f"low-rank {hidden[0].V.out_features}, same bytes", lr, accs,
                      sum(m.nbytes for m in hidden))
 
