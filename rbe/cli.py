@@ -66,7 +66,7 @@ def bench(args: argparse.Namespace) -> int:
     print(f"simd={info['simd']} approx={info['approx']} threads={info['threads']}; "
           "ratio > 1: rbe is faster")
     for name, ratio in rows:
-        print(f"{name:<58} {ratio:8.2f}x")
+        print(f"{name:<58} {ratio:8.3g}x")      # significant digits: a ratio never shows as 0
     return 0
 
 

@@ -139,6 +139,15 @@ class _BlockMoments(NamedTuple):
     mean_dth: np.ndarray   #: mean dW/dtheta
 
 
+class _BlockTerms(NamedTuple):
+    """What the kernels and the offsets of W_eff use per block, in float64 and float32."""
+
+    factor: np.ndarray
+    offset: np.ndarray
+    factor32: np.ndarray
+    offset32: np.ndarray
+
+
 class FusedLinear:
     """Linear layer ``y = x W_eff^T + bias`` whose weights are generated from one Packed128
     seed per block.
@@ -239,7 +248,7 @@ class FusedLinear:
         self.grads: dict = {}
         self.transition_stats = None
         self._steps = 0
-        self._moments_cache = (None, None)
+        self._moments_cache = self._terms_cache = (None, None)
         self._build_permutation()
 
     def _standardise(self) -> None:
@@ -402,21 +411,34 @@ class FusedLinear:
 
     def _block_factor(self) -> np.ndarray:
         """alpha s per block (float64): what the kernels multiply W by."""
-        return self._signs() * float(self._alpha)
+        return self._block_terms().factor
 
     def _block_offset(self) -> np.ndarray:
         """beta - c alpha s mean(W) per block (float64): the constant part of W_eff."""
+        return self._block_terms().offset
+
+    def _block_terms(self) -> _BlockTerms:
+        """The factor and offset of every block, recomputed only when ``hi``, the scales,
+        alpha or beta change (they are read on every call)."""
+        key = (self._seeds["hi"].tobytes(), None if self._scale is None else
+               self._scale.tobytes(), float(self._alpha), float(self._beta))
+        cached_key, terms = self._terms_cache
+        if cached_key == key:
+            return terms
+        factor = self._signs() * float(self._alpha)
         offset = np.full(self.grid, float(self._beta))
         if self.center:
-            offset -= float(self._alpha) * self._signs() * self._moments().mean
-        return offset
+            offset -= factor * self._moments().mean
+        terms = _BlockTerms(factor, offset, _f32(factor), _f32(offset))
+        self._terms_cache = (key, terms)
+        return terms
 
     def _moments(self) -> _BlockMoments:
         """The per-block means of W, W^2, dW/dr, dW/dtheta over valid positions, for the
         current ``hi`` (recomputed only when it changes)."""
         key, moments = self._moments_cache
-        hi = self._seeds["hi"]
-        if key is not None and np.array_equal(key, hi):
+        hi = self._seeds["hi"].tobytes()
+        if key == hi:
             return moments
         rows, cols = self._valid_masks()
         count = rows.sum(1)[:, None] * cols.sum(1)[None, :]
@@ -426,7 +448,7 @@ class FusedLinear:
             for k, a in enumerate((W, W * W, dr, dth)):
                 sums[k, chunk] = np.einsum("bkij,bi,kj->bk", a, rows[chunk], cols)
         moments = _BlockMoments(count, *(sums / count))
-        self._moments_cache = (hi.copy(), moments)
+        self._moments_cache = (hi, moments)
         return moments
 
     def _row_chunks(self):
@@ -468,12 +490,12 @@ class FusedLinear:
         X = layer_input("X", X, self.in_features)
         self._check_parameters()
         X2 = X.reshape(-1, self.in_features)
-        factor = self._block_factor()
+        terms = self._block_terms()
         if self.mode == "fast":
-            Z = self._forward_fast(np.ascontiguousarray(X2, np.float32), factor)
+            Z = self._forward_fast(np.ascontiguousarray(X2, np.float32), terms.factor32)
         else:
-            Z = self._forward_precise(X2.astype(np.float64, copy=False), factor)
-        offset = self._block_offset()
+            Z = self._forward_precise(X2.astype(np.float64, copy=False), terms.factor)
+        offset = terms.offset
         if offset.any():
             Xs = self._block_sums(X2, self.in_features, self.block[1])
             Z += np.repeat(Xs @ offset.T, self.block[0], axis=1)[:, :self.out_features] \
@@ -501,15 +523,15 @@ class FusedLinear:
             raise ValueError(f"X {X.shape} and dY {dY.shape} have different batch shapes")
         self._check_parameters()
         X2, dY2 = X.reshape(-1, self.in_features), dY.reshape(-1, self.out_features)
-        factor, offset = self._block_factor(), self._block_offset()
+        terms = self._block_terms()
+        offset = terms.offset
         if self.mode == "fast":
             dZ, stats = self._backward_fast(np.ascontiguousarray(X2, np.float32),
-                                            np.ascontiguousarray(dY2, np.float32),
-                                            factor, offset)
+                                            np.ascontiguousarray(dY2, np.float32), terms)
         else:
             dZ, stats = self._backward_precise(X2.astype(np.float64, copy=False),
                                                dY2.astype(np.float64, copy=False),
-                                               factor, offset)
+                                               terms.factor, offset)
         Xs = self._block_sums(X2, self.in_features, self.block[1])
         dYs = self._block_sums(dY2, self.out_features, self.block[0])
         if offset.any():
@@ -630,27 +652,27 @@ class FusedLinear:
                 "family": _core.APPROX_FAMILIES[kernel.default_approx()]}
 
     def _forward_fast(self, X2: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        """The kernels' product with each block times ``factor`` (float32)."""
         Xp = self._grouped(X2)
         Y = np.empty((X2.shape[0], self.out_features), np.float32)
         if X2.shape[0] == 1:
-            _core.fused_gemv(*self._kernel_args(), Xp[0], Y[0], _f32(factor),
-                             **self._kernel_select())
+            _core.fused_gemv(*self._kernel_args(), Xp[0], Y[0], factor, **self._kernel_select())
         else:
             # one sgemm per block row: (h x grouped width) times the batch
             with _blas_guard(self.block[0] * Xp.shape[1] * X2.shape[0]):
-                _core.fused_forward_batch(*self._kernel_args(), Xp, Y, _f32(factor),
+                _core.fused_forward_batch(*self._kernel_args(), Xp, Y, factor,
                                           **self._kernel_select())
         return Y
 
-    def _backward_fast(self, X2: np.ndarray, dY2: np.ndarray, factor, offset):
+    def _backward_fast(self, X2: np.ndarray, dY2: np.ndarray, terms: _BlockTerms):
         Xp = self._grouped(X2)
         dXp = np.empty_like(Xp)
         stats = np.empty(self.grid + (STATS["n"],), np.float64)
         # sgemm calls per block (a batch; one vector needs none): (h x grouped block width)
         # times the batch
         with _blas_guard(self.block[0] * Xp.shape[1] // self.grid[1] * X2.shape[0]):
-            _core.fused_backward(*self._kernel_args(), Xp, dY2, dXp, stats, _f32(factor),
-                                 _f32(offset), **self._kernel_select())
+            _core.fused_backward(*self._kernel_args(), Xp, dY2, dXp, stats, terms.factor32,
+                                 terms.offset32, **self._kernel_select())
         dZ = np.empty(X2.shape, np.float32)
         _core.fused_ungroup(dXp, self._source, dZ)
         return dZ, stats

@@ -444,12 +444,13 @@ def test_non_finite_masters_raise_in_after_step():
 def test_core_entry_points_check_sizes():
     layer = make_layer(200, 130)
     args, select = layer._kernel_args(), layer._kernel_select()
+    factor = layer._block_terms().factor32
     xp = layer._grouped(inputs(200, 1))
     with pytest.raises(ValueError, match="outputs do not fit"):
-        _core.fused_gemv(*args, xp[0], np.empty(100, np.float32), rbe.fused._f32(layer._block_factor()),
+        _core.fused_gemv(*args, xp[0], np.empty(100, np.float32), factor,
                          **select)
     with pytest.raises(ValueError, match="grouped inputs have width"):
-        _core.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), rbe.fused._f32(layer._block_factor()),
+        _core.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), factor,
                          **select)
     source = layer._source.copy()
     source[3] = 200                                  # one column past the input
@@ -457,7 +458,6 @@ def test_core_entry_points_check_sizes():
         _core.fused_group(inputs(200, 1), source, np.empty_like(xp))
     with pytest.raises(ValueError, match="grouped inputs must have shape"):
         _core.fused_ungroup(xp[:, :-1], layer._source, np.empty((1, 200), np.float32))
-    factor = rbe.fused._f32(layer._block_factor())
     with pytest.raises(ValueError, match="scale must have the seed grid's shape"):
         _core.fused_gemv(*args, xp[0], np.empty(130, np.float32), factor[:, :-1].copy(),
                          **select)
