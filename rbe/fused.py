@@ -588,16 +588,19 @@ class FusedLinear:
         dL / sum |G W_eff| move (ties: lower flat index).
         """
         stats = self.transition_stats
+        if stats is None:
+            raise ValueError("no transition statistics: run backward (with transitions on) "
+                             "first")
         sel = states_of(self._seeds["hi"])
         candidates = np.stack([POS_STATE[sel], NEG_STATE[sel]], axis=-1)
         gain = stats[..., [_GAIN_POS, _GAIN_NEG]].copy()
         if self.center:
             current = self._class_sums(self._seeds)
-            count = self._moments().count[..., None, None]
+            count = self._moments().count[..., None]
             for k in range(2):
                 moved = self._seeds.copy()
                 moved["hi"] = with_states(moved["hi"], candidates[..., k])
-                shift = (self._class_sums(moved) - current) / count[..., 0]
+                shift = (self._class_sums(moved) - current) / count
                 gain[..., k] -= shift * stats[..., _GSUM]
         best = gain.argmin(axis=-1)
         delta = np.take_along_axis(gain, best[..., None], axis=-1)[..., 0]

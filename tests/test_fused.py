@@ -266,6 +266,12 @@ def test_transitions_respect_tau_and_max_moves():
     assert few.sum() == int(0.1 * few.size) and np.all(moved[0.0] | ~few)
 
 
+def test_candidate_states_need_statistics():
+    layer = make_layer(200, 130, block=(32, 32))
+    with pytest.raises(ValueError, match="run backward"):
+        layer.candidate_states()
+
+
 def test_transition_gains_add_up_over_micro_batches():
     X, dY = inputs(200, 16, seed=8), inputs(130, 16, seed=9)
     whole = make_layer(200, 130, block=(32, 32), seed=7)
