@@ -114,9 +114,9 @@ def with_states(hi: np.ndarray, sel: np.ndarray) -> np.ndarray:
     return (hi & ~_SEL_MASK) | bits
 
 
-def _f32(a: np.ndarray) -> np.ndarray:
-    """A per-block array as the kernels take it."""
-    return np.ascontiguousarray(a, np.float32)
+def _block_sums(A: np.ndarray, width: int) -> np.ndarray:
+    """Sums of A's columns over each block of ``width`` columns (the last may be short)."""
+    return np.add.reduceat(A, np.arange(0, A.shape[1], width), axis=1, dtype=np.float64)
 
 
 def _padded(A: np.ndarray, width: int) -> np.ndarray:
@@ -241,7 +241,7 @@ class FusedLinear:
             positive_int("transition_every", transition_every)
         if not (isinstance(max_moves, (int, float, np.number)) and 0 < max_moves <= 1):
             raise ValueError(f"max_moves must be a number in (0, 1], got {max_moves!r}")
-        self.mode, self.tau = mode, float(tau)
+        self.mode, self.tau = mode, tau
         self.center, self.block_scale = bool(center), bool(block_scale)
         self.transition_every, self.max_moves = int(transition_every), float(max_moves)
         self.grid = (-(-self.out_features // self.block[0]), -(-self.in_features // self.block[1]))
@@ -396,10 +396,10 @@ class FusedLinear:
     def to_dense(self) -> np.ndarray:
         """W_eff, (out_features, in_features): float32 (fast) or float64 (precise)."""
         h, w = self.block
-        blocks = kernel.generate(self._seeds, self.block, self.mode)
-        blocks = blocks * blocks.dtype.type(1)      # a writable copy in the output dtype
-        blocks *= self._block_factor().astype(blocks.dtype)[..., None, None]
-        blocks += self._block_offset().astype(blocks.dtype)[..., None, None]
+        terms = self._block_terms()
+        blocks = kernel.generate(self._seeds, self.block, self.mode)     # a fresh array
+        blocks *= terms.factor.astype(blocks.dtype)[..., None, None]
+        blocks += terms.offset.astype(blocks.dtype)[..., None, None]
         dense = blocks.transpose(0, 2, 1, 3).reshape(self.grid[0] * h, self.grid[1] * w)
         return np.ascontiguousarray(dense[:self.out_features, :self.in_features])
 
@@ -409,17 +409,10 @@ class FusedLinear:
         """s: the block scales, or ones (float64)."""
         return self._scale.astype(np.float64) if self._scale is not None else np.ones(self.grid)
 
-    def _block_factor(self) -> np.ndarray:
-        """alpha s per block (float64): what the kernels multiply W by."""
-        return self._block_terms().factor
-
-    def _block_offset(self) -> np.ndarray:
-        """beta - c alpha s mean(W) per block (float64): the constant part of W_eff."""
-        return self._block_terms().offset
-
     def _block_terms(self) -> _BlockTerms:
-        """The factor and offset of every block, recomputed only when ``hi``, the scales,
-        alpha or beta change (they are read on every call)."""
+        """Per block, the factor alpha s the kernels multiply W by and the offset
+        beta - c alpha s mean(W), the constant part of W_eff; recomputed only when ``hi``, the
+        scales, alpha or beta change (they are read on every call)."""
         key = (self._seeds["hi"].tobytes(), None if self._scale is None else
                self._scale.tobytes(), float(self._alpha), float(self._beta))
         cached_key, terms = self._terms_cache
@@ -429,7 +422,8 @@ class FusedLinear:
         offset = np.full(self.grid, float(self._beta))
         if self.center:
             offset -= factor * self._moments().mean
-        terms = _BlockTerms(factor, offset, _f32(factor), _f32(offset))
+        terms = _BlockTerms(factor, offset, np.ascontiguousarray(factor, np.float32),
+                            np.ascontiguousarray(offset, np.float32))
         self._terms_cache = (key, terms)
         return terms
 
@@ -476,9 +470,6 @@ class FusedLinear:
             out[chunk] = np.einsum("bkij,cij,bi,kj->bkc", W, classes, rows[chunk], cols)
         return out
 
-    def _block_sums(self, A: np.ndarray, axis_size: int, width: int) -> np.ndarray:
-        """Sums of A's columns over each block of ``width`` (the last block may be short)."""
-        return np.add.reduceat(A, np.arange(0, axis_size, width), axis=1, dtype=np.float64)
 
     # ---- forward and backward --------------------------------------------------------------
 
@@ -497,7 +488,7 @@ class FusedLinear:
             Z = self._forward_precise(X2.astype(np.float64, copy=False), terms.factor)
         offset = terms.offset
         if offset.any():
-            Xs = self._block_sums(X2, self.in_features, self.block[1])
+            Xs = _block_sums(X2, self.block[1])
             Z += np.repeat(Xs @ offset.T, self.block[0], axis=1)[:, :self.out_features] \
                 .astype(Z.dtype)
         if self.bias is not None:
@@ -532,8 +523,8 @@ class FusedLinear:
             dZ, stats = self._backward_precise(X2.astype(np.float64, copy=False),
                                                dY2.astype(np.float64, copy=False),
                                                terms.factor, offset)
-        Xs = self._block_sums(X2, self.in_features, self.block[1])
-        dYs = self._block_sums(dY2, self.out_features, self.block[0])
+        Xs = _block_sums(X2, self.block[1])
+        dYs = _block_sums(dY2, self.block[0])
         if offset.any():
             dZ += np.repeat(dYs @ offset, self.block[1], axis=1)[:, :self.in_features] \
                 .astype(dZ.dtype)
@@ -546,7 +537,7 @@ class FusedLinear:
         """Gradients from the kernels' sums of G = dY^T X and gsum, G summed per block."""
         m = self._moments()
         c = float(self.center)
-        factor = self._block_factor()
+        factor = self._block_terms().factor
         # dW_eff/dp = alpha s (dW/dp - c mean(dW/dp)) for p = r, theta, and
         # dL/d(alpha s) = sum G (W - c mean W)
         g_scaled = stats[..., STATS["gw"]] - c * m.mean * gsum
