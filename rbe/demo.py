@@ -43,7 +43,7 @@ class DenseLinear:
     def parameters(self):
         return {"weight": self.weight, "bias": self.bias}
 
-    def after_step(self):
+    def after_step(self, loss=None):
         pass
 
     def to_dense(self):

@@ -278,9 +278,9 @@ class HybridLinear:
             params["bias"] = self.bias
         return params
 
-    def after_step(self) -> None:
+    def after_step(self, loss=None) -> None:
         """Count the optimiser step; on a regrow step, move positions (``regrow``) and clear
-        ``grow_grads``."""
+        ``grow_grads``. ``loss`` (the optimisers' closure) is not used by hybrid layers."""
         self.steps += 1
         fraction = self._regrow_fraction_at(self.steps)
         if fraction > 0:

@@ -4,10 +4,10 @@ A trainable layer exposes three things:
 
 - ``parameters()``: a dict name -> float array, updated in place by the optimiser;
 - ``grads``: a dict with the same names and shapes, filled by ``backward``;
-- ``after_step()``: called after every update, to re-derive state that depends on the
-  parameters (seed layers apply their state transitions and re-quantise ``hi`` there). Given
-  a closure, :meth:`Optimizer.step` passes it on as ``after_step(loss=closure)``: seed layers
-  then keep their state transitions only if the loss does not increase.
+- ``after_step(loss=None)``: called after every update, to re-derive state that depends on
+  the parameters (seed layers apply their state transitions and re-quantise ``hi`` there).
+  ``loss`` is the closure given to :meth:`Optimizer.step`, or None: seed layers then keep
+  their state transitions only if it does not increase; other layers ignore it.
 """
 from __future__ import annotations
 
@@ -57,10 +57,7 @@ class Optimizer:
         for key, p, g in self._pairs():
             self._update(key, p, g)
         for layer in self.layers:
-            if closure is None:
-                layer.after_step()
-            else:
-                layer.after_step(loss=closure)
+            layer.after_step(loss=closure)
 
     def zero_grad(self) -> None:
         for layer in self.layers:

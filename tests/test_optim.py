@@ -118,3 +118,27 @@ def test_gravity_beats_the_zero_predictor_clearly(results):
     # SPEC 11.1: predicting 0 already scores 0.0599; the README's 0.050 barely beats it.
     r = results["gravity"]
     assert r["fused"] < 0.6 * r["zero"]
+
+
+def test_step_with_a_closure_reaches_every_layer():
+    """A closure (the exact transition check) goes to every layer's after_step; hybrid layers
+    ignore it, and the seed layer's moves never raise the loss it returns."""
+    from rbe import HybridLinear
+    rng = np.random.default_rng(0)
+    seed_layer = FusedLinear(200, 130, block=(32, 32), seed=0, transition_every=1, tau=0.0,
+                             max_moves=1.0)
+    hybrid = HybridLinear(130, 40, block=(32, 32), k=8, seed=0)
+    X, T = rng.standard_normal((16, 200)).astype(np.float32), rng.standard_normal((16, 40))
+
+    def loss():
+        return 0.5 * float(np.sum((hybrid.forward(seed_layer.forward(X)) - T) ** 2))
+
+    H = seed_layer.forward(X)
+    seed_layer.backward(X, hybrid.backward(H, (hybrid.forward(H) - T).astype(np.float32)))
+    for grads in (seed_layer.grads, hybrid.grads):    # only the transitions change the loss
+        for g in grads.values():
+            g[...] = 0
+    calls = []
+    before = loss()
+    optim.SGD([seed_layer, hybrid], lr=1e-3).step(lambda: calls.append(1) or loss())
+    assert len(calls) == 2 and loss() <= before
