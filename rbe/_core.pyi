@@ -52,9 +52,12 @@ def ref_layer_backward_adam(seeds: NDArray[np.uint64], bh: int, bw: int,
 
 # hybrid blocks in the transform domain (rbe/include/rbe/hybrid.h); float32 or float64 arrays;
 # block b's entries are index[offsets[b]:offsets[b + 1]], values likewise
-def hybrid_rows_forward(shape: tuple[int, int], block: tuple[int, int], slot: NDArray[np.uint8],
-                        offsets: NDArray[np.int64], index: NDArray[np.uint16], values: NDArray[np.float32],
-                        z: NDArray[np.floating], u: NDArray[np.floating]) -> None: ...
+def hybrid_forward(shape: tuple[int, int], block: tuple[int, int], slot: NDArray[np.uint8],
+                   offsets: NDArray[np.int64], index: NDArray[np.uint16],
+                   values: NDArray[np.float32], nslots: int, batch: int,
+                   z_base: NDArray[np.int64], z_step: NDArray[np.int64],
+                   u_base: NDArray[np.int64], u_step: NDArray[np.int64],
+                   z: NDArray[np.floating], u: NDArray[np.floating]) -> None: ...
 def hybrid_cols_backward(shape: tuple[int, int], block: tuple[int, int],
                          slot: NDArray[np.uint8], offsets: NDArray[np.int64],
                          index: NDArray[np.uint16], values: NDArray[np.float32], a: NDArray[np.floating],

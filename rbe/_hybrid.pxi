@@ -15,12 +15,20 @@ cdef extern from "rbe/hybrid.h":
         const int64_t *offsets
         const uint16_t *index
         const float *values
-    int64_t RBE_HYBRID_PARALLEL_MIN
+    ctypedef struct rbe_hybrid_layout:
+        const int64_t *z_base
+        const int64_t *z_step
+        const int64_t *u_base
+        const int64_t *u_step
+    ctypedef void (*rbe_hybrid_forward_f32_fn)(const rbe_hybrid_grid *g,
+                                               const rbe_hybrid_layout *l, const float *z,
+                                               float *u, int64_t bi) noexcept nogil
+    ctypedef void (*rbe_hybrid_forward_f64_fn)(const rbe_hybrid_grid *g,
+                                               const rbe_hybrid_layout *l, const double *z,
+                                               double *u, int64_t bi) noexcept nogil
+    rbe_hybrid_forward_f32_fn rbe_hybrid_forward_f32(int simd) nogil
+    rbe_hybrid_forward_f64_fn rbe_hybrid_forward_f64(int simd) nogil
     uint64_t rbe_hybrid_magic(int64_t w) nogil
-    void rbe_hybrid_rows_forward_f32(const rbe_hybrid_grid *g, const float *z, float *u,
-                                     int64_t bi) nogil
-    void rbe_hybrid_rows_forward_f64(const rbe_hybrid_grid *g, const double *z, double *u,
-                                     int64_t bi) nogil
     void rbe_hybrid_cols_backward_f32(const rbe_hybrid_grid *g, const float *a, float *dz,
                                       int64_t bj) nogil
     void rbe_hybrid_cols_backward_f64(const rbe_hybrid_grid *g, const double *a, double *dz,
@@ -72,9 +80,21 @@ cdef rbe_hybrid_grid _hybrid_grid(shape, block, const uint8_t[::1] slot,
     return g
 
 
-cdef inline int _hybrid_threads(const rbe_hybrid_grid *g) noexcept nogil:
-    return 1 if g.offsets[g.grid_rows * g.grid_cols] * g.batch < RBE_HYBRID_PARALLEL_MIN \
-        else _threads()
+# Below this many multiply-adds (entries x batch) a product runs on the calling thread: waking
+# a team costs more than it saves, and far more when a neighbour's threads (BLAS spinning after
+# its last call) hold the other cores. The forward product keeps its transforms on the calling
+# thread (rbe.hybrid); the backward products follow multi-threaded BLAS calls, so they start a
+# team only for work that outlasts that contention.
+cdef int64_t _HYBRID_FORWARD_PARALLEL_MIN = 1 << 17
+cdef int64_t _HYBRID_BACKWARD_PARALLEL_MIN = 1 << 26
+cdef int _HYBRID_SIMD = SIMD_PATHS[BEST_SIMD]
+
+
+cdef inline int _hybrid_threads(const rbe_hybrid_grid *g, int64_t items,
+                                int64_t minimum) noexcept nogil:
+    if g.offsets[g.grid_rows * g.grid_cols] * g.batch < minimum:
+        return 1
+    return <int>min(<int64_t>_threads(), items)
 
 
 cdef _check_shape(name, tuple actual, tuple expected):
@@ -82,22 +102,50 @@ cdef _check_shape(name, tuple actual, tuple expected):
         raise ValueError(f"{name} must have shape {expected}, got {actual}")
 
 
-def hybrid_rows_forward(shape, block, const uint8_t[::1] slot, const int64_t[::1] offsets,
-                        const uint16_t[::1] index, const float[::1] values, const real[:, :, ::1] z, real[:, :, ::1] u):
-    """u += S z for every block; z is (cols, nslots, batch), u is (rows, nslots, batch)."""
-    cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, offsets, index, values, z.shape[1],
-                                          z.shape[2])
-    _check_shape("z", (z.shape[0], z.shape[1], z.shape[2]), (g.cols, g.nslots, g.batch))
-    _check_shape("u", (u.shape[0], u.shape[1], u.shape[2]), (g.rows, g.nslots, g.batch))
+cdef void _check_layout(const int64_t[::1] base, const int64_t[::1] step, int64_t count,
+                       int64_t full, int64_t last, int64_t nslots, int64_t batch,
+                       int64_t size, str name) except *:
+    """Every row of ``batch`` elements that a block column (row) of ``full`` features (the last
+    one ``last``) addresses, base + (features * nslots - 1) * step, lies in the array."""
+    if base.shape[0] != count or step.shape[0] != count:
+        raise ValueError(f"{name} layout must have {count} entries")
+    cdef int64_t k, n, rows = size // batch
+    for k in range(count):
+        n = (last if k == count - 1 else full) * nslots
+        if base[k] < 0 or step[k] < 0 or base[k] >= rows \
+                or (step[k] > 0 and n - 1 > (rows - 1 - base[k]) // step[k]):
+            raise ValueError(f"{name} layout entry {k} addresses elements outside the array")
+
+
+def hybrid_forward(shape, block, const uint8_t[::1] slot, const int64_t[::1] offsets,
+                   const uint16_t[::1] index, const float[::1] values, int64_t nslots,
+                   int64_t batch, const int64_t[::1] z_base, const int64_t[::1] z_step,
+                   const int64_t[::1] u_base, const int64_t[::1] u_step, const real[::1] z,
+                   real[::1] u):
+    """u += S z for every block, z and u flat arrays in the layout of rbe_hybrid_layout: the
+    element (c, t, i) of block column bj is z[(z_base[bj] + (c * nslots + t) * z_step[bj]) *
+    batch + i], likewise u by block row. Block rows must not share elements of u."""
+    cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, offsets, index, values, nslots,
+                                          batch)
+    _check_layout(z_base, z_step, g.grid_cols, g.bw, g.cols - (g.grid_cols - 1) * g.bw,
+                  nslots, batch, z.shape[0], "z")
+    _check_layout(u_base, u_step, g.grid_rows, g.bh, g.rows - (g.grid_rows - 1) * g.bh,
+                  nslots, batch, u.shape[0], "u")
+    cdef rbe_hybrid_layout l
+    l.z_base, l.z_step, l.u_base, l.u_step = &z_base[0], &z_step[0], &u_base[0], &u_step[0]
+    cdef rbe_hybrid_forward_f32_fn f32 = rbe_hybrid_forward_f32(_HYBRID_SIMD)
+    cdef rbe_hybrid_forward_f64_fn f64 = rbe_hybrid_forward_f64(_HYBRID_SIMD)
     cdef int64_t bi
     if index.shape[0] == 0:
         return
     with nogil:
-        for bi in prange(g.grid_rows, schedule="static", num_threads=_hybrid_threads(&g)):
+        for bi in prange(g.grid_rows, schedule="static",
+                         num_threads=_hybrid_threads(&g, g.grid_rows,
+                                                     _HYBRID_FORWARD_PARALLEL_MIN)):
             if real is float:
-                rbe_hybrid_rows_forward_f32(&g, &z[0, 0, 0], &u[0, 0, 0], bi)
+                f32(&g, &l, &z[0], &u[0], bi)
             else:
-                rbe_hybrid_rows_forward_f64(&g, &z[0, 0, 0], &u[0, 0, 0], bi)
+                f64(&g, &l, &z[0], &u[0], bi)
 
 
 def hybrid_cols_backward(shape, block, const uint8_t[::1] slot,
@@ -113,7 +161,9 @@ def hybrid_cols_backward(shape, block, const uint8_t[::1] slot,
     if index.shape[0] == 0:
         return
     with nogil:
-        for bj in prange(g.grid_cols, schedule="static", num_threads=_hybrid_threads(&g)):
+        for bj in prange(g.grid_cols, schedule="static",
+                         num_threads=_hybrid_threads(&g, g.grid_cols,
+                                                     _HYBRID_BACKWARD_PARALLEL_MIN)):
             if real is float:
                 rbe_hybrid_cols_backward_f32(&g, &a[0, 0, 0], &dz[0, 0, 0], bj)
             else:
@@ -133,7 +183,9 @@ def hybrid_value_grads(shape, block, const uint8_t[::1] slot, const int64_t[::1]
     if index.shape[0] == 0:
         return
     with nogil:
-        for bi in prange(g.grid_rows, schedule="static", num_threads=_hybrid_threads(&g)):
+        for bi in prange(g.grid_rows, schedule="static",
+                         num_threads=_hybrid_threads(&g, g.grid_rows,
+                                                     _HYBRID_BACKWARD_PARALLEL_MIN)):
             if real is float:
                 rbe_hybrid_value_grads_f32(&g, &a[0, 0, 0], &z[0, 0, 0], &grad[0], bi)
             else:

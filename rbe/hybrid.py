@@ -18,6 +18,8 @@ write contiguous batch rows and the dense transforms are plain GEMMs.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from . import _core
@@ -38,8 +40,9 @@ _SERIAL_GEMM = 1 << 18      # OpenBLAS runs a GEMM of up to 2^18 multiply-adds o
 _SMALL_GEMM = 1 << 22       # larger products gain from the BLAS threads
 
 
-def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b; a small product runs as pieces of rows that BLAS keeps on the calling thread.
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b (into ``out``); a small product runs as pieces of rows that BLAS keeps on the
+    calling thread.
 
     The products of a batch-less forward are small and several per call; handing each to the
     BLAS thread pool makes them wait for its threads (milliseconds when the cores are busy).
@@ -47,8 +50,9 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     m, k = a.shape
     size = m * k * b.shape[1]
     if size > _SMALL_GEMM or size <= _SERIAL_GEMM:
-        return a @ b
-    out = np.empty((m, b.shape[1]), np.result_type(a, b))
+        return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((m, b.shape[1]), np.result_type(a, b))
     step = max(1, _SERIAL_GEMM // (k * b.shape[1]))
     for start in range(0, m, step):
         np.matmul(a[start:start + step], b, out=out[start:start + step])
@@ -61,6 +65,54 @@ def _left(matrix: np.ndarray, stack: np.ndarray) -> np.ndarray:
     if batch == 1:
         return _matmul(stack.reshape(n, p), matrix.T).reshape(n, -1, 1)
     return np.matmul(matrix, stack)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Axis:
+    """A class of equally long block columns (or rows) in the forward product.
+
+    ``matrix`` maps a block column's inputs to its transform-domain values and basis
+    projections, (n * nslots + ranks, n); for block rows it maps those back to outputs,
+    (n, n * nslots + 8 * ranks). ``base`` is where its values start in the flat work array,
+    ``width`` the values per block column (row), in units of the batch.
+    """
+
+    n: int
+    features: slice
+    count: int
+    matrix: np.ndarray
+    width: int
+    base: int
+
+    def layout(self, one: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(base, step) of each block column (row) for rbe_hybrid_layout: one vector keeps a
+        block column's values together, a batch keeps a value's block columns together."""
+        blocks = np.arange(self.count, dtype=np.int64)
+        if one:
+            return self.base + blocks * self.width, np.ones(self.count, np.int64)
+        return self.base + blocks, np.full(self.count, self.count, np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BasisTerm:
+    """The basis part of a group of equal blocks: where its projections R x_bj sit among its
+    block columns' values (``projections``) and its sums s_bik among its block rows' values
+    (``sums``), ``rank`` rows of each."""
+
+    blocks: slice | np.ndarray
+    rows: int
+    cols: int
+    projections: int
+    sums: int
+    rank: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _ForwardOperators:
+    cols: list
+    rows: list
+    basis: list
+    layouts: dict
 
 
 def _random_positions(rng, n_blocks, size, count):
@@ -227,6 +279,7 @@ class HybridLinear:
         self._col_classes = list({cols.start: (g.w, cols) for g, _, _, cols in self._groups}
                                  .values())
         self._operators = {dtype: self._stacked_operators(kinds, dtype) for dtype in _FLOATS}
+        self._forward_operators = {dtype: self._forward_plan(kinds, dtype) for dtype in _FLOATS}
         self.grads = {name: np.zeros_like(p) for name, p in self.parameters().items()}
         self.steps = 0
 
@@ -236,13 +289,47 @@ class HybridLinear:
         ``inputs[n]`` (n * nslots, n) maps a slice x to z[c, t] = (G_t^T x)[c];
         ``outputs[n]`` (n, n * nslots) maps u[r, t] back to sum_t G_t u[:, t].
         """
-        synthesis = lambda n: [tf.operator(n, kind, self.wavelet, dtype).synthesis
-                               for kind in kinds]
+        synthesis = lambda n: self._synthesis(n, kinds, dtype)
         inputs = {w: _frozen(np.stack([g.T for g in synthesis(w)], axis=1).reshape(-1, w))
                   for w, _ in self._col_classes}
         outputs = {h: _frozen(np.stack(synthesis(h), axis=2).reshape(h, -1))
                    for h, _ in self._row_classes}
         return inputs, outputs
+
+    def _synthesis(self, n, kinds, dtype):
+        """The synthesis matrices G (n x n) of the transforms in use, in slot order."""
+        return [tf.operator(n, kind, self.wavelet, dtype).synthesis for kind in kinds]
+
+    def _forward_plan(self, kinds, dtype) -> _ForwardOperators:
+        """Operators and work-array layout of ``forward``: per class of block columns one GEMM
+        gives the transform-domain values and the basis projections of its blocks, per class
+        of block rows one GEMM maps the sparse products and the basis sums to outputs."""
+        synthesis = lambda n: self._synthesis(n, kinds, dtype)
+        col_of = {cols.start: k for k, (_, cols) in enumerate(self._col_classes)}
+        row_of = {rows.start: k for k, (_, rows) in enumerate(self._row_classes)}
+        # transform-domain values slot-major (rbe_hybrid_layout): G_t^T x for t = 0, 1, ...
+        ins = [[g.T for g in synthesis(w)] for w, _ in self._col_classes]
+        outs = [synthesis(h) for h, _ in self._row_classes]
+        basis = []
+        for group, sel, rows, cols in self._groups if self.has_basis else ():
+            left, right = tf.basis_factors(group.h, group.w, dtype)
+            c, r = col_of[cols.start], row_of[rows.start]
+            basis.append(_BasisTerm(sel, r, c, sum(m.shape[0] for m in ins[c]),
+                                    sum(m.shape[1] for m in outs[r]), right.shape[0]))
+            ins[c].append(right)
+            outs[r].append(left)
+        return _ForwardOperators(self._axes(self._col_classes, ins, np.vstack, 0),
+                                 self._axes(self._row_classes, outs, np.hstack, 1), basis, {})
+
+    @staticmethod
+    def _axes(classes, parts, stack, values_axis):
+        axes, base = [], 0
+        for (n, features), matrices in zip(classes, parts):
+            matrix = _frozen(stack(matrices))
+            count = (features.stop - features.start) // n
+            axes.append(_Axis(n, features, count, matrix, matrix.shape[values_axis], base))
+            base += count * matrix.shape[values_axis]
+        return axes
 
     def _check_bias(self, bias):
         bias = np.asarray(bias)
@@ -371,21 +458,79 @@ class HybridLinear:
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """Y = X W^T + b for X of shape (in_features,) or (batch, in_features)."""
-        xt = self._features_major(X, self.in_features, "X")
-        inputs, outputs = self._operators[xt.dtype]
-        z = self._apply(inputs, self._col_classes, xt, self._nslots)
-        u = np.zeros((self.out_features, self._nslots, xt.shape[1]), xt.dtype)
-        _core.hybrid_rows_forward(*self._kernel_args(), z, u)
-        yt = self._apply(outputs, self._row_classes, u, 1).reshape(self.out_features, -1)
-        if self.has_basis:
-            yt += self._basis_forward(xt)
+        X2 = self._batch_major(X, self.in_features, "X")
+        ops = self._forward_operators[X2.dtype]
+        batch, one = X2.shape[0], X2.shape[0] == 1
+        z = self._transformed_inputs(ops, X2)
+        u = np.zeros(sum(a.count * a.width for a in ops.rows) * batch, X2.dtype)
+        _core.hybrid_forward(*self._kernel_args(), self._nslots, batch, *self._layout(ops, one),
+                             z, u)
+        for term in ops.basis:
+            self._basis_sums(term, ops, z, u, batch, X2.dtype)
+        Y = np.empty((batch, self.out_features), X2.dtype)
+        for axis in ops.rows:
+            if one:
+                _matmul(self._part(u, axis, 1, one), axis.matrix.T,
+                        out=Y[0, axis.features].reshape(axis.count, axis.n))
+            else:
+                Yt = axis.matrix @ self._part(u, axis, batch, one)
+                Y[:, axis.features] = Yt.reshape(axis.n, axis.count, batch).transpose(2, 1, 0) \
+                    .reshape(batch, -1)
         if self.factors is not None:
-            factor_out, factor_in = (f.astype(xt.dtype) for f in self.factors)
-            yt += factor_out @ (factor_in.T @ xt)
+            factor_out, factor_in = (f.astype(X2.dtype) for f in self.factors)
+            Y += (X2 @ factor_in) @ factor_out.T
         if self.bias is not None:
-            yt += self.bias[:, None]
-        finite_output("forward", yt)
-        return np.ascontiguousarray(yt.T).reshape(X.shape[:-1] + (self.out_features,))
+            Y += self.bias
+        finite_output("forward", Y)
+        return Y.reshape(X.shape[:-1] + (self.out_features,))
+
+    @staticmethod
+    def _part(work, axis, batch, one):
+        """The values of a class of block columns (rows) in a flat work array: (count, width)
+        for one vector, (width, count * batch) for a batch."""
+        part = work[axis.base * batch:(axis.base + axis.count * axis.width) * batch]
+        return part.reshape(axis.count, axis.width) if one else part.reshape(axis.width, -1)
+
+    def _transformed_inputs(self, ops, X2):
+        """Transform-domain values and basis projections of every block column, (flat)."""
+        batch, one = X2.shape[0], X2.shape[0] == 1
+        z = np.empty(sum(a.count * a.width for a in ops.cols) * batch, X2.dtype)
+        for axis in ops.cols:
+            x = X2[:, axis.features]
+            if one:
+                _matmul(x.reshape(axis.count, axis.n), axis.matrix.T,
+                        out=self._part(z, axis, 1, one))
+            else:
+                columns = x.reshape(batch, axis.count, axis.n).transpose(2, 1, 0)
+                np.matmul(axis.matrix, columns.reshape(axis.n, -1),
+                          out=self._part(z, axis, batch, one))
+        return z
+
+    def _basis_sums(self, term, ops, z, u, batch, dtype):
+        """s_bik = sum_bj c_bik R x_bj of a group into its block rows' work values."""
+        cols, rows = ops.cols[term.cols], ops.rows[term.rows]
+        nr, nc, r = rows.count, cols.count, term.rank
+        if batch == 1:
+            p = self._part(z, cols, 1, True)[:, term.projections:term.projections + r]
+            s = _matmul(self._coef_rows(term.blocks, nr, nc, dtype), p)
+            self._part(u, rows, 1, True)[:, term.sums:term.sums + tf.NUM_BASIS * r] = \
+                s.reshape(nr, -1)
+            return
+        p = self._part(z, cols, batch, False)[term.projections:term.projections + r]
+        coef = self.coef[term.blocks].reshape(nr, nc, tf.NUM_BASIS).transpose(2, 0, 1)
+        out = self._part(u, rows, batch, False)[term.sums:term.sums + tf.NUM_BASIS * r]
+        np.matmul(coef.astype(dtype)[:, None], p.reshape(1, r, nc, batch),
+                  out=out.reshape(tf.NUM_BASIS, r, nr, batch))
+
+    def _layout(self, ops, one):
+        """(z_base, z_step, u_base, u_step) of the kernel for one vector or a batch."""
+        if one not in ops.layouts:
+            cols = [a.layout(one) for a in ops.cols]
+            rows = [a.layout(one) for a in ops.rows]
+            ops.layouts[one] = tuple(np.concatenate(parts) for parts in (
+                [b for b, _ in cols], [s for _, s in cols], [b for b, _ in rows],
+                [s for _, s in rows]))
+        return ops.layouts[one]
 
     def backward(self, X: np.ndarray, dY: np.ndarray) -> np.ndarray:
         """dX for upstream gradient dY; overwrites ``grads`` with the parameter gradients (and
@@ -446,23 +591,6 @@ class HybridLinear:
             out[part] = _left(matrix, stack).reshape(-1, slots_out, batch)
         return out
 
-    def _basis_forward(self, xt):
-        """sum_bj sum_k c_bk B_k x_bj for every block row, (out, batch).
-
-        With B_k = L_k R (``tf.basis_factors``): p_bj = R x_bj per block column, then
-        s_bik = sum_bj c_bk p_bj and y_bi = sum_k L_k s_bik, all as GEMMs.
-        """
-        batch = xt.shape[1]
-        yt = np.zeros((self.out_features, batch), xt.dtype)
-        for group, sel, rows, cols in self._groups:
-            nr, nc = group.row1 - group.row0, group.col1 - group.col0
-            left, right = tf.basis_factors(group.h, group.w, xt.dtype)
-            p = _left(right, xt[cols].reshape(nc, group.w, batch))
-            coef = self._coef_rows(sel, nr, nc, xt.dtype)
-            s = _matmul(coef, p.reshape(nc, -1))
-            yt[rows] += _left(left, s.reshape(nr, left.shape[1], batch)).reshape(-1, batch)
-        return yt
-
     def _basis_backward(self, xt, dyt):
         """dX of the basis part, (in, batch); fills grads["coef"]."""
         batch = xt.shape[1]
@@ -489,14 +617,18 @@ class HybridLinear:
         return coef.transpose(0, 2, 1).reshape(-1, nc).astype(dtype)
 
     @staticmethod
-    def _features_major(X, features, name):
-        """Validate X (features,) or (batch, features); return it as (features, batch)."""
+    def _batch_major(X, features, name):
+        """Validate X (features,) or (batch, features); return it as (batch, features)."""
         if not isinstance(X, np.ndarray):
             raise ValueError(f"{name} must be a numpy array, got {type(X).__name__}")
         if not X.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
-        X = layer_input(name, X, features)
-        return np.ascontiguousarray(X.reshape(-1, features).T)
+        return layer_input(name, X, features).reshape(-1, features)
+
+    @staticmethod
+    def _features_major(X, features, name):
+        """Validate X (features,) or (batch, features); return it as (features, batch)."""
+        return np.ascontiguousarray(HybridLinear._batch_major(X, features, name).T)
 
     # -- dense view and storage -----------------------------------------------------------------
 

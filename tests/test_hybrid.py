@@ -192,16 +192,25 @@ def test_bad_bias_raises():
 def test_kernels_check_sizes_and_skip_corrupted_entries():
     layer = layer_for((32, 32), (16, 16), transform="dct", k=4)
     args = list(layer._kernel_args())
-    z = np.zeros((32, 1, 2), np.float32)
-    with pytest.raises(ValueError, match="u must have shape"):
-        _core.hybrid_rows_forward(*args, z, np.zeros((31, 1, 2), np.float32))
+    # one slot, batch 2, block columns (rows) of 16 values each, value rows [0, 16) and [16, 32)
+    steps = np.ones(2, np.int64)
+    layout = [np.array([0, 16]), steps, np.array([0, 16]), steps]
+    z, u = np.ones(64, np.float32), np.zeros(64, np.float32)
+    _core.hybrid_forward(*args, 1, 2, *layout, z, u)
+    assert u.any()
+    with pytest.raises(ValueError, match="u layout entry 1 addresses elements outside"):
+        _core.hybrid_forward(*args, 1, 2, *layout, z, np.zeros(62, np.float32))
+    with pytest.raises(ValueError, match="z layout entry 0 addresses elements outside"):
+        _core.hybrid_forward(*args, 1, 2, np.array([-1, 16]), *layout[1:], z, u)
+    with pytest.raises(ValueError, match="z layout must have 2 entries"):
+        _core.hybrid_forward(*args, 1, 2, np.zeros(3, np.int64), *layout[1:], z, u)
     with pytest.raises(ValueError, match="blocks"):
-        _core.hybrid_rows_forward((48, 32), *args[1:], z, np.zeros((48, 1, 2), np.float32))
+        _core.hybrid_forward((48, 32), *args[1:], 1, 2, *layout, z, u)
     corrupted = np.full_like(layer.index, 65535)
     args[4] = corrupted
-    u = np.zeros((32, 1, 2), np.float32)
-    _core.hybrid_rows_forward(*args, np.ones_like(z), u)       # every entry out of its block
+    u[:] = 0
+    _core.hybrid_forward(*args, 1, 2, *layout, z, u)       # every entry out of its block
     assert not u.any()
     args[3] = layer.offsets[::-1].copy()
     with pytest.raises(ValueError, match="offsets"):
-        _core.hybrid_rows_forward(*args, z, u)
+        _core.hybrid_forward(*args, 1, 2, *layout, z, u)
