@@ -17,6 +17,7 @@ numpy arrays) need an explicit :meth:`RBELinear.sync`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import weakref
@@ -34,6 +35,7 @@ except ImportError as exc:   # pragma: no cover - exercised only without torch
 
 from tqdm.auto import tqdm
 
+from . import _core
 from .hybrid import HybridLinear
 from .io import _kinds
 
@@ -93,6 +95,14 @@ def _after_optimizer_step(optimizer, args, kwargs) -> None:
 
 
 register_optimizer_step_post_hook(_after_optimizer_step)
+
+
+def _torch_threads():
+    """rbe's kernels use torch's intra-op thread count (``torch.set_num_threads``) unless rbe's
+    was chosen (``rbe.set_num_threads``, ``rbe.threads``): one setting sizes the whole model."""
+    if _core.num_threads_set():
+        return contextlib.nullcontext()
+    return _core.threads(min(torch.get_num_threads(), _core.max_threads()))
 
 
 class _LayerFunction(torch.autograd.Function):
@@ -288,7 +298,9 @@ class RBELinear(nn.Module):
         out_shape = x.shape[:-1] + (self.out_features,)
         if rows.shape[0] == 0:
             return x.new_zeros(out_shape)
-        return torch.from_numpy(self._layer.forward(rows.contiguous().numpy())).reshape(out_shape)
+        with _torch_threads():
+            y = self._layer.forward(rows.contiguous().numpy())
+        return torch.from_numpy(y).reshape(out_shape)
 
     def _check_input(self, x) -> None:
         if not isinstance(x, torch.Tensor):
@@ -310,7 +322,7 @@ class RBELinear(nn.Module):
             return torch.zeros_like(x), [torch.zeros_like(p) for _, p in params]
         dy = grad_output.detach().reshape(-1, self.out_features).to(torch.float32)
         # The layer's grads dict is shared state: one backward at a time, copied out.
-        with self._lock:
+        with self._lock, _torch_threads():
             dx = self._layer.backward(rows.contiguous().numpy(), dy.contiguous().numpy())
             grads = [torch.from_numpy(np.array(self._layer.grads[name], dtype=np.float32))
                      .reshape(p.shape) for name, p in params]
