@@ -7,6 +7,10 @@
 
 from libc.stdint cimport uint16_t
 
+cdef extern from "rbe/pool.h":
+    ctypedef void (*rbe_item_fn)(void *ctx, int64_t item) noexcept nogil
+    void rbe_parallel_for(int64_t n, int count, rbe_item_fn fn, void *ctx) nogil
+
 cdef extern from "rbe/hybrid.h":
     ctypedef struct rbe_hybrid_grid:
         int64_t rows, cols, bh, bw, grid_rows, grid_cols, nslots, batch
@@ -26,6 +30,14 @@ cdef extern from "rbe/hybrid.h":
     ctypedef void (*rbe_hybrid_forward_f64_fn)(const rbe_hybrid_grid *g,
                                                const rbe_hybrid_layout *l, const double *z,
                                                double *u, int64_t bi) noexcept nogil
+    ctypedef struct rbe_hybrid_forward_job:
+        const rbe_hybrid_grid *g
+        const rbe_hybrid_layout *l
+        const void *z
+        void *u
+        rbe_hybrid_forward_f32_fn f32
+        rbe_hybrid_forward_f64_fn f64
+    void rbe_hybrid_forward_item(void *ctx, int64_t bi) nogil
     rbe_hybrid_forward_f32_fn rbe_hybrid_forward_f32(int simd) nogil
     rbe_hybrid_forward_f64_fn rbe_hybrid_forward_f64(int simd) nogil
     uint64_t rbe_hybrid_magic(int64_t w) nogil
@@ -81,11 +93,12 @@ cdef rbe_hybrid_grid _hybrid_grid(shape, block, const uint8_t[::1] slot,
 
 
 # Below this many multiply-adds (entries x batch) a product runs on the calling thread: waking
-# a team costs more than it saves, and far more when a neighbour's threads (BLAS spinning after
-# its last call) hold the other cores. The forward product keeps its transforms on the calling
-# thread (rbe.hybrid); the backward products follow multi-threaded BLAS calls, so they start a
-# team only for work that outlasts that contention.
-cdef int64_t _HYBRID_FORWARD_PARALLEL_MIN = 1 << 17
+# a helper costs more than it saves. The forward product runs on rbe_parallel_for (pool.h),
+# which never waits for a helper that has not started, so its threshold is low. The backward
+# products use OpenMP teams right after multi-threaded BLAS calls, whose threads keep spinning
+# for a while and hold the cores the team needs: they start one only for work that outlasts
+# that contention.
+cdef int64_t _HYBRID_FORWARD_PARALLEL_MIN = 1 << 16
 cdef int64_t _HYBRID_BACKWARD_PARALLEL_MIN = 1 << 26
 cdef int _HYBRID_SIMD = SIMD_PATHS[BEST_SIMD]
 
@@ -133,19 +146,19 @@ def hybrid_forward(shape, block, const uint8_t[::1] slot, const int64_t[::1] off
                   nslots, batch, u.shape[0], "u")
     cdef rbe_hybrid_layout l
     l.z_base, l.z_step, l.u_base, l.u_step = &z_base[0], &z_step[0], &u_base[0], &u_step[0]
-    cdef rbe_hybrid_forward_f32_fn f32 = rbe_hybrid_forward_f32(_HYBRID_SIMD)
-    cdef rbe_hybrid_forward_f64_fn f64 = rbe_hybrid_forward_f64(_HYBRID_SIMD)
-    cdef int64_t bi
+    cdef rbe_hybrid_forward_job job
+    job.g, job.l, job.f32, job.f64 = &g, &l, NULL, NULL
+    if real is float:
+        job.f32 = rbe_hybrid_forward_f32(_HYBRID_SIMD)
+    else:
+        job.f64 = rbe_hybrid_forward_f64(_HYBRID_SIMD)
+    job.z, job.u = &z[0], &u[0]
     if index.shape[0] == 0:
         return
     with nogil:
-        for bi in prange(g.grid_rows, schedule="static",
-                         num_threads=_hybrid_threads(&g, g.grid_rows,
-                                                     _HYBRID_FORWARD_PARALLEL_MIN)):
-            if real is float:
-                f32(&g, &l, &z[0], &u[0], bi)
-            else:
-                f64(&g, &l, &z[0], &u[0], bi)
+        rbe_parallel_for(g.grid_rows, _hybrid_threads(&g, g.grid_rows,
+                                                      _HYBRID_FORWARD_PARALLEL_MIN),
+                         rbe_hybrid_forward_item, &job)
 
 
 def hybrid_cols_backward(shape, block, const uint8_t[::1] slot,

@@ -1,4 +1,6 @@
 
+import multiprocessing
+
 import numpy as np
 import pytest
 
@@ -140,6 +142,19 @@ def test_concurrent_calls_from_python_threads(concurrently):
     expected = layer.forward(X)
     for out in concurrently(lambda k: layer.forward(X), 6):
         np.testing.assert_array_equal(out, expected)
+
+
+def test_parallel_one_vector_products_from_threads_and_forked_children(threads, concurrently):
+    # 1024 blocks x k 64 = 2^16 multiply-adds per vector: the forward runs on the helper pool
+    layer = layer_for((512, 512), (16, 16), k=64)
+    X = np.random.default_rng(8).standard_normal((3, 512)).astype(np.float32)
+    threads(1)
+    expected = [layer.forward(x) for x in X]
+    threads(3)
+    for k, out in enumerate(concurrently(lambda k: layer.forward(X[k % 3]), 6)):
+        np.testing.assert_array_equal(out, expected[k % 3])
+    with multiprocessing.get_context("fork").Pool(1) as pool:     # helpers do not survive fork
+        np.testing.assert_array_equal(pool.apply(layer.forward, (X[0],)), expected[0])
 
 
 def test_storage_and_compression_ratio():

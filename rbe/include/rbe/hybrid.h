@@ -250,6 +250,22 @@ typedef void (*rbe_hybrid_forward_f32_fn)(const rbe_hybrid_grid *, const rbe_hyb
 typedef void (*rbe_hybrid_forward_f64_fn)(const rbe_hybrid_grid *, const rbe_hybrid_layout *,
                                           const double *, double *, int64_t);
 
+/* One forward product as the items (block rows) of rbe_parallel_for: f32 or f64 is set. */
+typedef struct {
+    const rbe_hybrid_grid *g;
+    const rbe_hybrid_layout *l;
+    const void *z;
+    void *u;
+    rbe_hybrid_forward_f32_fn f32;
+    rbe_hybrid_forward_f64_fn f64;
+} rbe_hybrid_forward_job;
+
+static void rbe_hybrid_forward_item(void *ctx, int64_t bi) {
+    const rbe_hybrid_forward_job *job = (const rbe_hybrid_forward_job *)ctx;
+    if (job->f32) job->f32(job->g, job->l, (const float *)job->z, (float *)job->u, bi);
+    else job->f64(job->g, job->l, (const double *)job->z, (double *)job->u, bi);
+}
+
 /* The forward kernels for a SIMD level (RBE_SIMD_*): AVX2 or better gets the AVX2 variants. */
 static inline rbe_hybrid_forward_f32_fn rbe_hybrid_forward_f32(int simd) {
 #ifdef RBE_HAVE_X86_SIMD
