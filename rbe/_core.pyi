@@ -64,6 +64,7 @@ def hybrid_forward(shape: tuple[int, int], block: tuple[int, int], slot: NDArray
                    z_base: NDArray[np.int64], z_step: NDArray[np.int64],
                    u_base: NDArray[np.int64], u_step: NDArray[np.int64],
                    z: NDArray[np.floating], u: NDArray[np.floating]) -> None: ...
+def pooled_gemm(a: NDArray[np.float32], b: NDArray[np.float32], c: NDArray[np.float32]) -> None: ...
 def hybrid_cols_backward(shape: tuple[int, int], block: tuple[int, int],
                          slot: NDArray[np.uint8], offsets: NDArray[np.int64],
                          index: NDArray[np.uint16], values: NDArray[np.float32], a: NDArray[np.floating],

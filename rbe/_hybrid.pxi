@@ -6,6 +6,7 @@
 # each thread owns its outputs and results do not depend on the thread count.
 
 from libc.stdint cimport uint16_t
+from scipy.linalg.cython_blas cimport sgemm as _blas_sgemm
 
 cdef extern from "rbe/pool.h":
     ctypedef void (*rbe_item_fn)(void *ctx, int64_t item) noexcept nogil
@@ -203,3 +204,50 @@ def hybrid_value_grads(shape, block, const uint8_t[::1] slot, const int64_t[::1]
                 rbe_hybrid_value_grads_f32(&g, &a[0, 0, 0], &z[0, 0, 0], &grad[0], bi)
             else:
                 rbe_hybrid_value_grads_f64(&g, &a[0, 0, 0], &z[0, 0, 0], &grad[0], bi)
+
+
+ctypedef struct _gemm_job:
+    const float *a
+    const float *b
+    float *c
+    int m, n, k, piece
+
+
+cdef void _gemm_item(void *ctx, int64_t item) noexcept nogil:
+    """Columns item * piece .. of C = A B (row-major), as column-major C^T = B^T A^T."""
+    cdef _gemm_job *job = <_gemm_job *>ctx
+    cdef int j0 = <int>item * job.piece
+    cdef int cols = min(job.piece, job.n - j0)
+    cdef float one = 1.0, zero = 0.0
+    cdef char no = b'N'
+    _blas_sgemm(&no, &no, &cols, &job.m, &job.k, &one, <float *>job.b + j0, &job.n,
+                <float *>job.a, &job.k, &zero, job.c + j0, &job.n)
+
+
+# Multiply-adds per piece of pooled_gemm: OpenBLAS runs a product this small on the calling
+# thread, so every piece stays on the thread that claimed it.
+cdef int64_t _GEMM_PIECE_WORK = 1 << 18
+
+
+def pooled_gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c):
+    """c = a @ b in pieces of columns on the calling thread and the helper pool (pool.h), each
+    piece a BLAS call small enough to stay on its thread: no BLAS threads are woken, and a
+    helper that cannot start in time leaves its pieces to the others."""
+    cdef int64_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
+    if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
+        raise ValueError(f"shapes {(m, k)} @ {(b.shape[0], n)} -> {(c.shape[0], c.shape[1])} "
+                         "do not match")
+    if max(m, k, n) > 2147483647:
+        raise ValueError("matrix too large for the BLAS index type")
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        c[:, :] = 0
+        return
+    cdef _gemm_job job
+    job.a, job.b, job.c = &a[0, 0], &b[0, 0], &c[0, 0]
+    job.m, job.n, job.k = <int>m, <int>n, <int>k
+    job.piece = <int>max(1, min(n, _GEMM_PIECE_WORK // (m * k)))
+    cdef int64_t pieces = (n + job.piece - 1) // job.piece
+    with nogil:
+        rbe_parallel_for(pieces, <int>min(<int64_t>_threads(), pieces), _gemm_item, &job)

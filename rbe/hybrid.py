@@ -59,6 +59,16 @@ def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.n
     return out
 
 
+def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ b for C-contiguous arrays: float32 in pieces on the calling thread and rbe's
+    helpers (``_core.pooled_gemm``), so that a forward wakes no BLAS threads (which would keep
+    spinning on the cores the next call, rbe's or torch's, needs); float64 through numpy."""
+    if out.dtype == np.float32:
+        _core.pooled_gemm(a, b, out)
+        return out
+    return _matmul(a, b, out=out)
+
+
 def _left(matrix: np.ndarray, stack: np.ndarray) -> np.ndarray:
     """matrix @ stack[i] for every i of a (n, p, batch) stack; one GEMM when batch == 1."""
     n, p, batch = stack.shape
@@ -81,6 +91,7 @@ class _Axis:
     features: slice
     count: int
     matrix: np.ndarray
+    transposed: np.ndarray
     width: int
     base: int
 
@@ -327,7 +338,8 @@ class HybridLinear:
         for (n, features), matrices in zip(classes, parts):
             matrix = _frozen(stack(matrices))
             count = (features.stop - features.start) // n
-            axes.append(_Axis(n, features, count, matrix, matrix.shape[values_axis], base))
+            axes.append(_Axis(n, features, count, matrix, _frozen(matrix.T),
+                              matrix.shape[values_axis], base))
             base += count * matrix.shape[values_axis]
         return axes
 
@@ -470,10 +482,11 @@ class HybridLinear:
         Y = np.empty((batch, self.out_features), X2.dtype)
         for axis in ops.rows:
             if one:
-                _matmul(self._part(u, axis, 1, one), axis.matrix.T,
-                        out=Y[0, axis.features].reshape(axis.count, axis.n))
+                _gemm(self._part(u, axis, 1, one), axis.transposed,
+                      Y[0, axis.features].reshape(axis.count, axis.n))
             else:
-                Yt = axis.matrix @ self._part(u, axis, batch, one)
+                Yt = _gemm(axis.matrix, self._part(u, axis, batch, one),
+                           np.empty((axis.n, axis.count * batch), X2.dtype))
                 Y[:, axis.features] = Yt.reshape(axis.n, axis.count, batch).transpose(2, 1, 0) \
                     .reshape(batch, -1)
         if self.factors is not None:
@@ -498,12 +511,11 @@ class HybridLinear:
         for axis in ops.cols:
             x = X2[:, axis.features]
             if one:
-                _matmul(x.reshape(axis.count, axis.n), axis.matrix.T,
-                        out=self._part(z, axis, 1, one))
+                _gemm(x.reshape(axis.count, axis.n), axis.transposed, self._part(z, axis, 1, one))
             else:
                 columns = x.reshape(batch, axis.count, axis.n).transpose(2, 1, 0)
-                np.matmul(axis.matrix, columns.reshape(axis.n, -1),
-                          out=self._part(z, axis, batch, one))
+                _gemm(axis.matrix, np.ascontiguousarray(columns.reshape(axis.n, -1)),
+                      self._part(z, axis, batch, one))
         return z
 
     def _basis_sums(self, term, ops, z, u, batch, dtype):
