@@ -229,3 +229,19 @@ def test_kernels_check_sizes_and_skip_corrupted_entries():
     args[3] = layer.offsets[::-1].copy()
     with pytest.raises(ValueError, match="offsets"):
         _core.hybrid_forward(*args, 1, 2, *layout, z, u)
+
+@pytest.mark.parametrize("m,k,n", [(3, 5, 7), (143, 64, 1000), (1, 1, 1), (4, 0, 3)])
+def test_pooled_gemm_equals_numpy_for_every_thread_count(m, k, n, threads):
+    rng = np.random.default_rng(9)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    results = []
+    for count in (1, 2, 3):
+        threads(count)
+        c = np.full((m, n), np.nan, np.float32)
+        _core.pooled_gemm(a, b, c)
+        results.append(c)
+    np.testing.assert_allclose(results[0], a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    with pytest.raises(ValueError, match="do not match"):
+        _core.pooled_gemm(a, b, np.empty((m, n + 1), np.float32))
