@@ -328,7 +328,9 @@ class HybridLinear:
             basis.append(_BasisTerm(sel, r, c, sum(m.shape[0] for m in ins[c]),
                                     sum(m.shape[1] for m in outs[r]), right.shape[0]))
             ins[c].append(right)
-            outs[r].append(left)
+            # basis columns in the order (j, k) of the sums (left's are (k, j))
+            outs[r].append(left.reshape(group.h, tf.NUM_BASIS, -1).transpose(0, 2, 1)
+                           .reshape(group.h, -1))
         return _ForwardOperators(self._axes(self._col_classes, ins, np.vstack, 0),
                                  self._axes(self._row_classes, outs, np.hstack, 1), basis, {})
 
@@ -519,20 +521,23 @@ class HybridLinear:
         return z
 
     def _basis_sums(self, term, ops, z, u, batch, dtype):
-        """s_bik = sum_bj c_bik R x_bj of a group into its block rows' work values."""
+        """s_bij = sum_bj c_bik (R x_bj)_j of a group into its block rows' work values, in the
+        order (j, k) of the output matrix's basis columns."""
         cols, rows = ops.cols[term.cols], ops.rows[term.rows]
-        nr, nc, r = rows.count, cols.count, term.rank
+        nr, nc, r, nb = rows.count, cols.count, term.rank, tf.NUM_BASIS
         if batch == 1:
             p = self._part(z, cols, 1, True)[:, term.projections:term.projections + r]
-            s = _matmul(self._coef_rows(term.blocks, nr, nc, dtype), p)
-            self._part(u, rows, 1, True)[:, term.sums:term.sums + tf.NUM_BASIS * r] = \
-                s.reshape(nr, -1)
+            coef = self._coef_columns(term.blocks, nr, nc, dtype)
+            s = _gemm(np.ascontiguousarray(p.T), coef, np.empty((r, nr * nb), dtype))
+            self._part(u, rows, 1, True)[:, term.sums:term.sums + nb * r] = \
+                s.reshape(r, nr, nb).transpose(1, 0, 2).reshape(nr, -1)
             return
         p = self._part(z, cols, batch, False)[term.projections:term.projections + r]
-        coef = self.coef[term.blocks].reshape(nr, nc, tf.NUM_BASIS).transpose(2, 0, 1)
-        out = self._part(u, rows, batch, False)[term.sums:term.sums + tf.NUM_BASIS * r]
-        np.matmul(coef.astype(dtype)[:, None], p.reshape(1, r, nc, batch),
-                  out=out.reshape(tf.NUM_BASIS, r, nr, batch))
+        out = self._part(u, rows, batch, False)[term.sums:term.sums + nb * r]
+        coef = self.coef[term.blocks].reshape(nr, nc, nb)
+        coef = np.ascontiguousarray(coef.transpose(2, 0, 1), dtype).reshape(nb * nr, nc)
+        for j in range(r):     # rows (k, bi) of sum j, one GEMM each
+            _gemm(coef, p[j].reshape(nc, batch), out[j * nb:(j + 1) * nb].reshape(-1, batch))
 
     def _layout(self, ops, one):
         """(z_base, z_step, u_base, u_step) of the kernel for one vector or a batch."""
@@ -615,18 +620,15 @@ class HybridLinear:
             g = g.reshape(nr * tf.NUM_BASIS, -1)
             grad = (g @ p.T).reshape(nr, tf.NUM_BASIS, nc).transpose(0, 2, 1)
             self.grads["coef"][sel] = grad.reshape(-1, tf.NUM_BASIS)
-            coef_t = self._coef_rows(sel, nr, nc, xt.dtype, transpose=True)
+            coef_t = self._coef_columns(sel, nr, nc, xt.dtype)
             t = (coef_t @ g).reshape(nc, right.shape[0], batch)
             dxt[cols] += _left(right.T, t).reshape(-1, batch)
         return dxt
 
-    def _coef_rows(self, sel, nr, nc, dtype, transpose=False):
-        """Coefficients of a group as (nr*8, nc): row bi*8 + k, column bj (or its transpose
-        arrangement (nc, nr*8) with ``transpose``)."""
+    def _coef_columns(self, sel, nr, nc, dtype):
+        """Coefficients of a group as (nc, nr*8): row bj, column bi*8 + k."""
         coef = self.coef[sel].reshape(nr, nc, tf.NUM_BASIS)
-        if transpose:
-            return coef.transpose(1, 0, 2).reshape(nc, -1).astype(dtype)
-        return coef.transpose(0, 2, 1).reshape(-1, nc).astype(dtype)
+        return np.ascontiguousarray(coef.transpose(1, 0, 2), dtype).reshape(nc, -1)
 
     @staticmethod
     def _batch_major(X, features, name):
