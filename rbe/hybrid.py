@@ -287,6 +287,15 @@ class HybridLinear:
             self.regrow(fraction)
             self.grow_grads[...] = 0
 
+    def step_statistics(self) -> list:
+        """The arrays the next ``after_step`` decides from, if it moves positions (else none).
+
+        Processes training copies of one model sum them (an all-reduce, in place) before
+        calling ``after_step``, so that every copy moves the same positions; rbe.torch does
+        this when torch.distributed is initialised.
+        """
+        return [self.grow_grads] if self._regrow_fraction_at(self.steps + 1) > 0 else []
+
     # -- moving positions ---------------------------------------------------------------------
 
     def set_regrow(self, every, fraction=0.3, stop=None) -> None:
@@ -353,7 +362,7 @@ class HybridLinear:
             index[prune[better]] = grow[better]
             self.values[prune[better]] = 0.0
             swaps += int(better.sum())
-        self.index = _frozen(index)
+        _overwrite(self.index, index)     # in place: the array may be shared (rbe.torch)
         return swaps
 
     def _accumulate_grow_grads(self, a, z):
@@ -591,6 +600,17 @@ def _largest_k(empty: HybridMatrix, budget: int) -> int:
 
 
 def _frozen(a):
-    a = a.copy()
-    a.flags.writeable = False
-    return a
+    """A read-only view of a private copy of ``a``; its base stays writable, so that
+    ``_overwrite`` (and rbe.torch, which shares the memory) can change it in place."""
+    view = np.array(a).view()
+    view.flags.writeable = False
+    return view
+
+
+def _overwrite(frozen: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` into a ``_frozen`` array in place."""
+    frozen.flags.writeable = True
+    try:
+        frozen[...] = values
+    finally:
+        frozen.flags.writeable = False
