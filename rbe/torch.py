@@ -395,7 +395,8 @@ class RBELinear(nn.Module):
 
     def _state(self) -> list:
         """Parameters, then buffers: the operators' view of the layer."""
-        return [getattr(self, name) for name in self._state_names]
+        return [*(p for p in self._parameters.values() if p is not None),
+                *self._buffers.values()]
 
     in_features = property(lambda self: self._in)
     out_features = property(lambda self: self._out)
@@ -445,19 +446,20 @@ class RBELinear(nn.Module):
 
     # -- refreshing derived state -----------------------------------------------------------
 
-    def sync(self, force: bool = False) -> None:
+    def sync(self, force: bool = False) -> list:
         """Bring the layer up to date with in-place writes to its tensors.
 
         A written buffer (a load into it, DistributedDataParallel's start-up broadcast)
         rebuilds the layer from the module's tensors, validated like ``rbe.load``; a written
         parameter runs the layer's ``after_step()``. With ``force``, ``after_step()`` runs
         unconditionally (after changing parameters through ``.data`` or the layer's numpy
-        arrays; the optimiser step hook calls this).
+        arrays; the optimiser step hook calls this). Returns the module's tensors
+        (parameters, then buffers).
         """
         state = self._state()
         versions = tuple(t._version for t in state)
         if not force and versions == self._versions:
-            return      # the common case, without waiting for a backward holding the lock
+            return state    # the common case, without waiting for a backward holding the lock
         with self._lock:
             n_params = len(self._state_names) - len(self._buffers)
             buffers_written = versions[n_params:] != self._versions[n_params:]
@@ -467,6 +469,7 @@ class RBELinear(nn.Module):
             elif force or versions != self._versions:
                 self._layer.after_step()
                 self._versions = versions
+        return self._state()
 
     def _reduce_step_statistics(self) -> None:
         """Sum the statistics of the coming decision across processes (torch.distributed)."""
@@ -485,12 +488,12 @@ class RBELinear(nn.Module):
         float16 under ``torch.autocast("cpu")`` (computed in float32, returned in the
         autocast dtype)."""
         out_dtype = self._check_input(x)
-        x = x.float()
+        if x.dtype != torch.float32:
+            x = x.float()
         if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
             y = torch.ops.rbe.linear(x, self._state(), self._spec)
         else:
-            self.sync()
-            state = self._state()
+            state = self.sync()
             if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad
                                                                    for t in state)):
                 y = torch.ops.rbe.linear(x, state, self._spec)
