@@ -4,16 +4,21 @@ Import explicitly (``import rbe.torch``); ``import rbe`` never imports PyTorch. 
 ``torch`` extra (``pip install "rbe[torch]"``).
 
 An :class:`RBELinear` wraps an rbe layer (``rbe.FusedLinear``: seed blocks, or
-``rbe.HybridLinear``: hybrid blocks). Its ``nn.Parameter`` objects share memory with the layer's
-parameter arrays, so a torch optimiser updates the layer in place; forward and backward call the
-layer's own kernels through a ``torch.autograd.Function``. Computation is on the CPU in float32.
+``rbe.HybridLinear``: hybrid blocks). Its parameters and buffers are views of the layer's own
+arrays (buffers in dtypes every torch.distributed backend broadcasts), so a torch optimiser
+updates the layer in place and reading a buffer gives the layer's current state. Forward and
+backward are the custom operators ``torch.ops.rbe.linear`` and ``torch.ops.rbe.linear_backward``
+(traced as single nodes by ``torch.compile`` and ``torch.export``). Computation is on the CPU in
+float32 (bfloat16 and float16 inputs under ``torch.autocast``).
 
-Derived state (the fixed-point ``hi`` words of seed blocks, the state transitions chosen by the
-last backward) is refreshed by the layer's ``after_step()``. It runs right after every step of a
-torch optimiser that holds the module's parameters (a global optimiser step hook), and before
-the next forward or ``state_dict()`` whenever a parameter's version counter has moved (any
-other in-place torch update). Changes that bypass both (writes through ``.data`` or through the
-numpy arrays) need an explicit :meth:`RBELinear.sync`.
+Derived state (the fixed-point ``hi`` words of seed blocks, the state transitions and hybrid
+position moves decided from the gradient statistics) is refreshed by the layer's
+``after_step()``. It runs right after every step of a torch optimiser that holds the module's
+parameters (a global optimiser step hook, which first sums the statistics across processes when
+torch.distributed is initialised), and before the next eager forward or ``state_dict()``
+whenever a parameter's version counter has moved (any other in-place torch update). A written
+buffer rebuilds the layer from the module's tensors, validated. Changes that bypass both (writes
+through ``.data`` or through the numpy arrays) need an explicit :meth:`RBELinear.sync`.
 """
 from __future__ import annotations
 
