@@ -495,7 +495,8 @@ class RBELinear(nn.Module):
         out_dtype = self._check_input(x)
         if x.dtype != torch.float32:
             x = x.float()
-        if torch.compiler.is_compiling() or type(x) is not torch.Tensor:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() \
+                or type(x) is not torch.Tensor:
             y = torch.ops.rbe.linear(x, self._state(), self._spec)
         else:
             state = self.sync()

@@ -95,6 +95,13 @@ def test_export_runs_and_survives_save_and_load(run_python, tmp_path):
     assert done.returncode == 0, done.stderr
 
 
+def test_jit_trace_records_the_operators():
+    model = nn.Sequential(tiny("hybrid"), rt.RBELinear(8, 8, kind="fused", block=(4, 4), seed=3))
+    x = inputs(5, 16)
+    traced = torch.jit.trace(model, (x,))
+    assert torch.equal(traced(x), model(x)) and torch.equal(traced(x[:2]), model(x[:2]))
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_autocast_computes_in_float32(kind, dtype):
