@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 from .fused import FusedLinear
 from .hybrid import HybridLinear
-from .io import _kinds
+from .io import _kinds, layer_from_arrays
 
 KINDS = ("fused", "hybrid")
 _EXTRA_STATE = "_extra_state"
@@ -92,22 +92,31 @@ def _live_buffers(layer) -> dict:
 
 
 def _stored_arrays(kind: str, config: dict, arrays: dict) -> dict:
-    """Arrays in the dtypes of rbe's stored form (``_from_state``), from the module's dtypes
-    (or those of rbe's own files and older state dicts, passed as they are)."""
+    """The arrays of rbe's stored form (``layer._state()``, as ``rbe.load`` checks them) from
+    the module's tensors, or from those of state dicts of earlier versions."""
     arrays = dict(arrays)
     if kind == "fused_linear":
         if "r" in arrays and "theta" in arrays:     # the float32 halves of the lo words
-            halves = np.stack([arrays["theta"], arrays["r"]], axis=-1)
+            halves = np.stack([arrays.pop("theta"), arrays.pop("r")], axis=-1)
             arrays["lo"] = np.ascontiguousarray(halves.astype("<f4")).view("<u8")[..., 0]
         for name in ("hi", "lo"):
             if name in arrays and arrays[name].dtype == np.int64:
                 arrays[name] = arrays[name].view(np.uint64)
+        for name in ("alpha", "beta"):
+            if name in arrays and arrays[name].shape == ():
+                arrays[name] = arrays[name].reshape(1)
         return arrays
     index = arrays.get("index")
     if index is not None and index.dtype == np.uint8 and index.ndim == 2:
         if index.shape[1:] != (2,):
             raise ValueError(f"index must hold two bytes per position, got shape {index.shape}")
-        arrays["index"] = np.ascontiguousarray(index).view(np.uint16).reshape(-1)
+        index = np.ascontiguousarray(index).view(np.uint16).reshape(-1)
+        block = config.get("block") if isinstance(config, dict) else None
+        if isinstance(block, list) and len(block) == 2 and np.prod(block) <= 256:
+            if index.size and index.max() > 255:        # stored as one byte per position
+                raise ValueError("index holds positions beyond the block")
+            index = index.astype(np.uint8)
+        arrays["index"] = index
     counts = arrays.get("counts")
     if counts is not None and counts.dtype == np.int64:
         if counts.size and not 0 <= counts.min() <= counts.max() <= np.iinfo(np.uint16).max:
@@ -117,15 +126,16 @@ def _stored_arrays(kind: str, config: dict, arrays: dict) -> dict:
 
 
 def _layer_from_state(kind: str, config: dict, tensors: dict):
-    """A new layer from the module's tensors (copied), validated like ``rbe.load``."""
+    """A new layer from the module's tensors (copied), with the checks of ``rbe.load``."""
     arrays = {name: t.detach().cpu().contiguous().numpy() for name, t in tensors.items()}
-    return _kinds()[kind]._from_state(config, _stored_arrays(kind, config, arrays))
+    return layer_from_arrays(kind, config, _stored_arrays(kind, config, arrays))
 
 
 def _static_config(layer) -> dict:
-    """The layer's configuration without what changes at every step (the step count)."""
+    """The layer's configuration with the step count at 0 (it changes at every step)."""
     config = json.loads(json.dumps(layer._state()[0]))
-    config.pop("steps", None)
+    if "steps" in config:
+        config["steps"] = 0
     return config
 
 

@@ -312,6 +312,33 @@ def test_state_dict_with_corrupted_index_is_refused():
         other.load_state_dict(state)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda state: state["values"].fill_(1e30), "beyond"),
+    (lambda state: state["_extra_state"]["config"].update(block=[0, 8]), "block"),
+    (lambda state: state["_extra_state"]["config"].update(unknown=1), "unknown"),
+])
+def test_state_dict_gets_the_checks_of_rbe_load(change, message):
+    module, other = trained_pair("hybrid")
+    state = copy.deepcopy(module.state_dict())
+    change(state)
+    with pytest.raises(RuntimeError, match=f"cannot rebuild.*{message}"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_in_the_stored_form_of_earlier_versions_loads(kind):
+    """Earlier state dicts held the arrays of ``layer._state()`` (uint64 seed words, a ``lo``
+    buffer, one- or two-byte positions)."""
+    source, target = trained_pair(kind)
+    config, arrays = source.layer._state()
+    state = {name: torch.from_numpy(np.array(a)) for name, a in arrays.items()}
+    state.update({name: p.detach().clone() for name, p in source.named_parameters()})
+    state["_extra_state"] = {"kind": source._kind, "config": config}
+    target.load_state_dict(state)
+    x = inputs(4, 40)
+    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+
+
 def test_state_dict_in_a_model():
     model = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 24))
     rt.compress(model, block=(8, 8), k=16)
