@@ -692,10 +692,11 @@ def layer_from_arrays(kind: str, config: dict, arrays: dict):
     if kind not in kinds or kind in ("tensor", "hybrid_matrix"):
         raise FormatError(f"unknown layer kind {_shown(kind)}")
     parts = kinds[kind].parts
+    if not all(isinstance(a, np.ndarray) for a in arrays.values()):
+        raise FormatError("the arrays must be numpy arrays")
+    arrays = {part: np.ascontiguousarray(a) for part, a in arrays.items()}    # as save stores
     described, layout = {}, {}
     for part, array in arrays.items():
-        if not isinstance(array, np.ndarray):
-            raise FormatError(f"tensor {part!r} is not an array")
         dtype = array.dtype.name
         if part in parts and parts[part].dtype == "float" and dtype == "float32" \
                 and isinstance(config, dict) and isinstance(config.get("precision"), str):

@@ -102,9 +102,6 @@ def _stored_arrays(kind: str, config: dict, arrays: dict) -> dict:
         for name in ("hi", "lo"):
             if name in arrays and arrays[name].dtype == np.int64:
                 arrays[name] = arrays[name].view(np.uint64)
-        for name in ("alpha", "beta"):
-            if name in arrays and arrays[name].shape == ():
-                arrays[name] = arrays[name].reshape(1)
         return arrays
     index = arrays.get("index")
     if index is not None and index.dtype == np.uint8 and index.ndim == 2:
