@@ -511,11 +511,13 @@ class HybridLinear:
 
     @property
     def matrix(self) -> HybridMatrix:
-        """The weight as a HybridMatrix (copies of the current parameters, in ``precision``)."""
+        """The weight as a HybridMatrix (copies of the current parameters and positions, which
+        change in place, in ``precision``)."""
         factors = None if self.factors is None else tuple(f.copy() for f in self.factors)
-        return HybridMatrix(self.grid.shape, self.grid.block, self.coef.copy(), self.transform,
-                            self.offsets, self.index, self.values.copy(), wavelet=self.wavelet,
-                            factors=factors, precision=self.precision)
+        return HybridMatrix(self.grid.shape, self.grid.block, self.coef.copy(),
+                            self.transform.copy(), self.offsets, self.index.copy(),
+                            self.values.copy(), wavelet=self.wavelet, factors=factors,
+                            precision=self.precision)
 
     def to_dense(self) -> np.ndarray:
         """The dense float32 weight matrix (out_features, in_features), as stored (values
