@@ -27,7 +27,7 @@ import itertools
 import json
 import threading
 import weakref
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -163,7 +163,7 @@ class _Binding:
 
 
 #: token -> binding of every live RBELinear (the module holds the binding).
-_BINDINGS: "weakref.WeakValueDictionary[int, _Binding]" = weakref.WeakValueDictionary()
+_BINDINGS: weakref.WeakValueDictionary[int, _Binding] = weakref.WeakValueDictionary()
 _TOKENS = itertools.count()
 #: Layers built from tensors that are not a live module's (e.g. an exported program loaded in
 #: another process): spec -> (binding, weak references to the tensors, their versions).
@@ -261,10 +261,10 @@ class _Owner:
     Copies and pickles of the parameter get an empty one; the copy's module sets its own.
     """
 
-    def __init__(self, module: Optional["RBELinear"] = None):
+    def __init__(self, module: RBELinear | None = None):
         self._ref = None if module is None else weakref.ref(module)
 
-    def __call__(self) -> Optional["RBELinear"]:
+    def __call__(self) -> RBELinear | None:
         return None if self._ref is None else self._ref()
 
     def __reduce__(self):
@@ -340,8 +340,8 @@ class RBELinear(nn.Module):
     process_group = None
 
     def __init__(self, in_features: int, out_features: int, kind: str = "hybrid",
-                 block=(64, 64), k: Optional[int] = None, transform: str = "dct",
-                 bias: bool = True, seed: Optional[int] = None, **hybrid_options):
+                 block=(64, 64), k: int | None = None, transform: str = "dct",
+                 bias: bool = True, seed: int | None = None, **hybrid_options):
         super().__init__()
         if kind == "hybrid":
             layer = HybridLinear(in_features, out_features, block=block, k=k,
@@ -356,7 +356,7 @@ class RBELinear(nn.Module):
         self._attach(layer)
 
     @classmethod
-    def from_layer(cls, layer) -> "RBELinear":
+    def from_layer(cls, layer) -> RBELinear:
         """A module computing with an existing rbe layer (shared, not copied)."""
         module = cls.__new__(cls)
         nn.Module.__init__(module)
@@ -514,7 +514,7 @@ class RBELinear(nn.Module):
                 y = _forward_rows(self._layer, x.detach(), self._out)
         return y if out_dtype is None else y.to(out_dtype)
 
-    def _check_input(self, x) -> Optional[torch.dtype]:
+    def _check_input(self, x) -> torch.dtype | None:
         """Check x; return the autocast dtype of the output, if any."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
@@ -584,9 +584,9 @@ class RBELinear(nn.Module):
                 f"ratio={self._layer.compression_ratio:.1f}")
 
 
-def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: Optional[int] = None,
+def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int | None = None,
              transform: str = "adaptive",
-             filter: Optional[Callable[[str, nn.Module], bool]] = None,
+             filter: Callable[[str, nn.Module], bool] | None = None,
              **hybrid_options) -> nn.Module:
     """Replace the model's ``nn.Linear`` layers by :class:`RBELinear`, in place.
 
