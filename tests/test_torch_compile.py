@@ -78,21 +78,17 @@ def test_inductor_forward_and_backward_equal_eager():
     assert torch.equal(y, model(x)) and torch.equal(dx, x.grad)
 
 
-def test_export_runs_and_survives_save_and_load(run_python, tmp_path):
+def test_export_runs_and_survives_save_and_load(tmp_path):
     model = nn.Sequential(tiny("hybrid"), rt.RBELinear(8, 8, kind="fused", block=(4, 4), seed=3))
     x = inputs(5, 16)
     program = torch.export.export(model, (x,))
     assert torch.equal(program.module()(x), model(x))
     torch.export.save(program, tmp_path / "model.pt2")
-    assert torch.equal(torch.export.load(tmp_path / "model.pt2").module()(x), model(x))
-    # In a fresh process the layers are rebuilt from the program's tensors.
-    torch.save({"x": x, "y": model(x).detach()}, tmp_path / "io.pt")
-    code = ("import torch, rbe.torch\n"
-            "data = torch.load('io.pt')\n"
-            "y = torch.export.load('model.pt2').module()(data['x'])\n"
-            "assert torch.equal(y, data['y']), (y - data['y']).abs().max()\n")
-    done = run_python(code)
-    assert done.returncode == 0, done.stderr
+    rt._REBUILT.clear()
+    loaded = torch.export.load(tmp_path / "model.pt2").module()
+    # The loaded program holds copies of the tensors: the operators rebuild the layers from
+    # them, as in a process that never built the model.
+    assert torch.equal(loaded(x), model(x)) and len(rt._REBUILT) == 3
 
 
 def test_jit_trace_records_the_operators():
