@@ -8,8 +8,9 @@ An :class:`RBELinear` wraps an rbe layer (``rbe.FusedLinear``: seed blocks, or
 arrays (buffers in dtypes every torch.distributed backend broadcasts), so a torch optimiser
 updates the layer in place and reading a buffer gives the layer's current state. Forward and
 backward are the custom operators ``torch.ops.rbe.linear`` and ``torch.ops.rbe.linear_backward``
-(traced as single nodes by ``torch.compile`` and ``torch.export``). Computation is on the CPU in
-float32 (bfloat16 and float16 inputs under ``torch.autocast``).
+(single nodes for ``torch.compile``, ``torch.export`` and ``torch.jit.trace``; eager calls run
+their implementations without the dispatcher). Computation is on the CPU in float32 (bfloat16
+and float16 inputs under ``torch.autocast``).
 
 Derived state (the fixed-point ``hi`` words of seed blocks, the state transitions and hybrid
 position moves decided from the gradient statistics) is refreshed by the layer's
