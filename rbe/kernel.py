@@ -1,4 +1,4 @@
-"""Generate the weights of seed blocks (DESIGN section 3).
+"""Generate the weights of seed blocks (docs/design.md, "Weight function").
 
 ``generate`` and ``generate_with_grad`` evaluate the weight function of every position of a
 block for an array of Packed128 seeds. Two modes:
@@ -86,7 +86,7 @@ class ShapeTables(NamedTuple):
 
 
 def axis_coordinates(n: int) -> np.ndarray:
-    """Normalised coordinate 2j/(n-1) - 1 of each of n positions (DESIGN 3), 0 when n == 1.
+    """Normalised coordinate 2j/(n-1) - 1 of each of n positions, 0 when n == 1.
 
     Written as (2j - (n-1)) / (n-1), which is exactly antisymmetric (x[n-1-j] == -x[j]); the
     fast kernel relies on that to copy point-symmetric positions.

@@ -1,6 +1,7 @@
-"""rbe.kernel: the seed-block weight function (DESIGN section 3) in its precise and fast modes.
+"""rbe.kernel: the seed-block weight function (docs/design.md, "Weight function") in its
+precise and fast modes.
 
-Oracles: a float64 NumPy rendering of the DESIGN formula written here (sech^2 as 1/cosh^2,
+Oracles: a float64 NumPy rendering of the design formula written here (sech^2 as 1/cosh^2,
 coordinates from scratch), central finite differences of precise mode for the gradients, and
 the original algorithm in rbe.reference for compatibility.
 """
