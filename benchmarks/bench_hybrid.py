@@ -15,7 +15,6 @@ import contextlib
 
 import numpy as np
 
-
 import rbe
 from rbe import transforms as tf
 from timing import interleaved_medians

@@ -7,8 +7,8 @@ block for an array of Packed128 seeds. Two modes:
   transcendentals come from one of three approximation families (``"poly"``, ``"lut"``,
   ``"cordic"``); the SIMD path is chosen at run time from the CPU: ``"avx512"`` (the AVX2
   code compiled for AVX-512VL's 32 vector registers: same results, fewer register spills),
-  ``"avx2"`` or ``"scalar"``. Both can be overridden with the ``RBE_APPROX`` and ``RBE_SIMD`` environment variables
-  (read at import) or :func:`use_simd` / the ``approx=`` argument.
+  ``"avx2"`` or ``"scalar"``. Both can be overridden with the ``RBE_APPROX`` and ``RBE_SIMD``
+  environment variables (read at import) or :func:`use_simd` / the ``approx=`` argument.
 - ``"precise"``: float64 with libm, straight from the formula; the oracle for everything else.
 """
 from __future__ import annotations
@@ -101,7 +101,7 @@ def coordinates(shape) -> tuple:
 
 
 def _build_tables(h: int, w: int) -> ShapeTables:
-    g = -(-(-(-w // 4)) // 8) * 8          # ceil(ceil(w / 4) / 8) * 8
+    g = -(-w // 32) * 8          # ceil(ceil(w / 4) / 8) * 8: whole vectors of 8 lanes
     x, y = coordinates((h, w))
     tables = np.zeros((3, h, 4, g), np.float32)
     # Chunks of rows keep the float64 temporaries small (a block has up to 2^24 weights).

@@ -127,7 +127,8 @@ def test_fast_large_output_uses_the_same_values(packed):
 def test_gradients_match_finite_differences(packed, shape):
     eps = 2.0**-16                                 # a multiple of both quanta: exact shifts
     f = seeds.unpack(packed)
-    inside = (f.r > 2 * eps) & (f.r < 1 - 2 * eps) & (f.theta > -1 + 2 * eps) & (f.theta < 1 - 2 * eps)
+    inside = ((f.r > 2 * eps) & (f.r < 1 - 2 * eps)
+              & (f.theta > -1 + 2 * eps) & (f.theta < 1 - 2 * eps))
     packed, f = packed[inside], seeds.unpack(packed[inside])
 
     def weights(r, theta):
@@ -159,8 +160,8 @@ def test_compatible_with_the_original(shape, detail):
     np.testing.assert_array_equal(reference.from_packed128(ours), original)
     np.testing.assert_allclose(rbe.generate(ours, shape, mode="precise"),
                                reference.generate(original, shape), rtol=0, atol=2e-5)
-    np.testing.assert_allclose(rbe.generate(ours, shape), reference.fused_forward_np(original, shape),
-                               rtol=0, atol=2e-5)
+    np.testing.assert_allclose(rbe.generate(ours, shape),
+                               reference.fused_forward_np(original, shape), rtol=0, atol=2e-5)
 
 
 def test_output_shape_follows_seed_shape(packed):

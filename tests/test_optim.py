@@ -62,8 +62,9 @@ def test_optimizer_takes_a_list_and_zero_grad_clears():
     assert all(not np.any(g) for layer in layers for g in layer.grads.values())
 
 
-@pytest.mark.parametrize("make", [lambda l: optim.SGD(l, lr=0.0), lambda l: optim.SGD(l, lr=np.nan),
-                                  lambda l: optim.Adam(object(), lr=0.1)])
+@pytest.mark.parametrize("make", [lambda layers: optim.SGD(layers, lr=0.0),
+                                  lambda layers: optim.SGD(layers, lr=np.nan),
+                                  lambda layers: optim.Adam(object(), lr=0.1)])
 def test_bad_optimizer_arguments(make):
     with pytest.raises(ValueError):
         make(trained_layer())

@@ -339,6 +339,16 @@ def test_fused_backward_fast_matches_python_loop(rng):
     assert ref.r_theta(seed) == (want_r, want_theta)
 
 
+def central_differences(r, theta, hi, shape, i, j, eps):
+    """Float32 central differences in r and theta of the original's weight at (i, j)."""
+    def weight(r, theta):
+        return ref.generate(ref.make_seed(r, theta, hi), shape)[i, j]
+
+    two = np.float32(2)
+    return ((weight(r + eps, theta) - weight(r - eps, theta)) / (two * eps),
+            (weight(r, theta + eps) - weight(r, theta - eps)) / (two * eps))
+
+
 def test_fused_backward_adam_matches_python_loop(rng):
     rows, cols, lr, eps = 3, 4, np.float32(0.01), np.float32(1e-4)
     seed = ref.make_seed(0.8, -0.2, 0x5A5A5)
@@ -352,10 +362,9 @@ def test_fused_backward_adam_matches_python_loop(rng):
             e = pred[i, j] - target[i, j]
             loss += e * e
             hi = ref.state_transition(hi, e, i, j)
-            w = lambda dr, dt: ref.generate(  # noqa: E731
-                ref.make_seed(r + dr, theta + dt, hi), (rows, cols))[i, j]
-            g_r += e * ((w(eps, 0) - w(-eps, 0)) / (np.float32(2) * eps))
-            g_t += e * ((w(0, eps) - w(0, -eps)) / (np.float32(2) * eps))
+            dr, dt = central_differences(r, theta, hi, (rows, cols), i, j, eps)
+            g_r += e * dr
+            g_t += e * dt
     want_r, m_r, v_r = ref.adam_update(r, moments[0], moments[1], g_r, lr, 3)
     want_t, m_t, v_t = ref.adam_update(theta, moments[2], moments[3], g_t, lr, 3)
     rmse = ref.fused_backward_adam(target, pred, seed, moments, 3, lr)
@@ -400,7 +409,7 @@ def test_layer_forward_precise(shape, rng):
 def sequential_backward_python(seeds, block, x, dy, lr):
     """fused_backward_precise re-run element by element in Python (float32 scalars)."""
     seeds = seeds.copy()
-    (bh, bw), eps, two = block, np.float32(1e-5), np.float32(2)
+    (bh, bw), eps = block, np.float32(1e-5)
     dx = np.zeros(x.size)
     for bi, bj in np.ndindex(seeds.shape):
         seed = seeds[bi, bj]
@@ -410,9 +419,7 @@ def sequential_backward_python(seeds, block, x, dy, lr):
                 g = out_grad * np.float32(x[bj * bw + c])
                 hi = ref.state_transition(seed["hi"], g, r, c)
                 rp, tp = ref.r_theta(seed)
-                w = lambda a, b: ref.generate(ref.make_seed(a, b, hi), block)[r, c]  # noqa: E731
-                dr = (w(rp + eps, tp) - w(rp - eps, tp)) / (two * eps)
-                dt = (w(rp, tp + eps) - w(rp, tp - eps)) / (two * eps)
+                dr, dt = central_differences(rp, tp, hi, block, r, c, eps)
                 new_r = np.clip(rp - lr * (g * dr), np.float32(0), np.float32(1))
                 seed = ref.make_seed(new_r, tp - lr * (g * dt), hi)
                 dx[bj * bw + c] += float(out_grad) * float(ref.generate(seed, block)[r, c])
@@ -436,8 +443,7 @@ def test_layer_backward_precise_is_the_sequential_rule(rng):
 
 def test_layer_backward_adam_matches_python_loop(rng):
     layer = make_layer(rng, grid=(1, 2), block=(2, 3))
-    x, dy, lr, eps, two = rng.normal(size=6), rng.normal(size=2), np.float32(0.01), \
-        np.float32(1e-5), np.float32(2)
+    x, dy, lr, eps = rng.normal(size=6), rng.normal(size=2), np.float32(0.01), np.float32(1e-5)
     start = layer.seeds.copy()
     dx = layer.backward_adam(x, dy, 1, lr)
     want_dx = np.zeros(6)
@@ -449,10 +455,11 @@ def test_layer_backward_adam_matches_python_loop(rng):
             for c in range(3):
                 g = np.float32(dy[r]) * np.float32(x[3 * bj + c])
                 hi = ref.state_transition(hi, g, r, c)
-                w = lambda a, b: ref.generate(ref.make_seed(a, b, hi), (2, 3))[r, c]  # noqa
-                g_r += g * ((w(rp + eps, tp) - w(rp - eps, tp)) / (two * eps))
-                g_t += g * ((w(rp, tp + eps) - w(rp, tp - eps)) / (two * eps))
-                want_dx[3 * bj + c] += float(np.float32(dy[r])) * float(w(rp, tp))
+                dr, dt = central_differences(rp, tp, hi, (2, 3), r, c, eps)
+                g_r += g * dr
+                g_t += g * dt
+                w = ref.generate(ref.make_seed(rp, tp, hi), (2, 3))[r, c]
+                want_dx[3 * bj + c] += float(np.float32(dy[r])) * float(w)
         new_r, m_r, v_r = ref.adam_update(rp, 0.0, 0.0, g_r, lr, 1)
         new_t, m_t, v_t = ref.adam_update(tp, 0.0, 0.0, g_t, lr, 1)
         assert int(layer.seeds[0, bj]["hi"]) == int(hi)
