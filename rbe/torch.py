@@ -641,7 +641,10 @@ def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int | No
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind != "hybrid" and hybrid_options:
         raise ValueError(f"options {sorted(hybrid_options)} apply to kind='hybrid' only")
-    accepts = lambda name, m: isinstance(m, nn.Linear) and (filter is None or filter(name, m))
+
+    def accepts(name, m):
+        return isinstance(m, nn.Linear) and (filter is None or filter(name, m))
+
     if accepts("", model):
         return _replacement(model, kind, block, k, transform, hybrid_options)
     # A layer used at several places is replaced once, by the same module everywhere.

@@ -119,7 +119,8 @@ def test_accumulated_micro_batches_equal_one_step_on_their_union(runs, kind):
     union, parts, initial = (f"{kind}/{mode}/" for mode in ("union", "accumulated", "initial"))
     arrays = runs[0]
     if kind == "fused":
-        states = lambda prefix: rbe.fused.states_of(arrays[prefix + "state/0.hi"].view(np.uint64))
+        def states(prefix):
+            return rbe.fused.states_of(arrays[prefix + "state/0.hi"].view(np.uint64))
         assert not np.array_equal(states(union), states(initial))     # transitions happened
     else:
         assert not np.array_equal(arrays[union + "state/0.index"],
