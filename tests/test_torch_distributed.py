@@ -23,7 +23,6 @@ WORKER = textwrap.dedent("""
 
     rank, store = int(sys.argv[1]), sys.argv[2]
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    torch.manual_seed(rank)                # the dense layers differ too
     STEPS, BATCH = 20, 8
 
     def build(kind, seed):
@@ -57,9 +56,30 @@ WORKER = textwrap.dedent("""
             opt.step()
         return model
 
+    def train_fsdp(model):
+        # FSDP2 shards the dense layer; the RBELinear parameters stay whole on every rank
+        # (docs/torch.md), their gradients averaged by hand.
+        from torch.distributed.fsdp import fully_shard
+        compressed = [p for m in model.modules() if isinstance(m, rt.RBELinear)
+                      for p in m.parameters()]
+        fully_shard(model, ignored_params=set(compressed))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        for step in range(STEPS):
+            x, y = batch(step)
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            for p in compressed:
+                dist.all_reduce(p.grad)
+                p.grad /= dist.get_world_size()
+            opt.step()
+        return model
+
     def snapshot(model):
-        arrays = {f"state/{k}": v.numpy() for k, v in model.state_dict().items()
-                  if isinstance(v, torch.Tensor)}
+        arrays = {}
+        for k, v in model.state_dict().items():
+            if isinstance(v, torch.Tensor):
+                full = v.full_tensor() if hasattr(v, "full_tensor") else v    # FSDP: DTensor
+                arrays[f"state/{k}"] = full.detach().numpy()
         for name, module in model.named_modules():
             if isinstance(module, rt.RBELinear):
                 arrays.update({f"layer/{name}/{k}": np.asarray(v)
@@ -71,14 +91,15 @@ WORKER = textwrap.dedent("""
 
     out = {}
     for kind in ("hybrid", "fused"):
-        start = build(kind, seed=10 * rank)      # different seeds: DDP broadcasts rank 0's
         before = snapshot(build(kind, seed=0))
         for mode in ("union", "accumulated"):
-            torch.manual_seed(0)
-            model = build(kind, seed=10 * rank)
+            torch.manual_seed(rank)
+            model = build(kind, seed=10 * rank)     # different seeds: DDP broadcasts rank 0's
             arrays = snapshot(train(model, accumulate=mode == "accumulated"))
             out.update({f"{kind}/{mode}/{k}": v for k, v in arrays.items()})
         out.update({f"{kind}/initial/{k}": v for k, v in before.items()})
+        fsdp = train_fsdp(build(kind, seed=0))      # FSDP broadcasts nothing: same seeds
+        out.update({f"{kind}/fsdp/{k}": v for k, v in snapshot(fsdp).items()})
     np.savez(f"rank{rank}.npz", **out)
     dist.destroy_process_group()
 """)
@@ -101,10 +122,12 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind", ["hybrid", "fused"])
-@pytest.mark.parametrize("mode", ["union", "accumulated"])
-def test_ddp_ranks_stay_identical(runs, kind, mode):
-    """Models built with different seeds, different data per rank, 20 Adam steps: every
-    parameter, buffer and layer array and the forward on a common input are equal."""
+@pytest.mark.parametrize("mode", ["union", "accumulated", "fsdp"])
+def test_ranks_stay_identical(runs, kind, mode):
+    """Different data per rank, 20 Adam steps: every parameter, buffer and layer array and the
+    forward on a common input are equal. DistributedDataParallel with default arguments, models
+    built with different seeds on each rank (union: one batch per step, accumulated: two
+    micro-batches); FSDP2 with the RBELinear parameters left whole."""
     prefix = f"{kind}/{mode}/"
     names = [k for k in runs[0] if k.startswith(prefix)]
     assert any("/layer/" in k for k in names) and any(k.endswith("forward") for k in names)
