@@ -84,18 +84,17 @@ def _live_buffers(layer) -> dict:
         if not layer.trains_affine:
             buffers["alpha"], buffers["beta"] = layer.alpha, layer.beta
         return buffers
-    stored = layer.matrix._state()[1]
-    buffers = {"index": _writable(layer.index).view(np.uint8).reshape(-1, 2)}
-    if "transform" in stored:
-        buffers["transform"] = _writable(layer.transform)
-    if "counts" in stored:
-        buffers["counts"] = np.diff(layer.offsets)
-    return buffers
+    # Transforms and counts even where one transform or one k would do (rbe.save stores them
+    # in the config then): the buffers' shapes then depend on the block grid and the number of
+    # coefficients only, so that processes whose layers differ in structure (compress() of
+    # other weights) still hold the same buffers for DDP to broadcast.
+    return {"index": _writable(layer.index).view(np.uint8).reshape(-1, 2),
+            "transform": _writable(layer.transform), "counts": np.diff(layer.offsets)}
 
 
-def _stored_arrays(kind: str, config: dict, arrays: dict) -> dict:
-    """The arrays of rbe's stored form (``layer._state()``, as ``rbe.load`` checks them) from
-    the module's tensors, or from those of state dicts of earlier versions."""
+def _stored_form(kind: str, config: dict, arrays: dict) -> tuple[dict, dict]:
+    """The config and arrays of rbe's stored form (``layer._state()``, as ``rbe.load`` checks
+    them) from the module's tensors, or from those of state dicts of earlier versions."""
     arrays = dict(arrays)
     if kind == "fused_linear":
         if "r" in arrays and "theta" in arrays:     # the float32 halves of the lo words
@@ -104,7 +103,13 @@ def _stored_arrays(kind: str, config: dict, arrays: dict) -> dict:
         for name in ("hi", "lo"):
             if name in arrays and arrays[name].dtype == np.int64:
                 arrays[name] = arrays[name].view(np.uint64)
-        return arrays
+        return config, arrays
+    if isinstance(config, dict):        # the tensors, where present, give these per block
+        config = dict(config)
+        if "transform" in arrays:
+            config.pop("transform", None)
+        if "counts" in arrays:
+            config.pop("k", None)
     index = arrays.get("index")
     if index is not None and index.dtype == np.uint8 and index.ndim == 2:
         if index.shape[1:] != (2,):
@@ -121,13 +126,13 @@ def _stored_arrays(kind: str, config: dict, arrays: dict) -> dict:
         if counts.size and not 0 <= counts.min() <= counts.max() <= np.iinfo(np.uint16).max:
             raise ValueError("counts must lie in [0, 65535]")
         arrays["counts"] = counts.astype(np.uint16)
-    return arrays
+    return config, arrays
 
 
 def _layer_from_state(kind: str, config: dict, tensors: dict):
     """A new layer from the module's tensors (copied), with the checks of ``rbe.load``."""
     arrays = {name: t.detach().cpu().contiguous().numpy() for name, t in tensors.items()}
-    return layer_from_arrays(kind, config, _stored_arrays(kind, config, arrays))
+    return layer_from_arrays(kind, *_stored_form(kind, config, arrays))
 
 
 def _static_config(layer) -> dict:

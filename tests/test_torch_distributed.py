@@ -27,6 +27,9 @@ WORKER = textwrap.dedent("""
 
     def build(kind, seed):
         # State moves every 5 steps: transitions (tau = 0) or regrowth, from summed statistics.
+        if kind == "compressed":     # of dense layers initialised differently on each rank
+            dense = nn.Sequential(nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 8), nn.Linear(8, 4))
+            return rt.compress(dense, block=(4, 4), k=4, filter=lambda name, m: name != "3")
         if kind == "fused":
             first = rt.RBELinear.from_layer(rbe.FusedLinear(16, 12, block=(4, 4), seed=seed,
                                                             transition_every=5, tau=0.0,
@@ -100,6 +103,10 @@ WORKER = textwrap.dedent("""
         out.update({f"{kind}/initial/{k}": v for k, v in before.items()})
         fsdp = train_fsdp(build(kind, seed=0))      # FSDP broadcasts nothing: same seeds
         out.update({f"{kind}/fsdp/{k}": v for k, v in snapshot(fsdp).items()})
+    # compress(transform="adaptive") picks other transforms and positions on each rank
+    torch.manual_seed(rank)
+    arrays = snapshot(train(build("compressed", seed=None), accumulate=False))
+    out.update({f"compressed/union/{k}": v for k, v in arrays.items()})
     np.savez(f"rank{rank}.npz", **out)
     dist.destroy_process_group()
 """)
@@ -121,13 +128,15 @@ def runs(tmp_path_factory):
     return {rank: dict(np.load(tmp / f"rank{rank}.npz")) for rank in (0, 1)}
 
 
-@pytest.mark.parametrize("kind", ["hybrid", "fused"])
-@pytest.mark.parametrize("mode", ["union", "accumulated", "fsdp"])
+@pytest.mark.parametrize("kind, mode", [
+    *((kind, mode) for kind in ("hybrid", "fused") for mode in ("union", "accumulated", "fsdp")),
+    ("compressed", "union")])
 def test_ranks_stay_identical(runs, kind, mode):
     """Different data per rank, 20 Adam steps: every parameter, buffer and layer array and the
     forward on a common input are equal. DistributedDataParallel with default arguments, models
     built with different seeds on each rank (union: one batch per step, accumulated: two
-    micro-batches); FSDP2 with the RBELinear parameters left whole."""
+    micro-batches; compressed: rbe.torch.compress of dense layers initialised differently);
+    FSDP2 with the RBELinear parameters left whole."""
     prefix = f"{kind}/{mode}/"
     names = [k for k in runs[0] if k.startswith(prefix)]
     assert any("/layer/" in k for k in names) and any(k.endswith("forward") for k in names)
