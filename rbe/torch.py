@@ -223,22 +223,28 @@ def _linear_fake(x, state, spec):
     return x.new_empty(x.shape[:-1] + (_parse(spec).out_features,))
 
 
-def _linear_backward_impl(x: torch.Tensor, grad: torch.Tensor, state: list[torch.Tensor],
-                          spec: str) -> list[torch.Tensor]:
-    """[dx, gradient of each parameter]; adds to the layer's step statistics (seed-block
-    transition sums, hybrid grow gradients), which the optimiser step hook consumes."""
-    parsed = _parse(spec)
-    params = state[:parsed.n_params]
+def _backward_rows(bound: _Binding, parsed: _Spec, x: torch.Tensor, grad: torch.Tensor,
+                   shapes: list) -> list[torch.Tensor]:
+    """[dx, gradient of each parameter (of the given shapes)] from the bound layer's
+    backward, which also adds to its step statistics (seed-block transition sums, hybrid grow
+    gradients) for the optimiser step hook."""
     rows = x.reshape(-1, x.shape[-1])
     if rows.shape[0] == 0:
-        return [torch.zeros_like(x), *(torch.zeros(p.shape) for p in params)]
+        return [torch.zeros_like(x), *(torch.zeros(shape) for shape in shapes)]
     dy = grad.reshape(-1, parsed.out_features).to(torch.float32).contiguous()
-    bound = _binding(state, spec)
     with bound.lock:    # the layer's grads dict is shared state: copied out under the lock
         dx = bound.layer.backward(rows.contiguous().numpy(), dy.numpy())
-        grads = [torch.from_numpy(np.array(bound.layer.grads[name], np.float32)).reshape(p.shape)
-                 for name, p in zip(parsed.names, params)]
+        grads = [torch.from_numpy(np.array(bound.layer.grads[name], np.float32)).reshape(shape)
+                 for name, shape in zip(parsed.names, shapes)]
     return [torch.from_numpy(dx).reshape(x.shape), *grads]
+
+
+def _linear_backward_impl(x: torch.Tensor, grad: torch.Tensor, state: list[torch.Tensor],
+                          spec: str) -> list[torch.Tensor]:
+    """[dx, gradient of each parameter] of the rbe layer whose state is ``state``."""
+    parsed = _parse(spec)
+    return _backward_rows(_binding(state, spec), parsed, x, grad,
+                          [p.shape for p in state[:parsed.n_params]])
 
 
 _linear_backward = torch.library.custom_op("rbe::linear_backward", _linear_backward_impl,
@@ -266,21 +272,23 @@ _linear.register_autograd(_linear_grad, setup_context=_setup_context)
 
 
 class _EagerLinear(torch.autograd.Function):
-    """The operators' autograd for eager calls, without the dispatcher: a custom operator
-    with autograd costs about 0.2 ms more per call, as much as a small layer's product."""
+    """The operators' autograd for eager calls of a module, on its bound layer and without the
+    dispatcher: a custom operator with autograd costs about 0.2 ms more per call, as much as a
+    small layer's product. The parameters are inputs only so that autograd routes their
+    gradients; the layer reads the same memory itself."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, spec: str, *state: torch.Tensor) -> torch.Tensor:
-        ctx.spec = spec
-        ctx.save_for_backward(x, *state)
-        return _linear_impl(x, list(state), spec)
+    def forward(ctx, x: torch.Tensor, bound: _Binding, spec: str, *params: torch.Tensor):
+        ctx.bound, ctx.spec, ctx.shapes = bound, spec, [p.shape for p in params]
+        ctx.save_for_backward(x)
+        return _forward_rows(bound.layer, x, _parse(spec).out_features)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        x, *state = ctx.saved_tensors
-        dx, *grads = _linear_backward_impl(x, grad, state, ctx.spec)
-        return dx, None, *grads, *[None] * (len(state) - len(grads))
+        (x,) = ctx.saved_tensors
+        dx, *grads = _backward_rows(ctx.bound, _parse(ctx.spec), x, grad, ctx.shapes)
+        return dx, None, None, *grads
 
 
 # -- the optimiser step hook -------------------------------------------------------------------
@@ -430,10 +438,12 @@ class RBELinear(nn.Module):
                                  "config": _static_config(layer),
                                  "names": list(self._state_names), "n_params": len(params),
                                  "out_features": self._out}, sort_keys=True)
-        state = self._state()
-        self._binding = _Binding(layer, tuple(t.data_ptr() for t in state), self._lock)
+        # The same list as _state(), kept for the eager calls' checks (traced calls use
+        # _state(), which tracers follow through the module's tables).
+        self._tensors = self._state()
+        self._binding = _Binding(layer, tuple(t.data_ptr() for t in self._tensors), self._lock)
         _BINDINGS[self._token] = self._binding
-        self._versions = tuple(t._version for t in state)
+        self._versions = tuple([t._version for t in self._tensors])
 
     def _state(self) -> list:
         """Parameters, then buffers: the operators' view of the layer."""
@@ -455,7 +465,7 @@ class RBELinear(nn.Module):
         parameters share memory with the copy's layer again."""
         self.sync()
         state = self.__dict__.copy()
-        for name in ("_lock", "_binding", "_token"):
+        for name in ("_lock", "_binding", "_token", "_tensors"):
             del state[name]
         state["_buffers"] = {}      # rebuilt from the layer
         state["_layer"] = (self._kind, *self._layer._state())
@@ -498,8 +508,8 @@ class RBELinear(nn.Module):
         arrays; the optimiser step hook calls this). Returns the module's tensors
         (parameters, then buffers).
         """
-        state = self._state()
-        versions = tuple(t._version for t in state)
+        state = self._tensors
+        versions = tuple([t._version for t in state])
         if not force and versions == self._versions:
             return state    # the common case, without waiting for a backward holding the lock
         with self._lock:
@@ -511,7 +521,7 @@ class RBELinear(nn.Module):
             elif force or versions != self._versions:
                 self._layer.after_step()
                 self._versions = versions
-        return self._state()
+        return self._tensors
 
     def _reduce_step_statistics(self) -> None:
         """Sum the statistics of the coming decision across processes (torch.distributed)."""
@@ -539,7 +549,8 @@ class RBELinear(nn.Module):
             state = self.sync()
             if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad
                                                                    for t in state)):
-                y = _EagerLinear.apply(x, self._spec, *state)
+                y = _EagerLinear.apply(x, self._binding, self._spec,
+                                       *state[:len(state) - len(self._buffers)])
             else:   # inference: skip the dispatcher and the autograd node
                 y = _forward_rows(self._layer, x.detach(), self._out)
         return y if out_dtype is None else y.to(out_dtype)
