@@ -339,7 +339,7 @@ class FusedLinear:
                 and self.transition_stats is not None:
             self._transition(loss)
 
-    def step_statistics(self) -> list:
+    def step_statistics(self) -> list[np.ndarray]:
         """The arrays the next :meth:`after_step` decides from, if it decides (else none).
 
         Processes training copies of one model sum them (an all-reduce, in place) before

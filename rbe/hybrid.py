@@ -289,7 +289,7 @@ class HybridLinear:
             self.regrow(fraction)
             self.grow_grads[...] = 0
 
-    def step_statistics(self) -> list:
+    def step_statistics(self) -> list[np.ndarray]:
         """The arrays the next ``after_step`` decides from, if it moves positions (else none).
 
         Processes training copies of one model sum them (an all-reduce, in place) before

@@ -37,11 +37,15 @@ import os
 import re
 import reprlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from . import _checks
+
+if TYPE_CHECKING:
+    from .fused import FusedLinear
+    from .hybrid import HybridLinear
 
 FORMAT = "rbe"
 VERSION = 2
@@ -680,7 +684,7 @@ def _build(plan: _Plan, arrays: dict):
         raise FormatError(f"entry {_shown(plan.name)} ({plan.kind}): {exc}") from None
 
 
-def layer_from_arrays(kind: str, config: dict, arrays: dict):
+def layer_from_arrays(kind: str, config: dict, arrays: dict) -> HybridLinear | FusedLinear:
     """A layer of entry kind ``kind`` ("hybrid_linear", "fused_linear") from a config and
     arrays held in memory (a torch state dict, for one), with the checks :func:`load` applies
     to a file's entry (steps 2 and 3 above, checksums aside); a FormatError otherwise.
