@@ -27,6 +27,8 @@ Version 2 stores hybrid blocks ragged and compact (see ``HybridMatrix._state``).
 still load: their parts are checked against the version-1 layout, then converted (``_upgraded``).
 
 Nothing is executed or unpickled; memory stays within a small multiple of the file's size.
+:func:`layer_from_arrays` applies checks 2 and 3 to a config and arrays held in memory (how
+rbe.torch loads a state dict).
 """
 from __future__ import annotations
 
