@@ -15,13 +15,39 @@ MAX_BLOCKS = 1 << 24
 MAX_INPUT = float(np.finfo(np.float32).max)
 
 
+def _is_integer(value) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def positive_int(name: str, value, maximum: int | None = None) -> int:
     """value as an int, if it is a positive integer (bools are not), at most ``maximum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not _is_integer(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
     return int(value)
+
+
+def positive_pair(name: str, value, max_side: int | None = None, max_area: int | None = None,
+                  why: str = "") -> tuple[int, int]:
+    """value as a pair of positive ints: Python or NumPy integers only (a float such as 2.7,
+    a bool or a string is refused, never truncated), each side at most ``max_side`` and their
+    product at most ``max_area``; ``why`` says where the limits come from."""
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        a = b = None
+    if not (_is_integer(a) and _is_integer(b) and a >= 1 and b >= 1):
+        raise ValueError(f"{name} must be a pair of positive integers, got {value!r}")
+    a, b = int(a), int(b)
+    if max_side is not None and max(a, b) > max_side:
+        raise ValueError(f"{name} {(a, b)} has a side longer than {max_side}"
+                         + (f" ({why})" if why else ""))
+    if max_area is not None and a * b > max_area:
+        raise ValueError(f"{name} {(a, b)} has more than {max_area} elements"
+                         + (f" ({why})" if why else ""))
+    return a, b
 
 
 def nonnegative_number(name: str, value) -> float:

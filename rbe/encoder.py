@@ -14,7 +14,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import transforms as tf
-from ._checks import block_count, positive_int
+from ._checks import block_count, positive_int, positive_pair
 
 MODES = ("dct", "dwt", "adaptive")
 PRECISIONS = ("float32", "float16")
@@ -44,13 +44,9 @@ class BlockGrid:
     """Tiling of a (rows, cols) matrix into (bh, bw) blocks; edge blocks keep their own shape."""
 
     def __init__(self, shape, block):
-        self.shape = _check_shape(shape, "matrix shape")
-        self.block = _check_shape(block, "block")
-        if self.block[0] * self.block[1] > MAX_BLOCK_ELEMENTS:
-            raise ValueError(f"block {self.block} has more than {MAX_BLOCK_ELEMENTS} elements "
-                             "(flat indices are uint16)")
-        if max(self.block) > MAX_BLOCK_SIDE:
-            raise ValueError(f"block {self.block} has a side longer than {MAX_BLOCK_SIDE}")
+        self.shape = positive_pair("matrix shape", shape)
+        self.block = positive_pair("block", block, MAX_BLOCK_SIDE, MAX_BLOCK_ELEMENTS,
+                                   "dense transforms, uint16 flat indices")
         block_count(self.shape, self.block)
         (m, n), (bh, bw) = self.shape, self.block
         self.rows, self.cols = -(-m // bh), -(-n // bw)
@@ -88,16 +84,6 @@ def _classes(extent, size):
     full, rest = divmod(extent, size)
     out = [(size, 0, full)] if full else []
     return out + [(rest, full, full + 1)] if rest else out
-
-
-def _check_shape(pair, what):
-    try:
-        a, b = (int(v) for v in pair)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{what} must be a pair of positive integers, got {pair!r}") from None
-    if a < 1 or b < 1 or (a, b) != tuple(pair):
-        raise ValueError(f"{what} must be a pair of positive integers, got {pair!r}")
-    return a, b
 
 
 def split_blocks(sub: np.ndarray, h: int, w: int) -> np.ndarray:

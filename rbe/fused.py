@@ -226,7 +226,7 @@ class FusedLinear:
         """Check and set everything but the parameters."""
         self.in_features = positive_int("in_features", in_features, MAX_FEATURES)
         self.out_features = positive_int("out_features", out_features, MAX_FEATURES)
-        self.block = kernel.check_block_shape(block)
+        self.block = kernel.check_block_shape(block, "block")
         if self.block[0] > self.out_features or self.block[1] > self.in_features:
             raise ValueError(f"block {self.block} is larger than the layer "
                              f"({self.out_features} x {self.in_features})")

@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _core
 from ._cache import cached
+from ._checks import positive_pair
 from .seeds import DTYPE
 
 MODES = ("fast", "precise")
@@ -127,20 +128,11 @@ def shape_tables(shape) -> ShapeTables:
     return cached(("weight tables", h, w), lambda: _build_tables(h, w))
 
 
-def check_block_shape(shape) -> tuple:
-    """Validate a block shape (h, w) and return it as a tuple of ints."""
-    try:
-        h, w = (int(v) for v in shape)
-        if (h, w) != tuple(shape):
-            raise TypeError
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"block shape must be a pair of integers, got {shape!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"block shape must be positive, got {(h, w)}")
-    if h > MAX_BLOCK_SIDE or w > MAX_BLOCK_SIDE or h * w > MAX_BLOCK_SIZE:
-        raise ValueError(f"block shape {(h, w)} is too large for the index type "
-                         f"(sides <= {MAX_BLOCK_SIDE}, h*w <= {MAX_BLOCK_SIZE})")
-    return h, w
+def check_block_shape(shape, name: str = "block shape") -> tuple[int, int]:
+    """A block shape (h, w) within the kernels' limits, as a pair of ints (``name`` is the
+    argument's name in the error)."""
+    return positive_pair(name, shape, MAX_BLOCK_SIDE, MAX_BLOCK_SIZE,
+                         "the kernels' index types")
 
 
 def check_seeds(seeds) -> np.ndarray:

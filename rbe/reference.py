@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
+from ._checks import positive_pair
 from .seeds import DTYPE, unpack
 
 __all__ = [
@@ -44,16 +45,6 @@ STATE_MASK = 0xFFFFF
 
 
 # ---- input checks ---------------------------------------------------------------------------
-
-def _block_shape(shape) -> tuple[int, int]:
-    try:
-        rows, cols = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"block shape must be a pair (rows, cols), got {shape!r}") from None
-    if rows < 1 or cols < 1:
-        raise ValueError(f"block shape must be positive, got ({rows}, {cols})")
-    return rows, cols
-
 
 def _seed_array(seeds) -> np.ndarray:
     seeds = np.asarray(seeds)
@@ -181,7 +172,7 @@ FORWARD, ADVANCED, PACKED64, GRAD_R, GRAD_THETA = range(5)
 
 def _blocks(kind: int, seeds, shape) -> np.ndarray:
     seeds = _seed_array(seeds)
-    rows, cols = _block_shape(shape)
+    rows, cols = positive_pair("block shape", shape)
     out = np.empty((seeds.size, rows, cols), dtype=np.float32)
     _core.ref_generate(kind, _seed_words(np.ascontiguousarray(seeds)), rows, cols, out)
     return out.reshape(seeds.shape + (rows, cols))
@@ -191,7 +182,7 @@ def _points(kind: int, seeds, i, j, shape) -> np.ndarray:
     seeds, i, j = np.broadcast_arrays(_seed_array(seeds), np.asarray(i), np.asarray(j))
     if i.dtype.kind not in "ui" or j.dtype.kind not in "ui":
         raise ValueError("positions i and j must be integer arrays")
-    rows, cols = _block_shape(shape)
+    rows, cols = positive_pair("block shape", shape)
     out = np.empty(seeds.shape, dtype=np.float32)
     _core.ref_pointwise(kind, _seed_words(np.ascontiguousarray(seeds)),
                         np.ascontiguousarray(i, np.int64).reshape(-1),
@@ -424,8 +415,8 @@ class FusedLayer:
         seeds = np.ascontiguousarray(_seed_array(seeds))
         if seeds.ndim != 2 or seeds.size == 0:
             raise ValueError(f"seeds must be a non-empty 2-D grid, got shape {seeds.shape}")
-        self.block = _block_shape(block)
-        self.shape = _block_shape(shape)
+        self.block = positive_pair("block", block)
+        self.shape = positive_pair("shape", shape)
         bw, n = self.block[1], self.shape[1]
         if seeds.shape[1] * bw > n:
             raise ValueError(f"{seeds.shape[1]} block columns of width {bw} overrun {n} inputs")
@@ -500,7 +491,7 @@ def coords_np(shape):
 
     A block with one row (column) gives NaN y (x), as the original's 0/0.
     """
-    rows, cols = _block_shape(shape)
+    rows, cols = positive_pair("block shape", shape)
     i, j = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64),
                        indexing="ij")
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -510,7 +501,7 @@ def coords_np(shape):
 
 
 def _classes(shape, modulus: int) -> np.ndarray:
-    rows, cols = _block_shape(shape)
+    rows, cols = positive_pair("block shape", shape)
     i, j = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     return ((j - i) % modulus).astype(np.uint64)
 
@@ -639,7 +630,7 @@ def packed64_np(hi, shape) -> np.ndarray:
 
 def _unit_grid(shape, dtype=np.float64):
     """(i/(R-1), j/(C-1)) on the grid; NaN for a single row or column."""
-    rows, cols = _block_shape(shape)
+    rows, cols = positive_pair("block shape", shape)
     i = np.arange(rows, dtype=dtype)[:, None]
     j = np.arange(cols, dtype=dtype)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -702,5 +693,5 @@ def pattern(name: str, rows: int, cols: int) -> np.ndarray:
     """
     if name not in PATTERNS:
         raise ValueError(f"unknown pattern {name!r}; choose one of {sorted(PATTERNS)}")
-    rows, cols = _block_shape((rows, cols))
+    rows, cols = positive_pair("(rows, cols)", (rows, cols))
     return np.ascontiguousarray(PATTERNS[name](rows, cols), dtype=np.float32)

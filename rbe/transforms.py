@@ -25,6 +25,7 @@ import pywt
 import scipy.fft
 
 from ._cache import cached
+from ._checks import positive_pair
 from .kernel import axis_coordinates
 
 TRANSFORMS = ("dct", "dwt")
@@ -159,8 +160,7 @@ def basis(h: int, w: int, dtype=np.float64) -> np.ndarray:
     Unit norm puts basis coefficients on the scale of orthonormal transform coefficients, so one
     learning rate fits both.
     """
-    if h < 1 or w < 1:
-        raise ValueError(f"block shape must be positive, got {(h, w)}")
+    h, w = positive_pair("block shape", (h, w))
     dtype = np.dtype(dtype)
     if dtype != np.float64:
         return cached(("basis", h, w, dtype), lambda: _read_only(basis(h, w).astype(dtype)))
