@@ -51,11 +51,6 @@ TAU, TRANSITION_EVERY, MAX_MOVES = 1.0, 100, 0.02
 _GAIN_POS, _GAIN_NEG, _ABS, _GSUM = range(4)
 # weights generated at once for the per-block sums (bounds their temporary memory)
 _CHUNK_WEIGHTS = 1 << 20
-#: The seed's derivative map and its inverse (DESIGN section 4), indexed by state.
-POS_STATE = np.array([1, 0, 3, 2, 5, 6, 7, 4], dtype=np.uint8)
-NEG_STATE = np.array([7, 6, 5, 4, 3, 2, 1, 0], dtype=np.uint8)
-_SEL_MASK = np.uint64((1 << (seeds_mod.SEL_BITS * seeds_mod.N_CLASSES)) - 1)
-_SEL_SHIFTS = np.arange(seeds_mod.N_CLASSES, dtype=np.uint64) * np.uint64(seeds_mod.SEL_BITS)
 
 
 class _SingleThreadedBlas:
@@ -101,17 +96,6 @@ def _blas_guard(sgemm_work: int):
     on the calling thread anyway."""
     small = sgemm_work <= _SERIAL_BLAS_WORK
     return contextlib.nullcontext() if small else _single_threaded_blas
-
-
-def states_of(hi: np.ndarray) -> np.ndarray:
-    """The four state selectors of ``hi`` words, uint8 with a trailing axis of 4."""
-    return ((hi[..., None] >> _SEL_SHIFTS) & np.uint64(seeds_mod.N_STATES - 1)).astype(np.uint8)
-
-
-def with_states(hi: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    """``hi`` words with their four 3-bit state selectors replaced by ``sel`` (trailing axis 4)."""
-    bits = np.bitwise_or.reduce(sel.astype(np.uint64) << _SEL_SHIFTS, axis=-1)
-    return (hi & ~_SEL_MASK) | bits
 
 
 def _block_sums(A: np.ndarray, width: int) -> np.ndarray:
@@ -210,10 +194,7 @@ class FusedLinear:
             rng.uniform(0.2, 0.9, grid), rng.uniform(-0.1, 0.4, grid),
             rng.integers(0, seeds_mod.N_STATES, grid + (seeds_mod.N_CLASSES,)),
             rng.integers(0, 256, grid))
-        # The master copies as strided float32 views into lo (DTYPE is little-endian, so
-        # float 2 of a seed is theta and float 3 is r on any host).
-        masters = self._seeds.view("<f4").reshape(grid + (4,))
-        self._r, self._theta = masters[..., 3], masters[..., 2]
+        self._r, self._theta = seeds_mod.masters(self._seeds)
         self._scale = (rng.choice(np.array([-1.0, 1.0], np.float32), grid)
                        if block_scale else None)
         self._alpha = np.ones((), np.float32)
@@ -273,10 +254,9 @@ class FusedLinear:
 
     @seeds.setter
     def seeds(self, value) -> None:
-        value = np.asarray(value)
-        if value.dtype != seeds_mod.DTYPE or value.shape != self._seeds.shape:
-            raise ValueError(f"seeds must be an array of rbe.seeds.DTYPE with shape "
-                             f"{self._seeds.shape}, got {value.dtype} {value.shape}")
+        value = seeds_mod.check(value)
+        if value.shape != self._seeds.shape:
+            raise ValueError(f"seeds must have shape {self._seeds.shape}, got {value.shape}")
         self._seeds[...] = value
         self.transition_stats = None
 
@@ -367,8 +347,7 @@ class FusedLinear:
                                  f"{layer.grid} block grid")
         layer._seeds = np.empty(layer.grid, seeds_mod.DTYPE)
         layer._seeds["hi"], layer._seeds["lo"] = arrays["hi"], arrays["lo"]
-        masters = layer._seeds.view("<f4").reshape(layer.grid + (4,))
-        layer._r, layer._theta = masters[..., 3], masters[..., 2]
+        layer._r, layer._theta = seeds_mod.masters(layer._seeds)
         layer._scale = (np.array(arrays["scale"], np.float32) if layer.block_scale else None)
         layer._alpha = np.array(arrays["alpha"], np.float32).reshape(())
         layer._beta = np.array(arrays["beta"], np.float32).reshape(())
@@ -582,15 +561,15 @@ class FusedLinear:
         if stats is None:
             raise ValueError("no transition statistics: run backward (with transitions on) "
                              "first")
-        sel = states_of(self._seeds["hi"])
-        candidates = np.stack([POS_STATE[sel], NEG_STATE[sel]], axis=-1)
+        sel = seeds_mod.states(self._seeds["hi"])
+        candidates = seeds_mod.candidates(sel)
         gain = stats[..., [_GAIN_POS, _GAIN_NEG]].copy()
         if self.center:
             current = self._class_sums(self._seeds)
             count = self._moments().count[..., None]
             for k in range(2):
                 moved = self._seeds.copy()
-                moved["hi"] = with_states(moved["hi"], candidates[..., k])
+                moved["hi"] = seeds_mod.with_states(moved["hi"], candidates[..., k])
                 shift = (self._class_sums(moved) - current) / count
                 gain[..., k] -= shift * stats[..., _GSUM]
         best = gain.argmin(axis=-1)
@@ -613,7 +592,7 @@ class FusedLinear:
             return
         before_hi = self._seeds["hi"].copy()
         before = loss() if loss is not None else None
-        self._seeds["hi"] = with_states(before_hi, new)
+        self._seeds["hi"] = seeds_mod.with_states(before_hi, new)
         if loss is not None and not loss() <= before:
             self._seeds["hi"] = before_hi
 
@@ -688,10 +667,10 @@ class FusedLinear:
         h, w = self.block
         grid_rows, grid_cols = self.grid
         Xpad = _padded(X2, grid_cols * w)
-        sel = states_of(self._seeds["hi"])
+        states = seeds_mod.candidates(seeds_mod.states(self._seeds["hi"]))
         candidates = [self._seeds.copy(), self._seeds.copy()]
-        for cand, states in zip(candidates, (POS_STATE[sel], NEG_STATE[sel])):
-            cand["hi"] = with_states(cand["hi"], states)
+        for k, cand in enumerate(candidates):
+            cand["hi"] = seeds_mod.with_states(cand["hi"], states[..., k])
         dZ = np.zeros((X2.shape[0], grid_cols * w))
         stats = np.zeros(self.grid + (STATS["n"],))
         for bi in range(grid_rows):

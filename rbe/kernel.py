@@ -22,7 +22,7 @@ import numpy as np
 from . import _core
 from ._cache import cached
 from ._checks import positive_pair
-from .seeds import DTYPE
+from . import seeds as seeds_mod
 
 MODES = ("fast", "precise")
 APPROX_FAMILIES = tuple(_core.APPROX_FAMILIES)
@@ -135,16 +135,6 @@ def check_block_shape(shape, name: str = "block shape") -> tuple[int, int]:
                          "the kernels' index types")
 
 
-def check_seeds(seeds) -> np.ndarray:
-    """Validate an array of seeds: dtype rbe.seeds.DTYPE, C-contiguous."""
-    if not isinstance(seeds, np.ndarray) or seeds.dtype != DTYPE:
-        got = seeds.dtype if isinstance(seeds, np.ndarray) else type(seeds).__name__
-        raise ValueError(f"seeds must be a numpy array of rbe.seeds.DTYPE, got {got}")
-    if not seeds.flags.c_contiguous:
-        raise ValueError("seeds must be C-contiguous (use np.ascontiguousarray)")
-    return seeds
-
-
 def empty_aligned(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on an ``alignment``-byte boundary.
 
@@ -176,7 +166,7 @@ def _outputs(out, count: int, shape: tuple, dtype) -> list:
 
 
 def _run(seeds, shape, mode, approx, out, with_grad):
-    seeds = check_seeds(seeds)
+    seeds = seeds_mod.check(seeds, contiguous=True)
     shape = check_block_shape(shape)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")

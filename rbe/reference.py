@@ -27,7 +27,8 @@ import numpy as np
 
 from . import _core
 from ._checks import positive_pair
-from .seeds import DTYPE, unpack
+from .seeds import DTYPE, masters, unpack
+from .seeds import check as check_seeds
 
 __all__ = [
     "make_seed", "from_continuous", "from_packed128", "q0x", "phase", "r_theta",
@@ -46,13 +47,6 @@ STATE_MASK = 0xFFFFF
 
 # ---- input checks ---------------------------------------------------------------------------
 
-def _seed_array(seeds) -> np.ndarray:
-    seeds = np.asarray(seeds)
-    if seeds.dtype != DTYPE:
-        raise ValueError(f"seeds must have dtype rbe.seeds.DTYPE {DTYPE}, got {seeds.dtype}")
-    return seeds
-
-
 def _seed_words(seeds: np.ndarray) -> np.ndarray:
     """(n, 2) uint64 view [hi, lo] of a C-contiguous seed array, sharing its memory."""
     if not seeds.flags.c_contiguous:
@@ -63,7 +57,7 @@ def _seed_words(seeds: np.ndarray) -> np.ndarray:
 def _mutable_seeds(seeds) -> np.ndarray:
     if not isinstance(seeds, np.ndarray):
         raise ValueError("seeds updated in place must be a numpy array")
-    seeds = _seed_array(seeds)
+    seeds = check_seeds(seeds)
     if not seeds.flags.writeable:
         raise ValueError("seeds updated in place must be writeable")
     _seed_words(seeds)
@@ -110,10 +104,8 @@ def make_seed(r, theta, state_bits=0) -> np.ndarray:
 
 def r_theta(seeds) -> tuple[np.ndarray, np.ndarray]:
     """The float32 (r, theta) stored in ``lo`` (the original's ``decode()``)."""
-    lo = _seed_array(seeds)["lo"]
-    r = (lo >> np.uint64(32)).astype(np.uint32).view(np.float32)
-    theta = (lo & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
-    return r, theta
+    r, theta = masters(seeds)
+    return r.copy(), theta.copy()
 
 
 def _quantise(v: np.ndarray, bits: int) -> np.ndarray:
@@ -157,7 +149,7 @@ def from_packed128(seeds) -> np.ndarray:
     agree; states 3, 5, 6, 7 have no counterpart and are mapped to an arbitrary original state
     (fine for timing comparisons, not for values).
     """
-    f = unpack(_seed_array(seeds))
+    f = unpack(check_seeds(seeds))
     shifts = np.uint64(2) * np.arange(4, dtype=np.uint64)
     state_bits = np.bitwise_or.reduce(ORIGINAL_STATE[f.sel] << shifts, axis=-1)
     detail = np.rint(f.detail * (4095.0 / 255.0)).astype(np.uint64)
@@ -171,7 +163,7 @@ FORWARD, ADVANCED, PACKED64, GRAD_R, GRAD_THETA = range(5)
 
 
 def _blocks(kind: int, seeds, shape) -> np.ndarray:
-    seeds = _seed_array(seeds)
+    seeds = check_seeds(seeds)
     rows, cols = positive_pair("block shape", shape)
     out = np.empty((seeds.size, rows, cols), dtype=np.float32)
     _core.ref_generate(kind, _seed_words(np.ascontiguousarray(seeds)), rows, cols, out)
@@ -179,7 +171,7 @@ def _blocks(kind: int, seeds, shape) -> np.ndarray:
 
 
 def _points(kind: int, seeds, i, j, shape) -> np.ndarray:
-    seeds, i, j = np.broadcast_arrays(_seed_array(seeds), np.asarray(i), np.asarray(j))
+    seeds, i, j = np.broadcast_arrays(check_seeds(seeds), np.asarray(i), np.asarray(j))
     if i.dtype.kind not in "ui" or j.dtype.kind not in "ui":
         raise ValueError("positions i and j must be integer arrays")
     rows, cols = positive_pair("block shape", shape)
@@ -412,7 +404,7 @@ class FusedLayer:
     """
 
     def __init__(self, seeds, block, shape):
-        seeds = np.ascontiguousarray(_seed_array(seeds))
+        seeds = np.ascontiguousarray(check_seeds(seeds))
         if seeds.ndim != 2 or seeds.size == 0:
             raise ValueError(f"seeds must be a non-empty 2-D grid, got shape {seeds.shape}")
         self.block = positive_pair("block", block)
@@ -511,7 +503,7 @@ def _np_params(seeds, r=None, theta=None):
 
     ``r`` and ``theta``, when given, replace the float32 values stored in the seeds.
     """
-    seeds = _seed_array(seeds)
+    seeds = check_seeds(seeds)
     stored = r_theta(seeds)
     r, theta = (np.asarray(v if v is not None else s, dtype=np.float64)[..., None, None]
                 for v, s in zip((r, theta), stored))
