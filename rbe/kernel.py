@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _core
 from ._cache import cached
+from ._coordinates import coordinates
 from ._checks import positive_pair
 from . import seeds as seeds_mod
 
@@ -84,21 +85,6 @@ class ShapeTables(NamedTuple):
     rho: np.ndarray
     sin_phi: np.ndarray
     cos_phi: np.ndarray
-
-
-def axis_coordinates(n: int) -> np.ndarray:
-    """Normalised coordinate 2j/(n-1) - 1 of each of n positions (DESIGN 3), 0 when n == 1.
-
-    Written as (2j - (n-1)) / (n-1), which is exactly antisymmetric (x[n-1-j] == -x[j]); the
-    fast kernel relies on that to copy point-symmetric positions.
-    """
-    return (2.0 * np.arange(n) - (n - 1)) / (n - 1) if n > 1 else np.zeros(1)
-
-
-def coordinates(shape) -> tuple:
-    """Normalised coordinates x (columns) and y (rows) of a block."""
-    h, w = shape
-    return axis_coordinates(w), axis_coordinates(h)
 
 
 def _build_tables(h: int, w: int) -> ShapeTables:

@@ -26,7 +26,7 @@ import scipy.fft
 
 from ._cache import cached
 from ._checks import positive_pair
-from .kernel import axis_coordinates
+from ._coordinates import axis_coordinates
 
 TRANSFORMS = ("dct", "dwt")
 TRANSFORM_IDS = {name: i for i, name in enumerate(TRANSFORMS)}
