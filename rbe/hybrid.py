@@ -257,6 +257,7 @@ class HybridLinear:
 
     in_features = property(lambda self: self.grid.shape[1])
     out_features = property(lambda self: self.grid.shape[0])
+    block = property(lambda self: self.grid.block)
     counts = property(lambda self: np.diff(self.offsets))
     has_basis = property(lambda self: self.coef.shape[1] > 0)
     rank = property(lambda self: 0 if self.factors is None else self.factors[0].shape[1])

@@ -211,7 +211,7 @@ def as_stored(model):
                 io.save(path, module.layer)
                 parent, _, attr = name.rpartition(".")
                 setattr(model.get_submodule(parent), attr,
-                        rbe_torch.RBELinear.from_layer(io.load(path)["layer"]))
+                        rbe_torch.RBELinear.from_layer(io.load(path)))
             elif getattr(module, "stored_float16", False):
                 with torch.no_grad():
                     for p in module.parameters():
