@@ -6,6 +6,7 @@ import sys
 import time
 import zipfile
 import zlib
+from typing import Sequence
 
 import numpy as np
 
@@ -231,7 +232,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

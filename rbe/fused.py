@@ -36,6 +36,7 @@ import threading
 from typing import Callable, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from threadpoolctl import ThreadpoolController
 
 from . import _core, kernel
@@ -182,8 +183,9 @@ class FusedLinear:
         micro-batches and across processes).
     """
 
-    def __init__(self, in_features: int, out_features: int, block=(64, 64), bias: bool = True,
-                 seed=None, mode: str = "fast", center: bool = True, block_scale: bool = True,
+    def __init__(self, in_features: int, out_features: int, block: tuple[int, int] = (64, 64),
+                 bias: bool = True, seed: int | np.random.Generator | None = None,
+                 mode: str = "fast", center: bool = True, block_scale: bool = True,
                  tau: float = TAU, transition_every: int = TRANSITION_EVERY,
                  max_moves: float = MAX_MOVES):
         self._configure(in_features, out_features, block, mode, center, block_scale, tau,
@@ -226,7 +228,7 @@ class FusedLinear:
         self.center, self.block_scale = bool(center), bool(block_scale)
         self.transition_every, self.max_moves = int(transition_every), float(max_moves)
         self.grid = (-(-self.out_features // self.block[0]), -(-self.in_features // self.block[1]))
-        self.grads: dict = {}
+        self.grads: dict[str, np.ndarray] = {}
         self.transition_stats = None
         self._steps = 0
         self._moments_cache = self._terms_cache = (None, None)
@@ -253,7 +255,7 @@ class FusedLinear:
         return self._seeds
 
     @seeds.setter
-    def seeds(self, value) -> None:
+    def seeds(self, value: ArrayLike) -> None:
         value = seeds_mod.check(value)
         if value.shape != self._seeds.shape:
             raise ValueError(f"seeds must have shape {self._seeds.shape}, got {value.shape}")
@@ -261,7 +263,7 @@ class FusedLinear:
         self.transition_stats = None
 
     @property
-    def scale(self):
+    def scale(self) -> np.ndarray | None:
         return self._scale
 
     @property
@@ -269,7 +271,7 @@ class FusedLinear:
         return self._alpha
 
     @alpha.setter
-    def alpha(self, value) -> None:
+    def alpha(self, value: ArrayLike) -> None:
         self._alpha[...] = value
 
     @property
@@ -277,7 +279,7 @@ class FusedLinear:
         return self._beta
 
     @beta.setter
-    def beta(self, value) -> None:
+    def beta(self, value: ArrayLike) -> None:
         self._beta[...] = value
 
     @property
@@ -285,7 +287,7 @@ class FusedLinear:
         """Whether alpha and beta are trained (only in the original parameterisation)."""
         return not (self.center or self.block_scale)
 
-    def parameters(self) -> dict:
+    def parameters(self) -> dict[str, np.ndarray]:
         """Arrays the optimisers update in place: the r and theta masters, the block scales,
         alpha and beta when they are trained, and the bias."""
         params = {"r": self._r, "theta": self._theta}
@@ -452,7 +454,7 @@ class FusedLinear:
 
     # ---- forward and backward --------------------------------------------------------------
 
-    def forward(self, X) -> np.ndarray:
+    def forward(self, X: ArrayLike) -> np.ndarray:
         """``X W_eff^T + bias`` for X of shape (in_features,) or (batch, in_features).
 
         float32 input gives float32, float64 gives float64 (fast mode computes in float32).
@@ -475,7 +477,7 @@ class FusedLinear:
         Y = Z.astype(X.dtype, copy=False)
         return finite_output("forward", Y).reshape(X.shape[:-1] + (self.out_features,))
 
-    def backward(self, X, dY) -> np.ndarray:
+    def backward(self, X: ArrayLike, dY: ArrayLike) -> np.ndarray:
         """dX = dY W_eff; fills :attr:`grads` and adds to :attr:`transition_stats`.
 
         Parameters

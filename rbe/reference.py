@@ -24,6 +24,7 @@ Where the original panics on an out-of-range slice, these functions raise ``Valu
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
 from ._checks import positive_pair
@@ -79,7 +80,7 @@ def _float_bits(v) -> np.ndarray:
     return np.asarray(v, dtype=np.float32).view(np.uint32).astype(np.uint64)
 
 
-def make_seed(r, theta, state_bits=0) -> np.ndarray:
+def make_seed(r: ArrayLike, theta: ArrayLike, state_bits: ArrayLike = 0) -> np.ndarray:
     """Seeds in the original layout (numpy broadcasting).
 
     Parameters
@@ -102,7 +103,7 @@ def make_seed(r, theta, state_bits=0) -> np.ndarray:
     return out
 
 
-def r_theta(seeds) -> tuple[np.ndarray, np.ndarray]:
+def r_theta(seeds: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """The float32 (r, theta) stored in ``lo`` (the original's ``decode()``)."""
     r, theta = masters(seeds)
     return r.copy(), theta.copy()
@@ -117,20 +118,20 @@ def _quantise(v: np.ndarray, bits: int) -> np.ndarray:
     return np.where(v > 0, v, np.float32(0)).astype(np.uint64)
 
 
-def q0x(v, bits: int = 20) -> np.ndarray:
+def q0x(v: ArrayLike, bits: int = 20) -> np.ndarray:
     """``ste_quant_q0x``: u64(clamp(v, 0, 1) * (2**bits - 1)), truncated, in float32."""
     return _quantise(np.clip(np.asarray(v, dtype=np.float32), np.float32(0), np.float32(1)),
                      bits)
 
 
-def phase(v, bits: int = 24) -> np.ndarray:
+def phase(v: ArrayLike, bits: int = 24) -> np.ndarray:
     """``ste_quant_phase``: u64(rem_euclid(v, 2 pi) / 2 pi * (2**bits - 1)), in float32."""
     v = np.fmod(np.asarray(v, dtype=np.float32), TWO_PI32)
     v = np.where(v < 0, v + TWO_PI32, v).astype(np.float32)
     return _quantise(v / TWO_PI32, bits)
 
 
-def from_continuous(r, theta) -> np.ndarray:
+def from_continuous(r: ArrayLike, theta: ArrayLike) -> np.ndarray:
     """The original ``Packed128::from_continuous``: hi = (q0x(r) << 44) | (phase(theta) << 20)."""
     hi = (q0x(r) << np.uint64(44)) | (phase(theta) << np.uint64(20))
     return make_seed(r, theta, hi)
@@ -141,7 +142,7 @@ def from_continuous(r, theta) -> np.ndarray:
 ORIGINAL_STATE = np.array([0, 1, 2, 3, 3, 1, 2, 3], dtype=np.uint64)
 
 
-def from_packed128(seeds) -> np.ndarray:
+def from_packed128(seeds: ArrayLike) -> np.ndarray:
     """The original-layout seeds with the same r, theta, selectors and detail as ``seeds``.
 
     ``seeds`` are in rbe's own layout (:mod:`rbe.seeds`). States 0, 1, 2, 4 become the
@@ -183,7 +184,7 @@ def _points(kind: int, seeds, i, j, shape) -> np.ndarray:
     return out
 
 
-def generate(seeds, shape) -> np.ndarray:
+def generate(seeds: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """The original weight generator: ``fused_forward`` (SPEC 3) at every position.
 
     One C function call per weight, as the original: the speed baseline for generation.
@@ -201,12 +202,12 @@ def generate(seeds, shape) -> np.ndarray:
     return _blocks(FORWARD, seeds, shape)
 
 
-def generate_advanced(seeds, shape) -> np.ndarray:
+def generate_advanced(seeds: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """``fused_forward_advanced`` (SPEC 4.2, 8 states) at every position; see :func:`generate`."""
     return _blocks(ADVANCED, seeds, shape)
 
 
-def gradients(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
+def gradients(seeds: ArrayLike, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``analytical_gradient_r`` and ``analytical_gradient_theta`` (SPEC 5) at every position.
 
     Returns
@@ -216,7 +217,8 @@ def gradients(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
     return _blocks(GRAD_R, seeds, shape), _blocks(GRAD_THETA, seeds, shape)
 
 
-def fused_forward(seeds, i, j, shape) -> np.ndarray:
+def fused_forward(seeds: ArrayLike, i: ArrayLike, j: ArrayLike, shape: tuple[int,
+                  int]) -> np.ndarray:
     """``Packed128::fused_forward(i, j, R, C)`` (SPEC 3) at given positions.
 
     Parameters
@@ -234,19 +236,21 @@ def fused_forward(seeds, i, j, shape) -> np.ndarray:
     return _points(FORWARD, seeds, i, j, shape)
 
 
-def fused_forward_advanced(seeds, i, j, shape) -> np.ndarray:
+def fused_forward_advanced(seeds: ArrayLike, i: ArrayLike, j: ArrayLike, shape: tuple[int,
+                           int]) -> np.ndarray:
     """``fused_forward_advanced(i, j, R, C)`` (SPEC 4.2) at given positions; see
     :func:`fused_forward`."""
     return _points(ADVANCED, seeds, i, j, shape)
 
 
-def analytical_gradients(seeds, i, j, shape) -> tuple[np.ndarray, np.ndarray]:
+def analytical_gradients(seeds: ArrayLike, i: ArrayLike, j: ArrayLike, shape: tuple[int,
+                         int]) -> tuple[np.ndarray, np.ndarray]:
     """``analytical_gradient_r`` and ``analytical_gradient_theta`` (SPEC 5) at given positions;
     see :func:`fused_forward`."""
     return _points(GRAD_R, seeds, i, j, shape), _points(GRAD_THETA, seeds, i, j, shape)
 
 
-def packed64_weights(hi, shape) -> np.ndarray:
+def packed64_weights(hi: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """Packed64 ``compute_weight`` (SPEC 1, the CORDIC path) at every position.
 
     Parameters
@@ -265,7 +269,7 @@ def packed64_weights(hi, shape) -> np.ndarray:
     return _blocks(PACKED64, make_seed(0.0, 0.0, hi), shape)
 
 
-def state_function(state, value, phase) -> np.ndarray:
+def state_function(state: ArrayLike, value: ArrayLike, phase: ArrayLike) -> np.ndarray:
     """``compute_state_function(state, input, phase)`` (SPEC 4.1), float32, broadcasting."""
     state, value, phase = np.broadcast_arrays(np.asarray(state), np.asarray(value),
                                               np.asarray(phase))
@@ -292,7 +296,7 @@ def _transition(hi, g, i, j, advanced: bool) -> np.ndarray:
     return out
 
 
-def state_transition(hi, g, i, j) -> np.ndarray:
+def state_transition(hi: ArrayLike, g: ArrayLike, i: ArrayLike, j: ArrayLike) -> np.ndarray:
     """``apply_state_transition(g, i, j)`` (SPEC 6.1) applied once to each ``hi`` word.
 
     The selector of class c = (31 i + j) & 3 swaps 0<->1, 2<->3 when g > 0.1 and 0<->3, 1<->2
@@ -305,7 +309,7 @@ def state_transition(hi, g, i, j) -> np.ndarray:
     return _transition(hi, g, i, j, False)
 
 
-def advanced_transition(hi, g, i, j) -> np.ndarray:
+def advanced_transition(hi: ArrayLike, g: ArrayLike, i: ArrayLike, j: ArrayLike) -> np.ndarray:
     """``advanced_state_transition(g, i, j)`` (SPEC 6.2) applied once to each ``hi`` word.
 
     It writes the unmasked word, so fields of classes h >= 2 land in theta_q (SPEC 4.3).
@@ -313,7 +317,8 @@ def advanced_transition(hi, g, i, j) -> np.ndarray:
     return _transition(hi, g, i, j, True)
 
 
-def adam_update(p: float, m: float, v: float, g: float, lr: float, t: int):
+def adam_update(p: float, m: float, v: float, g: float, lr: float,
+                t: int) -> tuple[float, float, float]:
     """The original ``adam_update`` (SPEC 7.1) in float32; ``t = 0`` divides by zero.
 
     Returns
@@ -334,7 +339,8 @@ def _single_seed_args(target, pred, seed):
     return target, pred, _seed_words(seed)[0]
 
 
-def fused_backward(target, pred, seed, lr: float) -> tuple[float, float]:
+def fused_backward(target: ArrayLike, pred: ArrayLike, seed: np.ndarray, lr: float) -> tuple[float,
+                   float]:
     """math.rs ``fused_backward`` (SPEC 7.2): one sequential finite-difference SGD step.
 
     Visits the R x C elements in row-major order; each applies a state transition with its error
@@ -357,7 +363,8 @@ def fused_backward(target, pred, seed, lr: float) -> tuple[float, float]:
     return mse, float(np.sqrt(np.float32(mse)))
 
 
-def fused_backward_fast(target, pred, seed, lr: float) -> tuple[float, float]:
+def fused_backward_fast(target: ArrayLike, pred: ArrayLike, seed: np.ndarray,
+                        lr: float) -> tuple[float, float]:
     """math.rs ``fused_backward_fast``: as :func:`fused_backward` with the analytic gradients
     of the current (post-transition) seed instead of finite differences."""
     target, pred, words = _single_seed_args(target, pred, seed)
@@ -366,7 +373,8 @@ def fused_backward_fast(target, pred, seed, lr: float) -> tuple[float, float]:
     return mse, float(np.sqrt(np.float32(mse)))
 
 
-def fused_backward_adam(target, pred, seed, moments, epoch: int, lr: float) -> float:
+def fused_backward_adam(target: ArrayLike, pred: ArrayLike, seed: np.ndarray, moments: np.ndarray,
+                        epoch: int, lr: float) -> float:
     """math.rs ``fused_backward_adam``: summed (not averaged) gradients, one Adam step.
 
     Parameters
@@ -403,7 +411,7 @@ class FusedLayer:
         pass) or its rows overrun M (backward passes); here that raises ``ValueError``.
     """
 
-    def __init__(self, seeds, block, shape):
+    def __init__(self, seeds: ArrayLike, block: tuple[int, int], shape: tuple[int, int]):
         seeds = np.ascontiguousarray(check_seeds(seeds))
         if seeds.ndim != 2 or seeds.size == 0:
             raise ValueError(f"seeds must be a non-empty 2-D grid, got shape {seeds.shape}")
@@ -430,7 +438,7 @@ class FusedLayer:
             raise ValueError(f"{self.seeds.shape[0]} block rows of height {bh} overrun "
                              f"{m} outputs")
 
-    def forward_precise(self, x) -> np.ndarray:
+    def forward_precise(self, x: ArrayLike) -> np.ndarray:
         """``fused_forward_precise``: y = W x, weights in float32, float64 accumulation.
 
         Ragged block rows beyond M are skipped, as the original does.
@@ -446,7 +454,7 @@ class FusedLayer:
         x = self._vector("x", x, self.shape[1])
         return x, self._vector("dy", dy, self.shape[0]), np.empty_like(x)
 
-    def backward_precise(self, x, dy, lr: float) -> np.ndarray:
+    def backward_precise(self, x: ArrayLike, dy: ArrayLike, lr: float) -> np.ndarray:
         """``fused_backward_precise``: per-element SGD on the seeds, in visiting order.
 
         For each weight (blocks row-major, then elements row-major): g = dy_i x_j in float32,
@@ -461,7 +469,7 @@ class FusedLayer:
         _core.ref_layer_backward_precise(self._words(), *self.block, x, dy, lr, dx)
         return dx
 
-    def backward_adam(self, x, dy, epoch: int, lr: float) -> np.ndarray:
+    def backward_adam(self, x: ArrayLike, dy: ArrayLike, epoch: int, lr: float) -> np.ndarray:
         """``fused_backward_adam``: summed gradients per block, one Adam step per block.
 
         Uses and updates :attr:`moments` (planes m_r, v_r, m_theta, v_theta).
@@ -478,7 +486,8 @@ class FusedLayer:
 
 # ---- NumPy float64 oracle (written from SPEC, not from the C code) ----------------------------
 
-def coords_np(shape):
+def coords_np(shape: tuple[int, int]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Normalised coordinates (x, y, rho, phi) of an R x C block, float64 (SPEC 0).
 
     A block with one row (column) gives NaN y (x), as the original's 0/0.
@@ -515,7 +524,8 @@ def _field(state, shift, mask: int) -> np.ndarray:
     return ((state >> shift) & np.uint64(mask)).astype(np.int64)
 
 
-def fused_forward_np(seeds, shape, r=None, theta=None) -> np.ndarray:
+def fused_forward_np(seeds: ArrayLike, shape: tuple[int, int], r: ArrayLike | None = None,
+                     theta: ArrayLike | None = None) -> np.ndarray:
     """Float64 rendering of the 4-state ``fused_forward`` (SPEC 3); shape as :func:`generate`.
 
     ``r`` and ``theta`` (float64, broadcasting with ``seeds``) optionally replace the float32
@@ -533,7 +543,7 @@ def fused_forward_np(seeds, shape, r=None, theta=None) -> np.ndarray:
     return np.clip(base * shaped * delta, 0, 1)
 
 
-def gradients_np(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
+def gradients_np(seeds: ArrayLike, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Float64 rendering of the analytic gradients (SPEC 5): (dW/dr, dW/dtheta).
 
     Zero where the clamp of the base or of the weight is saturated (open intervals).
@@ -563,7 +573,7 @@ def gradients_np(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
     return np.where(live, dm_dr * delta, 0.0), np.where(live, dm_dt * delta, 0.0)
 
 
-def state_function_np(state, value, phase) -> np.ndarray:
+def state_function_np(state: ArrayLike, value: ArrayLike, phase: ArrayLike) -> np.ndarray:
     """Float64 rendering of ``compute_state_function`` (SPEC 4.1), broadcasting."""
     state = np.asarray(state)
     si = np.clip(np.asarray(value, dtype=np.float64), -10, 10)
@@ -584,7 +594,7 @@ def state_function_np(state, value, phase) -> np.ndarray:
     return np.where(np.isfinite(value), np.clip(value, -1, 1), 0.0)
 
 
-def fused_forward_advanced_np(seeds, shape) -> np.ndarray:
+def fused_forward_advanced_np(seeds: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """Float64 rendering of ``fused_forward_advanced`` (SPEC 4.2)."""
     _, _, rho, phi = coords_np(shape)
     r, theta, state = _np_params(seeds)
@@ -600,7 +610,7 @@ def fused_forward_advanced_np(seeds, shape) -> np.ndarray:
     return np.clip(base * np.abs(v) * mod * delta, 0, 1)
 
 
-def packed64_np(hi, shape) -> np.ndarray:
+def packed64_np(hi: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """Float64 rendering of Packed64 ``compute_weight`` (SPEC 1); shape as :func:`packed64_weights`.
     """
     hi = np.asarray(hi, dtype=np.uint64)[..., None, None]

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8")])
 
@@ -49,14 +50,14 @@ class SeedFields(NamedTuple):
     theta_master: np.ndarray  #: float32 master copy from ``lo``
 
 
-def _finite(name: str, value) -> np.ndarray:
+def _finite(name: str, value: ArrayLike) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite (got NaN or inf)")
     return arr
 
 
-def _integer_field(name: str, value, hi: int) -> np.ndarray:
+def _integer_field(name: str, value: ArrayLike, hi: int) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind == "f":
         arr = np.rint(_finite(name, arr))
@@ -65,7 +66,7 @@ def _integer_field(name: str, value, hi: int) -> np.ndarray:
     return np.clip(arr, 0, hi).astype(np.uint64)
 
 
-def pack(r, theta, sel, detail=128) -> np.ndarray:
+def pack(r: ArrayLike, theta: ArrayLike, sel: ArrayLike, detail: ArrayLike = 128) -> np.ndarray:
     """Pack parameters into seeds of :data:`DTYPE` (numpy broadcasting).
 
     ``r`` and ``theta`` are rounded to nearest and saturate to [0, 1 - 2**-20] and
@@ -109,7 +110,7 @@ def _master_bits(r: np.ndarray, theta: np.ndarray) -> np.ndarray:
     return (r_bits << np.uint64(32)) | theta_bits
 
 
-def check(seeds, *, contiguous: bool = False) -> np.ndarray:
+def check(seeds: ArrayLike, *, contiguous: bool = False) -> np.ndarray:
     """``seeds`` as an array of :data:`DTYPE`, or ValueError; with ``contiguous``, it must also
     be C-contiguous (the kernels read it as a flat array)."""
     arr = np.asarray(seeds)
@@ -121,7 +122,7 @@ def check(seeds, *, contiguous: bool = False) -> np.ndarray:
     return arr
 
 
-def masters(seeds) -> tuple[np.ndarray, np.ndarray]:
+def masters(seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The float32 r and theta master copies held in ``lo``, as views into ``seeds``
     (writable when ``seeds`` is, so an optimiser can update them in place)."""
     words = check(seeds).view(_MASTERS)
@@ -149,7 +150,7 @@ def candidates(sel: np.ndarray) -> np.ndarray:
     return np.stack([POS_STATE[sel], NEG_STATE[sel]], axis=-1)
 
 
-def unpack(seeds) -> SeedFields:
+def unpack(seeds: ArrayLike) -> SeedFields:
     """Decode seeds into their fields (see :class:`SeedFields`)."""
     seeds = check(seeds)
     hi = seeds["hi"]
@@ -162,7 +163,7 @@ def unpack(seeds) -> SeedFields:
                       states(hi), detail, r_master, theta_master)
 
 
-def requantize(seeds) -> np.ndarray:
+def requantize(seeds: np.ndarray) -> np.ndarray:
     """Re-derive ``hi``'s r and theta fields from the float master copies in ``lo`` (in place).
 
     Used after an optimiser step: the masters are clamped to the representable ranges and
@@ -177,7 +178,8 @@ def requantize(seeds) -> np.ndarray:
     return seeds
 
 
-def random(shape, rng=None) -> np.ndarray:
+def random(shape: int | tuple[int, ...],
+           rng: int | np.random.Generator | None = None) -> np.ndarray:
     """Random seeds: r ~ U[0, 1), theta ~ U[-1, 1), uniform states and detail."""
     rng = np.random.default_rng(rng)
     shape = (shape,) if np.isscalar(shape) else tuple(shape)
