@@ -133,12 +133,12 @@ def _describe(arrays: dict) -> dict:
             for part, a in arrays.items()}
 
 
-def _entry_state(name: str, obj: object) -> tuple[str, dict, dict]:
+def _entry_state(name: str, obj: Entry) -> tuple[str, dict, dict]:
     try:
         kind = kind_of(obj)
     except ValueError as exc:
         raise ValueError(f"cannot save {name!r}: {exc}") from None
-    if kind != "tensor":
+    if not isinstance(obj, np.ndarray):
         return (kind, *obj._state())
     if obj.dtype.name not in _ALLOWED_DTYPES:
         raise ValueError(f"tensor {name!r} has unsupported dtype {obj.dtype}")
@@ -154,19 +154,20 @@ def save(path: str | os.PathLike, obj: Entry | Mapping[str, Entry]) -> None:
     from safetensors.numpy import save_file
 
     single = not isinstance(obj, Mapping)
-    entries = {"layer": obj} if single else obj
+    entries = dict(obj) if isinstance(obj, Mapping) else {"layer": obj}
     if not entries:
         raise ValueError("nothing to save")
-    header, tensors = {"format": FORMAT, "version": VERSION, "entries": {}}, {}
-    if single:
-        header["single"] = True
+    described: dict[str, dict] = {}
+    tensors: dict[str, np.ndarray] = {}
     for name, value in entries.items():
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"entry names must be non-empty strings without '/', got {name!r}")
         kind, config, arrays = _entry_state(name, value)
         arrays = {part: np.ascontiguousarray(a) for part, a in arrays.items()}
-        header["entries"][name] = {"kind": kind, "config": config, "tensors": _describe(arrays)}
+        described[name] = {"kind": kind, "config": config, "tensors": _describe(arrays)}
         tensors.update({f"{name}/{part}": a for part, a in arrays.items()})
+    header = {"format": FORMAT, "version": VERSION, "entries": described,
+              **({"single": True} if single else {})}
     # Created here first, so that a missing folder or a directory is a plain OSError.
     open(os.fspath(path), "wb").close()
     save_file(tensors, os.fspath(path), metadata={FORMAT: json.dumps(header)})

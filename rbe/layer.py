@@ -69,9 +69,16 @@ class Stored(Protocol):
 class Layer(Trainable, Stored, Protocol):
     """A linear layer ``Y = X W^T + bias`` computed from compressed blocks."""
 
-    in_features: int
-    out_features: int
+    #: float32 (out_features,), or None
     bias: np.ndarray | None
+
+    @property
+    def in_features(self) -> int:
+        """Input width."""
+
+    @property
+    def out_features(self) -> int:
+        """Output width."""
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """Y for X of shape (in_features,) or (batch, in_features), float32 or float64."""

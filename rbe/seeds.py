@@ -122,7 +122,7 @@ def check(seeds: ArrayLike, *, contiguous: bool = False) -> np.ndarray:
     return arr
 
 
-def masters(seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def masters(seeds: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """The float32 r and theta master copies held in ``lo``, as views into ``seeds``
     (writable when ``seeds`` is, so an optimiser can update them in place)."""
     words = check(seeds).view(_MASTERS)
