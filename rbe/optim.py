@@ -17,7 +17,6 @@ import numpy as np
 
 from .layer import Trainable
 
-
 #: An optimiser's ``layers`` argument: one trainable layer, or a list or tuple of them.
 Layers = Union[Trainable, Sequence[Trainable]]
 #: The key of a parameter in an optimiser's state: (layer position, parameter name).

@@ -32,7 +32,6 @@ import dataclasses
 import os
 import tempfile
 import time
-
 from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np

@@ -21,9 +21,9 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from numpy.typing import DTypeLike
 import pywt
 import scipy.fft
+from numpy.typing import DTypeLike
 
 from ._cache import cached
 from ._checks import positive_pair
