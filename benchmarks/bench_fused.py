@@ -35,7 +35,6 @@ from rbe.seeds import with_states
 from timing import interleaved_medians
 
 
-
 def report(title: str, t: dict, pairs: list) -> None:
     """Print times and, for each (ours, baseline), the ratio baseline / ours."""
     print(f"  {title}")

@@ -6,7 +6,7 @@ import numpy as np
 
 
 def axis_coordinates(n: int) -> np.ndarray:
-    """Normalised coordinate 2j/(n-1) - 1 of each of n positions (DESIGN 3), 0 when n == 1.
+    """Normalised coordinate 2j/(n-1) - 1 of each of n positions, 0 when n == 1.
 
     Written as (2j - (n-1)) / (n-1), which is exactly antisymmetric (x[n-1-j] == -x[j]); the
     fast kernel relies on that to copy point-symmetric positions.

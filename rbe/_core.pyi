@@ -33,7 +33,8 @@ def ref_state_function(state: NDArray[np.int32], value: NDArray[np.float32],
                        phase: NDArray[np.float32], out: NDArray[np.float32]) -> None: ...
 def ref_state_transition(hi: NDArray[np.uint64], g: NDArray[np.float32], i: NDArray[np.int64],
                          j: NDArray[np.int64], advanced: bool) -> None: ...
-def ref_adam(p: float, m: float, v: float, g: float, lr: float, t: int) -> tuple[float, float, float]: ...
+def ref_adam(p: float, m: float, v: float, g: float, lr: float,
+             t: int) -> tuple[float, float, float]: ...
 def ref_fused_backward(target: NDArray[np.float32], pred: NDArray[np.float32],
                        seed: NDArray[np.uint64], rows: int, cols: int, lr: float,
                        analytic: bool) -> float: ...
@@ -53,14 +54,17 @@ def ref_layer_backward_adam(seeds: NDArray[np.uint64], bh: int, bw: int,
 # hybrid blocks in the transform domain (rbe/include/rbe/hybrid.h); float32 or float64 arrays;
 # block b's entries are index[offsets[b]:offsets[b + 1]], values likewise
 def hybrid_rows_forward(shape: tuple[int, int], block: tuple[int, int], slot: NDArray[np.uint8],
-                        offsets: NDArray[np.int64], index: NDArray[np.uint16], values: NDArray[np.float32],
+                        offsets: NDArray[np.int64], index: NDArray[np.uint16],
+                        values: NDArray[np.float32],
                         z: NDArray[np.floating], u: NDArray[np.floating]) -> None: ...
 def hybrid_cols_backward(shape: tuple[int, int], block: tuple[int, int],
                          slot: NDArray[np.uint8], offsets: NDArray[np.int64],
-                         index: NDArray[np.uint16], values: NDArray[np.float32], a: NDArray[np.floating],
+                         index: NDArray[np.uint16], values: NDArray[np.float32],
+                         a: NDArray[np.floating],
                          dz: NDArray[np.floating]) -> None: ...
 def hybrid_value_grads(shape: tuple[int, int], block: tuple[int, int], slot: NDArray[np.uint8],
-                       offsets: NDArray[np.int64], index: NDArray[np.uint16], values: NDArray[np.float32],
+                       offsets: NDArray[np.int64], index: NDArray[np.uint16],
+                       values: NDArray[np.float32],
                        a: NDArray[np.floating], z: NDArray[np.floating],
                        grad: NDArray[np.floating]) -> None: ...
 

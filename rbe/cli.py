@@ -6,7 +6,7 @@ import sys
 import time
 import zipfile
 import zlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -120,8 +120,9 @@ def _entry_names(weights: list, others: list) -> dict:
 
 def compress(args: argparse.Namespace) -> int:
     """Compress the 2-D weights of a .safetensors/.npz file into hybrid blocks."""
-    import rbe
     from tqdm import tqdm
+
+    import rbe
 
     tensors = _read_tensors(args.input)
     weights = [n for n, t in tensors.items() if t.ndim == 2 and t.dtype.kind == "f"]

@@ -14,8 +14,9 @@ to the dense MLP) and, when matplotlib is installed, saves a plot of accuracy ag
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable, Union
+from typing import Callable, Union
 
 import numpy as np
 

@@ -40,9 +40,15 @@ from numpy.typing import ArrayLike
 from threadpoolctl import ThreadpoolController
 
 from . import _core, kernel
-from ._checks import (MAX_FEATURES, block_count, finite_output, layer_input,
-                      nonnegative_number, positive_int)
 from . import seeds as seeds_mod
+from ._checks import (
+    MAX_FEATURES,
+    block_count,
+    finite_output,
+    layer_input,
+    nonnegative_number,
+    positive_int,
+)
 
 STATS = _core.FUSED_STATS
 #: Defaults of the transition rule (measured in docs/fused.md, "State transitions").
@@ -330,7 +336,7 @@ class FusedLinear:
         return config, arrays
 
     @classmethod
-    def _from_state(cls, config: dict, arrays: dict) -> "FusedLinear":
+    def _from_state(cls, config: dict, arrays: dict) -> FusedLinear:
         """Inverse of ``_state``; validates like the constructor and the setters. Files
         written before block scales and centring (no such keys) load as the original
         parameterisation."""

@@ -1,4 +1,4 @@
-"""Generate the weights of seed blocks (DESIGN section 3).
+"""Generate the weights of seed blocks (docs/design.md, "Weight function").
 
 ``generate`` and ``generate_with_grad`` evaluate the weight function of every position of a
 block for an array of Packed128 seeds. Two modes:
@@ -7,15 +7,16 @@ block for an array of Packed128 seeds. Two modes:
   transcendentals come from one of three approximation families (``"poly"``, ``"lut"``,
   ``"cordic"``); the SIMD path is chosen at run time from the CPU: ``"avx512"`` (the AVX2
   code compiled for AVX-512VL's 32 vector registers: same results, fewer register spills),
-  ``"avx2"`` or ``"scalar"``. Both can be overridden with the ``RBE_APPROX`` and ``RBE_SIMD`` environment variables
-  (read at import) or :func:`use_simd` / the ``approx=`` argument.
+  ``"avx2"`` or ``"scalar"``. Both can be overridden with the ``RBE_APPROX`` and ``RBE_SIMD``
+  environment variables (read at import) or :func:`use_simd` / the ``approx=`` argument.
 - ``"precise"``: float64 with libm, straight from the formula; the oracle for everything else.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-from typing import Iterator, NamedTuple
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
@@ -89,7 +90,7 @@ class ShapeTables(NamedTuple):
 
 
 def _build_tables(h: int, w: int) -> ShapeTables:
-    g = -(-(-(-w // 4)) // 8) * 8          # ceil(ceil(w / 4) / 8) * 8
+    g = -(-w // 32) * 8          # ceil(ceil(w / 4) / 8) * 8: whole vectors of 8 lanes
     x, y = coordinates((h, w))
     tables = np.zeros((3, h, 4, g), np.float32)
     # Chunks of rows keep the float64 temporaries small (a block has up to 2^24 weights).

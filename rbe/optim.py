@@ -11,7 +11,8 @@ They train any :class:`rbe.layer.Trainable`, which exposes three things:
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence, Tuple, Union
+from collections.abc import Iterator, Sequence
+from typing import Callable, Union
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from .layer import Trainable
 #: An optimiser's ``layers`` argument: one trainable layer, or a list or tuple of them.
 Layers = Union[Trainable, Sequence[Trainable]]
 #: The key of a parameter in an optimiser's state: (layer position, parameter name).
-_Key = Tuple[int, str]
+_Key = tuple[int, str]
 
 
 def _as_layers(layers: Layers) -> list[Trainable]:
@@ -96,7 +97,7 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Bias-corrected Adam (beta1 0.9, beta2 0.999, eps 1e-8), as SPEC 7.1 but in float64."""
+    """Bias-corrected Adam (beta1 0.9, beta2 0.999, eps 1e-8), in float64."""
 
     def __init__(self, layers: Layers, lr: float = 1e-3,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):

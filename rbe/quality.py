@@ -32,7 +32,8 @@ import dataclasses
 import os
 import tempfile
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 

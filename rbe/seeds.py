@@ -1,6 +1,6 @@
 """Packed128 seeds: the 16-byte state of one generated weight block.
 
-Bit layout (DESIGN section 2)::
+Bit layout (docs/design.md, "Seed format")::
 
     hi[63:44]  r_q      u20   r = r_q * 2**-20              (Q0.20, [0, 1))
     hi[43:20]  theta_q  i24   theta = theta_q * 2**-23      (Q1.23, [-1, 1))
@@ -28,7 +28,7 @@ R_MAX = 1.0 - 2.0**-20
 THETA_MIN, THETA_MAX = -1.0, 1.0 - 2.0**-23
 N_CLASSES, N_STATES = 4, 8
 #: The seed's derivative map and its inverse, indexed by state: the two candidate states a
-#: position class can move to (DESIGN section 4).
+#: position class can move to (docs/design.md, "State transitions").
 POS_STATE = np.array([1, 0, 3, 2, 5, 6, 7, 4], dtype=np.uint8)
 NEG_STATE = np.array([7, 6, 5, 4, 3, 2, 1, 0], dtype=np.uint8)
 
