@@ -10,7 +10,8 @@
 
 The classes are structural: any object with these members is one, without inheriting from
 them. They are ``runtime_checkable``, so ``isinstance(obj, Trainable)`` checks that the members
-exist (not their signatures).
+exist (not their signatures); before Python 3.12 that check reads every member, so
+``isinstance(obj, Stored)`` computes properties such as ``nbytes``.
 """
 from __future__ import annotations
 
