@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from .fused import FusedLinear
 from .hybrid import HybridLinear
-from .io import _kinds, layer_from_arrays
+from .io import layer_from_arrays, layer_kinds
 
 KINDS = ("fused", "hybrid")
 _EXTRA_STATE = "_extra_state"
@@ -56,8 +56,8 @@ _EARLIER_NAMES = {"fused_linear": {"lo"}}
 
 def _kind_name(layer) -> str:
     """The rbe.io entry kind of a layer ("hybrid_linear", "fused_linear")."""
-    for name, cls in _kinds().items():
-        if isinstance(layer, cls) and name != "hybrid_matrix":
+    for name, cls in layer_kinds().items():
+        if isinstance(layer, cls):
             return name
     raise ValueError(f"{type(layer).__name__} is not an rbe layer (FusedLinear or HybridLinear)")
 
@@ -475,7 +475,7 @@ class RBELinear(nn.Module):
         kind, config, arrays = state.pop("_layer")
         super().__setstate__(state)
         self._init_binding()
-        self._attach(_kinds()[kind]._from_state(config, arrays))
+        self._attach(layer_kinds()[kind]._from_state(config, arrays))
 
     def _apply(self, fn, recurse=True):
         """Allow only conversions that keep every tensor as it is (``.float()``, ``.cpu()``).
