@@ -618,9 +618,8 @@ class RBELinear(nn.Module):
         return torch.from_numpy(np.asarray(self.layer.to_dense(), np.float32))
 
     def extra_repr(self) -> str:
-        block = self._layer.block if self._kind == "fused_linear" else self._layer.grid.block
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"kind={self.kind!r}, block={tuple(block)}, "
+                f"kind={self.kind!r}, block={tuple(self._layer.block)}, "
                 f"bias={self.bias is not None}, "
                 f"ratio={self._layer.compression_ratio:.1f}")
 

@@ -152,7 +152,7 @@ def test_accumulated_micro_batches_equal_one_step_on_their_union(runs, kind):
     arrays = runs[0]
     if kind == "fused":
         def states(prefix):
-            return rbe.fused.states_of(arrays[prefix + "state/0.hi"].view(np.uint64))
+            return rbe.seeds.states(arrays[prefix + "state/0.hi"].view(np.uint64))
         assert not np.array_equal(states(union), states(initial))     # transitions happened
     else:
         assert not np.array_equal(arrays[union + "state/0.index"],
@@ -166,7 +166,7 @@ def test_accumulated_micro_batches_equal_one_step_on_their_union(runs, kind):
         elif name.endswith("hi"):
             # r and theta may differ in their last bits, and so their fixed-point fields;
             # the state selectors (the transitions) must not.
-            np.testing.assert_array_equal(rbe.fused.states_of(b.view(np.uint64)),
-                                          rbe.fused.states_of(a.view(np.uint64)), name)
+            np.testing.assert_array_equal(rbe.seeds.states(b.view(np.uint64)),
+                                          rbe.seeds.states(a.view(np.uint64)), name)
         else:
             np.testing.assert_array_equal(b, a, err_msg=name)
