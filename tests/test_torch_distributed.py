@@ -13,6 +13,7 @@ torch = pytest.importorskip("torch", reason="PyTorch is not installed (extra rbe
 import rbe  # noqa: E402
 
 WORKER = textwrap.dedent("""
+    import datetime
     import sys
     import numpy as np
     import torch
@@ -22,7 +23,8 @@ WORKER = textwrap.dedent("""
     import rbe, rbe.torch as rt
 
     rank, store = int(sys.argv[1]), sys.argv[2]
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))    # a lost peer fails fast
     STEPS, BATCH = 20, 8
 
     def build(kind, seed):
@@ -122,9 +124,14 @@ def runs(tmp_path_factory):
     workers = [subprocess.Popen([sys.executable, "worker.py", str(rank), str(tmp / "store")],
                                 cwd=tmp, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
-    for worker in workers:
-        _, err = worker.communicate(timeout=300)
-        assert worker.returncode == 0, err
+    try:
+        for worker in workers:
+            _, err = worker.communicate(timeout=300)
+            assert worker.returncode == 0, err
+    finally:
+        for worker in workers:
+            worker.kill()       # the other rank, if one failed
+            worker.wait()
     return {rank: dict(np.load(tmp / f"rank{rank}.npz")) for rank in (0, 1)}
 
 
