@@ -113,7 +113,6 @@ def entry_kinds() -> dict[str, type[Stored]]:
     return dict(_ENTRY_KINDS)
 
 
-
 def kind_of(obj: object) -> str:
     """The entry kind under which :func:`save` stores ``obj`` ("tensor" for a numpy array)."""
     if isinstance(obj, np.ndarray):
