@@ -30,9 +30,9 @@ from threadpoolctl import threadpool_limits
 
 import rbe
 from rbe import optim, reference
-from rbe.fused import FusedLinear, with_states
+from rbe.fused import FusedLinear
+from rbe.seeds import with_states
 from timing import interleaved_medians
-
 
 
 def report(title: str, t: dict, pairs: list) -> None:

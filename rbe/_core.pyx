@@ -4,7 +4,6 @@
 Arguments are validated by the Python callers (rbe.kernel, rbe.reference, ...) and again here
 for sizes, before any pointer is touched; every loop runs without the GIL.
 """
-cimport cython
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
 

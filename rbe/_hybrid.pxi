@@ -117,8 +117,8 @@ cdef _check_shape(name, tuple actual, tuple expected):
 
 
 cdef void _check_layout(const int64_t[::1] base, const int64_t[::1] step, int64_t count,
-                       int64_t full, int64_t last, int64_t nslots, int64_t batch,
-                       int64_t size, str name) except *:
+                        int64_t full, int64_t last, int64_t nslots, int64_t batch,
+                        int64_t size, str name) except *:
     """Every row of ``batch`` elements that a block column (row) of ``full`` features (the last
     one ``last``) addresses, base + (features * nslots - 1) * step, lies in the array."""
     if base.shape[0] != count or step.shape[0] != count:

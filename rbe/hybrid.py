@@ -2,7 +2,8 @@
 
 For a block (bi, bj) of shape (h, w), W_b = sum_k c_k B_k + G_h S G_w^T, where B_k are the 8
 basis functions (optional), S holds the block's nonzero coefficients (a ragged number per
-block) and G are the synthesis matrices of the block's transform. Then, for an input slice x_bj and output slice y_bi,
+block) and G are the synthesis matrices of the block's transform. Then, for an input slice x_bj
+and output slice y_bi,
 
     y_bi = sum_bj sum_k c_bk (B_k x_bj) + sum_t G_h,t sum_{bj: t_b = t} S_b (G_w,t^T x_bj)
 
@@ -19,8 +20,10 @@ write contiguous batch rows and the dense transforms are plain GEMMs.
 from __future__ import annotations
 
 import dataclasses
+from typing import Callable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
 from . import transforms as tf
@@ -185,10 +188,13 @@ class HybridLinear:
     # Stored arrays (``_state``) that depend on the contents, not on the layer's shape.
     OPTIONAL_STATE = ("transform", "counts")
 
-    def __init__(self, in_features, out_features, block=(64, 64), k=None, transform="dct",
-                 bias=True, wavelet=tf.DEFAULT_WAVELET, seed=None, *, budget=None, ratio=None,
-                 basis=True, rank=0, precision="float32", regrow_every=100,
-                 regrow_fraction=0.3, regrow_stop=None):
+    def __init__(self, in_features: int, out_features: int, block: tuple[int, int] = (64, 64),
+                 k: int | None = None, transform: str = "dct", bias: bool = True,
+                 wavelet: str = tf.DEFAULT_WAVELET,
+                 seed: int | np.random.Generator | None = None, *, budget: int | None = None,
+                 ratio: float | None = None, basis: bool = True, rank: int = 0,
+                 precision: str = "float32", regrow_every: int | None = 100,
+                 regrow_fraction: float = 0.3, regrow_stop: int | None = None):
         if transform not in tf.TRANSFORMS:
             raise ValueError(f"a layer trained from scratch needs one transform, "
                              f"{tf.TRANSFORMS}, got {transform!r}")
@@ -222,8 +228,8 @@ class HybridLinear:
             std = np.sqrt(share * size / (3.0 * in_features * count))
             parts.append((block_ids, _random_positions(rng, len(block_ids), size, count),
                           rng.normal(0.0, std, (len(block_ids), count)).astype(np.float32)))
-        matrix = HybridMatrix(grid.shape, grid.block, coef, ids, *ragged_arrays(grid.nblocks, parts),
-                              **options)
+        matrix = HybridMatrix(grid.shape, grid.block, coef, ids,
+                              *ragged_arrays(grid.nblocks, parts), **options)
         self._attach(matrix, bias)
         self.set_regrow(regrow_every, regrow_fraction, regrow_stop)
 
@@ -238,9 +244,12 @@ class HybridLinear:
         return factor_out.astype(np.float32), factor_in.astype(np.float32)
 
     @classmethod
-    def from_dense(cls, W, bias=None, block=(64, 64), k=None, transform="adaptive",
-                   wavelet=tf.DEFAULT_WAVELET, progress=None, *, budget=None, ratio=None,
-                   basis=True, rank=0, precision="float32") -> "HybridLinear":
+    def from_dense(cls, W: ArrayLike, bias: ArrayLike | None = None,
+                   block: tuple[int, int] = (64, 64), k: int | None = None,
+                   transform: str = "adaptive", wavelet: str = tf.DEFAULT_WAVELET,
+                   progress: bool | None = None, *, budget: int | None = None,
+                   ratio: float | None = None, basis: bool = True, rank: int = 0,
+                   precision: str = "float32") -> HybridLinear:
         """Encode a dense (out_features, in_features) weight matrix (see ``rbe.encode``).
 
         ``budget`` and ``ratio`` bound the layer's bytes (bias included) as in the
@@ -252,7 +261,7 @@ class HybridLinear:
                                       basis=basis, rank=rank, precision=precision), bias)
 
     @classmethod
-    def from_matrix(cls, matrix: HybridMatrix, bias=None) -> "HybridLinear":
+    def from_matrix(cls, matrix: HybridMatrix, bias: ArrayLike | None = None) -> HybridLinear:
         """A layer computing with an encoded matrix (its arrays are copied)."""
         if not isinstance(matrix, HybridMatrix):
             raise ValueError(f"expected a HybridMatrix, got {type(matrix).__name__}")
@@ -300,7 +309,9 @@ class HybridLinear:
         ``inputs[n]`` (n * nslots, n) maps a slice x to z[c, t] = (G_t^T x)[c];
         ``outputs[n]`` (n, n * nslots) maps u[r, t] back to sum_t G_t u[:, t].
         """
-        synthesis = lambda n: self._synthesis(n, kinds, dtype)
+        def synthesis(n):
+            return self._synthesis(n, kinds, dtype)
+
         inputs = {w: _frozen(np.stack([g.T for g in synthesis(w)], axis=1).reshape(-1, w))
                   for w, _ in self._col_classes}
         outputs = {h: _frozen(np.stack(synthesis(h), axis=2).reshape(h, -1))
@@ -315,7 +326,9 @@ class HybridLinear:
         """Operators and work-array layout of ``forward``: per class of block columns one GEMM
         gives the transform-domain values and the basis projections of its blocks, per class
         of block rows one GEMM maps the sparse products and the basis sums to outputs."""
-        synthesis = lambda n: self._synthesis(n, kinds, dtype)
+        def synthesis(n):
+            return self._synthesis(n, kinds, dtype)
+
         col_of = {cols.start: k for k, (_, cols) in enumerate(self._col_classes)}
         row_of = {rows.start: k for k, (_, rows) in enumerate(self._row_classes)}
         # transform-domain values slot-major (rbe_hybrid_layout): G_t^T x for t = 0, 1, ...
@@ -340,8 +353,9 @@ class HybridLinear:
         for (n, features), matrices in zip(classes, parts):
             matrix = _frozen(stack(matrices))
             count = (features.stop - features.start) // n
-            axes.append(_Axis(n, features, count, matrix, _frozen(matrix.T),
-                              matrix.shape[values_axis], base))
+            transposed = _frozen(np.ascontiguousarray(matrix.T))
+            axes.append(_Axis(n, features, count, matrix, transposed, matrix.shape[values_axis],
+                              base))
             base += count * matrix.shape[values_axis]
         return axes
 
@@ -356,20 +370,42 @@ class HybridLinear:
             raise ValueError("bias contains NaN or infinite values (or values beyond float32)")
         return bias
 
-    in_features = property(lambda self: self.grid.shape[1])
-    out_features = property(lambda self: self.grid.shape[0])
-    counts = property(lambda self: np.diff(self.offsets))
-    has_basis = property(lambda self: self.coef.shape[1] > 0)
-    rank = property(lambda self: 0 if self.factors is None else self.factors[0].shape[1])
+    @property
+    def in_features(self) -> int:
+        return self.grid.shape[1]
 
     @property
-    def factors(self):
+    def out_features(self) -> int:
+        return self.grid.shape[0]
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """Block shape (h, w); edge blocks are smaller."""
+        return self.grid.block
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Transform coefficients of each block."""
+        return np.diff(self.offsets)
+
+    @property
+    def has_basis(self) -> bool:
+        """Whether blocks keep the 8 smooth basis coefficients."""
+        return self.coef.shape[1] > 0
+
+    @property
+    def rank(self) -> int:
+        """Rank of the low-rank term (0 without one)."""
+        return 0 if self.factors is None else self.factors[0].shape[1]
+
+    @property
+    def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(factor_out, factor_in) of the low-rank term, or None."""
-        return getattr(self, "_factors", None)
+        return self._factors
 
     # -- optimiser protocol -------------------------------------------------------------------
 
-    def parameters(self) -> dict:
+    def parameters(self) -> dict[str, np.ndarray]:
         """Trainable arrays, updated in place by ``rbe.optim``."""
         params = {"coef": self.coef} if self.has_basis else {}
         params["values"] = self.values
@@ -379,7 +415,7 @@ class HybridLinear:
             params["bias"] = self.bias
         return params
 
-    def after_step(self, loss=None) -> None:
+    def after_step(self, loss: Callable[[], float] | None = None) -> None:
         """Count the optimiser step; on a regrow step, move positions (``regrow``) and clear
         ``grow_grads``. ``loss`` (the optimisers' closure) is not used by hybrid layers."""
         self.steps += 1
@@ -388,9 +424,19 @@ class HybridLinear:
             self.regrow(fraction)
             self.grow_grads[...] = 0
 
+    def step_statistics(self) -> list[np.ndarray]:
+        """The arrays the next ``after_step`` decides from, if it moves positions (else none).
+
+        Processes training copies of one model sum them (an all-reduce, in place) before
+        calling ``after_step``, so that every copy moves the same positions; rbe.torch does
+        this when torch.distributed is initialised.
+        """
+        return [self.grow_grads] if self._regrow_fraction_at(self.steps + 1) > 0 else []
+
     # -- moving positions ---------------------------------------------------------------------
 
-    def set_regrow(self, every, fraction=0.3, stop=None) -> None:
+    def set_regrow(self, every: int | None, fraction: float = 0.3,
+                   stop: int | None = None) -> None:
         """Move positions while training, by transform-domain prune-and-grow.
 
         After every ``every``-th optimiser step (``after_step``), each block swaps up to
@@ -409,7 +455,7 @@ class HybridLinear:
         self._grow_grads = None
 
     @property
-    def grow_grads(self):
+    def grow_grads(self) -> np.ndarray | None:
         # Allocated on first use, not by set_regrow: loading a file that keeps a regrow
         # schedule must not allocate a dense (out, in) array.
         if self._grow_grads is None and self.regrow_every is not None:
@@ -454,7 +500,7 @@ class HybridLinear:
             index[prune[better]] = grow[better]
             self.values[prune[better]] = 0.0
             swaps += int(better.sum())
-        self.index = _frozen(index)
+        _overwrite(self.index, index)     # in place: the array may be shared (rbe.torch)
         return swaps
 
     def _accumulate_grow_grads(self, a, z):
@@ -648,11 +694,13 @@ class HybridLinear:
 
     @property
     def matrix(self) -> HybridMatrix:
-        """The weight as a HybridMatrix (copies of the current parameters, in ``precision``)."""
+        """The weight as a HybridMatrix (copies of the current parameters and positions, which
+        change in place, in ``precision``)."""
         factors = None if self.factors is None else tuple(f.copy() for f in self.factors)
-        return HybridMatrix(self.grid.shape, self.grid.block, self.coef.copy(), self.transform,
-                            self.offsets, self.index, self.values.copy(), wavelet=self.wavelet,
-                            factors=factors, precision=self.precision)
+        return HybridMatrix(self.grid.shape, self.grid.block, self.coef.copy(),
+                            self.transform.copy(), self.offsets, self.index.copy(),
+                            self.values.copy(), wavelet=self.wavelet, factors=factors,
+                            precision=self.precision)
 
     def to_dense(self) -> np.ndarray:
         """The dense float32 weight matrix (out_features, in_features), as stored (values
@@ -680,7 +728,7 @@ class HybridLinear:
         return config, arrays
 
     @classmethod
-    def _from_state(cls, config: dict, arrays: dict) -> "HybridLinear":
+    def _from_state(cls, config: dict, arrays: dict) -> HybridLinear:
         """Inverse of ``_state``; validates like the constructor."""
         arrays = dict(arrays)
         bias = arrays.pop("bias", None)
@@ -700,7 +748,8 @@ class HybridLinear:
                 f"bias={self.bias is not None}, ratio={self.compression_ratio:.1f})")
 
 
-def matrix_budget(budget, ratio, shape, has_bias):
+def matrix_budget(budget: int | None, ratio: float | None, shape: tuple[int, int],
+                  has_bias: bool) -> int | None:
     """Bytes left for the weight of a layer of ``shape`` whose stored bytes (bias included)
     may not exceed ``budget``, or dense float32 bytes / ``ratio``; None when neither is given."""
     if budget is None and ratio is None:
@@ -737,6 +786,17 @@ def _largest_k(empty: HybridMatrix, budget: int) -> int:
 
 
 def _frozen(a):
-    a = a.copy()
-    a.flags.writeable = False
-    return a
+    """A read-only view of a private copy of ``a``; its base stays writable, so that
+    ``_overwrite`` (and rbe.torch, which shares the memory) can change it in place."""
+    view = np.array(a).view()
+    view.flags.writeable = False
+    return view
+
+
+def _overwrite(frozen: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` into a ``_frozen`` array in place."""
+    frozen.flags.writeable = True
+    try:
+        frozen[...] = values
+    finally:
+        frozen.flags.writeable = False

@@ -23,6 +23,7 @@ counts (torch's, numpy's BLAS and rbe's; on a 2-core machine two each).
 """
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -156,8 +157,15 @@ def _layers_worker(kind: str, sizes, quick: bool) -> dict:
         call = _layer_call(kind, n)
         for batch in (1, 64):
             x = rng.standard_normal((batch, n), np.float32)
-            out[f"{n}/{batch}"] = _steady(lambda: call(x), 0.3 if quick else 1.0, 300)
+            out[f"{n}/{batch}"] = _steady(functools.partial(call, x), 0.3 if quick else 1.0,
+                                          300)
     return out
+
+
+def _infer(model, x):
+    import torch
+    with torch.inference_mode():      # per call: the mode is thread-local
+        return model(x)
 
 
 def _serving_worker(kind: str, calls: int) -> dict:
@@ -169,11 +177,7 @@ def _serving_worker(kind: str, calls: int) -> dict:
     model = _model(kind)
     for batch in MODEL_BATCHES:
         x = torch.from_numpy(rng.standard_normal((batch, MODEL_WIDTH), np.float32))
-
-        def call():
-            with torch.inference_mode():      # per call: the mode is thread-local
-                return model(x)
-
+        call = functools.partial(_infer, model, x)
         _latencies(call, 10)
         alone = _summary(_latencies(call, calls))
         after = _summary(_latencies(call, calls, neighbour))
@@ -183,7 +187,7 @@ def _serving_worker(kind: str, calls: int) -> dict:
     if kind != "float32":
         layer = _layer_call(kind, MODEL_WIDTH)
         x = rng.standard_normal((1, MODEL_WIDTH), np.float32)
-        call = lambda: layer(x)
+        call = functools.partial(layer, x)
         _latencies(call, 10)
         out["layer"] = {"alone": _summary(_latencies(call, calls)),
                         "after sgemm": _summary(_latencies(call, calls, neighbour))}

@@ -9,7 +9,8 @@ import threadpoolctl
 
 import rbe
 from rbe import _core, kernel, seeds
-from rbe.fused import FusedLinear, with_states
+from rbe.fused import FusedLinear
+from rbe.seeds import with_states
 
 SHAPES = [(200, 130), (130, 200), (64, 64)]     # (in_features, out_features)
 BATCHES = [None, 1, 33]
@@ -237,9 +238,9 @@ def test_transitions_lower_the_linearised_loss(mode, batch, kw):
     chosen, moved = layer.candidate_states()
     assert np.array_equal(moved, chosen != current)
     assert 0 < moved.sum() < moved.size
-    pos, gabs = linearised_changes(layer, X, dY, rbe.fused.POS_STATE)
-    neg, _ = linearised_changes(layer, X, dY, rbe.fused.NEG_STATE)
-    took_pos = chosen == rbe.fused.POS_STATE[current]
+    pos, gabs = linearised_changes(layer, X, dY, rbe.seeds.POS_STATE)
+    neg, _ = linearised_changes(layer, X, dY, rbe.seeds.NEG_STATE)
+    took_pos = chosen == rbe.seeds.POS_STATE[current]
     after = np.where(took_pos, pos, neg)
     margin = 1e-4 * gabs if mode == "fast" else 1e-9 * gabs
     assert np.all(after[moved] < -layer.tau * gabs[moved] + margin[moved])
@@ -349,7 +350,8 @@ def test_exact_check_keeps_moves_that_help():
         X, T = inputs(200, 16, seed=seed + 10), inputs(130, 16, seed=seed + 20)
         layer.backward(X, layer.forward(X) - T)
         start = layer.seeds["hi"].copy()
-        layer.after_step(loss=lambda: 0.5 * float(np.sum((layer.forward(X) - T) ** 2)))
+        layer.after_step(loss=lambda layer=layer, X=X, T=T:
+                         0.5 * float(np.sum((layer.forward(X) - T) ** 2)))
         kept.append(not np.array_equal(layer.seeds["hi"], start))
     assert any(kept)
 

@@ -65,9 +65,47 @@ def test_round_trip(layers, saved):
     np.testing.assert_array_equal(loaded["seeded"].seeds, layers["seeded"].seeds)
 
 
-def test_single_layer_is_saved_as_layer(layers, tmp_path):
-    rbe.save(tmp_path / "one.safetensors", layers["hybrid"])
-    assert list(rbe.load(tmp_path / "one.safetensors")) == ["layer"]
+@pytest.mark.parametrize("name", ["hybrid", "seeded", "matrix", "embedding"])
+def test_load_returns_the_object_that_was_saved(layers, tmp_path, name):
+    rbe.save(tmp_path / "one.safetensors", layers[name])
+    loaded = rbe.load(tmp_path / "one.safetensors")
+    assert type(loaded) is type(layers[name])
+    if name == "matrix":
+        np.testing.assert_array_equal(loaded.decode(), layers[name].decode())
+    elif name == "embedding":
+        np.testing.assert_array_equal(loaded, layers[name])
+    else:
+        x = np.random.default_rng(2).standard_normal((2, 100)).astype(np.float32)
+        np.testing.assert_array_equal(loaded.forward(x), layers[name].forward(x))
+
+
+def test_load_returns_a_dict_of_one_entry_when_one_was_saved(layers, tmp_path):
+    rbe.save(tmp_path / "dict.safetensors", {"layer": layers["hybrid"]})
+    loaded = rbe.load(tmp_path / "dict.safetensors")
+    assert isinstance(loaded, dict) and list(loaded) == ["layer"]
+    assert isinstance(loaded["layer"], rbe.HybridLinear)
+
+
+def test_a_single_layer_file_written_before_the_single_flag_loads_as_a_dict():
+    """format_v2_one_layer.safetensors was written by rbe.save(path, layer) before files
+    recorded that one object was saved; it stays a dict with the layer under "layer"."""
+    data = Path(__file__).parent / "data"
+    loaded = rbe.load(data / "format_v2_one_layer.safetensors")
+    assert isinstance(loaded, dict) and list(loaded) == ["layer"]
+    with np.load(data / "format_v2_one_layer_expected.npz") as expected:
+        np.testing.assert_array_equal(loaded["layer"].forward(expected["x"]), expected["y"])
+
+
+@pytest.mark.parametrize("single, message", [
+    ("yes", "must be true or false"),
+    (1, "must be true or false"),
+    (True, "true only with one entry; got True with 6 entries"),
+])
+def test_a_malformed_single_flag_is_a_format_error(saved, tmp_path, single, message):
+    path = tmp_path / "flag.safetensors"
+    path.write_bytes(edit_rbe_header(saved.read_bytes(), lambda h: h.update(single=single)))
+    with pytest.raises(rbe.FormatError, match=message):
+        rbe.load(path)
 
 
 def test_file_is_plain_safetensors_with_a_versioned_header(saved):
@@ -146,7 +184,8 @@ def rewrite_tensor(data: bytes, part: str, dtype, edit) -> bytes:
     array = np.frombuffer(payload[begin:end], dtype).copy()
     edit(array)
     payload = payload[:begin] + array.tobytes() + payload[end:]
-    header["entries"]["hybrid"]["tensors"][part]["sha256"] = hashlib.sha256(array.tobytes()).hexdigest()
+    checksum = hashlib.sha256(array.tobytes()).hexdigest()
+    header["entries"]["hybrid"]["tensors"][part]["sha256"] = checksum
     container["__metadata__"]["rbe"] = json.dumps(header)
     return join(container, payload)
 
@@ -163,8 +202,8 @@ def forge_seed_grid(data: bytes) -> bytes:
     return edit_rbe_header(data, lambda h: h["entries"]["seeded"]["config"].update(in_features=300))
 
 
-_SAFETENSORS_NAMES = {"float16": "F16", "float32": "F32", "float64": "F64", "int64": "I64", "uint64": "U64",
-                      "uint16": "U16", "uint8": "U8", "int32": "I32"}
+_SAFETENSORS_NAMES = {"float16": "F16", "float32": "F32", "float64": "F64", "int64": "I64",
+                      "uint64": "U64", "uint16": "U16", "uint8": "U8", "int32": "I32"}
 
 
 def replace_part(data: bytes, name: str, part: str, array) -> bytes:
@@ -291,7 +330,8 @@ MALFORMED = {
                      "not a valid safetensors file"),
     "forged shape": (lambda d: edit_container(d, swap_shape), "the header says"),
     "forged offsets": (lambda d: edit_container(
-        d, lambda c: c["hybrid/values"].update(data_offsets=[0, 1 << 40])), "not a valid safetensors"),
+        d, lambda c: c["hybrid/values"].update(data_offsets=[0, 1 << 40])),
+        "not a valid safetensors"),
     "flipped payload byte": (flip_payload_byte, "fails its checksum"),
     "unknown version": (lambda d: edit_rbe_header(d, lambda h: h.update(version=99)),
                         "unsupported format version 99"),
@@ -302,7 +342,8 @@ MALFORMED = {
     "unknown kind": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["hybrid"].update(kind="pickle")), "unknown kind 'pickle'"),
     "unknown part": (lambda d: edit_rbe_header(
-        d, lambda h: h["entries"]["hybrid"]["tensors"].update(extra=h["entries"]["hybrid"]["tensors"]["coef"])),
+        d, lambda h: h["entries"]["hybrid"]["tensors"].update(
+            extra=h["entries"]["hybrid"]["tensors"]["coef"])),
         "unknown fields ['extra']"),
     "missing part": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["hybrid"]["tensors"].pop("index")), "missing ['index']"),
@@ -321,7 +362,8 @@ MALFORMED = {
         d, lambda h: h["entries"]["matrix"]["config"].update(transform="fft")), "'fft'"),
     "unknown precision": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["matrix"]["config"].update(precision="int4")), "'int4'"),
-    "lone factor": (lambda d: replace_part(d, "hybrid", "factor_out", np.zeros((70, 2), np.float32)),
+    "lone factor": (lambda d: replace_part(d, "hybrid", "factor_out",
+                                           np.zeros((70, 2), np.float32)),
                     "come together"),
     "factors of 2**40": (lambda d: replace_part(
         replace_part(d, "hybrid", "factor_out", np.full((70, 1), 2.0**40, np.float32)),
@@ -474,3 +516,22 @@ def test_version_1_files_load_converted(tmp_path):
     rbe.save(tmp_path / "v2.safetensors", loaded)
     again = rbe.load(tmp_path / "v2.safetensors")
     np.testing.assert_array_equal(again["layer"].to_dense(), layer.to_dense())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rbe.HybridLinear(40, 24, block=(8, 8), k=16, seed=0, precision="float16"),
+    lambda: rbe.FusedLinear(40, 24, block=(8, 8), seed=0),
+])
+def test_layer_from_arrays_checks_like_load(make):
+    layer = make()
+    config, arrays = layer._state()
+    kind = "fused_linear" if isinstance(layer, rbe.FusedLinear) else "hybrid_linear"
+    rebuilt = rbe.io.layer_from_arrays(kind, config, arrays)
+    x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+    np.testing.assert_array_equal(rebuilt.forward(x), layer.forward(x))
+    first = next(iter(arrays))
+    forged = {**arrays, first: arrays[first][:-1]}               # a shape the config forbids
+    with pytest.raises(rbe.FormatError, match=first):
+        rbe.io.layer_from_arrays(kind, config, forged)
+    with pytest.raises(rbe.FormatError, match="extra"):
+        rbe.io.layer_from_arrays(kind, {**config, "extra": 1}, arrays)
