@@ -3,7 +3,7 @@
 Run with rbe importable (installed, or built in place and run from the repository root); needs
 torch:
 
-    python benchmarks/bench_serving.py [--quick]
+    python benchmarks/bench_serving.py [--quick] [--threads N]
 
 The same as ``rbe bench --serving``; what is measured and how is described in ``rbe.serving``
 (every contender in its own process; single layers at 4096^2 and 8192^2, one vector and a
@@ -21,7 +21,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
                         help="4096^2 only and 50 calls per setting (about a minute)")
-    serving.run(quick=parser.parse_args().quick)
+    parser.add_argument("--threads", type=int,
+                        help="every contender's thread count (torch, rbe, BLAS) instead of the "
+                             "defaults; 1 compares the kernels on a machine busy with other work")
+    args = parser.parse_args()
+    serving.run(quick=args.quick, threads=args.threads)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ Three tables (``rbe bench --serving``, ``benchmarks/bench_serving.py``; needs to
 
 Every contender runs in its own process (a fresh interpreter per kind), one after the other,
 so no contender inherits another's thread pools, caches or memory. All use the default thread
-counts (torch's, numpy's BLAS and rbe's; on a 2-core machine two each).
+counts (torch's, numpy's BLAS and rbe's; on a 2-core machine two each), or the one ``run``'s
+``threads`` gives them all.
 """
 from __future__ import annotations
 
@@ -197,6 +198,14 @@ def _serving_worker(kind: str, calls: int) -> dict:
 
 def _worker(spec: dict) -> dict:
     warnings.simplefilter("ignore")
+    if spec["threads"]:
+        import torch
+        from threadpoolctl import threadpool_limits
+
+        import rbe
+        torch.set_num_threads(spec["threads"])
+        rbe.set_num_threads(spec["threads"])
+        threadpool_limits(spec["threads"])
     if spec["task"] == "layers":
         return _layers_worker(spec["kind"], spec["sizes"], spec["quick"])
     return _serving_worker(spec["kind"], spec["calls"])
@@ -227,9 +236,11 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
-def run(quick: bool = False, log: Callable[[str], object] = print) -> dict:
+def run(quick: bool = False, threads: int | None = None,
+        log: Callable[[str], object] = print) -> dict:
     """Run the benchmark (``quick``: 4096^2 only in table 1, 50 calls per setting instead of
-    200) and print its tables; returns the measurements."""
+    200; ``threads``: torch's, rbe's and BLAS's thread count in every contender instead of
+    their defaults) and print its tables; returns the measurements."""
     try:
         import torch
     except ImportError:
@@ -238,11 +249,11 @@ def run(quick: bool = False, log: Callable[[str], object] = print) -> dict:
     sizes = SIZES[:1] if quick else SIZES
     calls = 50 if quick else 200
     info = rbe.kernel_info()
-    log(f"rbe {rbe.__version__} (simd={info['simd']}, threads={info['threads']}), torch "
-        f"{torch.__version__} (threads={torch.get_num_threads()}), numpy {np.__version__}; "
-        f"each contender in its own process, times in ms")
+    count = threads or f"{info['threads']} (rbe), {torch.get_num_threads()} (torch)"
+    log(f"rbe {rbe.__version__} (simd={info['simd']}), torch {torch.__version__}, numpy "
+        f"{np.__version__}; threads: {count}; each contender in its own process, times in ms")
     layers = {kind: _in_process({"task": "layers", "kind": kind, "sizes": sizes,
-                                 "quick": quick}) for kind in LAYER_KINDS}
+                                 "quick": quick, "threads": threads}) for kind in LAYER_KINDS}
     log("\n1. single n x n layers, steady state (median ms per call; ratio: int8 time / time)")
     keys = [f"{n}/{b}" for b in (1, 64) for n in sizes]
     header = ["layer"] + [f"{'GEMV' if b == '1' else 'batch-64'} {n}^2"
@@ -252,7 +263,8 @@ def run(quick: bool = False, log: Callable[[str], object] = print) -> dict:
                                     for k in keys] for kind in ("hybrid", "fused")]
     _table(header, rows, log)
 
-    serving = {kind: _in_process({"task": "serving", "kind": kind, "calls": calls})
+    serving = {kind: _in_process({"task": "serving", "kind": kind, "calls": calls,
+                                  "threads": threads})
                for kind in LAYER_KINDS}
     log(f"\n2. {MODEL_DEPTH} x (Linear {MODEL_WIDTH}^2 -> LayerNorm -> GELU), inference_mode, "
         f"{calls} calls per setting (4 threads: {max(calls // THREADS, 10)} calls each)")
