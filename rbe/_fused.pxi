@@ -6,7 +6,7 @@
 
 from scipy.linalg.cython_blas cimport sgemm
 
-cdef extern from "rbe/fused.h" nogil:
+cdef extern from "rbe/dispatch.h" nogil:
     ctypedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t,
                                        int rows, const float *xp, const float *xpr, float *y,
                                        float *acc) noexcept nogil
@@ -65,10 +65,8 @@ cdef int _fused_threads(Py_ssize_t items, Py_ssize_t weights) noexcept nogil:
 
 
 cdef rbe_fused_ops _fused_ops(int simd, int family) except *:
-    cdef rbe_fused_ops ops = rbe_fused_select(simd, family)
-    if ops.gemv == NULL:
-        raise ValueError(f"no fused kernel for simd={simd}, approx family={family}")
-    return ops
+    _check_kernel_choice(simd, family)
+    return rbe_fused_select(simd, family)
 
 
 cdef void _check_fused_grid(const uint64_t[:, ::1] hi, const rbe_tables *t, Py_ssize_t m,
