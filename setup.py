@@ -91,30 +91,44 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = compile_args
             ext.extra_link_args = link_args
+        # setuptools links every C library into every extension; each extension names its own
+        self.compiler.set_libraries([])
         super().build_extensions()
 
 
 KERNEL_HEADERS = sorted(glob.glob("rbe/include/rbe/*.h") + glob.glob("rbe/src/*.h"))
-KERNELS = ("rbe_kernels", {"sources": sorted(glob.glob("rbe/src/*.c")),
-                           "include_dirs": ["rbe/include"], "depends": KERNEL_HEADERS})
+REFERENCE_SOURCES = ["rbe/src/reference.c"]
+KERNEL_SOURCES = sorted(set(glob.glob("rbe/src/*.c")) - set(REFERENCE_SOURCES))
+# The production kernels, and the original algorithm (the oracle of rbe.reference) apart.
+C_LIBRARIES = {
+    "rbe_kernels": {"sources": KERNEL_SOURCES, "include_dirs": ["rbe/include"],
+                    "depends": KERNEL_HEADERS},
+    "rbe_reference": {"sources": REFERENCE_SOURCES, "include_dirs": ["rbe/include"],
+                      "depends": ["rbe/include/rbe/reference.h"]},
+}
 
 
-def extension(name):
-    """rbe.<name> from rbe/<name>.pyx, linked with the kernel library."""
+def extension(name, library):
+    """rbe.<name> from rbe/<name>.pyx, linked with one of C_LIBRARIES."""
     return Extension(
         f"rbe.{name}",
         [f"rbe/{name}.pyx"],
         include_dirs=["rbe/include", np.get_include()],
-        # relink when the kernels change (.pyx, .pxd and .pxi files are tracked by cythonize)
-        depends=KERNEL_HEADERS + KERNELS[1]["sources"],
+        libraries=[library],
+        # relink when the library changes (.pyx, .pxd and .pxi files are tracked by cythonize)
+        depends=C_LIBRARIES[library]["depends"] + C_LIBRARIES[library]["sources"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
 
 
-extensions = [extension("_core")]
+extensions = [
+    extension("_core", "rbe_kernels"),          # seed-block weights and the thread setting
+    extension("_fused", "rbe_kernels"),         # the fused seed-block layer
+    extension("_reference", "rbe_reference"),   # the original algorithm
+]
 
 setup(
-    libraries=[KERNELS],
+    libraries=list(C_LIBRARIES.items()),
     ext_modules=cythonize(
         extensions,
         compiler_directives={

@@ -1,17 +1,21 @@
 # cython: language_level=3
-"""Typed entry points over the C kernels in rbe/include/rbe.
+"""The seed-block weight kernels (rbe/include/rbe/weight.h) and the kernels' thread count.
 
-Arguments are validated by the Python callers (rbe.kernel, rbe.reference, ...) and again here
-for sizes, before any pointer is touched; every loop runs without the GIL.
+Arguments are validated by the Python callers (rbe.kernel, ...) and again here for sizes,
+before any pointer is touched; every loop runs without the GIL. rbe._fused and rbe._hybrid
+cimport the thread count and the checks declared in _core.pxd.
 """
-cimport cython
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint64_t
+
+from rbe._kernels cimport (
+    RBE_APPROX_CORDIC, RBE_APPROX_LUT, RBE_APPROX_POLY, RBE_FN_COS, RBE_FN_EXP, RBE_FN_LOG1P,
+    RBE_FN_SIN, RBE_FN_TANH, RBE_SIMD_AVX2, RBE_SIMD_AVX2_VL, RBE_SIMD_SCALAR, rbe_approx_eval,
+    rbe_block_fn, rbe_block_precise, rbe_block_select, rbe_generate_block, rbe_kernel_init,
+    rbe_scratch_floats, rbe_tables,
+)
 
 import numpy as np
-cimport numpy as cnp
-
-cnp.import_array()
 
 cdef extern from "rbe/threads.h":
     int rbe_openmp_enabled() nogil
@@ -29,7 +33,8 @@ def openmp_enabled():
 #: Most threads set_num_threads accepts (and the kernels use, whatever OMP_NUM_THREADS says):
 #: more only oversubscribes the cores, and every thread of a team needs its own stack (OpenMP
 #: aborts the process when it cannot start one).
-DEF _MAX_THREADS = 256
+cdef enum:
+    _MAX_THREADS = 256
 MAX_THREADS = _MAX_THREADS
 
 
@@ -54,43 +59,19 @@ def get_num_threads():
     return _threads()
 
 
-cdef inline int _threads() noexcept nogil:
+cdef int _threads() noexcept nogil:
     return _num_threads if _num_threads > 0 else min(rbe_max_threads(), _MAX_THREADS)
 
 
 # ---- seed-block weight kernel ---------------------------------------------------------------
 
-cdef extern from "rbe/dispatch.h" nogil:
-    ctypedef struct rbe_seed32:
-        pass
-    ctypedef struct rbe_tables:
-        int h, w, g
-        const float *rho
-        const float *sin_phi
-        const float *cos_phi
-    ctypedef void (*rbe_block_fn)(const rbe_seed32 *s, const rbe_tables *t,
-                                  float *W, float *dr, float *dth, float *scratch,
-                                  int stream) noexcept nogil
-    enum:
-        RBE_SIMD_SCALAR
-        RBE_SIMD_AVX2
-        RBE_SIMD_AVX2_VL
-        RBE_APPROX_POLY
-        RBE_APPROX_LUT
-        RBE_APPROX_CORDIC
-    rbe_block_fn rbe_block_select(int simd, int family)
-    void rbe_generate_block(rbe_block_fn fn, int family, uint64_t hi, const rbe_tables *t,
-                            float *W, float *dr, float *dth, float *scratch, int stream)
-    Py_ssize_t rbe_scratch_floats(int g)
-    void rbe_block_precise(uint64_t hi, int h, int w, double *W, double *dr, double *dth)
-    int rbe_kernel_init()
-
 #: SIMD paths, best last; "avx2_vl" is the AVX2 code with AVX-512VL's 32 vector registers.
 SIMD_PATHS = {"scalar": RBE_SIMD_SCALAR, "avx2": RBE_SIMD_AVX2, "avx2_vl": RBE_SIMD_AVX2_VL}
 APPROX_FAMILIES = {"poly": RBE_APPROX_POLY, "lut": RBE_APPROX_LUT, "cordic": RBE_APPROX_CORDIC}
 BEST_SIMD = {v: k for k, v in SIMD_PATHS.items()}[rbe_kernel_init()]
-# Outputs larger than this are written with non-temporal stores (they cannot stay in cache).
-DEF STREAM_BYTES = 8 << 20
+cdef enum:
+    # Outputs larger than this are written with non-temporal stores (they cannot stay in cache).
+    STREAM_BYTES = 8 << 20
 
 
 cdef void _check_kernel_choice(int simd, int family) except *:
@@ -155,16 +136,6 @@ def generate_fast(const uint64_t[::1] hi, const float[:, :, ::1] rho,
                                &scratch[threadid(), 0], stream)
 
 
-cdef extern from "rbe/approx.h" nogil:
-    enum:
-        RBE_FN_EXP
-        RBE_FN_TANH
-        RBE_FN_LOG1P
-        RBE_FN_SIN
-        RBE_FN_COS
-        RBE_N_FN
-    void rbe_approx_eval(int family, int function, const float *x, float *out, Py_ssize_t n)
-
 #: The functions approx_eval evaluates.
 APPROX_FUNCTIONS = {"exp": RBE_FN_EXP, "tanh": RBE_FN_TANH, "log1p": RBE_FN_LOG1P,
                     "sin": RBE_FN_SIN, "cos": RBE_FN_COS}
@@ -208,6 +179,4 @@ def generate_precise(const uint64_t[::1] hi, double[:, :, ::1] out,
                               dth_ptr + k * hw if want_grad else NULL)
 
 
-include "_reference.pxi"
 include "_hybrid.pxi"
-include "_fused.pxi"

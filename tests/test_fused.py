@@ -8,7 +8,7 @@ import pytest
 import threadpoolctl
 
 import rbe
-from rbe import _core, kernel, seeds
+from rbe import _fused, kernel, seeds
 from rbe.fused import FusedLinear, with_states
 
 SHAPES = [(200, 130), (130, 200), (64, 64)]     # (in_features, out_features)
@@ -453,27 +453,27 @@ def test_core_entry_points_check_sizes():
     factor = layer._block_terms().factor32
     xp = layer._grouped(inputs(200, 1))
     with pytest.raises(ValueError, match="outputs do not fit"):
-        _core.fused_gemv(*args, xp[0], np.empty(100, np.float32), factor,
+        _fused.fused_gemv(*args, xp[0], np.empty(100, np.float32), factor,
                          **select)
     with pytest.raises(ValueError, match="grouped inputs have width"):
-        _core.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), factor,
+        _fused.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), factor,
                          **select)
     source = layer._source.copy()
     source[3] = 200                                  # one column past the input
     with pytest.raises(ValueError, match="outside"):
-        _core.fused_group(inputs(200, 1), source, np.empty_like(xp))
+        _fused.fused_group(inputs(200, 1), source, np.empty_like(xp))
     with pytest.raises(ValueError, match="grouped inputs must have shape"):
-        _core.fused_ungroup(xp[:, :-1], layer._source, np.empty((1, 200), np.float32))
+        _fused.fused_ungroup(xp[:, :-1], layer._source, np.empty((1, 200), np.float32))
     with pytest.raises(ValueError, match="scale must have the seed grid's shape"):
-        _core.fused_gemv(*args, xp[0], np.empty(130, np.float32), factor[:, :-1].copy(),
+        _fused.fused_gemv(*args, xp[0], np.empty(130, np.float32), factor[:, :-1].copy(),
                          **select)
     stats = np.zeros(layer.seeds.shape + (rbe.fused.STATS["n"],))
     dy = np.zeros((1, 130), np.float32)
     with pytest.raises(ValueError, match="stats must have shape"):
-        _core.fused_backward(*args, xp, dy, np.empty_like(xp), stats[:, :-1].copy(), factor,
+        _fused.fused_backward(*args, xp, dy, np.empty_like(xp), stats[:, :-1].copy(), factor,
                              factor, **select)
     with pytest.raises(ValueError, match="offset must have the seed grid's shape"):
-        _core.fused_backward(*args, xp, dy, np.empty_like(xp), stats, factor, factor[:-1].copy(),
+        _fused.fused_backward(*args, xp, dy, np.empty_like(xp), stats, factor, factor[:-1].copy(),
                              **select)
 
 

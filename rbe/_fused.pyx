@@ -1,42 +1,25 @@
-# Typed entry points of the fused seed-block layer (rbe/include/rbe/fused.h), used by rbe.fused.
-# Inputs and input gradients are in the grouped column order of fused.h; rbe.fused permutes
-# them. Every size that guards pointer arithmetic is checked here before the GIL is released.
-# Parallel loops give each thread its own outputs (block rows for the forward passes, block
-# columns for the backward pass), so sums do not depend on the number of threads.
+# cython: language_level=3
+"""Typed entry points of the fused seed-block layer (rbe/include/rbe/fused.h), used by rbe.fused.
 
+Inputs and input gradients are in the grouped column order of fused.h; rbe.fused permutes
+them. Every size that guards pointer arithmetic is checked here before the GIL is released.
+Parallel loops give each thread its own outputs (block rows for the forward passes, block
+columns for the backward pass), so sums do not depend on the number of threads.
+"""
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport uint64_t
 from scipy.linalg.cython_blas cimport sgemm
 
-cdef extern from "rbe/dispatch.h" nogil:
-    ctypedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t,
-                                       int rows, const float *xp, const float *xpr, float *y,
-                                       float *acc) noexcept nogil
-    ctypedef void (*rbe_fused_panel_fn)(const uint64_t *hi, int gc, const rbe_tables *t,
-                                        int rows, float *panel, Py_ssize_t ld) noexcept nogil
-    ctypedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows,
-                                           const float *G, float *W, float alpha, float beta,
-                                           double *stats) noexcept nogil
-    ctypedef void (*rbe_fused_backward_vec_fn)(uint64_t hi, const rbe_tables *t, int rows,
-                                               const float *x, const float *xr,
-                                               const float *dy, float *dx, float *scratch,
-                                               float alpha, float beta,
-                                               double *stats) noexcept nogil
-    ctypedef struct rbe_fused_ops:
-        rbe_fused_gemv_fn gemv
-        rbe_fused_panel_fn panel
-        rbe_fused_backward_fn backward
-        rbe_fused_backward_vec_fn backward_vec
-    Py_ssize_t rbe_fused_vec_scratch_floats(const rbe_tables *t)
-    rbe_fused_ops rbe_fused_select(int simd, int family)
-    enum:
-        RBE_FUSED_DR
-        RBE_FUSED_DTH
-        RBE_FUSED_GW
-        RBE_FUSED_CLASS
-        RBE_FUSED_NSTATS
-        RBE_FUSED_CUR
-        RBE_FUSED_POS
-        RBE_FUSED_NEG
-        RBE_FUSED_ABS
+import numpy as np
+
+from rbe._core cimport _check_kernel_choice, _shape_tables, _threads
+from rbe._kernels cimport (
+    RBE_FUSED_ABS, RBE_FUSED_CLASS, RBE_FUSED_CUR, RBE_FUSED_DR, RBE_FUSED_DTH, RBE_FUSED_GW,
+    RBE_FUSED_NEG, RBE_FUSED_NSTATS, RBE_FUSED_POS, rbe_fused_ops, rbe_fused_select,
+    rbe_fused_vec_scratch_floats, rbe_kernel_init, rbe_tables,
+)
+
+rbe_kernel_init()   # this module's copy of the approximation tables
 
 #: Layout of the per-block sums filled by fused_backward (offsets into the last axis).
 FUSED_STATS = {"dr": RBE_FUSED_DR, "dtheta": RBE_FUSED_DTH, "gw": RBE_FUSED_GW,
