@@ -137,6 +137,7 @@ setup(
             "wraparound": False,
             "cdivision": True,
             "initializedcheck": False,
+            "autotestdict": False,      # no __test__ dict of docstring tests in the modules
         },
     ),
     cmdclass={"build_clib": BuildClib, "build_ext": BuildExt},
