@@ -61,16 +61,20 @@ def build_flags(compiler):
     if compiler.compiler_type not in _FLAGS:
         flags = openmp_flags(compiler)
         if compiler.compiler_type == "msvc":
-            opt = ["/O2", "/fp:precise", "/std:c11"]
+            opt, link = ["/O2", "/fp:precise", "/std:c11"], []     # MSVC drops unused code
         else:
             # -fno-math-errno lets sqrt inline and -fno-trapping-math lets the scalar kernels'
             # branch-free loops vectorise; neither changes a value. No -ffast-math: the kernels
             # rely on IEEE semantics, and -std=c99 keeps a*b+c unfused outside intrinsics.
             opt = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-std=c99"]
+            # Each extension keeps only the kernels it calls: the library's functions are not
+            # exported, and the linker drops the sections nothing references.
+            opt += ["-fvisibility=hidden", "-ffunction-sections", "-fdata-sections"]
+            link = ["-Wl,-dead_strip" if sys.platform == "darwin" else "-Wl,--gc-sections"]
         if flags is None:
             print("rbe: OpenMP not available, building the serial kernels", file=sys.stderr)
         _FLAGS[compiler.compiler_type] = (opt + (flags[0] if flags else []),
-                                          flags[1] if flags else [])
+                                          link + (flags[1] if flags else []))
     return _FLAGS[compiler.compiler_type]
 
 
