@@ -34,7 +34,6 @@ from rbe.fused import FusedLinear, with_states
 from timing import interleaved_medians
 
 
-
 def report(title: str, t: dict, pairs: list) -> None:
     """Print times and, for each (ours, baseline), the ratio baseline / ours."""
     print(f"  {title}")

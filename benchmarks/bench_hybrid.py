@@ -6,15 +6,14 @@ Run with rbe importable (installed, or built in place and on PYTHONPATH):
 
 Timings are medians of interleaved repeats (the contenders alternate, so background load hits
 them alike). The "original method" baselines are plain numpy re-implementations of what the
-original code does (SPEC 8.3 and 9): a per-block SVD fit and a full sort when encoding, and a
-whole-block rebuild for every output row in the product.
+original code does (docs/design.md, "Hybrid encoder" and "Hybrid layer"): a per-block SVD fit
+and a full sort when encoding, and a whole-block rebuild for every output row in the product.
 """
 from __future__ import annotations
 
 import contextlib
 
 import numpy as np
-
 
 import rbe
 from rbe import transforms as tf

@@ -14,7 +14,6 @@ import argparse
 
 import torch
 
-
 import rbe
 import rbe.torch as rt
 from timing import interleaved_medians, print_table

@@ -10,7 +10,6 @@ from typing import Callable
 
 import numpy as np
 
-
 #: Idle long enough for numpy's OpenBLAS to stop spinning its idle threads (about 0.1 s).
 BLAS_SETTLE = 0.2
 #: Steady-state samples: untimed calls, then timed back-to-back calls whose mean is the sample.
@@ -58,6 +57,7 @@ def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
     cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in row) for row in rows]
     widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
     for n, row in enumerate(cells):
-        print("  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths))))
+        padded = (c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths)))
+        print("  ".join(padded))
         if n == 0:
             print("  ".join("-" * w for w in widths))

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Callable, Hashable, TypeVar
+from collections.abc import Hashable
+from typing import Callable, TypeVar
 
 T = TypeVar("T")
 

@@ -33,13 +33,16 @@ def approx_eval(family: int, function: int, x: NDArray[np.float32],
 # hybrid blocks in the transform domain (rbe/include/rbe/hybrid.h); float32 or float64 arrays;
 # block b's entries are index[offsets[b]:offsets[b + 1]], values likewise
 def hybrid_rows_forward(shape: tuple[int, int], block: tuple[int, int], slot: NDArray[np.uint8],
-                        offsets: NDArray[np.int64], index: NDArray[np.uint16], values: NDArray[np.float32],
+                        offsets: NDArray[np.int64], index: NDArray[np.uint16],
+                        values: NDArray[np.float32],
                         z: NDArray[np.floating], u: NDArray[np.floating]) -> None: ...
 def hybrid_cols_backward(shape: tuple[int, int], block: tuple[int, int],
                          slot: NDArray[np.uint8], offsets: NDArray[np.int64],
-                         index: NDArray[np.uint16], values: NDArray[np.float32], a: NDArray[np.floating],
+                         index: NDArray[np.uint16], values: NDArray[np.float32],
+                         a: NDArray[np.floating],
                          dz: NDArray[np.floating]) -> None: ...
 def hybrid_value_grads(shape: tuple[int, int], block: tuple[int, int], slot: NDArray[np.uint8],
-                       offsets: NDArray[np.int64], index: NDArray[np.uint16], values: NDArray[np.float32],
+                       offsets: NDArray[np.int64], index: NDArray[np.uint16],
+                       values: NDArray[np.float32],
                        a: NDArray[np.floating], z: NDArray[np.floating],
                        grad: NDArray[np.floating]) -> None: ...

@@ -83,7 +83,8 @@ cdef _check_shape(name, tuple actual, tuple expected):
 
 
 def hybrid_rows_forward(shape, block, const uint8_t[::1] slot, const int64_t[::1] offsets,
-                        const uint16_t[::1] index, const float[::1] values, const real[:, :, ::1] z, real[:, :, ::1] u):
+                        const uint16_t[::1] index, const float[::1] values,
+                        const real[:, :, ::1] z, real[:, :, ::1] u):
     """u += S z for every block; z is (cols, nslots, batch), u is (rows, nslots, batch)."""
     cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, offsets, index, values, z.shape[1],
                                           z.shape[2])

@@ -119,8 +119,9 @@ def _entry_names(weights: list, others: list) -> dict:
 
 def compress(args: argparse.Namespace) -> int:
     """Compress the 2-D weights of a .safetensors/.npz file into hybrid blocks."""
-    import rbe
     from tqdm import tqdm
+
+    import rbe
 
     tensors = _read_tensors(args.input)
     weights = [n for n, t in tensors.items() if t.ndim == 2 and t.dtype.kind == "f"]

@@ -129,7 +129,8 @@ def top_k(magnitude: np.ndarray, k: int):
 
 
 def fit_basis(blocks: np.ndarray) -> np.ndarray:
-    """Least-squares basis coefficients of a (n, h, w) stack: one product with the pseudo-inverse."""
+    """Least-squares basis coefficients of a (n, h, w) stack: one product with the
+    pseudo-inverse."""
     n, h, w = blocks.shape
     return blocks.reshape(n, h * w) @ tf.basis_pinv(h, w).T
 
@@ -257,7 +258,7 @@ def low_rank_factors(W: np.ndarray, rank: int, precision: str):
 
 def encode(W, block=(64, 64), k=None, transform="adaptive", wavelet=tf.DEFAULT_WAVELET,
            progress=None, *, budget=None, basis=True, rank=0,
-           precision="float32") -> "HybridMatrix":
+           precision="float32") -> HybridMatrix:
     """Encode a dense matrix into hybrid blocks.
 
     Parameters
@@ -308,7 +309,7 @@ def encode(W, block=(64, 64), k=None, transform="adaptive", wavelet=tf.DEFAULT_W
     ids = np.zeros(grid.nblocks, np.uint8)
     parts = []
     with _progress(grid.nblocks, progress) as bar:
-        for group, block_ids, chunk in _chunks(W, grid):
+        for _group, block_ids, chunk in _chunks(W, grid):
             c, t, i, v = encode_blocks(chunk, k, transform, wavelet, basis, precision)
             coef[block_ids], ids[block_ids] = c, t
             parts.append((block_ids, i, v))
@@ -445,7 +446,8 @@ class HybridMatrix:
         self.values = _check_array(values, "values", np.float32, self.index.shape)
         self.factors = None if factors is None else _check_factors(factors, self.grid.shape)
         if precision != "float32":
-            self.coef, self.values = _rounded(self.coef, precision), _rounded(self.values, precision)
+            self.coef = _rounded(self.coef, precision)
+            self.values = _rounded(self.values, precision)
             if self.factors is not None:
                 self.factors = tuple(_rounded(f, precision) for f in self.factors)
         check_coding(self.grid, self.transform, self.offsets, self.index)
@@ -504,9 +506,11 @@ class HybridMatrix:
         config's "transform"), per-block counts only when they are not min(k, block size) for
         one k (else the config's "k").
         """
+        def store(a):
+            return a.astype(self.precision)
+
         config = {"shape": list(self.shape), "block": list(self.block),
                   "wavelet": self.wavelet, "precision": self.precision}
-        store = lambda a: a.astype(self.precision)
         arrays = {"coef": store(self.coef)} if self.coef.shape[1] else {}
         if (self.transform == self.transform[0]).all():
             config["transform"] = tf.TRANSFORMS[self.transform[0]]
@@ -526,13 +530,16 @@ class HybridMatrix:
         return config, arrays
 
     @classmethod
-    def _from_state(cls, config: dict, arrays: dict) -> "HybridMatrix":
+    def _from_state(cls, config: dict, arrays: dict) -> HybridMatrix:
         """Inverse of ``_state``; validates like the constructor."""
         arrays = dict(arrays)
         grid = BlockGrid(config["shape"], config["block"])
         values = arrays.pop("values")
         precision = check_precision(config.get("precision", values.dtype.name))
-        as_float = lambda a: _check_float(a, precision)
+
+        def as_float(a):
+            return _check_float(a, precision)
+
         coef = as_float(arrays.pop("coef", np.zeros((grid.nblocks, 0), precision)))
         if "transform" in arrays:
             transform = arrays.pop("transform")

@@ -39,9 +39,15 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from . import _core, _fused, kernel
-from ._checks import (MAX_FEATURES, block_count, finite_output, layer_input,
-                      nonnegative_number, positive_int)
 from . import seeds as seeds_mod
+from ._checks import (
+    MAX_FEATURES,
+    block_count,
+    finite_output,
+    layer_input,
+    nonnegative_number,
+    positive_int,
+)
 
 STATS = _fused.FUSED_STATS
 #: Defaults of the transition rule (measured in docs/fused.md, "State transitions").
@@ -51,7 +57,7 @@ TAU, TRANSITION_EVERY, MAX_MOVES = 1.0, 100, 0.02
 _GAIN_POS, _GAIN_NEG, _ABS, _GSUM = range(4)
 # weights generated at once for the per-block sums (bounds their temporary memory)
 _CHUNK_WEIGHTS = 1 << 20
-#: The seed's derivative map and its inverse (DESIGN section 4), indexed by state.
+#: The seed's derivative map and its inverse (docs/design.md, "State transitions"), by state.
 POS_STATE = np.array([1, 0, 3, 2, 5, 6, 7, 4], dtype=np.uint8)
 NEG_STATE = np.array([7, 6, 5, 4, 3, 2, 1, 0], dtype=np.uint8)
 _SEL_MASK = np.uint64((1 << (seeds_mod.SEL_BITS * seeds_mod.N_CLASSES)) - 1)
@@ -348,7 +354,7 @@ class FusedLinear:
         return config, arrays
 
     @classmethod
-    def _from_state(cls, config: dict, arrays: dict) -> "FusedLinear":
+    def _from_state(cls, config: dict, arrays: dict) -> FusedLinear:
         """Inverse of ``_state``; validates like the constructor and the setters. Files
         written before block scales and centring (no such keys) load as the original
         parameterisation."""

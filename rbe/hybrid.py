@@ -2,7 +2,8 @@
 
 For a block (bi, bj) of shape (h, w), W_b = sum_k c_k B_k + G_h S G_w^T, where B_k are the 8
 basis functions (optional), S holds the block's nonzero coefficients (a ragged number per
-block) and G are the synthesis matrices of the block's transform. Then, for an input slice x_bj and output slice y_bi,
+block) and G are the synthesis matrices of the block's transform. Then, for an input slice x_bj
+and output slice y_bi,
 
     y_bi = sum_bj sum_k c_bk (B_k x_bj) + sum_t G_h,t sum_{bj: t_b = t} S_b (G_w,t^T x_bj)
 
@@ -159,8 +160,8 @@ class HybridLinear:
             std = np.sqrt(share * size / (3.0 * in_features * count))
             parts.append((block_ids, _random_positions(rng, len(block_ids), size, count),
                           rng.normal(0.0, std, (len(block_ids), count)).astype(np.float32)))
-        matrix = HybridMatrix(grid.shape, grid.block, coef, ids, *ragged_arrays(grid.nblocks, parts),
-                              **options)
+        matrix = HybridMatrix(grid.shape, grid.block, coef, ids,
+                              *ragged_arrays(grid.nblocks, parts), **options)
         self._attach(matrix, bias)
         self.set_regrow(regrow_every, regrow_fraction, regrow_stop)
 
@@ -177,7 +178,7 @@ class HybridLinear:
     @classmethod
     def from_dense(cls, W, bias=None, block=(64, 64), k=None, transform="adaptive",
                    wavelet=tf.DEFAULT_WAVELET, progress=None, *, budget=None, ratio=None,
-                   basis=True, rank=0, precision="float32") -> "HybridLinear":
+                   basis=True, rank=0, precision="float32") -> HybridLinear:
         """Encode a dense (out_features, in_features) weight matrix (see ``rbe.encode``).
 
         ``budget`` and ``ratio`` bound the layer's bytes (bias included) as in the
@@ -189,7 +190,7 @@ class HybridLinear:
                                       basis=basis, rank=rank, precision=precision), bias)
 
     @classmethod
-    def from_matrix(cls, matrix: HybridMatrix, bias=None) -> "HybridLinear":
+    def from_matrix(cls, matrix: HybridMatrix, bias=None) -> HybridLinear:
         """A layer computing with an encoded matrix (its arrays are copied)."""
         if not isinstance(matrix, HybridMatrix):
             raise ValueError(f"expected a HybridMatrix, got {type(matrix).__name__}")
@@ -236,8 +237,9 @@ class HybridLinear:
         ``inputs[n]`` (n * nslots, n) maps a slice x to z[c, t] = (G_t^T x)[c];
         ``outputs[n]`` (n, n * nslots) maps u[r, t] back to sum_t G_t u[:, t].
         """
-        synthesis = lambda n: [tf.operator(n, kind, self.wavelet, dtype).synthesis
-                               for kind in kinds]
+        def synthesis(n):
+            return [tf.operator(n, kind, self.wavelet, dtype).synthesis for kind in kinds]
+
         inputs = {w: _frozen(np.stack([g.T for g in synthesis(w)], axis=1).reshape(-1, w))
                   for w, _ in self._col_classes}
         outputs = {h: _frozen(np.stack(synthesis(h), axis=2).reshape(h, -1))
@@ -534,7 +536,7 @@ class HybridLinear:
         return config, arrays
 
     @classmethod
-    def _from_state(cls, config: dict, arrays: dict) -> "HybridLinear":
+    def _from_state(cls, config: dict, arrays: dict) -> HybridLinear:
         """Inverse of ``_state``; validates like the constructor."""
         arrays = dict(arrays)
         bias = arrays.pop("bias", None)

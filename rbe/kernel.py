@@ -1,4 +1,4 @@
-"""Generate the weights of seed blocks (DESIGN section 3).
+"""Generate the weights of seed blocks (docs/design.md, "Weight function").
 
 ``generate`` and ``generate_with_grad`` evaluate the weight function of every position of a
 block for an array of Packed128 seeds. Two modes:
@@ -92,7 +92,7 @@ class ShapeTables(NamedTuple):
 
 
 def axis_coordinates(n: int) -> np.ndarray:
-    """Normalised coordinate 2j/(n-1) - 1 of each of n positions (DESIGN 3), 0 when n == 1.
+    """Normalised coordinate 2j/(n-1) - 1 of each of n positions, 0 when n == 1.
 
     Written as (2j - (n-1)) / (n-1), which is exactly antisymmetric (x[n-1-j] == -x[j]); the
     fast kernel relies on that to copy point-symmetric positions.
@@ -107,7 +107,7 @@ def coordinates(shape) -> tuple:
 
 
 def _build_tables(h: int, w: int) -> ShapeTables:
-    g = -(-(-(-w // 4)) // 8) * 8          # ceil(ceil(w / 4) / 8) * 8
+    g = -(-w // 32) * 8          # ceil(ceil(w / 4) / 8) * 8: whole vectors of 8 lanes
     x, y = coordinates((h, w))
     tables = np.zeros((3, h, 4, g), np.float32)
     # Chunks of rows keep the float64 temporaries small (a block has up to 2^24 weights).

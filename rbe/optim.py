@@ -88,7 +88,7 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Bias-corrected Adam (beta1 0.9, beta2 0.999, eps 1e-8), as SPEC 7.1 but in float64."""
+    """Bias-corrected Adam (beta1 0.9, beta2 0.999, eps 1e-8), in float64."""
 
     def __init__(self, layers, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8):
         super().__init__(layers, lr)

@@ -1,17 +1,18 @@
 """The original RBE algorithm, plainly: test oracle and speed baseline.
 
 This module reproduces what the original Rust implementation (jigglypop/RBE, commit d3c9f01)
-computes, defects included, as described in ``reference/SPEC.md``. It has two renderings:
+computes, defects included, as described in docs/design.md, "The original algorithm"; the
+quoted section names below are its subsections. It has two renderings:
 
 - **C-backed, float32** (``generate``, ``gradients``, ``fused_backward``, :class:`FusedLayer`, ...):
   scalar C in the original's evaluation order, one function call per weight. It reproduces the
-  original's published values (SPEC appendix A) and is the baseline the fast kernels are timed
+  original's published values ("Published values") and is the baseline the fast kernels are timed
   against.
 - **NumPy, float64** (the ``*_np`` functions): the same formulas written independently from the
-  SPEC and vectorised over positions. It is the oracle the C code is tested against.
+  description and vectorised over positions. It is the oracle the C code is tested against.
 
 Seeds are arrays of :data:`rbe.seeds.DTYPE`, but interpreted with the **original** layout
-(SPEC 2), not the one :mod:`rbe.seeds` packs::
+("Packed128 layout and quantisers"), not the one :mod:`rbe.seeds` packs::
 
     lo[63:32]  float32 bits of r         lo[31:0]  float32 bits of theta
     hi[19:0]   state bits S (4-state selectors S[7:0], detail S[19:8]; advanced fields overlap)
@@ -88,7 +89,7 @@ def _float_array(name: str, value, dtype, ndim: int | None = None) -> np.ndarray
     return np.ascontiguousarray(arr, dtype=dtype)
 
 
-# ---- seeds and quantisers (SPEC 2) ----------------------------------------------------------
+# ---- seeds and quantisers ("Packed128 layout and quantisers") -------------------------------
 
 def _float_bits(v) -> np.ndarray:
     return np.asarray(v, dtype=np.float32).view(np.uint32).astype(np.uint64)
@@ -153,7 +154,8 @@ def from_continuous(r, theta) -> np.ndarray:
     return make_seed(r, theta, hi)
 
 
-# Our states with an original counterpart (DESIGN 3): sin, cos, tanh, exp are its 0, 1, 2, 3.
+# Our states with an original counterpart ("Weight function"): sin, cos, tanh, exp are its
+# 0, 1, 2, 3.
 # States 3, 5, 6, 7 have none; they get an arbitrary one.
 ORIGINAL_STATE = np.array([0, 1, 2, 3, 3, 1, 2, 3], dtype=np.uint64)
 
@@ -201,7 +203,8 @@ def _points(kind: int, seeds, i, j, shape) -> np.ndarray:
 
 
 def generate(seeds, shape) -> np.ndarray:
-    """The original weight generator: ``fused_forward`` (SPEC 3) at every position.
+    """The original weight generator: ``fused_forward`` ("Four-state weight function") at every
+    position.
 
     One C function call per weight, as the original: the speed baseline for generation.
 
@@ -219,12 +222,14 @@ def generate(seeds, shape) -> np.ndarray:
 
 
 def generate_advanced(seeds, shape) -> np.ndarray:
-    """``fused_forward_advanced`` (SPEC 4.2, 8 states) at every position; see :func:`generate`."""
+    """``fused_forward_advanced`` (8 states, "Eight-state variant") at every position; see
+    :func:`generate`."""
     return _blocks(ADVANCED, seeds, shape)
 
 
 def gradients(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
-    """``analytical_gradient_r`` and ``analytical_gradient_theta`` (SPEC 5) at every position.
+    """``analytical_gradient_r`` and ``analytical_gradient_theta`` ("Analytic gradients") at
+    every position.
 
     Returns
     -------
@@ -234,7 +239,7 @@ def gradients(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fused_forward(seeds, i, j, shape) -> np.ndarray:
-    """``Packed128::fused_forward(i, j, R, C)`` (SPEC 3) at given positions.
+    """``Packed128::fused_forward(i, j, R, C)`` ("Four-state weight function") at given positions.
 
     Parameters
     ----------
@@ -252,19 +257,20 @@ def fused_forward(seeds, i, j, shape) -> np.ndarray:
 
 
 def fused_forward_advanced(seeds, i, j, shape) -> np.ndarray:
-    """``fused_forward_advanced(i, j, R, C)`` (SPEC 4.2) at given positions; see
+    """``fused_forward_advanced(i, j, R, C)`` ("Eight-state variant") at given positions; see
     :func:`fused_forward`."""
     return _points(ADVANCED, seeds, i, j, shape)
 
 
 def analytical_gradients(seeds, i, j, shape) -> tuple[np.ndarray, np.ndarray]:
-    """``analytical_gradient_r`` and ``analytical_gradient_theta`` (SPEC 5) at given positions;
+    """``analytical_gradient_r`` and ``analytical_gradient_theta`` ("Analytic gradients") at given
+    positions;
     see :func:`fused_forward`."""
     return _points(GRAD_R, seeds, i, j, shape), _points(GRAD_THETA, seeds, i, j, shape)
 
 
 def packed64_weights(hi, shape) -> np.ndarray:
-    """Packed64 ``compute_weight`` (SPEC 1, the CORDIC path) at every position.
+    """Packed64 ``compute_weight`` (the CORDIC path, "Packed64 (CORDIC)") at every position.
 
     Parameters
     ----------
@@ -283,7 +289,8 @@ def packed64_weights(hi, shape) -> np.ndarray:
 
 
 def state_function(state, value, phase) -> np.ndarray:
-    """``compute_state_function(state, input, phase)`` (SPEC 4.1), float32, broadcasting."""
+    """``compute_state_function(state, input, phase)`` ("Eight-state variant"), float32,
+    broadcasting."""
     state, value, phase = np.broadcast_arrays(np.asarray(state), np.asarray(value),
                                               np.asarray(phase))
     if state.dtype.kind not in "ui":
@@ -310,7 +317,8 @@ def _transition(hi, g, i, j, advanced: bool) -> np.ndarray:
 
 
 def state_transition(hi, g, i, j) -> np.ndarray:
-    """``apply_state_transition(g, i, j)`` (SPEC 6.1) applied once to each ``hi`` word.
+    """``apply_state_transition(g, i, j)`` ("Original state transitions") applied once to each
+    ``hi`` word.
 
     The selector of class c = (31 i + j) & 3 swaps 0<->1, 2<->3 when g > 0.1 and 0<->3, 1<->2
     when g < -0.1 (strict thresholds; NaN changes nothing). Arguments broadcast.
@@ -323,15 +331,17 @@ def state_transition(hi, g, i, j) -> np.ndarray:
 
 
 def advanced_transition(hi, g, i, j) -> np.ndarray:
-    """``advanced_state_transition(g, i, j)`` (SPEC 6.2) applied once to each ``hi`` word.
+    """``advanced_state_transition(g, i, j)`` ("Original state transitions") applied once to each
+    ``hi`` word.
 
-    It writes the unmasked word, so fields of classes h >= 2 land in theta_q (SPEC 4.3).
+    It writes the unmasked word, so fields of classes h >= 2 land in theta_q ("Overlapping
+    bit fields").
     """
     return _transition(hi, g, i, j, True)
 
 
 def adam_update(p: float, m: float, v: float, g: float, lr: float, t: int):
-    """The original ``adam_update`` (SPEC 7.1) in float32; ``t = 0`` divides by zero.
+    """The original ``adam_update`` ("Training rules") in float32; ``t = 0`` divides by zero.
 
     Returns
     -------
@@ -352,7 +362,7 @@ def _single_seed_args(target, pred, seed):
 
 
 def fused_backward(target, pred, seed, lr: float) -> tuple[float, float]:
-    """math.rs ``fused_backward`` (SPEC 7.2): one sequential finite-difference SGD step.
+    """math.rs ``fused_backward`` ("Training rules"): one sequential finite-difference SGD step.
 
     Visits the R x C elements in row-major order; each applies a state transition with its error
     e = pred - target to ``seed`` before its central differences (eps 1e-4, at the initial r,
@@ -405,7 +415,8 @@ def fused_backward_adam(target, pred, seed, moments, epoch: int, lr: float) -> f
 
 
 class FusedLayer:
-    """The original ``FusedEncodedLayer`` (SPEC 7.3): one seed per block of a weight matrix.
+    """The original ``FusedEncodedLayer`` ("Seed-block layer"): one seed per block of a weight
+    matrix.
 
     Block (bi, bj) covers outputs bi*BH .. bi*BH + BH - 1 and inputs bj*BW .. bj*BW + BW - 1;
     its weights are ``fused_forward`` with block-local positions and the nominal (BH, BW).
@@ -493,10 +504,10 @@ class FusedLayer:
         return dx
 
 
-# ---- NumPy float64 oracle (written from SPEC, not from the C code) ----------------------------
+# ---- NumPy float64 oracle (written from the description, not from the C code) ----------------
 
 def coords_np(shape):
-    """Normalised coordinates (x, y, rho, phi) of an R x C block, float64 (SPEC 0).
+    """Normalised coordinates (x, y, rho, phi) of an R x C block, float64 ("Coordinates").
 
     A block with one row (column) gives NaN y (x), as the original's 0/0.
     """
@@ -533,7 +544,7 @@ def _field(state, shift, mask: int) -> np.ndarray:
 
 
 def fused_forward_np(seeds, shape, r=None, theta=None) -> np.ndarray:
-    """Float64 rendering of the 4-state ``fused_forward`` (SPEC 3); shape as :func:`generate`.
+    """Float64 rendering of the 4-state ``fused_forward``; shape as :func:`generate`.
 
     ``r`` and ``theta`` (float64, broadcasting with ``seeds``) optionally replace the float32
     values stored in the seeds, e.g. for finite differences finer than float32 allows.
@@ -551,7 +562,7 @@ def fused_forward_np(seeds, shape, r=None, theta=None) -> np.ndarray:
 
 
 def gradients_np(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
-    """Float64 rendering of the analytic gradients (SPEC 5): (dW/dr, dW/dtheta).
+    """Float64 rendering of the analytic gradients: (dW/dr, dW/dtheta).
 
     Zero where the clamp of the base or of the weight is saturated (open intervals).
     """
@@ -581,7 +592,7 @@ def gradients_np(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
 
 
 def state_function_np(state, value, phase) -> np.ndarray:
-    """Float64 rendering of ``compute_state_function`` (SPEC 4.1), broadcasting."""
+    """Float64 rendering of ``compute_state_function``, broadcasting."""
     state = np.asarray(state)
     si = np.clip(np.asarray(value, dtype=np.float64), -10, 10)
     sp = np.clip(np.asarray(phase, dtype=np.float64), -10, 10)
@@ -602,7 +613,7 @@ def state_function_np(state, value, phase) -> np.ndarray:
 
 
 def fused_forward_advanced_np(seeds, shape) -> np.ndarray:
-    """Float64 rendering of ``fused_forward_advanced`` (SPEC 4.2)."""
+    """Float64 rendering of ``fused_forward_advanced``."""
     _, _, rho, phi = coords_np(shape)
     r, theta, state = _np_params(seeds)
     base = np.clip(r * (1 - rho) + theta, 0, 1)
@@ -618,7 +629,7 @@ def fused_forward_advanced_np(seeds, shape) -> np.ndarray:
 
 
 def packed64_np(hi, shape) -> np.ndarray:
-    """Float64 rendering of Packed64 ``compute_weight`` (SPEC 1); shape as :func:`packed64_weights`.
+    """Float64 rendering of Packed64 ``compute_weight``; shape as :func:`packed64_weights`.
     """
     hi = np.asarray(hi, dtype=np.uint64)[..., None, None]
     _, _, rho, phi = coords_np(shape)
@@ -635,7 +646,7 @@ def packed64_np(hi, shape) -> np.ndarray:
     return x / 1.64676
 
 
-# ---- target patterns of the original tests (SPEC 11.1) ----------------------------------------
+# ---- target patterns of the original tests ("Test scenarios") ---------------------------------
 
 def _unit_grid(shape, dtype=np.float64):
     """(i/(R-1), j/(C-1)) on the grid; NaN for a single row or column."""
@@ -694,7 +705,7 @@ PATTERNS = {"gravity": _gravity, "ramp": _ramp, "C1": _c1, "C2": _c2, "C3": _c3,
 
 
 def pattern(name: str, rows: int, cols: int) -> np.ndarray:
-    """A target matrix of the original tests (SPEC 11.1), float32, shape (rows, cols).
+    """A target matrix of the original tests ("Test scenarios"), float32, shape (rows, cols).
 
     ``gravity`` (normalised 1/rho field) and ``ramp`` (T(i, j) = i/(R-1)) are computed in
     float32 in the original's operation order; ``C1``..``C4`` in float64, rounded to float32.

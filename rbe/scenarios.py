@@ -1,4 +1,5 @@
-"""The training scenarios of the original's tests (SPEC 11.1), with its rule and with ours.
+"""The training scenarios of the original's tests (docs/design.md, "Test scenarios"), with
+its rule and with ours.
 
 Each scenario fits one seed to a target pattern (one block covering the whole matrix):
 
@@ -7,10 +8,11 @@ Each scenario fits one seed to a target pattern (one block covering the whole ma
   4-state function and seed layout), at the scenario's learning rates; the best final RMSE is
   kept, which favours the original.
 - **ours**: a :class:`rbe.FusedLinear` of one block fed the identity matrix, so its output is
-  ``W_eff^T``; MSE loss, one fused backward per epoch (DESIGN section 4 transitions) and
-  :class:`rbe.optim.Adam`. It starts from the same seed (r, theta, states mapped 0,1,2,3 ->
-  0,1,2,4, detail rescaled to 8 bits). ``affine=False`` trains the seed alone (alpha = 1,
-  beta = 0, as the original's model); ``affine=True`` trains the whole layer.
+  ``W_eff^T``; MSE loss, one fused backward per epoch (with the state transitions of
+  docs/design.md) and :class:`rbe.optim.Adam`. It starts from the same seed (r, theta, states
+  mapped 0,1,2,3 -> 0,1,2,4, detail rescaled to 8 bits). ``affine=False`` trains the seed
+  alone (alpha = 1, beta = 0, as the original's model); ``affine=True`` trains the whole
+  layer.
 
 Run ``python -m rbe.scenarios`` to print the comparison table.
 """
@@ -60,7 +62,8 @@ def original_seed(sc: Scenario, seed: int = 0) -> np.ndarray:
 
 
 def to_ours(original: np.ndarray) -> np.ndarray:
-    """The same starting point in our layout (DESIGN 2-3): r, theta, states, detail."""
+    """The same starting point in our layout (docs/design.md, "Seed format"): r, theta,
+    states, detail."""
     hi = int(original["hi"])
     r, theta = (float(v) for v in reference.r_theta(original))
     sel = [(0, 1, 2, 4)[(hi >> (2 * c)) & 3] for c in range(seeds_mod.N_CLASSES)]

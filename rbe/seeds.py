@@ -1,6 +1,6 @@
 """Packed128 seeds: the 16-byte state of one generated weight block.
 
-Bit layout (DESIGN section 2)::
+Bit layout (docs/design.md, "Seed format")::
 
     hi[63:44]  r_q      u20   r = r_q * 2**-20              (Q0.20, [0, 1))
     hi[43:20]  theta_q  i24   theta = theta_q * 2**-23      (Q1.23, [-1, 1))

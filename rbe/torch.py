@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import weakref
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
@@ -63,10 +63,10 @@ class _Owner:
     Copies and pickles of the parameter get an empty one; the copy's module sets its own.
     """
 
-    def __init__(self, module: Optional["RBELinear"] = None):
+    def __init__(self, module: RBELinear | None = None):
         self._ref = None if module is None else weakref.ref(module)
 
-    def __call__(self) -> Optional["RBELinear"]:
+    def __call__(self) -> RBELinear | None:
         return None if self._ref is None else self._ref()
 
     def __reduce__(self):
@@ -103,7 +103,7 @@ class _LayerFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, module: "RBELinear", x: torch.Tensor, *params: torch.Tensor):
+    def forward(ctx, module: RBELinear, x: torch.Tensor, *params: torch.Tensor):
         ctx.module = module
         ctx.save_for_backward(x)
         return module._product(x)
@@ -149,8 +149,8 @@ class RBELinear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, kind: str = "hybrid",
-                 block=(64, 64), k: Optional[int] = None, transform: str = "dct",
-                 bias: bool = True, seed: Optional[int] = None, **hybrid_options):
+                 block=(64, 64), k: int | None = None, transform: str = "dct",
+                 bias: bool = True, seed: int | None = None, **hybrid_options):
         super().__init__()
         if kind == "hybrid":
             layer = HybridLinear(in_features, out_features, block=block, k=k,
@@ -165,7 +165,7 @@ class RBELinear(nn.Module):
         self._attach(layer)
 
     @classmethod
-    def from_layer(cls, layer) -> "RBELinear":
+    def from_layer(cls, layer) -> RBELinear:
         """A module computing with an existing rbe layer (shared, not copied)."""
         module = cls.__new__(cls)
         nn.Module.__init__(module)
@@ -372,9 +372,9 @@ class RBELinear(nn.Module):
                 f"ratio={self._layer.compression_ratio:.1f}")
 
 
-def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: Optional[int] = None,
+def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int | None = None,
              transform: str = "adaptive",
-             filter: Optional[Callable[[str, nn.Module], bool]] = None,
+             filter: Callable[[str, nn.Module], bool] | None = None,
              **hybrid_options) -> nn.Module:
     """Replace the model's ``nn.Linear`` layers by :class:`RBELinear`, in place.
 
@@ -404,7 +404,10 @@ def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: Optional
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if kind != "hybrid" and hybrid_options:
         raise ValueError(f"options {sorted(hybrid_options)} apply to kind='hybrid' only")
-    accepts = lambda name, m: isinstance(m, nn.Linear) and (filter is None or filter(name, m))
+
+    def accepts(name, m):
+        return isinstance(m, nn.Linear) and (filter is None or filter(name, m))
+
     if accepts("", model):
         return _replacement(model, kind, block, k, transform, hybrid_options)
     # A layer used at several places is replaced once, by the same module everywhere.

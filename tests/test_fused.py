@@ -349,7 +349,8 @@ def test_exact_check_keeps_moves_that_help():
         X, T = inputs(200, 16, seed=seed + 10), inputs(130, 16, seed=seed + 20)
         layer.backward(X, layer.forward(X) - T)
         start = layer.seeds["hi"].copy()
-        layer.after_step(loss=lambda: 0.5 * float(np.sum((layer.forward(X) - T) ** 2)))
+        layer.after_step(loss=lambda layer=layer, X=X, T=T:
+                         0.5 * float(np.sum((layer.forward(X) - T) ** 2)))
         kept.append(not np.array_equal(layer.seeds["hi"], start))
     assert any(kept)
 

@@ -146,7 +146,8 @@ def rewrite_tensor(data: bytes, part: str, dtype, edit) -> bytes:
     array = np.frombuffer(payload[begin:end], dtype).copy()
     edit(array)
     payload = payload[:begin] + array.tobytes() + payload[end:]
-    header["entries"]["hybrid"]["tensors"][part]["sha256"] = hashlib.sha256(array.tobytes()).hexdigest()
+    checksum = hashlib.sha256(array.tobytes()).hexdigest()
+    header["entries"]["hybrid"]["tensors"][part]["sha256"] = checksum
     container["__metadata__"]["rbe"] = json.dumps(header)
     return join(container, payload)
 
@@ -163,8 +164,8 @@ def forge_seed_grid(data: bytes) -> bytes:
     return edit_rbe_header(data, lambda h: h["entries"]["seeded"]["config"].update(in_features=300))
 
 
-_SAFETENSORS_NAMES = {"float16": "F16", "float32": "F32", "float64": "F64", "int64": "I64", "uint64": "U64",
-                      "uint16": "U16", "uint8": "U8", "int32": "I32"}
+_SAFETENSORS_NAMES = {"float16": "F16", "float32": "F32", "float64": "F64", "int64": "I64",
+                      "uint64": "U64", "uint16": "U16", "uint8": "U8", "int32": "I32"}
 
 
 def replace_part(data: bytes, name: str, part: str, array) -> bytes:
@@ -291,7 +292,8 @@ MALFORMED = {
                      "not a valid safetensors file"),
     "forged shape": (lambda d: edit_container(d, swap_shape), "the header says"),
     "forged offsets": (lambda d: edit_container(
-        d, lambda c: c["hybrid/values"].update(data_offsets=[0, 1 << 40])), "not a valid safetensors"),
+        d, lambda c: c["hybrid/values"].update(data_offsets=[0, 1 << 40])),
+        "not a valid safetensors"),
     "flipped payload byte": (flip_payload_byte, "fails its checksum"),
     "unknown version": (lambda d: edit_rbe_header(d, lambda h: h.update(version=99)),
                         "unsupported format version 99"),
@@ -302,7 +304,8 @@ MALFORMED = {
     "unknown kind": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["hybrid"].update(kind="pickle")), "unknown kind 'pickle'"),
     "unknown part": (lambda d: edit_rbe_header(
-        d, lambda h: h["entries"]["hybrid"]["tensors"].update(extra=h["entries"]["hybrid"]["tensors"]["coef"])),
+        d, lambda h: h["entries"]["hybrid"]["tensors"].update(
+            extra=h["entries"]["hybrid"]["tensors"]["coef"])),
         "unknown fields ['extra']"),
     "missing part": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["hybrid"]["tensors"].pop("index")), "missing ['index']"),
@@ -321,7 +324,8 @@ MALFORMED = {
         d, lambda h: h["entries"]["matrix"]["config"].update(transform="fft")), "'fft'"),
     "unknown precision": (lambda d: edit_rbe_header(
         d, lambda h: h["entries"]["matrix"]["config"].update(precision="int4")), "'int4'"),
-    "lone factor": (lambda d: replace_part(d, "hybrid", "factor_out", np.zeros((70, 2), np.float32)),
+    "lone factor": (lambda d: replace_part(d, "hybrid", "factor_out",
+                                           np.zeros((70, 2), np.float32)),
                     "come together"),
     "factors of 2**40": (lambda d: replace_part(
         replace_part(d, "hybrid", "factor_out", np.full((70, 1), 2.0**40, np.float32)),

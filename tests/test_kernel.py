@@ -1,6 +1,7 @@
-"""rbe.kernel: the seed-block weight function (DESIGN section 3) in its precise and fast modes.
+"""rbe.kernel: the seed-block weight function (docs/design.md, "Weight function") in its
+precise and fast modes.
 
-Oracles: a float64 NumPy rendering of the DESIGN formula written here (sech^2 as 1/cosh^2,
+Oracles: a float64 NumPy rendering of the design formula written here (sech^2 as 1/cosh^2,
 coordinates from scratch), central finite differences of precise mode for the gradients, and
 the original algorithm in rbe.reference for compatibility.
 """
@@ -126,7 +127,8 @@ def test_fast_large_output_uses_the_same_values(packed):
 def test_gradients_match_finite_differences(packed, shape):
     eps = 2.0**-16                                 # a multiple of both quanta: exact shifts
     f = seeds.unpack(packed)
-    inside = (f.r > 2 * eps) & (f.r < 1 - 2 * eps) & (f.theta > -1 + 2 * eps) & (f.theta < 1 - 2 * eps)
+    inside = ((f.r > 2 * eps) & (f.r < 1 - 2 * eps)
+              & (f.theta > -1 + 2 * eps) & (f.theta < 1 - 2 * eps))
     packed, f = packed[inside], seeds.unpack(packed[inside])
 
     def weights(r, theta):
@@ -158,8 +160,8 @@ def test_compatible_with_the_original(shape, detail):
     np.testing.assert_array_equal(reference.from_packed128(ours), original)
     np.testing.assert_allclose(rbe.generate(ours, shape, mode="precise"),
                                reference.generate(original, shape), rtol=0, atol=2e-5)
-    np.testing.assert_allclose(rbe.generate(ours, shape), reference.fused_forward_np(original, shape),
-                               rtol=0, atol=2e-5)
+    np.testing.assert_allclose(rbe.generate(ours, shape),
+                               reference.fused_forward_np(original, shape), rtol=0, atol=2e-5)
 
 
 def test_output_shape_follows_seed_shape(packed):

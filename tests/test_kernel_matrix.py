@@ -11,7 +11,7 @@ block kernel (w a multiple of 32, with and without a middle band), and odd shape
 nothing.
 """
 import re
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +97,7 @@ def test_approximation_errors_within_quoted_bounds(family):
 
 # ---- the block kernel --------------------------------------------------------------------------
 
-@lru_cache(maxsize=None)
+@cache
 def block_seeds():
     """Random seeds plus, per state, seeds using it in every class near the top of u's range."""
     rng = np.random.default_rng(0)
@@ -107,7 +107,7 @@ def block_seeds():
     return np.concatenate([seeds.random(16, rng=rng), per_state])
 
 
-@lru_cache(maxsize=None)
+@cache
 def block_precise(shape):
     return rbe.generate_with_grad(block_seeds(), shape, mode="precise")
 
@@ -185,12 +185,12 @@ class Layer:
         return (self.hi, *self.tables, self.block[1])
 
 
-@lru_cache(maxsize=None)
+@cache
 def layer(name):
     return Layer(*LAYERS[name])
 
 
-@lru_cache(maxsize=None)
+@cache
 def precise(name):
     """Oracle outputs of every fused operation: y, Y, dX (batch and one vector), stats."""
     L = layer(name)
@@ -252,7 +252,7 @@ def fused_outputs(name, simd, family):
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def scalar_outputs(name, family):
     return fused_outputs(name, "scalar", family)
 

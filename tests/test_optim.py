@@ -1,4 +1,4 @@
-"""rbe.optim on FusedLinear, and the original's training scenarios (SPEC 11.1) with both rules."""
+"""rbe.optim on FusedLinear, and the original's training scenarios with both rules."""
 import numpy as np
 import pytest
 
@@ -62,8 +62,9 @@ def test_optimizer_takes_a_list_and_zero_grad_clears():
     assert all(not np.any(g) for layer in layers for g in layer.grads.values())
 
 
-@pytest.mark.parametrize("make", [lambda l: optim.SGD(l, lr=0.0), lambda l: optim.SGD(l, lr=np.nan),
-                                  lambda l: optim.Adam(object(), lr=0.1)])
+@pytest.mark.parametrize("make", [lambda layers: optim.SGD(layers, lr=0.0),
+                                  lambda layers: optim.SGD(layers, lr=np.nan),
+                                  lambda layers: optim.Adam(object(), lr=0.1)])
 def test_bad_optimizer_arguments(make):
     with pytest.raises(ValueError):
         make(trained_layer())
@@ -88,7 +89,7 @@ def test_training_lowers_loss_deterministically(kw):
     assert losses == again and np.array_equal(final, final_again)
 
 
-# ---- the original's scenarios (SPEC 11.1) ---------------------------------------------------
+# ---- the original's scenarios (docs/design.md, "Test scenarios") -------------------------
 
 @pytest.fixture(scope="module")
 def results():
@@ -115,7 +116,7 @@ def test_seed_alone_learns(results, name):
 
 
 def test_gravity_beats_the_zero_predictor_clearly(results):
-    # SPEC 11.1: predicting 0 already scores 0.0599; the README's 0.050 barely beats it.
+    # Predicting 0 already scores 0.0599; the README's 0.050 barely beats it.
     r = results["gravity"]
     assert r["fused"] < 0.6 * r["zero"]
 

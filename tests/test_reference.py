@@ -1,5 +1,6 @@
 """rbe.reference: the float32 C rendering of the original against the NumPy float64 oracle, the
-published values of SPEC appendix A, and plain-Python re-runs of the sequential training rules.
+published values, and plain-Python re-runs of the sequential training rules. Quoted section
+names are subsections of docs/design.md, "The original algorithm".
 
 Tolerances: weights are at most 1 in magnitude and every float32 operation rounds with relative
 error 2**-24 (6e-8); a weight goes through about 20 such operations, so float32 and float64 differ
@@ -45,7 +46,7 @@ def test_fused_forward_advanced_matches_oracle(shape, rng):
 
 def kink_mask(seeds, shape):
     """Positions where float32 and float64 may legitimately fall on different sides of a kink
-    of the analytic gradient (SPEC 5): clamp edges of the base and the weight, sign changes
+    of the analytic gradient: clamp edges of the base and the weight, sign changes
     of sin a and cos a."""
     _, _, rho, phi = ref.coords_np(shape)
     r, theta = (v.astype(np.float64)[:, None, None] for v in ref.r_theta(seeds))
@@ -67,7 +68,8 @@ def test_gradients_match_oracle(shape, rng):
 
 
 def test_gradients_match_finite_differences_of_oracle(rng):
-    # Checks SPEC 5's derivative table itself: central differences of the float64 forward.
+    # Checks the derivative table of "Analytic gradients" itself: central differences of the
+    # float64 forward.
     shape, h = (6, 6), 1e-7
     seeds = random_seeds(100, rng)
     r, theta = (v.astype(np.float64) for v in ref.r_theta(seeds))
@@ -85,7 +87,7 @@ def test_gradients_match_finite_differences_of_oracle(rng):
 
 @pytest.mark.parametrize("shape", SHAPES)
 def test_packed64_matches_oracle(shape, rng):
-    # Large r_q: without it the CORDIC output collapses to ~1e-6 (SPEC 1) and tests nothing.
+    # Large r_q: without it the CORDIC output collapses to ~1e-6 and tests nothing.
     words = rng.integers(0, 2**64, 300, dtype=np.uint64) | np.uint64(0xF8000 << 44)
     got, want = ref.packed64_weights(words, shape), ref.packed64_np(words, shape)
     assert np.abs(want).max() > 0.1
@@ -125,7 +127,7 @@ def test_single_row_or_column_gives_nan():
         assert np.isnan(ref.packed64_weights(np.uint64(0xFFFFF << 44), shape)).all()
 
 
-# ---- SPEC appendix A --------------------------------------------------------------------------
+# ---- "Published values" ------------------------------------------------------------------------
 
 A2_TABLE = np.array([
     [0, 0, 0, 0, 0, 0, 0, 0],
@@ -148,7 +150,7 @@ def test_a2_fused_forward_table():
 
 
 def test_a2_simple_learning_trajectory():
-    # (MSE before the update, r and theta after it) at epochs 10..50; SPEC A.2.
+    # (MSE before the update, r and theta after it) at epochs 10..50; A.2.
     expected = {10: (0.263410, 0.5357, 0.1716), 20: (0.229866, 0.5279, 0.3371),
                 30: (0.255278, 0.4955, 0.4356), 40: (0.171680, 0.4585, 0.5310),
                 50: (0.157072, 0.4570, 0.6246)}
@@ -233,7 +235,7 @@ def test_from_continuous_layout():
     assert ref.r_theta(seed) == (np.float32(0.7), np.float32(-0.1))
 
 
-# ---- state transitions (SPEC 6, 4.3) ------------------------------------------------------------
+# ---- "Original state transitions", "Overlapping bit fields" ----------------------------------
 
 POS4, NEG4 = [1, 0, 3, 2], [3, 2, 1, 0]
 
@@ -288,7 +290,8 @@ def test_advanced_transition_overlaps():
 
 
 def test_advanced_transition_readme_listing():
-    # SPEC 6.2: g = 0.15 at all 4 x 4 positions in row-major order from hi = 0x5e313.
+    # The original README's listing: g = 0.15 at all 4 x 4 positions in row-major order from
+    # hi = 0x5e313. It prints 0xe413b31d; the rules of the code give:
     hi = np.uint64(0x5E313)
     for i in range(4):
         for j in range(4):
@@ -297,7 +300,7 @@ def test_advanced_transition_readme_listing():
 
 
 def test_adam_update_in_float32():
-    # SPEC 7.1 step by step in float32 (1 - B1 = 0.100000024 there), including powi for t = 3.
+    # adam_update step by step in float32 (1 - B1 = 0.100000024 there), including powi for t = 3.
     f = np.float32
     p, m, v, g, lr, t = f(1.0), f(0.02), f(0.001), f(0.5), f(0.01), 3
     b1, b2 = f(0.9), f(0.999)
@@ -336,6 +339,16 @@ def test_fused_backward_fast_matches_python_loop(rng):
     assert ref.r_theta(seed) == (want_r, want_theta)
 
 
+def central_differences(r, theta, hi, shape, i, j, eps):
+    """Float32 central differences in r and theta of the original's weight at (i, j)."""
+    def weight(r, theta):
+        return ref.generate(ref.make_seed(r, theta, hi), shape)[i, j]
+
+    two = np.float32(2)
+    return ((weight(r + eps, theta) - weight(r - eps, theta)) / (two * eps),
+            (weight(r, theta + eps) - weight(r, theta - eps)) / (two * eps))
+
+
 def test_fused_backward_adam_matches_python_loop(rng):
     rows, cols, lr, eps = 3, 4, np.float32(0.01), np.float32(1e-4)
     seed = ref.make_seed(0.8, -0.2, 0x5A5A5)
@@ -349,10 +362,9 @@ def test_fused_backward_adam_matches_python_loop(rng):
             e = pred[i, j] - target[i, j]
             loss += e * e
             hi = ref.state_transition(hi, e, i, j)
-            w = lambda dr, dt: ref.generate(  # noqa: E731
-                ref.make_seed(r + dr, theta + dt, hi), (rows, cols))[i, j]
-            g_r += e * ((w(eps, 0) - w(-eps, 0)) / (np.float32(2) * eps))
-            g_t += e * ((w(0, eps) - w(0, -eps)) / (np.float32(2) * eps))
+            dr, dt = central_differences(r, theta, hi, (rows, cols), i, j, eps)
+            g_r += e * dr
+            g_t += e * dt
     want_r, m_r, v_r = ref.adam_update(r, moments[0], moments[1], g_r, lr, 3)
     want_t, m_t, v_t = ref.adam_update(theta, moments[2], moments[3], g_t, lr, 3)
     rmse = ref.fused_backward_adam(target, pred, seed, moments, 3, lr)
@@ -361,7 +373,7 @@ def test_fused_backward_adam_matches_python_loop(rng):
     np.testing.assert_array_equal(moments, np.float32([m_r, v_r, m_t, v_t]))
 
 
-# ---- FusedLayer (SPEC 7.3) ----------------------------------------------------------------------
+# ---- FusedLayer ("Seed-block layer") ------------------------------------------------------------
 
 def dense_weights(layer, blocks=None):
     """The layer's weight matrix assembled from its blocks (ragged rows cut at M); by default
@@ -395,9 +407,9 @@ def test_layer_forward_precise(shape, rng):
 
 
 def sequential_backward_python(seeds, block, x, dy, lr):
-    """SPEC 7.3 fused_backward_precise re-run element by element in Python (float32 scalars)."""
+    """fused_backward_precise re-run element by element in Python (float32 scalars)."""
     seeds = seeds.copy()
-    (bh, bw), eps, two = block, np.float32(1e-5), np.float32(2)
+    (bh, bw), eps = block, np.float32(1e-5)
     dx = np.zeros(x.size)
     for bi, bj in np.ndindex(seeds.shape):
         seed = seeds[bi, bj]
@@ -407,9 +419,7 @@ def sequential_backward_python(seeds, block, x, dy, lr):
                 g = out_grad * np.float32(x[bj * bw + c])
                 hi = ref.state_transition(seed["hi"], g, r, c)
                 rp, tp = ref.r_theta(seed)
-                w = lambda a, b: ref.generate(ref.make_seed(a, b, hi), block)[r, c]  # noqa: E731
-                dr = (w(rp + eps, tp) - w(rp - eps, tp)) / (two * eps)
-                dt = (w(rp, tp + eps) - w(rp, tp - eps)) / (two * eps)
+                dr, dt = central_differences(rp, tp, hi, block, r, c, eps)
                 new_r = np.clip(rp - lr * (g * dr), np.float32(0), np.float32(1))
                 seed = ref.make_seed(new_r, tp - lr * (g * dt), hi)
                 dx[bj * bw + c] += float(out_grad) * float(ref.generate(seed, block)[r, c])
@@ -433,8 +443,7 @@ def test_layer_backward_precise_is_the_sequential_rule(rng):
 
 def test_layer_backward_adam_matches_python_loop(rng):
     layer = make_layer(rng, grid=(1, 2), block=(2, 3))
-    x, dy, lr, eps, two = rng.normal(size=6), rng.normal(size=2), np.float32(0.01), \
-        np.float32(1e-5), np.float32(2)
+    x, dy, lr, eps = rng.normal(size=6), rng.normal(size=2), np.float32(0.01), np.float32(1e-5)
     start = layer.seeds.copy()
     dx = layer.backward_adam(x, dy, 1, lr)
     want_dx = np.zeros(6)
@@ -446,10 +455,11 @@ def test_layer_backward_adam_matches_python_loop(rng):
             for c in range(3):
                 g = np.float32(dy[r]) * np.float32(x[3 * bj + c])
                 hi = ref.state_transition(hi, g, r, c)
-                w = lambda a, b: ref.generate(ref.make_seed(a, b, hi), (2, 3))[r, c]  # noqa
-                g_r += g * ((w(rp + eps, tp) - w(rp - eps, tp)) / (two * eps))
-                g_t += g * ((w(rp, tp + eps) - w(rp, tp - eps)) / (two * eps))
-                want_dx[3 * bj + c] += float(np.float32(dy[r])) * float(w(rp, tp))
+                dr, dt = central_differences(rp, tp, hi, (2, 3), r, c, eps)
+                g_r += g * dr
+                g_t += g * dt
+                w = ref.generate(ref.make_seed(rp, tp, hi), (2, 3))[r, c]
+                want_dx[3 * bj + c] += float(np.float32(dy[r])) * float(w)
         new_r, m_r, v_r = ref.adam_update(rp, 0.0, 0.0, g_r, lr, 1)
         new_t, m_t, v_t = ref.adam_update(tp, 0.0, 0.0, g_t, lr, 1)
         assert int(layer.seeds[0, bj]["hi"]) == int(hi)
@@ -459,7 +469,7 @@ def test_layer_backward_adam_matches_python_loop(rng):
     np.testing.assert_allclose(dx, want_dx, rtol=1e-15, atol=0)
 
 
-# ---- patterns (SPEC 11.1) -----------------------------------------------------------------------
+# ---- patterns ("Test scenarios") ----------------------------------------------------------------
 
 def test_patterns():
     ramp = ref.pattern("ramp", 5, 3)

@@ -1,4 +1,5 @@
-"""rbe.seeds: the Packed128 bit layout (DESIGN section 2), checked against integer arithmetic."""
+"""rbe.seeds: the Packed128 bit layout (docs/design.md, "Seed format"), checked against integer
+arithmetic."""
 import numpy as np
 import pytest
 

@@ -9,9 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (extra rbe[torch])")
 
+from torch import nn  # noqa: E402
+
 import rbe  # noqa: E402
 import rbe.torch as rt  # noqa: E402
-from torch import nn  # noqa: E402
 
 needs_fused = pytest.mark.skipif(not hasattr(rbe, "FusedLinear"),
                                  reason="rbe.FusedLinear is not part of this build")
