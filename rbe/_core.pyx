@@ -76,6 +76,8 @@ cdef enum:
 
 cdef void _check_kernel_choice(int simd, int family) except *:
     """A clear ValueError for a SIMD path or family the selectors refuse."""
+    if rbe_block_select(simd, family) != NULL:
+        return
     names = {v: k for k, v in SIMD_PATHS.items()}
     if simd not in names:
         raise ValueError(f"simd must be one of {sorted(SIMD_PATHS.values())}, got {simd}")

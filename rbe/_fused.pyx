@@ -214,20 +214,23 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                       <int>m, 0.0 if bi == 0 else 1.0, &dxp[0, bj * gw], kp)
 
 
-cdef void _check_source(const Py_ssize_t[::1] source, Py_ssize_t columns) except *:
+cdef void _check_grouping(const float[:, ::1] x, const Py_ssize_t[::1] source,
+                          const float[:, ::1] xp) except *:
+    """xp must have x's batch and one column per entry of source, and source must map every
+    grouped position to a column of x or to -1 (padding)."""
+    if xp.shape[0] != x.shape[0] or xp.shape[1] != source.shape[0]:
+        raise ValueError(f"grouped inputs must have shape ({x.shape[0]}, {source.shape[0]})")
     cdef Py_ssize_t k
     for k in range(source.shape[0]):
-        if source[k] < -1 or source[k] >= columns:
+        if source[k] < -1 or source[k] >= x.shape[1]:
             raise ValueError(f"grouped position {k} maps to column {source[k]}, outside "
-                             f"[-1, {columns})")
+                             f"[-1, {x.shape[1]})")
 
 
 def fused_group(const float[:, ::1] x, const Py_ssize_t[::1] source, float[:, ::1] xp):
     """xp[:, k] = x[:, source[k]], or 0 where source[k] is -1 (padding): inputs in the
     grouped column order of fused.h."""
-    if xp.shape[0] != x.shape[0] or xp.shape[1] != source.shape[0]:
-        raise ValueError(f"grouped inputs must have shape ({x.shape[0]}, {source.shape[0]})")
-    _check_source(source, x.shape[1])
+    _check_grouping(x, source, xp)
     cdef Py_ssize_t n, k
     with nogil:
         for n in range(x.shape[0]):
@@ -238,9 +241,7 @@ def fused_group(const float[:, ::1] x, const Py_ssize_t[::1] source, float[:, ::
 def fused_ungroup(const float[:, ::1] xp, const Py_ssize_t[::1] source, float[:, ::1] x):
     """x[:, source[k]] = xp[:, k] wherever source[k] is not -1: the inverse of fused_group
     (source must reach every column of x)."""
-    if xp.shape[0] != x.shape[0] or xp.shape[1] != source.shape[0]:
-        raise ValueError(f"grouped inputs must have shape ({x.shape[0]}, {source.shape[0]})")
-    _check_source(source, x.shape[1])
+    _check_grouping(x, source, xp)
     cdef Py_ssize_t n, k
     with nogil:
         for n in range(x.shape[0]):
