@@ -30,7 +30,8 @@ from threadpoolctl import threadpool_limits
 
 import rbe
 from rbe import optim, reference
-from rbe.fused import FusedLinear, with_states
+from rbe.fused import FusedLinear
+from rbe.seeds import with_states
 from timing import interleaved_medians
 
 

@@ -33,6 +33,7 @@ from threadpoolctl import threadpool_limits
 
 import rbe
 from rbe import cli
+from rbe.layer import Layer
 
 ADDRESS_SPACE_LIMIT = 2 << 30      # per case, on top of what the process has mapped already
 CASE_SECONDS = 30                  # a case still running after this counts as a hang
@@ -59,6 +60,7 @@ def base_files(directory: str) -> list:
         "large": {"fc": rbe.HybridLinear.from_dense(rng.standard_normal((256, 512))
                                                     .astype(np.float32), block=(32, 32), k=96),
                   "seeded": rbe.FusedLinear(1024, 512, block=(8, 8), seed=5)},
+        "single": rbe.HybridLinear(24, 16, block=(8, 8), k=4, seed=6),    # one object saved
         "mixed": {"a": rbe.FusedLinear(24, 16, block=(8, 8), seed=4),
                   "b": rbe.HybridLinear.from_dense(W[:16, :24], block=(8, 8), k=4),
                   "t": np.ones(3, np.uint16)},
@@ -190,7 +192,7 @@ def edit_header(data: bytes, rng) -> bytes:
     container, payload = split(data)
     header = rbe_header(container)
     if rng.random() < 0.1:
-        parent, key = header, str(rng.choice(["format", "version", "entries"]))
+        parent, key = header, str(rng.choice(["format", "version", "entries", "single"]))
     else:
         parent, key = random_path(header["entries"], rng)
     parent[key] = hostile_value(rng)
@@ -307,10 +309,11 @@ def _status_bytes(field: str) -> int:
         return 1024 * next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def _exercise(entries: dict, rng) -> str:
-    """Forward, backward and ``rbe info`` on a loaded file; '' or what went wrong."""
+def _exercise(loaded, rng) -> str:
+    """Forward and backward of every layer of a loaded file; '' or what went wrong."""
+    entries = loaded if isinstance(loaded, dict) else {"layer": loaded}
     for name, layer in entries.items():
-        if not hasattr(layer, "forward"):
+        if not isinstance(layer, Layer):
             continue
         x = rng.uniform(-1, 1, (2, layer.in_features)).astype(np.float32)
         y = layer.forward(x)

@@ -1,5 +1,5 @@
 """rbe: compressed weight blocks that compute without decompressing."""
-from . import optim, reference, seeds
+from . import layer, optim, reference, seeds
 from ._core import get_num_threads, set_num_threads
 from .encoder import HybridMatrix, encode
 from .fused import FusedLinear
@@ -11,6 +11,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "FusedLinear", "HybridLinear", "HybridMatrix", "encode", "save", "load", "FormatError",
-    "optim", "reference", "seeds", "generate", "generate_with_grad", "kernel_info",
+    "layer", "optim", "reference", "seeds", "generate", "generate_with_grad", "kernel_info",
     "get_num_threads", "set_num_threads", "__version__",
 ]

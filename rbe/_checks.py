@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 #: Largest layer side: the kernels index rows and columns with C ints.
 MAX_FEATURES = 2**31 - 1
@@ -15,16 +16,42 @@ MAX_BLOCKS = 1 << 24
 MAX_INPUT = float(np.finfo(np.float32).max)
 
 
-def positive_int(name: str, value, maximum: int | None = None) -> int:
+def _is_integer(value) -> bool:
+    """A Python or NumPy integer, not a bool."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def positive_int(name: str, value: object, maximum: int | None = None) -> int:
     """value as an int, if it is a positive integer (bools are not), at most ``maximum``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    if not _is_integer(value) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if maximum is not None and value > maximum:
         raise ValueError(f"{name} must be at most {maximum}, got {value!r}")
     return int(value)
 
 
-def nonnegative_number(name: str, value) -> float:
+def positive_pair(name: str, value: object, max_side: int | None = None,
+                  max_area: int | None = None, why: str = "") -> tuple[int, int]:
+    """value as a pair of positive ints: Python or NumPy integers only (a float such as 2.7,
+    a bool or a string is refused, never truncated), each side at most ``max_side`` and their
+    product at most ``max_area``; ``why`` says where the limits come from."""
+    try:
+        a, b = value
+    except (TypeError, ValueError):
+        a = b = None
+    if not (_is_integer(a) and _is_integer(b) and a >= 1 and b >= 1):
+        raise ValueError(f"{name} must be a pair of positive integers, got {value!r}")
+    a, b = int(a), int(b)
+    if max_side is not None and max(a, b) > max_side:
+        raise ValueError(f"{name} {(a, b)} has a side longer than {max_side}"
+                         + (f" ({why})" if why else ""))
+    if max_area is not None and a * b > max_area:
+        raise ValueError(f"{name} {(a, b)} has more than {max_area} elements"
+                         + (f" ({why})" if why else ""))
+    return a, b
+
+
+def nonnegative_number(name: str, value: object) -> float:
     """value as a float, if it is a finite real number >= 0 (not a string or a bool)."""
     real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     if not real or not abs(value) <= sys.float_info.max or value < 0:     # NaN fails too
@@ -44,7 +71,7 @@ def block_count(shape: tuple, block: tuple) -> int:
     return count
 
 
-def layer_input(name: str, value, width: int) -> np.ndarray:
+def layer_input(name: str, value: ArrayLike, width: int) -> np.ndarray:
     """A layer's input or upstream gradient: float32/float64, shape (width,) or
     (batch, width) with batch >= 1, finite and within float32's range."""
     arr = np.asarray(value)

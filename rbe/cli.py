@@ -6,6 +6,7 @@ import sys
 import time
 import zipfile
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -165,17 +166,20 @@ def _ratio(dense: float, stored: float) -> str:
 def info(args: argparse.Namespace) -> int:
     """List the layers of an rbe file: kinds, shapes, bytes, compression ratio."""
     import rbe
+    from rbe.layer import Layer
 
-    entries = rbe.load(args.file)
+    loaded = rbe.load(args.file)
+    entries = loaded if isinstance(loaded, dict) else {"layer": loaded}
     print(f"{'name':<40} {'kind':<14} {'shape':>14} {'block':>9} {'bytes':>12} {'ratio':>7}")
     total_dense = total = 0
     for name, obj in entries.items():
         if isinstance(obj, np.ndarray):
             kind, shape, block, nbytes, dense = "tensor", obj.shape, "", obj.nbytes, obj.nbytes
-        else:
+        else:                                   # an rbe.layer.Stored: a layer or a matrix
             kind = type(obj).__name__
-            shape = getattr(obj, "shape", None) or (obj.out_features, obj.in_features)
-            block = "x".join(map(str, obj.block if hasattr(obj, "block") else obj.grid.block))
+            shape = ((obj.out_features, obj.in_features) if isinstance(obj, Layer)
+                     else obj.shape)
+            block = "x".join(map(str, obj.block))
             nbytes = obj.nbytes
             dense = nbytes * obj.compression_ratio
         total, total_dense = total + nbytes, total_dense + dense
@@ -229,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line on ``argv`` (default ``sys.argv[1:]``); the exit status."""
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)

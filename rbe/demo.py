@@ -14,12 +14,15 @@ to the dense MLP) and, when matplotlib is installed, saves a plot of accuracy ag
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Callable, Union
 
 import numpy as np
 
 from . import optim
 from .hybrid import HybridLinear
+from .layer import Layer
 
 HIDDEN = 256
 
@@ -31,36 +34,41 @@ class DenseLinear:
         bound = 1.0 / np.sqrt(in_features)
         self.weight = rng.uniform(-bound, bound, (out_features, in_features)).astype(np.float32)
         self.bias = rng.uniform(-bound, bound, out_features).astype(np.float32)
-        self.grads = {}
+        self.grads: dict[str, np.ndarray] = {}
 
-    def forward(self, X):
+    def forward(self, X: np.ndarray) -> np.ndarray:
         return X @ self.weight.T + self.bias
 
-    def backward(self, X, dY):
+    def backward(self, X: np.ndarray, dY: np.ndarray) -> np.ndarray:
         self.grads = {"weight": dY.T @ X, "bias": dY.sum(axis=0)}
         return dY @ self.weight
 
-    def parameters(self):
+    def parameters(self) -> dict[str, np.ndarray]:
         return {"weight": self.weight, "bias": self.bias}
 
-    def after_step(self, loss=None):
+    def after_step(self, loss: Callable[[], float] | None = None) -> None:
         pass
 
-    def to_dense(self):
+    def to_dense(self) -> np.ndarray:
         return self.weight
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return self.weight.nbytes + self.bias.nbytes
+
+
+#: A layer of the demo's models: an rbe layer or the dense baseline.
+DemoLayer = Union[Layer, "DenseLinear"]
 
 
 class MLP:
     """Linear layers with ReLU between them; softmax cross-entropy on the last."""
 
-    def __init__(self, layers):
+    def __init__(self, layers: Iterable[DemoLayer]):
         self.layers = list(layers)
 
-    def forward(self, X, keep=False):
+    def forward(self, X: np.ndarray, keep: bool = False) -> np.ndarray:
+        """The logits; with ``keep``, the layers' inputs are kept for :meth:`backward`."""
         inputs = []
         for n, layer in enumerate(self.layers):
             inputs.append(X)
@@ -71,7 +79,8 @@ class MLP:
             self._inputs = inputs
         return X
 
-    def backward(self, dlogits):
+    def backward(self, dlogits: np.ndarray) -> None:
+        """Fill every layer's grads from dL/dlogits (after a forward with ``keep``)."""
         d = dlogits
         for n in reversed(range(len(self.layers))):
             d = self.layers[n].backward(self._inputs[n], d)
@@ -79,11 +88,11 @@ class MLP:
                 d = d * (self._inputs[n] > 0)
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
 
 
-def load_data(seed: int = 0):
+def load_data(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Digits scaled to [0, 1], split 80/20 with a fixed permutation."""
     try:
         from sklearn.datasets import load_digits
@@ -98,7 +107,8 @@ def load_data(seed: int = 0):
     return X[:cut], y[:cut], X[cut:], y[cut:]
 
 
-def train(model: MLP, X, y, epochs: int, lr: float, seed: int = 0, batch: int = 64):
+def train(model: MLP, X: np.ndarray, y: np.ndarray, epochs: int, lr: float, seed: int = 0,
+          batch: int = 64) -> MLP:
     """Adam on softmax cross-entropy, shuffled minibatches."""
     opt = optim.Adam(model.layers, lr=lr)
     rng = np.random.default_rng(seed)
@@ -113,11 +123,11 @@ def train(model: MLP, X, y, epochs: int, lr: float, seed: int = 0, batch: int = 
     return model
 
 
-def accuracy(model: MLP, X, y) -> float:
+def accuracy(model: MLP, X: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(model.forward(X).argmax(axis=1) == y))
 
 
-def forward_time(model: MLP, X, repeats: int = 20) -> float:
+def forward_time(model: MLP, X: np.ndarray, repeats: int = 20) -> float:
     """Median seconds of one forward over X."""
     times = []
     for _ in range(repeats):
@@ -135,7 +145,7 @@ class Result:
     seconds: float
 
 
-def dense_mlp(rng) -> MLP:
+def dense_mlp(rng: np.random.Generator) -> MLP:
     return MLP([DenseLinear(64, HIDDEN, rng), DenseLinear(HIDDEN, HIDDEN, rng),
                 DenseLinear(HIDDEN, 10, rng)])
 

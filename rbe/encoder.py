@@ -8,13 +8,15 @@ the ragged right column, the ragged bottom row and the corner), each encoded wit
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 from tqdm.auto import tqdm
 
 from . import transforms as tf
-from ._checks import block_count, positive_int
+from ._checks import block_count, positive_int, positive_pair
 
 MODES = ("dct", "dwt", "adaptive")
 PRECISIONS = ("float32", "float16")
@@ -43,14 +45,10 @@ class ShapeGroup:
 class BlockGrid:
     """Tiling of a (rows, cols) matrix into (bh, bw) blocks; edge blocks keep their own shape."""
 
-    def __init__(self, shape, block):
-        self.shape = _check_shape(shape, "matrix shape")
-        self.block = _check_shape(block, "block")
-        if self.block[0] * self.block[1] > MAX_BLOCK_ELEMENTS:
-            raise ValueError(f"block {self.block} has more than {MAX_BLOCK_ELEMENTS} elements "
-                             "(flat indices are uint16)")
-        if max(self.block) > MAX_BLOCK_SIDE:
-            raise ValueError(f"block {self.block} has a side longer than {MAX_BLOCK_SIDE}")
+    def __init__(self, shape: tuple[int, int], block: tuple[int, int]):
+        self.shape = positive_pair("matrix shape", shape)
+        self.block = positive_pair("block", block, MAX_BLOCK_SIDE, MAX_BLOCK_ELEMENTS,
+                                   "dense transforms, uint16 flat indices")
         block_count(self.shape, self.block)
         (m, n), (bh, bw) = self.shape, self.block
         self.rows, self.cols = -(-m // bh), -(-n // bw)
@@ -61,7 +59,7 @@ class BlockGrid:
     def nblocks(self) -> int:
         return self.rows * self.cols
 
-    def groups(self):
+    def groups(self) -> list[ShapeGroup]:
         """The (at most four) groups of equally shaped blocks."""
         (m, n), (bh, bw) = self.shape, self.block
         row_classes = _classes(m, bh)
@@ -70,6 +68,7 @@ class BlockGrid:
                 for h, r0, r1 in row_classes for w, c0, c1 in col_classes]
 
     def block_ids(self, group: ShapeGroup) -> np.ndarray:
+        """Row-major ids of the blocks of ``group``."""
         rows = np.arange(group.row0, group.row1)[:, None]
         return (rows * self.cols + np.arange(group.col0, group.col1)).ravel()
 
@@ -77,7 +76,8 @@ class BlockGrid:
         """h * w of every block, row-major."""
         return np.outer(self.heights, self.widths).ravel()
 
-    def slices(self, group: ShapeGroup):
+    def slices(self, group: ShapeGroup) -> tuple[slice, slice]:
+        """Row and column slices of the matrix that the blocks of ``group`` cover."""
         (bh, bw) = self.block
         return (slice(group.row0 * bh, group.row0 * bh + (group.row1 - group.row0) * group.h),
                 slice(group.col0 * bw, group.col0 * bw + (group.col1 - group.col0) * group.w))
@@ -88,16 +88,6 @@ def _classes(extent, size):
     full, rest = divmod(extent, size)
     out = [(size, 0, full)] if full else []
     return out + [(rest, full, full + 1)] if rest else out
-
-
-def _check_shape(pair, what):
-    try:
-        a, b = (int(v) for v in pair)
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"{what} must be a pair of positive integers, got {pair!r}") from None
-    if a < 1 or b < 1 or (a, b) != tuple(pair):
-        raise ValueError(f"{what} must be a pair of positive integers, got {pair!r}")
-    return a, b
 
 
 def split_blocks(sub: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -112,7 +102,7 @@ def join_blocks(blocks: np.ndarray, nr: int, nc: int) -> np.ndarray:
     return blocks.reshape(nr, nc, h, w).transpose(0, 2, 1, 3).reshape(nr * h, nc * w)
 
 
-def top_k(magnitude: np.ndarray, k: int):
+def top_k(magnitude: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (ascending) and mask of the k largest entries of every row, ties to lower index.
 
     ``argpartition`` finds each row's k-th largest value t in linear time; every entry above t
@@ -177,8 +167,9 @@ def _smooth_part(blocks, basis, precision):
     return coef, blocks - basis_pattern(coef, h, w)
 
 
-def encode_blocks(blocks: np.ndarray, k: int, transform: str, wavelet: str, basis=True,
-                  precision="float32"):
+def encode_blocks(blocks: np.ndarray, k: int, transform: str, wavelet: str,
+                  basis: bool = True, precision: str = "float32"
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Encode a (n, h, w) float64 stack of one shape with min(k, h*w) coefficients per block.
 
     Returns coef (n, 8) float32 ((n, 0) without ``basis``), transform ids (n,) uint8, index
@@ -197,7 +188,7 @@ def encode_blocks(blocks: np.ndarray, k: int, transform: str, wavelet: str, basi
     return coef, ids, index.astype(np.uint16), _rounded(values, precision)
 
 
-def check_matrix(W, name="W") -> np.ndarray:
+def check_matrix(W: ArrayLike, name: str = "W") -> np.ndarray:
     """W as a finite 2-D float64 array, or ValueError naming the problem."""
     W = np.asarray(W)
     if W.ndim != 2:
@@ -222,6 +213,7 @@ def _check_mode(transform, wavelet):
 
 
 def check_precision(precision: str) -> str:
+    """precision, if it is one of PRECISIONS."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return precision
@@ -238,7 +230,7 @@ def _progress(total, progress):
     return tqdm(total=total, unit="block", desc="rbe.encode", disable=not progress)
 
 
-def check_rank(rank, shape) -> int:
+def check_rank(rank: int, shape: tuple[int, int]) -> int:
     """rank as an int in [0, min(shape)], or ValueError naming it."""
     if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
             or not 0 <= rank <= min(shape):
@@ -246,7 +238,8 @@ def check_rank(rank, shape) -> int:
     return int(rank)
 
 
-def low_rank_factors(W: np.ndarray, rank: int, precision: str):
+def low_rank_factors(W: np.ndarray, rank: int,
+                     precision: str) -> tuple[np.ndarray, np.ndarray] | None:
     """The best rank-r approximation of W as factor_out @ factor_in.T (balanced singular
     values), in the stored precision, or None for rank 0."""
     if rank == 0:
@@ -256,9 +249,10 @@ def low_rank_factors(W: np.ndarray, rank: int, precision: str):
     return _rounded(u[:, :rank] * root, precision), _rounded(vt[:rank].T * root, precision)
 
 
-def encode(W, block=(64, 64), k=None, transform="adaptive", wavelet=tf.DEFAULT_WAVELET,
-           progress=None, *, budget=None, basis=True, rank=0,
-           precision="float32") -> HybridMatrix:
+def encode(W: ArrayLike, block: tuple[int, int] = (64, 64), k: int | None = None,
+           transform: str = "adaptive", wavelet: str = tf.DEFAULT_WAVELET,
+           progress: bool | None = None, *, budget: int | None = None, basis: bool = True,
+           rank: int = 0, precision: str = "float32") -> HybridMatrix:
     """Encode a dense matrix into hybrid blocks.
 
     Parameters
@@ -329,7 +323,8 @@ def _chunks(W, grid):
             yield group, block_ids[r:r + step].ravel(), split_blocks(sub, group.h, group.w)
 
 
-def ragged_arrays(nblocks, parts):
+def ragged_arrays(nblocks: int, parts: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """offsets, index, values of the blocks from (block ids, (n, m) index, (n, m) values) parts,
     entries of a block in the order given."""
     counts = np.zeros(nblocks, np.int64)
@@ -427,8 +422,11 @@ class HybridMatrix:
     ``precision``); ``nbytes`` counts the compact stored form (see ``_state``).
     """
 
-    def __init__(self, shape, block, coef, transform, offsets, index, values, *,
-                 wavelet=tf.DEFAULT_WAVELET, factors=None, precision="float32"):
+    def __init__(self, shape: tuple[int, int], block: tuple[int, int], coef: np.ndarray,
+                 transform: np.ndarray, offsets: np.ndarray, index: np.ndarray,
+                 values: np.ndarray, *, wavelet: str = tf.DEFAULT_WAVELET,
+                 factors: tuple[np.ndarray, np.ndarray] | None = None,
+                 precision: str = "float32"):
         self.grid = BlockGrid(shape, block)
         self.wavelet = wavelet
         tf.check_wavelet(wavelet)
@@ -452,10 +450,25 @@ class HybridMatrix:
                 self.factors = tuple(_rounded(f, precision) for f in self.factors)
         check_coding(self.grid, self.transform, self.offsets, self.index)
 
-    shape = property(lambda self: self.grid.shape)
-    block = property(lambda self: self.grid.block)
-    counts = property(lambda self: np.diff(self.offsets))
-    rank = property(lambda self: 0 if self.factors is None else self.factors[0].shape[1])
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, cols) of the matrix."""
+        return self.grid.shape
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """Block shape (h, w)."""
+        return self.grid.block
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Coefficients of each block."""
+        return np.diff(self.offsets)
+
+    @property
+    def rank(self) -> int:
+        """Rank of the low-rank term (0 without one)."""
+        return 0 if self.factors is None else self.factors[0].shape[1]
 
     @property
     def nbytes(self) -> int:
@@ -468,7 +481,7 @@ class HybridMatrix:
         """Dense float32 bytes / stored bytes."""
         return 4 * self.shape[0] * self.shape[1] / self.nbytes
 
-    def decode(self, dtype=np.float32) -> np.ndarray:
+    def decode(self, dtype: DTypeLike = np.float32) -> np.ndarray:
         """The dense matrix the blocks (and the low-rank term) represent."""
         out = np.empty(self.shape, np.float64)
         for group in self.grid.groups():
@@ -491,7 +504,7 @@ class HybridMatrix:
                 blocks[sel] += tf.synthesize(coefs[sel].reshape(-1, h, w), kind, self.wavelet)
         return blocks
 
-    def rmse(self, W) -> float:
+    def rmse(self, W: ArrayLike) -> float:
         """Root-mean-square error of the decoded matrix against W."""
         W = check_matrix(W)
         if W.shape != self.shape:
@@ -594,7 +607,8 @@ def upgrade_v1_state(config: dict, arrays: dict) -> tuple[dict, dict]:
     return dict(config, k=index.shape[1]), arrays
 
 
-def scatter_blocks(offsets, index, values, ids, size) -> np.ndarray:
+def scatter_blocks(offsets: np.ndarray, index: np.ndarray, values: np.ndarray, ids: np.ndarray,
+                   size: int) -> np.ndarray:
     """(len(ids), size) coefficient arrays of blocks ``ids`` (all of one size), float64."""
     counts = offsets[ids + 1] - offsets[ids]
     rows = np.repeat(np.arange(len(ids)), counts)

@@ -36,6 +36,7 @@ import threading
 from typing import Callable, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 from threadpoolctl import ThreadpoolController
 
 from . import _core, _fused, kernel
@@ -57,11 +58,6 @@ TAU, TRANSITION_EVERY, MAX_MOVES = 1.0, 100, 0.02
 _GAIN_POS, _GAIN_NEG, _ABS, _GSUM = range(4)
 # weights generated at once for the per-block sums (bounds their temporary memory)
 _CHUNK_WEIGHTS = 1 << 20
-#: The seed's derivative map and its inverse (docs/design.md, "State transitions"), by state.
-POS_STATE = np.array([1, 0, 3, 2, 5, 6, 7, 4], dtype=np.uint8)
-NEG_STATE = np.array([7, 6, 5, 4, 3, 2, 1, 0], dtype=np.uint8)
-_SEL_MASK = np.uint64((1 << (seeds_mod.SEL_BITS * seeds_mod.N_CLASSES)) - 1)
-_SEL_SHIFTS = np.arange(seeds_mod.N_CLASSES, dtype=np.uint64) * np.uint64(seeds_mod.SEL_BITS)
 
 
 class _SingleThreadedBlas:
@@ -107,17 +103,6 @@ def _blas_guard(sgemm_work: int):
     on the calling thread anyway."""
     small = sgemm_work <= _SERIAL_BLAS_WORK
     return contextlib.nullcontext() if small else _single_threaded_blas
-
-
-def states_of(hi: np.ndarray) -> np.ndarray:
-    """The four state selectors of ``hi`` words, uint8 with a trailing axis of 4."""
-    return ((hi[..., None] >> _SEL_SHIFTS) & np.uint64(seeds_mod.N_STATES - 1)).astype(np.uint8)
-
-
-def with_states(hi: np.ndarray, sel: np.ndarray) -> np.ndarray:
-    """``hi`` words with their four 3-bit state selectors replaced by ``sel`` (trailing axis 4)."""
-    bits = np.bitwise_or.reduce(sel.astype(np.uint64) << _SEL_SHIFTS, axis=-1)
-    return (hi & ~_SEL_MASK) | bits
 
 
 def _block_sums(A: np.ndarray, width: int) -> np.ndarray:
@@ -204,8 +189,9 @@ class FusedLinear:
         micro-batches and across processes).
     """
 
-    def __init__(self, in_features: int, out_features: int, block=(64, 64), bias: bool = True,
-                 seed=None, mode: str = "fast", center: bool = True, block_scale: bool = True,
+    def __init__(self, in_features: int, out_features: int, block: tuple[int, int] = (64, 64),
+                 bias: bool = True, seed: int | np.random.Generator | None = None,
+                 mode: str = "fast", center: bool = True, block_scale: bool = True,
                  tau: float = TAU, transition_every: int = TRANSITION_EVERY,
                  max_moves: float = MAX_MOVES):
         self._configure(in_features, out_features, block, mode, center, block_scale, tau,
@@ -216,10 +202,7 @@ class FusedLinear:
             rng.uniform(0.2, 0.9, grid), rng.uniform(-0.1, 0.4, grid),
             rng.integers(0, seeds_mod.N_STATES, grid + (seeds_mod.N_CLASSES,)),
             rng.integers(0, 256, grid))
-        # The master copies as strided float32 views into lo (DTYPE is little-endian, so
-        # float 2 of a seed is theta and float 3 is r on any host).
-        masters = self._seeds.view("<f4").reshape(grid + (4,))
-        self._r, self._theta = masters[..., 3], masters[..., 2]
+        self._r, self._theta = seeds_mod.masters(self._seeds)
         self._scale = (rng.choice(np.array([-1.0, 1.0], np.float32), grid)
                        if block_scale else None)
         self._alpha = np.ones((), np.float32)
@@ -232,7 +215,7 @@ class FusedLinear:
         """Check and set everything but the parameters."""
         self.in_features = positive_int("in_features", in_features, MAX_FEATURES)
         self.out_features = positive_int("out_features", out_features, MAX_FEATURES)
-        self.block = kernel.check_block_shape(block)
+        self.block = kernel.check_block_shape(block, "block")
         if self.block[0] > self.out_features or self.block[1] > self.in_features:
             raise ValueError(f"block {self.block} is larger than the layer "
                              f"({self.out_features} x {self.in_features})")
@@ -251,7 +234,7 @@ class FusedLinear:
         self.center, self.block_scale = bool(center), bool(block_scale)
         self.transition_every, self.max_moves = int(transition_every), float(max_moves)
         self.grid = (-(-self.out_features // self.block[0]), -(-self.in_features // self.block[1]))
-        self.grads: dict = {}
+        self.grads: dict[str, np.ndarray] = {}
         self.transition_stats = None
         self._steps = 0
         self._moments_cache = self._terms_cache = (None, None)
@@ -278,16 +261,15 @@ class FusedLinear:
         return self._seeds
 
     @seeds.setter
-    def seeds(self, value) -> None:
-        value = np.asarray(value)
-        if value.dtype != seeds_mod.DTYPE or value.shape != self._seeds.shape:
-            raise ValueError(f"seeds must be an array of rbe.seeds.DTYPE with shape "
-                             f"{self._seeds.shape}, got {value.dtype} {value.shape}")
+    def seeds(self, value: ArrayLike) -> None:
+        value = seeds_mod.check(value)
+        if value.shape != self._seeds.shape:
+            raise ValueError(f"seeds must have shape {self._seeds.shape}, got {value.shape}")
         self._seeds[...] = value
         self.transition_stats = None
 
     @property
-    def scale(self):
+    def scale(self) -> np.ndarray | None:
         return self._scale
 
     @property
@@ -295,7 +277,7 @@ class FusedLinear:
         return self._alpha
 
     @alpha.setter
-    def alpha(self, value) -> None:
+    def alpha(self, value: ArrayLike) -> None:
         self._alpha[...] = value
 
     @property
@@ -303,7 +285,7 @@ class FusedLinear:
         return self._beta
 
     @beta.setter
-    def beta(self, value) -> None:
+    def beta(self, value: ArrayLike) -> None:
         self._beta[...] = value
 
     @property
@@ -311,7 +293,7 @@ class FusedLinear:
         """Whether alpha and beta are trained (only in the original parameterisation)."""
         return not (self.center or self.block_scale)
 
-    def parameters(self) -> dict:
+    def parameters(self) -> dict[str, np.ndarray]:
         """Arrays the optimisers update in place: the r and theta masters, the block scales,
         alpha and beta when they are trained, and the bias."""
         params = {"r": self._r, "theta": self._theta}
@@ -373,8 +355,7 @@ class FusedLinear:
                                  f"{layer.grid} block grid")
         layer._seeds = np.empty(layer.grid, seeds_mod.DTYPE)
         layer._seeds["hi"], layer._seeds["lo"] = arrays["hi"], arrays["lo"]
-        masters = layer._seeds.view("<f4").reshape(layer.grid + (4,))
-        layer._r, layer._theta = masters[..., 3], masters[..., 2]
+        layer._r, layer._theta = seeds_mod.masters(layer._seeds)
         layer._scale = (np.array(arrays["scale"], np.float32) if layer.block_scale else None)
         layer._alpha = np.array(arrays["alpha"], np.float32).reshape(())
         layer._beta = np.array(arrays["beta"], np.float32).reshape(())
@@ -479,7 +460,7 @@ class FusedLinear:
 
     # ---- forward and backward --------------------------------------------------------------
 
-    def forward(self, X) -> np.ndarray:
+    def forward(self, X: ArrayLike) -> np.ndarray:
         """``X W_eff^T + bias`` for X of shape (in_features,) or (batch, in_features).
 
         float32 input gives float32, float64 gives float64 (fast mode computes in float32).
@@ -502,7 +483,7 @@ class FusedLinear:
         Y = Z.astype(X.dtype, copy=False)
         return finite_output("forward", Y).reshape(X.shape[:-1] + (self.out_features,))
 
-    def backward(self, X, dY) -> np.ndarray:
+    def backward(self, X: ArrayLike, dY: ArrayLike) -> np.ndarray:
         """dX = dY W_eff; fills :attr:`grads` and adds to :attr:`transition_stats`.
 
         Parameters
@@ -588,15 +569,15 @@ class FusedLinear:
         if stats is None:
             raise ValueError("no transition statistics: run backward (with transitions on) "
                              "first")
-        sel = states_of(self._seeds["hi"])
-        candidates = np.stack([POS_STATE[sel], NEG_STATE[sel]], axis=-1)
+        sel = seeds_mod.states(self._seeds["hi"])
+        candidates = seeds_mod.candidates(sel)
         gain = stats[..., [_GAIN_POS, _GAIN_NEG]].copy()
         if self.center:
             current = self._class_sums(self._seeds)
             count = self._moments().count[..., None]
             for k in range(2):
                 moved = self._seeds.copy()
-                moved["hi"] = with_states(moved["hi"], candidates[..., k])
+                moved["hi"] = seeds_mod.with_states(moved["hi"], candidates[..., k])
                 shift = (self._class_sums(moved) - current) / count
                 gain[..., k] -= shift * stats[..., _GSUM]
         best = gain.argmin(axis=-1)
@@ -619,7 +600,7 @@ class FusedLinear:
             return
         before_hi = self._seeds["hi"].copy()
         before = loss() if loss is not None else None
-        self._seeds["hi"] = with_states(before_hi, new)
+        self._seeds["hi"] = seeds_mod.with_states(before_hi, new)
         if loss is not None and not loss() <= before:
             self._seeds["hi"] = before_hi
 
@@ -694,10 +675,10 @@ class FusedLinear:
         h, w = self.block
         grid_rows, grid_cols = self.grid
         Xpad = _padded(X2, grid_cols * w)
-        sel = states_of(self._seeds["hi"])
+        states = seeds_mod.candidates(seeds_mod.states(self._seeds["hi"]))
         candidates = [self._seeds.copy(), self._seeds.copy()]
-        for cand, states in zip(candidates, (POS_STATE[sel], NEG_STATE[sel])):
-            cand["hi"] = with_states(cand["hi"], states)
+        for k, cand in enumerate(candidates):
+            cand["hi"] = seeds_mod.with_states(cand["hi"], states[..., k])
         dZ = np.zeros((X2.shape[0], grid_cols * w))
         stats = np.zeros(self.grid + (STATS["n"],))
         for bi in range(grid_rows):

@@ -19,7 +19,10 @@ write contiguous batch rows and the dense transforms are plain GEMMs.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _core
 from . import transforms as tf
@@ -123,10 +126,13 @@ class HybridLinear:
     # Stored arrays (``_state``) that depend on the contents, not on the layer's shape.
     OPTIONAL_STATE = ("transform", "counts")
 
-    def __init__(self, in_features, out_features, block=(64, 64), k=None, transform="dct",
-                 bias=True, wavelet=tf.DEFAULT_WAVELET, seed=None, *, budget=None, ratio=None,
-                 basis=True, rank=0, precision="float32", regrow_every=100,
-                 regrow_fraction=0.3, regrow_stop=None):
+    def __init__(self, in_features: int, out_features: int, block: tuple[int, int] = (64, 64),
+                 k: int | None = None, transform: str = "dct", bias: bool = True,
+                 wavelet: str = tf.DEFAULT_WAVELET,
+                 seed: int | np.random.Generator | None = None, *, budget: int | None = None,
+                 ratio: float | None = None, basis: bool = True, rank: int = 0,
+                 precision: str = "float32", regrow_every: int | None = 100,
+                 regrow_fraction: float = 0.3, regrow_stop: int | None = None):
         if transform not in tf.TRANSFORMS:
             raise ValueError(f"a layer trained from scratch needs one transform, "
                              f"{tf.TRANSFORMS}, got {transform!r}")
@@ -176,9 +182,12 @@ class HybridLinear:
         return factor_out.astype(np.float32), factor_in.astype(np.float32)
 
     @classmethod
-    def from_dense(cls, W, bias=None, block=(64, 64), k=None, transform="adaptive",
-                   wavelet=tf.DEFAULT_WAVELET, progress=None, *, budget=None, ratio=None,
-                   basis=True, rank=0, precision="float32") -> HybridLinear:
+    def from_dense(cls, W: ArrayLike, bias: ArrayLike | None = None,
+                   block: tuple[int, int] = (64, 64), k: int | None = None,
+                   transform: str = "adaptive", wavelet: str = tf.DEFAULT_WAVELET,
+                   progress: bool | None = None, *, budget: int | None = None,
+                   ratio: float | None = None, basis: bool = True, rank: int = 0,
+                   precision: str = "float32") -> HybridLinear:
         """Encode a dense (out_features, in_features) weight matrix (see ``rbe.encode``).
 
         ``budget`` and ``ratio`` bound the layer's bytes (bias included) as in the
@@ -190,7 +199,7 @@ class HybridLinear:
                                       basis=basis, rank=rank, precision=precision), bias)
 
     @classmethod
-    def from_matrix(cls, matrix: HybridMatrix, bias=None) -> HybridLinear:
+    def from_matrix(cls, matrix: HybridMatrix, bias: ArrayLike | None = None) -> HybridLinear:
         """A layer computing with an encoded matrix (its arrays are copied)."""
         if not isinstance(matrix, HybridMatrix):
             raise ValueError(f"expected a HybridMatrix, got {type(matrix).__name__}")
@@ -257,20 +266,42 @@ class HybridLinear:
             raise ValueError("bias contains NaN or infinite values (or values beyond float32)")
         return bias
 
-    in_features = property(lambda self: self.grid.shape[1])
-    out_features = property(lambda self: self.grid.shape[0])
-    counts = property(lambda self: np.diff(self.offsets))
-    has_basis = property(lambda self: self.coef.shape[1] > 0)
-    rank = property(lambda self: 0 if self.factors is None else self.factors[0].shape[1])
+    @property
+    def in_features(self) -> int:
+        return self.grid.shape[1]
 
     @property
-    def factors(self):
+    def out_features(self) -> int:
+        return self.grid.shape[0]
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """Block shape (h, w); edge blocks are smaller."""
+        return self.grid.block
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Transform coefficients of each block."""
+        return np.diff(self.offsets)
+
+    @property
+    def has_basis(self) -> bool:
+        """Whether blocks keep the 8 smooth basis coefficients."""
+        return self.coef.shape[1] > 0
+
+    @property
+    def rank(self) -> int:
+        """Rank of the low-rank term (0 without one)."""
+        return 0 if self.factors is None else self.factors[0].shape[1]
+
+    @property
+    def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(factor_out, factor_in) of the low-rank term, or None."""
-        return getattr(self, "_factors", None)
+        return self._factors
 
     # -- optimiser protocol -------------------------------------------------------------------
 
-    def parameters(self) -> dict:
+    def parameters(self) -> dict[str, np.ndarray]:
         """Trainable arrays, updated in place by ``rbe.optim``."""
         params = {"coef": self.coef} if self.has_basis else {}
         params["values"] = self.values
@@ -280,7 +311,7 @@ class HybridLinear:
             params["bias"] = self.bias
         return params
 
-    def after_step(self, loss=None) -> None:
+    def after_step(self, loss: Callable[[], float] | None = None) -> None:
         """Count the optimiser step; on a regrow step, move positions (``regrow``) and clear
         ``grow_grads``. ``loss`` (the optimisers' closure) is not used by hybrid layers."""
         self.steps += 1
@@ -291,7 +322,8 @@ class HybridLinear:
 
     # -- moving positions ---------------------------------------------------------------------
 
-    def set_regrow(self, every, fraction=0.3, stop=None) -> None:
+    def set_regrow(self, every: int | None, fraction: float = 0.3,
+                   stop: int | None = None) -> None:
         """Move positions while training, by transform-domain prune-and-grow.
 
         After every ``every``-th optimiser step (``after_step``), each block swaps up to
@@ -310,7 +342,7 @@ class HybridLinear:
         self._grow_grads = None
 
     @property
-    def grow_grads(self):
+    def grow_grads(self) -> np.ndarray | None:
         # Allocated on first use, not by set_regrow: loading a file that keeps a regrow
         # schedule must not allocate a dense (out, in) array.
         if self._grow_grads is None and self.regrow_every is not None:
@@ -556,7 +588,8 @@ class HybridLinear:
                 f"bias={self.bias is not None}, ratio={self.compression_ratio:.1f})")
 
 
-def matrix_budget(budget, ratio, shape, has_bias):
+def matrix_budget(budget: int | None, ratio: float | None, shape: tuple[int, int],
+                  has_bias: bool) -> int | None:
     """Bytes left for the weight of a layer of ``shape`` whose stored bytes (bias included)
     may not exceed ``budget``, or dense float32 bytes / ``ratio``; None when neither is given."""
     if budget is None and ratio is None:

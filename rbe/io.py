@@ -6,9 +6,13 @@ A file is an ordinary safetensors file. Its metadata key ``"rbe"`` holds a JSON 
      "entries": {NAME: {"kind": "hybrid_linear" | "fused_linear" | "hybrid_matrix" | "tensor",
                         "config": {...},                       # shapes, block sizes, wavelet...
                         "tensors": {PART: {"dtype": "float32", "shape": [...],
-                                           "sha256": "..."}}}}}
+                                           "sha256": "..."}}}},
+     "single": true}                                           # optional
 
-and the tensor of part PART of entry NAME is stored as ``NAME/PART``.
+and the tensor of part PART of entry NAME is stored as ``NAME/PART``. ``"single"`` marks a file
+that :func:`save` was given one object (not a dict) for: it holds one entry, ``"layer"``, and
+:func:`load` returns that object. Files without it (all those written before it existed) load
+as a dict of their entries.
 
 Loading reads the file itself, in this order, and raises :class:`FormatError` naming the entry,
 part and problem at the first thing wrong:
@@ -36,12 +40,19 @@ import math
 import os
 import re
 import reprlib
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Union
 
 import numpy as np
+import pywt
 
-from . import _checks
+from . import _checks, encoder, kernel
+from . import transforms as tf
+from .encoder import HybridMatrix
+from .fused import FusedLinear
+from .hybrid import HybridLinear
+from .layer import Layer, Stored
 
 FORMAT = "rbe"
 VERSION = 2
@@ -76,21 +87,41 @@ _SHORT_REPR.maxstring = _SHORT_REPR.maxother = 120
 _SHORT_REPR.maxlist = _SHORT_REPR.maxdict = 8
 
 
+#: What a file entry holds.
+Entry = Union[Stored, np.ndarray]
+
+
 class FormatError(ValueError):
     """A file that is not a valid rbe model file (truncated, corrupted, forged or too new)."""
 
 
-def _kinds() -> dict:
-    """Entry kind -> class; each has ``_state()`` and ``_from_state(config, arrays)``."""
-    from .encoder import HybridMatrix
-    from .hybrid import HybridLinear
-    kinds = {"hybrid_linear": HybridLinear, "hybrid_matrix": HybridMatrix}
-    try:
-        from .fused import FusedLinear
-        kinds["fused_linear"] = FusedLinear
-    except ImportError:
-        pass
-    return kinds
+_LAYER_KINDS: dict[str, type[Layer]] = {"hybrid_linear": HybridLinear,
+                                         "fused_linear": FusedLinear}
+_ENTRY_KINDS: dict[str, type[Stored]] = {**_LAYER_KINDS, "hybrid_matrix": HybridMatrix}
+
+
+def layer_kinds() -> dict[str, type[Layer]]:
+    """The registry of layers: entry kind in a file's header -> layer class."""
+    return dict(_LAYER_KINDS)
+
+
+def entry_kinds() -> dict[str, type[Stored]]:
+    """Every kind of stored object (numpy arrays aside): entry kind -> class, whose
+    ``_state()`` and ``_from_state(config, arrays)`` (:class:`rbe.layer.Stored`) it stores."""
+    return dict(_ENTRY_KINDS)
+
+
+_kinds = entry_kinds        # the name rbe.torch imports
+
+
+def kind_of(obj: object) -> str:
+    """The entry kind under which :func:`save` stores ``obj`` ("tensor" for a numpy array)."""
+    if isinstance(obj, np.ndarray):
+        return "tensor"
+    for kind, cls in _ENTRY_KINDS.items():
+        if isinstance(obj, cls):
+            return kind
+    raise ValueError(f"{type(obj).__name__} is not an rbe layer, HybridMatrix or numpy array")
 
 
 def _checksum(a: np.ndarray) -> str:
@@ -102,37 +133,41 @@ def _describe(arrays: dict) -> dict:
             for part, a in arrays.items()}
 
 
-def _entry_state(name: str, obj) -> tuple[str, dict, dict]:
-    if isinstance(obj, np.ndarray):
-        if obj.dtype.name not in _ALLOWED_DTYPES:
-            raise ValueError(f"tensor {name!r} has unsupported dtype {obj.dtype}")
-        return "tensor", {}, {"data": obj}
-    for kind, cls in _kinds().items():
-        if isinstance(obj, cls):
-            config, arrays = obj._state()
-            return kind, config, arrays
-    raise ValueError(f"cannot save {name!r}: {type(obj).__name__} is not an rbe layer, "
-                     "HybridMatrix or numpy array")
+def _entry_state(name: str, obj: Entry) -> tuple[str, dict, dict]:
+    try:
+        kind = kind_of(obj)
+    except ValueError as exc:
+        raise ValueError(f"cannot save {name!r}: {exc}") from None
+    if not isinstance(obj, np.ndarray):
+        return (kind, *obj._state())
+    if obj.dtype.name not in _ALLOWED_DTYPES:
+        raise ValueError(f"tensor {name!r} has unsupported dtype {obj.dtype}")
+    return "tensor", {}, {"data": obj}
 
 
-def save(path, obj) -> None:
-    """Save a layer, a HybridMatrix, or a dict of them (numpy arrays are kept as tensors).
+def save(path: str | os.PathLike, obj: Entry | Mapping[str, Entry]) -> None:
+    """Save a layer, a HybridMatrix or a numpy array, or a dict name -> any of them.
 
-    A single object is stored under the name ``"layer"``.
+    :func:`load` returns what was saved: the object, or the dict. (A single object is stored
+    as the entry ``"layer"``, marked ``"single"`` in the header.)
     """
     from safetensors.numpy import save_file
 
-    entries = obj if isinstance(obj, dict) else {"layer": obj}
+    single = not isinstance(obj, Mapping)
+    entries = dict(obj) if isinstance(obj, Mapping) else {"layer": obj}
     if not entries:
         raise ValueError("nothing to save")
-    header, tensors = {"format": FORMAT, "version": VERSION, "entries": {}}, {}
+    described: dict[str, dict] = {}
+    tensors: dict[str, np.ndarray] = {}
     for name, value in entries.items():
         if not isinstance(name, str) or not name or "/" in name:
             raise ValueError(f"entry names must be non-empty strings without '/', got {name!r}")
         kind, config, arrays = _entry_state(name, value)
         arrays = {part: np.ascontiguousarray(a) for part, a in arrays.items()}
-        header["entries"][name] = {"kind": kind, "config": config, "tensors": _describe(arrays)}
+        described[name] = {"kind": kind, "config": config, "tensors": _describe(arrays)}
         tensors.update({f"{name}/{part}": a for part, a in arrays.items()})
+    header = {"format": FORMAT, "version": VERSION, "entries": described,
+              **({"single": True} if single else {})}
     # Created here first, so that a missing folder or a directory is a plain OSError.
     open(os.fspath(path), "wb").close()
     save_file(tensors, os.fspath(path), metadata={FORMAT: json.dumps(header)})
@@ -390,16 +425,14 @@ def _fraction(value, what):
 
 
 def _wavelets():
-    import pywt
     return pywt.wavelist(kind="discrete")
 
 
 def _hybrid_dims(config: dict) -> dict:
     """Version 1: k entries per block, zero-padded in blocks smaller than k."""
-    from .encoder import MAX_BLOCK_ELEMENTS
     block = config["block"]
     return {"blocks": _checks.block_count(config["shape"], block), "out": config["shape"][0],
-            "k": (1, min(block[0] * block[1], MAX_BLOCK_ELEMENTS))}
+            "k": (1, min(block[0] * block[1], encoder.MAX_BLOCK_ELEMENTS))}
 
 
 def _ragged_dims(config: dict) -> dict:
@@ -466,10 +499,9 @@ def _check_masters(config: dict, arrays: dict) -> None:
 def _hybrid_kind(version: int, *, bias: bool) -> _Kind:
     """Version 1: dense (blocks, k) positions and values, a transform id per block; version 2:
     ragged, compact storage, optional basis and low-rank term (HybridMatrix._state)."""
-    from . import transforms as tf
-    from .encoder import MAX_BLOCK_ELEMENTS, MAX_BLOCK_SIDE, PRECISIONS
     config = {"shape": _pair(_checks.MAX_FEATURES, _checks.MAX_FEATURES**2),
-              "block": _pair(MAX_BLOCK_SIDE, MAX_BLOCK_ELEMENTS), "wavelet": _name(_wavelets)}
+              "block": _pair(encoder.MAX_BLOCK_SIDE, encoder.MAX_BLOCK_ELEMENTS),
+              "wavelet": _name(_wavelets)}
     if version == 1:
         parts = {"coef": _Part("float32", ("blocks", tf.NUM_BASIS)),
                  "transform": _Part("uint8", ("blocks",)),
@@ -477,9 +509,9 @@ def _hybrid_kind(version: int, *, bias: bool) -> _Kind:
                  "values": _Part("float32", ("blocks", "k"))}
         kind = {"dims": _hybrid_dims}
     else:
-        config.update(precision=_name(lambda: PRECISIONS),
+        config.update(precision=_name(lambda: encoder.PRECISIONS),
                       transform=_name(lambda: tf.TRANSFORMS),
-                      k=lambda value, what: _integer(value, 0, MAX_BLOCK_ELEMENTS, what))
+                      k=lambda value, what: _integer(value, 0, encoder.MAX_BLOCK_ELEMENTS, what))
         if bias:
             config.update(steps=lambda value, what: _integer(value, 0, 1 << 62, what),
                           regrow=_regrow)
@@ -499,9 +531,9 @@ def _hybrid_kind(version: int, *, bias: bool) -> _Kind:
 def _fused_kind(version: int) -> _Kind:
     """Version 1 holds the original parameterisation; version 2 adds centring, block scales
     and the transition schedule (docs/fused.md)."""
-    from .kernel import MAX_BLOCK_SIDE, MAX_BLOCK_SIZE, MODES
     config = {"in_features": _count, "out_features": _count,
-              "block": _pair(MAX_BLOCK_SIDE, MAX_BLOCK_SIZE), "mode": _name(lambda: MODES),
+              "block": _pair(kernel.MAX_BLOCK_SIDE, kernel.MAX_BLOCK_SIZE),
+              "mode": _name(lambda: kernel.MODES),
               "tau": _tau}
     parts = {"hi": _Part("uint64", ("rows", "cols")), "lo": _Part("uint64", ("rows", "cols")),
              "alpha": _Part("float32", (1,)), "beta": _Part("float32", (1,)),
@@ -523,11 +555,9 @@ def _kind_table(version: int) -> dict:
             or version not in SUPPORTED_VERSIONS:
         raise FormatError(f"unsupported format version {_shown(version)} (this rbe reads "
                           f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
-    table = {"hybrid_matrix": _hybrid_kind(version, bias=False),
-             "hybrid_linear": _hybrid_kind(version, bias=True), "tensor": _tensor_kind()}
-    if "fused_linear" in _kinds():
-        table["fused_linear"] = _fused_kind(version)
-    return table
+    return {"hybrid_matrix": _hybrid_kind(version, bias=False),
+            "hybrid_linear": _hybrid_kind(version, bias=True),
+            "fused_linear": _fused_kind(version), "tensor": _tensor_kind()}
 
 
 # ---- the rbe header -------------------------------------------------------------------------
@@ -537,11 +567,16 @@ def _parse_header(metadata: dict) -> dict:
         raise FormatError("no rbe header in the file's metadata (not written by rbe.save)")
     raw = metadata[FORMAT].encode("utf-8", "surrogatepass")
     header = _fields(_parse_json(raw, "the rbe header"), {"format", "version", "entries"},
-                     "the rbe header")
+                     "the rbe header", optional=frozenset({"single"}))
     if header["format"] != FORMAT:
         raise FormatError("the rbe header does not describe an rbe file")
     if not isinstance(header["entries"], dict) or not header["entries"]:
         raise FormatError("the rbe header lists no entries")
+    single = header.get("single", False)
+    if not isinstance(single, bool) or (single and len(header["entries"]) != 1):
+        raise FormatError(f"the rbe header's \"single\" must be true or false, and true only "
+                          f"with one entry; got {_shown(single)} with "
+                          f"{len(header['entries'])} entries")
     return header
 
 
@@ -659,8 +694,7 @@ def _read_entry(plan: _Plan, container: _Container) -> dict:
 def _upgraded(plan: _Plan, arrays: dict) -> tuple[dict, dict]:
     """An entry's config and checked arrays in the form of the current version."""
     if plan.version == 1 and plan.kind in ("hybrid_linear", "hybrid_matrix"):
-        from .encoder import upgrade_v1_state
-        return upgrade_v1_state(plan.config, arrays)
+        return encoder.upgrade_v1_state(plan.config, arrays)
     return plan.config, arrays
 
 
@@ -668,13 +702,15 @@ def _build(plan: _Plan, arrays: dict):
     if plan.kind == "tensor":
         return arrays["data"]
     try:
-        return _kinds()[plan.kind]._from_state(*_upgraded(plan, arrays))
+        return _ENTRY_KINDS[plan.kind]._from_state(*_upgraded(plan, arrays))
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise FormatError(f"entry {_shown(plan.name)} ({plan.kind}): {exc}") from None
 
 
-def load(path) -> dict:
-    """Load a file written by :func:`save`: a dict name -> layer, HybridMatrix or array.
+def load(path: str | os.PathLike) -> Entry | dict[str, Entry]:
+    """Load a file written by :func:`save`: what was saved, a layer, HybridMatrix or array,
+    or a dict name -> any of them (files written before single objects were marked load as
+    a dict, the object under ``"layer"``).
 
     Raises
     ------
@@ -686,5 +722,7 @@ def load(path) -> dict:
         If the file cannot be opened or read (FileNotFoundError if there is none).
     """
     with _Container(path) as container:
-        plans = _plan(_parse_header(container.metadata), container.layout)
-        return {plan.name: _build(plan, _read_entry(plan, container)) for plan in plans}
+        header = _parse_header(container.metadata)
+        plans = _plan(header, container.layout)
+        entries = {plan.name: _build(plan, _read_entry(plan, container)) for plan in plans}
+    return next(iter(entries.values())) if header.get("single") else entries

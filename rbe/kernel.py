@@ -16,13 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from . import _core
+from . import seeds as seeds_mod
 from ._cache import cached
-from .seeds import DTYPE
+from ._checks import positive_pair
+from ._coordinates import coordinates
 
 MODES = ("fast", "precise")
 APPROX_FAMILIES = tuple(_core.APPROX_FAMILIES)
@@ -33,7 +37,7 @@ MAX_BLOCK_SIZE = 1 << 24
 _TABLE_CHUNK = 1 << 16          # weights whose tables are computed at once
 
 
-def simd_paths() -> tuple:
+def simd_paths() -> tuple[str, ...]:
     """SIMD paths this CPU can run, best last."""
     paths = tuple(_core.SIMD_PATHS)
     return paths[:paths.index(_core.BEST_SIMD) + 1]
@@ -73,7 +77,7 @@ def default_approx() -> str:
 
 
 @contextlib.contextmanager
-def use_simd(name: str):
+def use_simd(name: str) -> Iterator[None]:
     """Temporarily force a SIMD path (one of :func:`simd_paths`), e.g. in tests."""
     global _simd
     previous, _simd = _simd, _check_simd(name)
@@ -89,21 +93,6 @@ class ShapeTables(NamedTuple):
     rho: np.ndarray
     sin_phi: np.ndarray
     cos_phi: np.ndarray
-
-
-def axis_coordinates(n: int) -> np.ndarray:
-    """Normalised coordinate 2j/(n-1) - 1 of each of n positions, 0 when n == 1.
-
-    Written as (2j - (n-1)) / (n-1), which is exactly antisymmetric (x[n-1-j] == -x[j]); the
-    fast kernel relies on that to copy point-symmetric positions.
-    """
-    return (2.0 * np.arange(n) - (n - 1)) / (n - 1) if n > 1 else np.zeros(1)
-
-
-def coordinates(shape) -> tuple:
-    """Normalised coordinates x (columns) and y (rows) of a block."""
-    h, w = shape
-    return axis_coordinates(w), axis_coordinates(h)
 
 
 def _build_tables(h: int, w: int) -> ShapeTables:
@@ -127,39 +116,21 @@ def _build_tables(h: int, w: int) -> ShapeTables:
     return ShapeTables(*tables)
 
 
-def shape_tables(shape) -> ShapeTables:
+def shape_tables(shape: tuple[int, int]) -> ShapeTables:
     """Cached tables for a block shape (built once, then read-only)."""
     h, w = check_block_shape(shape)
     return cached(("weight tables", h, w), lambda: _build_tables(h, w))
 
 
-def check_block_shape(shape) -> tuple:
-    """Validate a block shape (h, w) and return it as a tuple of ints."""
-    try:
-        h, w = (int(v) for v in shape)
-        if (h, w) != tuple(shape):
-            raise TypeError
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"block shape must be a pair of integers, got {shape!r}") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"block shape must be positive, got {(h, w)}")
-    if h > MAX_BLOCK_SIDE or w > MAX_BLOCK_SIDE or h * w > MAX_BLOCK_SIZE:
-        raise ValueError(f"block shape {(h, w)} is too large for the index type "
-                         f"(sides <= {MAX_BLOCK_SIDE}, h*w <= {MAX_BLOCK_SIZE})")
-    return h, w
+def check_block_shape(shape: tuple[int, int], name: str = "block shape") -> tuple[int, int]:
+    """A block shape (h, w) within the kernels' limits, as a pair of ints (``name`` is the
+    argument's name in the error)."""
+    return positive_pair(name, shape, MAX_BLOCK_SIDE, MAX_BLOCK_SIZE,
+                         "the kernels' index types")
 
 
-def check_seeds(seeds) -> np.ndarray:
-    """Validate an array of seeds: dtype rbe.seeds.DTYPE, C-contiguous."""
-    if not isinstance(seeds, np.ndarray) or seeds.dtype != DTYPE:
-        got = seeds.dtype if isinstance(seeds, np.ndarray) else type(seeds).__name__
-        raise ValueError(f"seeds must be a numpy array of rbe.seeds.DTYPE, got {got}")
-    if not seeds.flags.c_contiguous:
-        raise ValueError("seeds must be C-contiguous (use np.ascontiguousarray)")
-    return seeds
-
-
-def empty_aligned(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
+def empty_aligned(shape: int | tuple[int, ...], dtype: DTypeLike = np.float32,
+                  alignment: int = 64) -> np.ndarray:
     """An uninitialised C-contiguous array whose data starts on an ``alignment``-byte boundary.
 
     Use it for ``generate(..., out=...)``: outputs larger than the caches are written with
@@ -190,7 +161,7 @@ def _outputs(out, count: int, shape: tuple, dtype) -> list:
 
 
 def _run(seeds, shape, mode, approx, out, with_grad):
-    seeds = check_seeds(seeds)
+    seeds = seeds_mod.check(seeds, contiguous=True)
     shape = check_block_shape(shape)
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {MODES}")
@@ -210,8 +181,8 @@ def _run(seeds, shape, mode, approx, out, with_grad):
     return tuple(o.reshape(seeds.shape + shape) for o in outs)
 
 
-def generate(seeds, shape, mode: str = "fast", approx: str | None = None,
-             out: np.ndarray | None = None) -> np.ndarray:
+def generate(seeds: np.ndarray, shape: tuple[int, int], mode: str = "fast",
+             approx: str | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Weights of the blocks generated by ``seeds``.
 
     Parameters
@@ -236,8 +207,10 @@ def generate(seeds, shape, mode: str = "fast", approx: str | None = None,
     return _run(seeds, shape, mode, approx, out, with_grad=False)[0]
 
 
-def generate_with_grad(seeds, shape, mode: str = "fast", approx: str | None = None,
-                       out=None):
+def generate_with_grad(seeds: np.ndarray, shape: tuple[int, int], mode: str = "fast",
+                       approx: str | None = None,
+                       out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Weights and their derivatives ``(W, dW_dr, dW_dtheta)``, computed in one pass.
 
     The derivatives are exact for the formula (clamps contribute 0 outside their open
@@ -247,7 +220,7 @@ def generate_with_grad(seeds, shape, mode: str = "fast", approx: str | None = No
     return _run(seeds, shape, mode, approx, out, with_grad=True)
 
 
-def kernel_info() -> dict:
+def kernel_info() -> dict[str, object]:
     """What the fast kernels run on: SIMD path, approximation, OpenMP and threads."""
     return {
         "simd": _simd,

@@ -32,8 +32,13 @@ import dataclasses
 import os
 import tempfile
 import time
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
 
 BLOCK = (16, 16)
 LOW_RANK_SHARE = 0.75         # of a hybrid layer's bytes in its low-rank term
@@ -55,7 +60,7 @@ class Task:
 TASKS = {"digits": Task("digits", 256, 40), "synthetic": Task("synthetic", 512, 20)}
 
 
-def load_task(name: str):
+def load_task(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(X_train, y_train, X_test, y_test) as float32 / int64 arrays."""
     if name == "digits":
         from .demo import load_data
@@ -116,7 +121,8 @@ def _int8_linear(i, o):
     return Int8Linear(i, o)
 
 
-def hidden_layers(variant, sizes, ratio, seed, steps):
+def hidden_layers(variant: str, sizes: Sequence[tuple[int, int]], ratio: float, seed: int,
+                  steps: int) -> list[nn.Module]:
     """The two hidden layers of ``variant`` for (in, out) ``sizes`` at dense bytes / ratio."""
     import torch
     from torch import nn
@@ -150,7 +156,7 @@ def _seed_layer(i, o, budget, seed):
     raise ValueError(f"no seed-block size fits {budget} bytes")
 
 
-def narrower_width(n_in, hidden, ratio):
+def narrower_width(n_in: int, hidden: int, ratio: float) -> int:
     """Largest width w whose two hidden layers fit the budget of the (n_in, hidden) pair."""
     budget = sum(_layer_budgets([(n_in, hidden), (hidden, hidden)], ratio))
     w = 1
@@ -159,7 +165,8 @@ def narrower_width(n_in, hidden, ratio):
     return w
 
 
-def build_model(variant, task, n_in, ratio, seed, steps):
+def build_model(variant: str, task: Task, n_in: int, ratio: float, seed: int,
+                steps: int) -> nn.Sequential:
     """The MLP of ``task`` with the hidden layers of ``variant``."""
     from torch import nn
     width = narrower_width(n_in, task.hidden, ratio) if variant == "narrower" else task.hidden
@@ -169,7 +176,7 @@ def build_model(variant, task, n_in, ratio, seed, steps):
     return nn.Sequential(hidden[0], nn.ReLU(), hidden[1], nn.ReLU(), nn.Linear(width, 10))
 
 
-def stored_bytes(layer) -> int:
+def stored_bytes(layer: nn.Module) -> int:
     """Bytes of a hidden layer as stored."""
     from . import torch as rbe_torch
     if isinstance(layer, rbe_torch.RBELinear):
@@ -183,7 +190,9 @@ def stored_bytes(layer) -> int:
 
 # -- training ------------------------------------------------------------------------------------
 
-def train(model, X, y, epochs, lr, seed):
+def train(model: nn.Module, X: np.ndarray, y: np.ndarray, epochs: int, lr: float,
+          seed: int) -> nn.Module:
+    """Adam on cross-entropy, shuffled minibatches of BATCH."""
     import torch
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
@@ -197,7 +206,7 @@ def train(model, X, y, epochs, lr, seed):
     return model
 
 
-def as_stored(model):
+def as_stored(model: nn.Sequential) -> nn.Sequential:
     """The model as it would be stored: rbe layers through rbe.save / rbe.load, float16 torch
     factors rounded."""
     import torch
@@ -211,7 +220,7 @@ def as_stored(model):
                 io.save(path, module.layer)
                 parent, _, attr = name.rpartition(".")
                 setattr(model.get_submodule(parent), attr,
-                        rbe_torch.RBELinear.from_layer(io.load(path)["layer"]))
+                        rbe_torch.RBELinear.from_layer(io.load(path)))
             elif getattr(module, "stored_float16", False):
                 with torch.no_grad():
                     for p in module.parameters():
@@ -220,7 +229,8 @@ def as_stored(model):
     return model
 
 
-def accuracy(model, X, y) -> float:
+def accuracy(model: nn.Module, X: np.ndarray, y: np.ndarray) -> float:
+    """Fraction of X whose predicted class is y."""
     import torch
     with torch.no_grad():
         return float((model(torch.from_numpy(X)).argmax(1).numpy() == y).mean())
@@ -232,10 +242,11 @@ class Result:
     variant: str
     ratio: float
     lr: float
-    accuracies: list
+    accuracies: list[float]
     nbytes: int
 
     def cell(self) -> str:
+        """Mean ± standard deviation of the accuracies, and the bytes."""
         acc = np.array(self.accuracies)
         return f"{acc.mean():.3f} ± {acc.std():.3f} ({self.nbytes} B)"
 
@@ -244,17 +255,18 @@ class Runner:
     """Runs variants on one task; dense models are trained once per (lr, seed) and reused by
     ``compressed``."""
 
-    def __init__(self, task: Task, lrs, seeds):
+    def __init__(self, task: Task, lrs: Iterable[float], seeds: Iterable[int]):
         self.task, self.lrs, self.seeds = task, tuple(lrs), tuple(seeds)
         self.data = load_task(task.name)
         cut = int(0.8 * len(self.data[0]))
         Xtr, ytr = self.data[:2]
         self.splits = {"validation": (Xtr[:cut], ytr[:cut], Xtr[cut:], ytr[cut:]),
                        "test": self.data}
-        self._dense = {}        # (seed, split) -> trained dense model
-        self._lrs = {}          # (variant, ratio) -> chosen learning rate
+        self._dense: dict = {}      # (seed, split) -> trained dense model
+        self._lrs: dict = {}        # (variant, ratio) -> chosen learning rate
 
-    def steps(self, n_train):
+    def steps(self, n_train: int) -> int:
+        """Optimiser steps of training on n_train examples."""
         return self.task.epochs * -(-n_train // BATCH)
 
     def _fit(self, variant, ratio, lr, seed, split):
@@ -290,7 +302,7 @@ class Runner:
             self._dense[seed, split] = train(model, Xtr, ytr, self.task.epochs, lr, seed)
         return self._dense[seed, split]
 
-    def best_lr(self, variant, ratio):
+    def best_lr(self, variant: str, ratio: float) -> float:
         """The learning rate of the sweep with the best validation accuracy (seed 0)."""
         if (variant, ratio) not in self._lrs:
             scores = [self._fit(variant, ratio, lr, self.seeds[0], "validation")[0]
@@ -298,14 +310,17 @@ class Runner:
             self._lrs[variant, ratio] = self.lrs[int(np.argmax(scores))]
         return self._lrs[variant, ratio]
 
-    def run(self, variant, ratio) -> Result:
+    def run(self, variant: str, ratio: float) -> Result:
+        """Train and test ``variant`` at ``ratio`` with every seed, at its best learning rate."""
         lr = self.best_lr(variant, ratio)
         runs = [self._fit(variant, ratio, lr, seed, "test") for seed in self.seeds]
         return Result(self.task.name, variant, ratio, lr, [a for a, _ in runs], runs[0][1])
 
 
-def run(tasks=("digits", "synthetic"), ratios=(8, 32), seeds=(0, 1, 2),
-        lrs=(1e-3, 3e-3, 1e-2), variants=VARIANTS, plot=None, log=print):
+def run(tasks: Sequence[str] = ("digits", "synthetic"), ratios: Sequence[float] = (8, 32),
+        seeds: Iterable[int] = (0, 1, 2), lrs: Iterable[float] = (1e-3, 3e-3, 1e-2),
+        variants: Iterable[str] = VARIANTS, plot: str | None = None,
+        log: Callable[[str], object] = print) -> list[Result]:
     """Run the benchmark; returns the Results and prints a table as it goes."""
     try:
         import sklearn  # noqa: F401
@@ -337,7 +352,7 @@ def run(tasks=("digits", "synthetic"), ratios=(8, 32), seeds=(0, 1, 2),
     return results
 
 
-def table(results, tasks, ratios) -> str:
+def table(results: Sequence[Result], tasks: Iterable[str], ratios: Sequence[float]) -> str:
     """Markdown table: variants x (task, budget), accuracy mean ± std (bytes)."""
     columns = [(t, r) for t in tasks for r in ratios]
     lines = ["| variant | " + " | ".join(f"{t} 1/{r:g}" for t, r in columns) + " |",

@@ -25,9 +25,12 @@ Where the original panics on an out-of-range slice, these functions raise ``Valu
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import _reference
-from .seeds import DTYPE, unpack
+from ._checks import positive_pair
+from .seeds import DTYPE, masters, unpack
+from .seeds import check as check_seeds
 
 __all__ = [
     "make_seed", "from_continuous", "from_packed128", "q0x", "phase", "r_theta",
@@ -46,23 +49,6 @@ STATE_MASK = 0xFFFFF
 
 # ---- input checks ---------------------------------------------------------------------------
 
-def _block_shape(shape) -> tuple[int, int]:
-    try:
-        rows, cols = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"block shape must be a pair (rows, cols), got {shape!r}") from None
-    if rows < 1 or cols < 1:
-        raise ValueError(f"block shape must be positive, got ({rows}, {cols})")
-    return rows, cols
-
-
-def _seed_array(seeds) -> np.ndarray:
-    seeds = np.asarray(seeds)
-    if seeds.dtype != DTYPE:
-        raise ValueError(f"seeds must have dtype rbe.seeds.DTYPE {DTYPE}, got {seeds.dtype}")
-    return seeds
-
-
 def _seed_words(seeds: np.ndarray) -> np.ndarray:
     """(n, 2) uint64 view [hi, lo] of a C-contiguous seed array, sharing its memory."""
     if not seeds.flags.c_contiguous:
@@ -73,7 +59,7 @@ def _seed_words(seeds: np.ndarray) -> np.ndarray:
 def _mutable_seeds(seeds) -> np.ndarray:
     if not isinstance(seeds, np.ndarray):
         raise ValueError("seeds updated in place must be a numpy array")
-    seeds = _seed_array(seeds)
+    seeds = check_seeds(seeds)
     if not seeds.flags.writeable:
         raise ValueError("seeds updated in place must be writeable")
     _seed_words(seeds)
@@ -95,7 +81,7 @@ def _float_bits(v) -> np.ndarray:
     return np.asarray(v, dtype=np.float32).view(np.uint32).astype(np.uint64)
 
 
-def make_seed(r, theta, state_bits=0) -> np.ndarray:
+def make_seed(r: ArrayLike, theta: ArrayLike, state_bits: ArrayLike = 0) -> np.ndarray:
     """Seeds in the original layout (numpy broadcasting).
 
     Parameters
@@ -118,12 +104,10 @@ def make_seed(r, theta, state_bits=0) -> np.ndarray:
     return out
 
 
-def r_theta(seeds) -> tuple[np.ndarray, np.ndarray]:
+def r_theta(seeds: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """The float32 (r, theta) stored in ``lo`` (the original's ``decode()``)."""
-    lo = _seed_array(seeds)["lo"]
-    r = (lo >> np.uint64(32)).astype(np.uint32).view(np.float32)
-    theta = (lo & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
-    return r, theta
+    r, theta = masters(seeds)
+    return r.copy(), theta.copy()
 
 
 def _quantise(v: np.ndarray, bits: int) -> np.ndarray:
@@ -135,20 +119,20 @@ def _quantise(v: np.ndarray, bits: int) -> np.ndarray:
     return np.where(v > 0, v, np.float32(0)).astype(np.uint64)
 
 
-def q0x(v, bits: int = 20) -> np.ndarray:
+def q0x(v: ArrayLike, bits: int = 20) -> np.ndarray:
     """``ste_quant_q0x``: u64(clamp(v, 0, 1) * (2**bits - 1)), truncated, in float32."""
     return _quantise(np.clip(np.asarray(v, dtype=np.float32), np.float32(0), np.float32(1)),
                      bits)
 
 
-def phase(v, bits: int = 24) -> np.ndarray:
+def phase(v: ArrayLike, bits: int = 24) -> np.ndarray:
     """``ste_quant_phase``: u64(rem_euclid(v, 2 pi) / 2 pi * (2**bits - 1)), in float32."""
     v = np.fmod(np.asarray(v, dtype=np.float32), TWO_PI32)
     v = np.where(v < 0, v + TWO_PI32, v).astype(np.float32)
     return _quantise(v / TWO_PI32, bits)
 
 
-def from_continuous(r, theta) -> np.ndarray:
+def from_continuous(r: ArrayLike, theta: ArrayLike) -> np.ndarray:
     """The original ``Packed128::from_continuous``: hi = (q0x(r) << 44) | (phase(theta) << 20)."""
     hi = (q0x(r) << np.uint64(44)) | (phase(theta) << np.uint64(20))
     return make_seed(r, theta, hi)
@@ -160,7 +144,7 @@ def from_continuous(r, theta) -> np.ndarray:
 ORIGINAL_STATE = np.array([0, 1, 2, 3, 3, 1, 2, 3], dtype=np.uint64)
 
 
-def from_packed128(seeds) -> np.ndarray:
+def from_packed128(seeds: ArrayLike) -> np.ndarray:
     """The original-layout seeds with the same r, theta, selectors and detail as ``seeds``.
 
     ``seeds`` are in rbe's own layout (:mod:`rbe.seeds`). States 0, 1, 2, 4 become the
@@ -168,7 +152,7 @@ def from_packed128(seeds) -> np.ndarray:
     agree; states 3, 5, 6, 7 have no counterpart and are mapped to an arbitrary original state
     (fine for timing comparisons, not for values).
     """
-    f = unpack(_seed_array(seeds))
+    f = unpack(check_seeds(seeds))
     shifts = np.uint64(2) * np.arange(4, dtype=np.uint64)
     state_bits = np.bitwise_or.reduce(ORIGINAL_STATE[f.sel] << shifts, axis=-1)
     detail = np.rint(f.detail * (4095.0 / 255.0)).astype(np.uint64)
@@ -182,18 +166,18 @@ FORWARD, ADVANCED, PACKED64, GRAD_R, GRAD_THETA = range(5)
 
 
 def _blocks(kind: int, seeds, shape) -> np.ndarray:
-    seeds = _seed_array(seeds)
-    rows, cols = _block_shape(shape)
+    seeds = check_seeds(seeds)
+    rows, cols = positive_pair("block shape", shape)
     out = np.empty((seeds.size, rows, cols), dtype=np.float32)
     _reference.ref_generate(kind, _seed_words(np.ascontiguousarray(seeds)), rows, cols, out)
     return out.reshape(seeds.shape + (rows, cols))
 
 
 def _points(kind: int, seeds, i, j, shape) -> np.ndarray:
-    seeds, i, j = np.broadcast_arrays(_seed_array(seeds), np.asarray(i), np.asarray(j))
+    seeds, i, j = np.broadcast_arrays(check_seeds(seeds), np.asarray(i), np.asarray(j))
     if i.dtype.kind not in "ui" or j.dtype.kind not in "ui":
         raise ValueError("positions i and j must be integer arrays")
-    rows, cols = _block_shape(shape)
+    rows, cols = positive_pair("block shape", shape)
     out = np.empty(seeds.shape, dtype=np.float32)
     _reference.ref_pointwise(kind, _seed_words(np.ascontiguousarray(seeds)),
                         np.ascontiguousarray(i, np.int64).reshape(-1),
@@ -202,7 +186,7 @@ def _points(kind: int, seeds, i, j, shape) -> np.ndarray:
     return out
 
 
-def generate(seeds, shape) -> np.ndarray:
+def generate(seeds: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """The original weight generator: ``fused_forward`` ("Four-state weight function") at every
     position.
 
@@ -221,13 +205,13 @@ def generate(seeds, shape) -> np.ndarray:
     return _blocks(FORWARD, seeds, shape)
 
 
-def generate_advanced(seeds, shape) -> np.ndarray:
+def generate_advanced(seeds: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """``fused_forward_advanced`` (8 states, "Eight-state variant") at every position; see
     :func:`generate`."""
     return _blocks(ADVANCED, seeds, shape)
 
 
-def gradients(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
+def gradients(seeds: ArrayLike, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``analytical_gradient_r`` and ``analytical_gradient_theta`` ("Analytic gradients") at
     every position.
 
@@ -238,7 +222,8 @@ def gradients(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
     return _blocks(GRAD_R, seeds, shape), _blocks(GRAD_THETA, seeds, shape)
 
 
-def fused_forward(seeds, i, j, shape) -> np.ndarray:
+def fused_forward(seeds: ArrayLike, i: ArrayLike, j: ArrayLike,
+                  shape: tuple[int, int]) -> np.ndarray:
     """``Packed128::fused_forward(i, j, R, C)`` ("Four-state weight function") at given positions.
 
     Parameters
@@ -256,20 +241,22 @@ def fused_forward(seeds, i, j, shape) -> np.ndarray:
     return _points(FORWARD, seeds, i, j, shape)
 
 
-def fused_forward_advanced(seeds, i, j, shape) -> np.ndarray:
+def fused_forward_advanced(seeds: ArrayLike, i: ArrayLike, j: ArrayLike,
+                           shape: tuple[int, int]) -> np.ndarray:
     """``fused_forward_advanced(i, j, R, C)`` ("Eight-state variant") at given positions; see
     :func:`fused_forward`."""
     return _points(ADVANCED, seeds, i, j, shape)
 
 
-def analytical_gradients(seeds, i, j, shape) -> tuple[np.ndarray, np.ndarray]:
+def analytical_gradients(seeds: ArrayLike, i: ArrayLike, j: ArrayLike,
+                         shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """``analytical_gradient_r`` and ``analytical_gradient_theta`` ("Analytic gradients") at given
     positions;
     see :func:`fused_forward`."""
     return _points(GRAD_R, seeds, i, j, shape), _points(GRAD_THETA, seeds, i, j, shape)
 
 
-def packed64_weights(hi, shape) -> np.ndarray:
+def packed64_weights(hi: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """Packed64 ``compute_weight`` (the CORDIC path, "Packed64 (CORDIC)") at every position.
 
     Parameters
@@ -288,7 +275,7 @@ def packed64_weights(hi, shape) -> np.ndarray:
     return _blocks(PACKED64, make_seed(0.0, 0.0, hi), shape)
 
 
-def state_function(state, value, phase) -> np.ndarray:
+def state_function(state: ArrayLike, value: ArrayLike, phase: ArrayLike) -> np.ndarray:
     """``compute_state_function(state, input, phase)`` ("Eight-state variant"), float32,
     broadcasting."""
     state, value, phase = np.broadcast_arrays(np.asarray(state), np.asarray(value),
@@ -316,7 +303,7 @@ def _transition(hi, g, i, j, advanced: bool) -> np.ndarray:
     return out
 
 
-def state_transition(hi, g, i, j) -> np.ndarray:
+def state_transition(hi: ArrayLike, g: ArrayLike, i: ArrayLike, j: ArrayLike) -> np.ndarray:
     """``apply_state_transition(g, i, j)`` ("Original state transitions") applied once to each
     ``hi`` word.
 
@@ -330,7 +317,7 @@ def state_transition(hi, g, i, j) -> np.ndarray:
     return _transition(hi, g, i, j, False)
 
 
-def advanced_transition(hi, g, i, j) -> np.ndarray:
+def advanced_transition(hi: ArrayLike, g: ArrayLike, i: ArrayLike, j: ArrayLike) -> np.ndarray:
     """``advanced_state_transition(g, i, j)`` ("Original state transitions") applied once to each
     ``hi`` word.
 
@@ -340,7 +327,8 @@ def advanced_transition(hi, g, i, j) -> np.ndarray:
     return _transition(hi, g, i, j, True)
 
 
-def adam_update(p: float, m: float, v: float, g: float, lr: float, t: int):
+def adam_update(p: float, m: float, v: float, g: float, lr: float,
+                t: int) -> tuple[float, float, float]:
     """The original ``adam_update`` ("Training rules") in float32; ``t = 0`` divides by zero.
 
     Returns
@@ -361,7 +349,8 @@ def _single_seed_args(target, pred, seed):
     return target, pred, _seed_words(seed)[0]
 
 
-def fused_backward(target, pred, seed, lr: float) -> tuple[float, float]:
+def fused_backward(target: ArrayLike, pred: ArrayLike, seed: np.ndarray,
+                   lr: float) -> tuple[float, float]:
     """math.rs ``fused_backward`` ("Training rules"): one sequential finite-difference SGD step.
 
     Visits the R x C elements in row-major order; each applies a state transition with its error
@@ -384,7 +373,8 @@ def fused_backward(target, pred, seed, lr: float) -> tuple[float, float]:
     return mse, float(np.sqrt(np.float32(mse)))
 
 
-def fused_backward_fast(target, pred, seed, lr: float) -> tuple[float, float]:
+def fused_backward_fast(target: ArrayLike, pred: ArrayLike, seed: np.ndarray,
+                        lr: float) -> tuple[float, float]:
     """math.rs ``fused_backward_fast``: as :func:`fused_backward` with the analytic gradients
     of the current (post-transition) seed instead of finite differences."""
     target, pred, words = _single_seed_args(target, pred, seed)
@@ -393,7 +383,8 @@ def fused_backward_fast(target, pred, seed, lr: float) -> tuple[float, float]:
     return mse, float(np.sqrt(np.float32(mse)))
 
 
-def fused_backward_adam(target, pred, seed, moments, epoch: int, lr: float) -> float:
+def fused_backward_adam(target: ArrayLike, pred: ArrayLike, seed: np.ndarray, moments: np.ndarray,
+                        epoch: int, lr: float) -> float:
     """math.rs ``fused_backward_adam``: summed (not averaged) gradients, one Adam step.
 
     Parameters
@@ -431,12 +422,12 @@ class FusedLayer:
         pass) or its rows overrun M (backward passes); here that raises ``ValueError``.
     """
 
-    def __init__(self, seeds, block, shape):
-        seeds = np.ascontiguousarray(_seed_array(seeds))
+    def __init__(self, seeds: ArrayLike, block: tuple[int, int], shape: tuple[int, int]):
+        seeds = np.ascontiguousarray(check_seeds(seeds))
         if seeds.ndim != 2 or seeds.size == 0:
             raise ValueError(f"seeds must be a non-empty 2-D grid, got shape {seeds.shape}")
-        self.block = _block_shape(block)
-        self.shape = _block_shape(shape)
+        self.block = positive_pair("block", block)
+        self.shape = positive_pair("shape", shape)
         bw, n = self.block[1], self.shape[1]
         if seeds.shape[1] * bw > n:
             raise ValueError(f"{seeds.shape[1]} block columns of width {bw} overrun {n} inputs")
@@ -458,7 +449,7 @@ class FusedLayer:
             raise ValueError(f"{self.seeds.shape[0]} block rows of height {bh} overrun "
                              f"{m} outputs")
 
-    def forward_precise(self, x) -> np.ndarray:
+    def forward_precise(self, x: ArrayLike) -> np.ndarray:
         """``fused_forward_precise``: y = W x, weights in float32, float64 accumulation.
 
         Ragged block rows beyond M are skipped, as the original does.
@@ -474,7 +465,7 @@ class FusedLayer:
         x = self._vector("x", x, self.shape[1])
         return x, self._vector("dy", dy, self.shape[0]), np.empty_like(x)
 
-    def backward_precise(self, x, dy, lr: float) -> np.ndarray:
+    def backward_precise(self, x: ArrayLike, dy: ArrayLike, lr: float) -> np.ndarray:
         """``fused_backward_precise``: per-element SGD on the seeds, in visiting order.
 
         For each weight (blocks row-major, then elements row-major): g = dy_i x_j in float32,
@@ -489,7 +480,7 @@ class FusedLayer:
         _reference.ref_layer_backward_precise(self._words(), *self.block, x, dy, lr, dx)
         return dx
 
-    def backward_adam(self, x, dy, epoch: int, lr: float) -> np.ndarray:
+    def backward_adam(self, x: ArrayLike, dy: ArrayLike, epoch: int, lr: float) -> np.ndarray:
         """``fused_backward_adam``: summed gradients per block, one Adam step per block.
 
         Uses and updates :attr:`moments` (planes m_r, v_r, m_theta, v_theta).
@@ -506,12 +497,13 @@ class FusedLayer:
 
 # ---- NumPy float64 oracle (written from the description, not from the C code) ----------------
 
-def coords_np(shape):
+def coords_np(shape: tuple[int, int]
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Normalised coordinates (x, y, rho, phi) of an R x C block, float64 ("Coordinates").
 
     A block with one row (column) gives NaN y (x), as the original's 0/0.
     """
-    rows, cols = _block_shape(shape)
+    rows, cols = positive_pair("block shape", shape)
     i, j = np.meshgrid(np.arange(rows, dtype=np.float64), np.arange(cols, dtype=np.float64),
                        indexing="ij")
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -521,7 +513,7 @@ def coords_np(shape):
 
 
 def _classes(shape, modulus: int) -> np.ndarray:
-    rows, cols = _block_shape(shape)
+    rows, cols = positive_pair("block shape", shape)
     i, j = np.meshgrid(np.arange(rows), np.arange(cols), indexing="ij")
     return ((j - i) % modulus).astype(np.uint64)
 
@@ -531,7 +523,7 @@ def _np_params(seeds, r=None, theta=None):
 
     ``r`` and ``theta``, when given, replace the float32 values stored in the seeds.
     """
-    seeds = _seed_array(seeds)
+    seeds = check_seeds(seeds)
     stored = r_theta(seeds)
     r, theta = (np.asarray(v if v is not None else s, dtype=np.float64)[..., None, None]
                 for v, s in zip((r, theta), stored))
@@ -543,7 +535,8 @@ def _field(state, shift, mask: int) -> np.ndarray:
     return ((state >> shift) & np.uint64(mask)).astype(np.int64)
 
 
-def fused_forward_np(seeds, shape, r=None, theta=None) -> np.ndarray:
+def fused_forward_np(seeds: ArrayLike, shape: tuple[int, int], r: ArrayLike | None = None,
+                     theta: ArrayLike | None = None) -> np.ndarray:
     """Float64 rendering of the 4-state ``fused_forward``; shape as :func:`generate`.
 
     ``r`` and ``theta`` (float64, broadcasting with ``seeds``) optionally replace the float32
@@ -561,7 +554,7 @@ def fused_forward_np(seeds, shape, r=None, theta=None) -> np.ndarray:
     return np.clip(base * shaped * delta, 0, 1)
 
 
-def gradients_np(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
+def gradients_np(seeds: ArrayLike, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Float64 rendering of the analytic gradients: (dW/dr, dW/dtheta).
 
     Zero where the clamp of the base or of the weight is saturated (open intervals).
@@ -591,7 +584,7 @@ def gradients_np(seeds, shape) -> tuple[np.ndarray, np.ndarray]:
     return np.where(live, dm_dr * delta, 0.0), np.where(live, dm_dt * delta, 0.0)
 
 
-def state_function_np(state, value, phase) -> np.ndarray:
+def state_function_np(state: ArrayLike, value: ArrayLike, phase: ArrayLike) -> np.ndarray:
     """Float64 rendering of ``compute_state_function``, broadcasting."""
     state = np.asarray(state)
     si = np.clip(np.asarray(value, dtype=np.float64), -10, 10)
@@ -612,7 +605,7 @@ def state_function_np(state, value, phase) -> np.ndarray:
     return np.where(np.isfinite(value), np.clip(value, -1, 1), 0.0)
 
 
-def fused_forward_advanced_np(seeds, shape) -> np.ndarray:
+def fused_forward_advanced_np(seeds: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """Float64 rendering of ``fused_forward_advanced``."""
     _, _, rho, phi = coords_np(shape)
     r, theta, state = _np_params(seeds)
@@ -628,7 +621,7 @@ def fused_forward_advanced_np(seeds, shape) -> np.ndarray:
     return np.clip(base * np.abs(v) * mod * delta, 0, 1)
 
 
-def packed64_np(hi, shape) -> np.ndarray:
+def packed64_np(hi: ArrayLike, shape: tuple[int, int]) -> np.ndarray:
     """Float64 rendering of Packed64 ``compute_weight``; shape as :func:`packed64_weights`.
     """
     hi = np.asarray(hi, dtype=np.uint64)[..., None, None]
@@ -650,7 +643,7 @@ def packed64_np(hi, shape) -> np.ndarray:
 
 def _unit_grid(shape, dtype=np.float64):
     """(i/(R-1), j/(C-1)) on the grid; NaN for a single row or column."""
-    rows, cols = _block_shape(shape)
+    rows, cols = positive_pair("block shape", shape)
     i = np.arange(rows, dtype=dtype)[:, None]
     j = np.arange(cols, dtype=dtype)[None, :]
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -713,5 +706,5 @@ def pattern(name: str, rows: int, cols: int) -> np.ndarray:
     """
     if name not in PATTERNS:
         raise ValueError(f"unknown pattern {name!r}; choose one of {sorted(PATTERNS)}")
-    rows, cols = _block_shape((rows, cols))
+    rows, cols = positive_pair("(rows, cols)", (rows, cols))
     return np.ascontiguousarray(PATTERNS[name](rows, cols), dtype=np.float32)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import optim, reference
 from . import seeds as seeds_mod
@@ -49,7 +50,8 @@ SCENARIOS = {
 }
 
 
-def rmse(prediction, target) -> float:
+def rmse(prediction: ArrayLike, target: ArrayLike) -> float:
+    """Root-mean-square difference, in float64."""
     return float(np.sqrt(np.mean((np.asarray(prediction, np.float64) - target) ** 2)))
 
 

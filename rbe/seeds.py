@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 DTYPE = np.dtype([("hi", "<u8"), ("lo", "<u8")])
 
@@ -26,6 +27,16 @@ THETA_SCALE = float(1 << 23)
 R_MAX = 1.0 - 2.0**-20
 THETA_MIN, THETA_MAX = -1.0, 1.0 - 2.0**-23
 N_CLASSES, N_STATES = 4, 8
+#: The seed's derivative map and its inverse, indexed by state: the two candidate states a
+#: position class can move to (docs/design.md, "State transitions").
+POS_STATE = np.array([1, 0, 3, 2, 5, 6, 7, 4], dtype=np.uint8)
+NEG_STATE = np.array([7, 6, 5, 4, 3, 2, 1, 0], dtype=np.uint8)
+
+#: DTYPE with ``lo`` seen as its two float32 master copies (``lo`` is little-endian, so its
+#: low half, theta, comes first on any host).
+_MASTERS = np.dtype([("hi", "<u8"), ("theta", "<f4"), ("r", "<f4")])
+_SEL_SHIFTS = np.arange(N_CLASSES, dtype=np.uint64) * np.uint64(SEL_BITS)
+_SEL_MASK = np.uint64((1 << (SEL_BITS * N_CLASSES)) - 1)
 
 
 class SeedFields(NamedTuple):
@@ -39,14 +50,14 @@ class SeedFields(NamedTuple):
     theta_master: np.ndarray  #: float32 master copy from ``lo``
 
 
-def _finite(name: str, value) -> np.ndarray:
+def _finite(name: str, value: ArrayLike) -> np.ndarray:
     arr = np.asarray(value, dtype=np.float64)
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite (got NaN or inf)")
     return arr
 
 
-def _integer_field(name: str, value, hi: int) -> np.ndarray:
+def _integer_field(name: str, value: ArrayLike, hi: int) -> np.ndarray:
     arr = np.asarray(value)
     if arr.dtype.kind == "f":
         arr = np.rint(_finite(name, arr))
@@ -55,7 +66,7 @@ def _integer_field(name: str, value, hi: int) -> np.ndarray:
     return np.clip(arr, 0, hi).astype(np.uint64)
 
 
-def pack(r, theta, sel, detail=128) -> np.ndarray:
+def pack(r: ArrayLike, theta: ArrayLike, sel: ArrayLike, detail: ArrayLike = 128) -> np.ndarray:
     """Pack parameters into seeds of :data:`DTYPE` (numpy broadcasting).
 
     ``r`` and ``theta`` are rounded to nearest and saturate to [0, 1 - 2**-20] and
@@ -68,9 +79,7 @@ def pack(r, theta, sel, detail=128) -> np.ndarray:
     if sel.ndim == 0 or sel.shape[-1] != N_CLASSES:
         raise ValueError(f"sel must have a trailing axis of {N_CLASSES}, got shape {sel.shape}")
     detail = _integer_field("detail", detail, 255)
-
-    shifts = np.arange(N_CLASSES, dtype=np.uint64) * np.uint64(SEL_BITS)
-    sel_bits = np.bitwise_or.reduce(sel << shifts, axis=-1)
+    sel_bits = _selector_bits(sel)
 
     fixed, detail, sel_bits, r, theta = np.broadcast_arrays(
         _fixed_point_bits(r, theta), detail, sel_bits, r, theta)
@@ -101,47 +110,76 @@ def _master_bits(r: np.ndarray, theta: np.ndarray) -> np.ndarray:
     return (r_bits << np.uint64(32)) | theta_bits
 
 
-def _check_seeds(seeds) -> np.ndarray:
-    seeds = np.asarray(seeds)
-    if seeds.dtype != DTYPE:
-        raise ValueError(f"seeds must have dtype rbe.seeds.DTYPE {DTYPE}, got {seeds.dtype}")
-    return seeds
+def check(seeds: ArrayLike, *, contiguous: bool = False) -> np.ndarray:
+    """``seeds`` as an array of :data:`DTYPE`, or ValueError; with ``contiguous``, it must also
+    be C-contiguous (the kernels read it as a flat array)."""
+    arr = np.asarray(seeds)
+    if arr.dtype != DTYPE:
+        raise ValueError(f"seeds must have dtype rbe.seeds.DTYPE {DTYPE}, got "
+                         f"{arr.dtype if isinstance(seeds, np.ndarray) else type(seeds).__name__}")
+    if contiguous and not arr.flags.c_contiguous:
+        raise ValueError("seeds must be C-contiguous (use np.ascontiguousarray)")
+    return arr
 
 
-def unpack(seeds) -> SeedFields:
+def masters(seeds: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 r and theta master copies held in ``lo``, as views into ``seeds``
+    (writable when ``seeds`` is, so an optimiser can update them in place)."""
+    words = check(seeds).view(_MASTERS)
+    return words["r"], words["theta"]
+
+
+def _selector_bits(sel: np.ndarray) -> np.ndarray:
+    """The selector field of ``hi`` (uint64) for states ``sel`` (trailing axis of 4)."""
+    return np.bitwise_or.reduce(sel.astype(np.uint64) << _SEL_SHIFTS, axis=-1)
+
+
+def states(hi: np.ndarray) -> np.ndarray:
+    """The four state selectors of ``hi`` words, uint8 with a trailing axis of 4."""
+    return ((hi[..., None] >> _SEL_SHIFTS) & np.uint64(N_STATES - 1)).astype(np.uint8)
+
+
+def with_states(hi: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    """``hi`` words with their four state selectors replaced by ``sel`` (trailing axis 4)."""
+    return (hi & ~_SEL_MASK) | _selector_bits(sel)
+
+
+def candidates(sel: np.ndarray) -> np.ndarray:
+    """The two states each selector of ``sel`` may move to, ``POS_STATE[sel]`` and
+    ``NEG_STATE[sel]``, on a new trailing axis of 2."""
+    return np.stack([POS_STATE[sel], NEG_STATE[sel]], axis=-1)
+
+
+def unpack(seeds: ArrayLike) -> SeedFields:
     """Decode seeds into their fields (see :class:`SeedFields`)."""
-    seeds = _check_seeds(seeds)
-    hi, lo = seeds["hi"], seeds["lo"]
+    seeds = check(seeds)
+    hi = seeds["hi"]
     r_q = (hi >> np.uint64(R_SHIFT)) & np.uint64((1 << R_BITS) - 1)
     theta_u = ((hi >> np.uint64(THETA_SHIFT)) & np.uint64((1 << THETA_BITS) - 1)).astype(np.int64)
     theta_q = np.where(theta_u >= (1 << 23), theta_u - (1 << THETA_BITS), theta_u)
     detail = ((hi >> np.uint64(DETAIL_SHIFT)) & np.uint64(0xFF)).astype(np.uint8)
-    shifts = np.arange(N_CLASSES, dtype=np.uint64) * np.uint64(SEL_BITS)
-    sel = ((hi[..., None] >> shifts) & np.uint64(7)).astype(np.uint8)
-    r_master = (lo >> np.uint64(32)).astype(np.uint32).view(np.float32)
-    theta_master = (lo & np.uint64(0xFFFFFFFF)).astype(np.uint32).view(np.float32)
+    r_master, theta_master = (m.copy() for m in masters(seeds))
     return SeedFields(r_q.astype(np.float64) / R_SCALE, theta_q.astype(np.float64) / THETA_SCALE,
-                      sel, detail, r_master, theta_master)
+                      states(hi), detail, r_master, theta_master)
 
 
-def requantize(seeds) -> np.ndarray:
+def requantize(seeds: np.ndarray) -> np.ndarray:
     """Re-derive ``hi``'s r and theta fields from the float master copies in ``lo`` (in place).
 
     Used after an optimiser step: the masters are clamped to the representable ranges and
     rounded to nearest; ``sel`` and ``detail`` are kept.
     """
-    seeds = _check_seeds(seeds)
-    lo = seeds["lo"]
-    r = np.clip(_finite("r", (lo >> np.uint64(32)).astype(np.uint32).view(np.float32)),
-                0.0, R_MAX)
-    theta = np.clip(_finite("theta", (lo & np.uint64(0xFFFFFFFF)).astype(np.uint32)
-                            .view(np.float32)), THETA_MIN, THETA_MAX)
+    seeds = check(seeds)
+    r_master, theta_master = masters(seeds)
+    r = np.clip(_finite("r", r_master), 0.0, R_MAX)
+    theta = np.clip(_finite("theta", theta_master), THETA_MIN, THETA_MAX)
     seeds["hi"] = (seeds["hi"] & ~_FIXED_POINT_MASK) | _fixed_point_bits(r, theta)
     seeds["lo"] = _master_bits(r, theta)
     return seeds
 
 
-def random(shape, rng=None) -> np.ndarray:
+def random(shape: int | tuple[int, ...],
+           rng: int | np.random.Generator | None = None) -> np.ndarray:
     """Random seeds: r ~ U[0, 1), theta ~ U[-1, 1), uniform states and detail."""
     rng = np.random.default_rng(rng)
     shape = (shape,) if np.isscalar(shape) else tuple(shape)

@@ -23,16 +23,18 @@ import dataclasses
 import numpy as np
 import pywt
 import scipy.fft
+from numpy.typing import DTypeLike
 
 from ._cache import cached
-from .kernel import axis_coordinates
+from ._checks import positive_pair
+from ._coordinates import axis_coordinates
 
 TRANSFORMS = ("dct", "dwt")
 TRANSFORM_IDS = {name: i for i, name in enumerate(TRANSFORMS)}
 DEFAULT_WAVELET = "db2"
 NUM_BASIS = 8
 
-def _read_only(a):
+def _read_only(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a)
     a.flags.writeable = False
     return a
@@ -96,7 +98,7 @@ def _build_operator(n, kind, wavelet):
 
 
 def operator(n: int, kind: str, wavelet: str = DEFAULT_WAVELET,
-             dtype=np.float64) -> Operator1D:
+             dtype: DTypeLike = np.float64) -> Operator1D:
     """The cached 1-D operator of ``kind`` ("dct" or "dwt") for axis length n, in ``dtype``."""
     if kind not in TRANSFORM_IDS:
         raise ValueError(f"unknown transform {kind!r}, expected one of {TRANSFORMS}")
@@ -153,14 +155,13 @@ def basis_norms(h: int, w: int) -> np.ndarray:
     return cached(("basis norms", h, w), build)
 
 
-def basis(h: int, w: int, dtype=np.float64) -> np.ndarray:
+def basis(h: int, w: int, dtype: DTypeLike = np.float64) -> np.ndarray:
     """The 8 smooth basis functions on an h x w block, each of unit norm, shape (8, h, w).
 
     Unit norm puts basis coefficients on the scale of orthonormal transform coefficients, so one
     learning rate fits both.
     """
-    if h < 1 or w < 1:
-        raise ValueError(f"block shape must be positive, got {(h, w)}")
+    h, w = positive_pair("block shape", (h, w))
     dtype = np.dtype(dtype)
     if dtype != np.float64:
         return cached(("basis", h, w, dtype), lambda: _read_only(basis(h, w).astype(dtype)))
@@ -181,7 +182,8 @@ def basis_pinv(h: int, w: int) -> np.ndarray:
     return cached(("pinv", h, w), build)
 
 
-def basis_factors(h: int, w: int, dtype=np.float64):
+def basis_factors(h: int, w: int,
+                  dtype: DTypeLike = np.float64) -> tuple[np.ndarray, np.ndarray]:
     """Low-rank factors of the basis: basis(h, w)[k] == left[:, k*r:(k+1)*r] @ right.
 
     Seven of the eight functions are sums of products f(y) g(x), so the stacked (8h, w) basis

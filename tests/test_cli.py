@@ -72,6 +72,20 @@ def test_info_lists_layers(dense_file, tmp_path, capsys):
     assert lines[-1].startswith("total:")
 
 
+@pytest.mark.parametrize("obj", [
+    rbe.FusedLinear(48, 32, block=(16, 8), seed=0),
+    rbe.HybridLinear(48, 32, block=(16, 8), k=4, seed=0),
+    rbe.encode(np.ones((32, 48)), block=(16, 8), k=2),
+])
+def test_info_lists_a_single_saved_object(obj, tmp_path, capsys):
+    path = tmp_path / "one.safetensors"
+    rbe.save(path, obj)
+    assert cli.main(["info", str(path)]) == 0
+    line = capsys.readouterr().out.splitlines()[1]
+    assert line.startswith("layer ") and type(obj).__name__ in line
+    assert "(32, 48)" in line and "16x8" in line and f"{obj.nbytes:,d}" in line
+
+
 @pytest.mark.parametrize("argv, message", [
     (["info", "missing.safetensors"], "No such file"),
     (["compress", "missing.safetensors", "-o", "x.safetensors"], "No such file"),

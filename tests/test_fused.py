@@ -9,7 +9,8 @@ import threadpoolctl
 
 import rbe
 from rbe import _fused, kernel, seeds
-from rbe.fused import FusedLinear, with_states
+from rbe.fused import FusedLinear
+from rbe.seeds import with_states
 
 SHAPES = [(200, 130), (130, 200), (64, 64)]     # (in_features, out_features)
 BATCHES = [None, 1, 33]
@@ -237,9 +238,9 @@ def test_transitions_lower_the_linearised_loss(mode, batch, kw):
     chosen, moved = layer.candidate_states()
     assert np.array_equal(moved, chosen != current)
     assert 0 < moved.sum() < moved.size
-    pos, gabs = linearised_changes(layer, X, dY, rbe.fused.POS_STATE)
-    neg, _ = linearised_changes(layer, X, dY, rbe.fused.NEG_STATE)
-    took_pos = chosen == rbe.fused.POS_STATE[current]
+    pos, gabs = linearised_changes(layer, X, dY, rbe.seeds.POS_STATE)
+    neg, _ = linearised_changes(layer, X, dY, rbe.seeds.NEG_STATE)
+    took_pos = chosen == rbe.seeds.POS_STATE[current]
     after = np.where(took_pos, pos, neg)
     margin = 1e-4 * gabs if mode == "fast" else 1e-9 * gabs
     assert np.all(after[moved] < -layer.tau * gabs[moved] + margin[moved])

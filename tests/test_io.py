@@ -65,9 +65,47 @@ def test_round_trip(layers, saved):
     np.testing.assert_array_equal(loaded["seeded"].seeds, layers["seeded"].seeds)
 
 
-def test_single_layer_is_saved_as_layer(layers, tmp_path):
-    rbe.save(tmp_path / "one.safetensors", layers["hybrid"])
-    assert list(rbe.load(tmp_path / "one.safetensors")) == ["layer"]
+@pytest.mark.parametrize("name", ["hybrid", "seeded", "matrix", "embedding"])
+def test_load_returns_the_object_that_was_saved(layers, tmp_path, name):
+    rbe.save(tmp_path / "one.safetensors", layers[name])
+    loaded = rbe.load(tmp_path / "one.safetensors")
+    assert type(loaded) is type(layers[name])
+    if name == "matrix":
+        np.testing.assert_array_equal(loaded.decode(), layers[name].decode())
+    elif name == "embedding":
+        np.testing.assert_array_equal(loaded, layers[name])
+    else:
+        x = np.random.default_rng(2).standard_normal((2, 100)).astype(np.float32)
+        np.testing.assert_array_equal(loaded.forward(x), layers[name].forward(x))
+
+
+def test_load_returns_a_dict_of_one_entry_when_one_was_saved(layers, tmp_path):
+    rbe.save(tmp_path / "dict.safetensors", {"layer": layers["hybrid"]})
+    loaded = rbe.load(tmp_path / "dict.safetensors")
+    assert isinstance(loaded, dict) and list(loaded) == ["layer"]
+    assert isinstance(loaded["layer"], rbe.HybridLinear)
+
+
+def test_a_single_layer_file_written_before_the_single_flag_loads_as_a_dict():
+    """format_v2_one_layer.safetensors was written by rbe.save(path, layer) before files
+    recorded that one object was saved; it stays a dict with the layer under "layer"."""
+    data = Path(__file__).parent / "data"
+    loaded = rbe.load(data / "format_v2_one_layer.safetensors")
+    assert isinstance(loaded, dict) and list(loaded) == ["layer"]
+    with np.load(data / "format_v2_one_layer_expected.npz") as expected:
+        np.testing.assert_array_equal(loaded["layer"].forward(expected["x"]), expected["y"])
+
+
+@pytest.mark.parametrize("single, message", [
+    ("yes", "must be true or false"),
+    (1, "must be true or false"),
+    (True, "true only with one entry; got True with 6 entries"),
+])
+def test_a_malformed_single_flag_is_a_format_error(saved, tmp_path, single, message):
+    path = tmp_path / "flag.safetensors"
+    path.write_bytes(edit_rbe_header(saved.read_bytes(), lambda h: h.update(single=single)))
+    with pytest.raises(rbe.FormatError, match=message):
+        rbe.load(path)
 
 
 def test_file_is_plain_safetensors_with_a_versioned_header(saved):

@@ -64,6 +64,33 @@ def test_non_finite_block_is_a_value_error(block):
             make()
 
 
+@pytest.mark.parametrize("block", [(2.7, 4), (4, 4.0), (True, 4), ("4", 4), (4,), (0, 4)])
+def test_every_block_argument_follows_one_rule(block):
+    """Non-integers (even integral floats) are refused, never truncated, wherever a block
+    shape is taken."""
+    W = np.ones((16, 16), np.float32)
+    seeds = rbe.seeds.random(2, rng=0)
+    for make in (lambda: rbe.FusedLinear(16, 16, block=block),
+                 lambda: rbe.HybridLinear(16, 16, block=block),
+                 lambda: rbe.encode(W, block=block),
+                 lambda: rbe.generate(seeds, block),
+                 lambda: rbe.reference.generate(seeds, block)):
+        with pytest.raises(ValueError, match=r"must be a pair of positive integers, got"):
+            make()
+
+
+@pytest.mark.parametrize("h, w", [(2.7, 4), (4, 0), (4, np.float64(4))])
+def test_basis_takes_the_same_block_rule(h, w):
+    with pytest.raises(ValueError, match="must be a pair of positive integers"):
+        rbe.transforms.basis(h, w)
+
+
+def test_numpy_integer_blocks_are_accepted():
+    block = np.array([4, 8])
+    assert rbe.FusedLinear(16, 16, block=block, seed=0).block == (4, 8)
+    assert rbe.encode(np.ones((16, 16)), block=block, k=2).block == (4, 8)
+
+
 @pytest.mark.parametrize("value", [3.5e38, 1e30, -1e300])
 def test_encode_refuses_values_whose_coefficients_overflow_float32(value):
     W = np.ones((60, 16))

@@ -136,3 +136,32 @@ def test_requantize_equals_packing_the_masters():
 def test_bad_input(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_state_selectors_read_and_replace_only_their_bits():
+    rng = np.random.default_rng(4)
+    packed = seeds.random((6, 5), rng)
+    new = rng.integers(0, seeds.N_STATES, (6, 5, 4))
+    fields = seeds.unpack(packed)
+    np.testing.assert_array_equal(seeds.states(packed["hi"]), fields.sel)
+    moved = seeds.with_states(packed["hi"], new)
+    expected = seeds.pack(fields.r, fields.theta, new, fields.detail)["hi"]
+    np.testing.assert_array_equal(moved, expected)
+
+
+def test_candidates_follow_the_two_state_maps():
+    sel = np.arange(seeds.N_STATES, dtype=np.uint8)
+    pairs = seeds.candidates(sel)
+    assert sorted(pairs[:, 0]) == sorted(pairs[:, 1]) == list(range(seeds.N_STATES))
+    assert (pairs != sel[:, None]).all()        # every candidate is a move
+
+
+def test_masters_are_writable_views_also_of_strided_seeds():
+    packed = seeds.random((4, 6), rng=5)
+    part = packed[:, ::2]
+    r, theta = seeds.masters(part)
+    r[...] = 0.25
+    theta[...] = -0.5
+    fields = seeds.unpack(packed)
+    assert (fields.r_master[:, ::2] == 0.25).all() and (fields.theta_master[:, ::2] == -0.5).all()
+    assert (fields.r_master[:, 1::2] != 0.25).all()

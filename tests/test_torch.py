@@ -328,7 +328,7 @@ def test_rbe_save_of_the_layer(kind, tmp_path):
     module = small(kind)
     x = inputs(4, 40)
     rbe.save(tmp_path / "layer.safetensors", module.layer)
-    loaded = rt.RBELinear.from_layer(rbe.load(tmp_path / "layer.safetensors")["layer"])
+    loaded = rt.RBELinear.from_layer(rbe.load(tmp_path / "layer.safetensors"))
     torch.testing.assert_close(loaded(x), module(x), rtol=0, atol=0)
 
 

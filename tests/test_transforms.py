@@ -1,4 +1,7 @@
 
+import ast
+import importlib
+
 import numpy as np
 import pytest
 import scipy.fft
@@ -76,3 +79,15 @@ def test_bad_arguments():
         tf.operator(8, "dwt", "nope")
     with pytest.raises(ValueError, match="positive"):
         tf.basis(0, 3)
+
+
+def test_the_hybrid_side_does_not_import_the_seed_side():
+    seed_side = {"kernel", "seeds", "fused"}
+    for name in ("transforms", "encoder", "hybrid"):
+        path = importlib.import_module(f"rbe.{name}").__file__
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                imported |= {node.module} if node.module else {a.name for a in node.names}
+        assert not imported & seed_side, (name, imported & seed_side)
