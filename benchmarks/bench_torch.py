@@ -5,8 +5,9 @@ Run from the repository root after building in place (needs PyTorch):
     python benchmarks/bench_torch.py [--batch 32] [--rounds 15] [--threads N]
 
 Every case runs once per round, in turn, and the median over rounds is reported (see
-timing.py). "forward" runs under ``torch.no_grad()``; "train step" is forward, backward of
-the sum and nothing else. ``--threads`` sets both torch's and rbe's thread counts.
+timing.py). "forward" runs under ``torch.no_grad()``; "module's own" is its time minus
+the rbe layer's forward on the same input; "train step" is forward, backward of the sum and
+nothing else. ``--threads`` sets both torch's and rbe's thread counts.
 """
 from __future__ import annotations
 
@@ -46,22 +47,28 @@ def main() -> None:
     modules = contenders()
     x = torch.randn(args.batch, SIZE)
     x_grad = x.clone().requires_grad_()
+    layers = {n: m._layer for n, m in modules.items() if isinstance(m, rt.RBELinear)}
+    cases = {n: (lambda m=m: m(x)) for n, m in modules.items()}
+    # the rbe layer's own forward: the module adds the rest
+    cases.update({(n, "layer"): (lambda layer=layer: layer.forward(x.numpy()))
+                  for n, layer in layers.items()})
     with torch.no_grad():
-        forward = interleaved_medians({n: (lambda m=m: m(x)) for n, m in modules.items()},
-                                      rounds=args.rounds)
+        forward = interleaved_medians(cases, rounds=args.rounds)
     step = interleaved_medians({n: (lambda m=m: train_step(m, x_grad))
                                 for n, m in modules.items()}, rounds=args.rounds)
     base_forward, base_step = forward["nn.Linear"], step["nn.Linear"]
     print(f"{SIZE} x {SIZE} layer, batch {args.batch}; threads: torch {torch.get_num_threads()}, "
           f"rbe {rbe.get_num_threads()}; median of {args.rounds} interleaved rounds")
     rows = []
-    for name, module in modules.items():
-        ratio = getattr(getattr(module, "_layer", None), "compression_ratio", 1.0)
+    for name in modules:
+        layer = layers.get(name)
+        ratio = layer.compression_ratio if layer is not None else 1.0
+        added = "" if layer is None else f"{(forward[name] - forward[name, 'layer']) * 1e6:.0f}"
         rows.append((name, f"{ratio:.0f}", f"{forward[name] * 1e3:.3f}",
-                     f"{forward[name] / base_forward:.2f}", f"{step[name] * 1e3:.3f}",
+                     f"{forward[name] / base_forward:.2f}", added, f"{step[name] * 1e3:.3f}",
                      f"{step[name] / base_step:.2f}"))
-    print_table(("module", "compression", "forward ms", "vs nn.Linear", "train step ms",
-                 "vs nn.Linear"), rows)
+    print_table(("module", "compression", "forward ms", "vs nn.Linear",
+                 "module's own us", "train step ms", "vs nn.Linear"), rows)
 
 
 if __name__ == "__main__":

@@ -321,6 +321,19 @@ class FusedLinear:
                 and self.transition_stats is not None:
             self._transition(loss)
 
+    def step_statistics(self) -> list[np.ndarray]:
+        """The arrays the next :meth:`after_step` decides from, if it decides (else none).
+
+        Processes training copies of one model sum them (an all-reduce, in place) before
+        calling ``after_step``, so that every copy applies the same transitions; rbe.torch
+        does this when torch.distributed is initialised.
+        """
+        if not self.transition_every or (self._steps + 1) % self.transition_every:
+            return []
+        if self.transition_stats is None:       # every process takes part in the sum
+            self.transition_stats = np.zeros(self.grid + (4, 4))
+        return [self.transition_stats]
+
     def _state(self) -> tuple[dict, dict]:
         """Config and arrays for rbe.save (seeds as their two uint64 words)."""
         config = {"in_features": self.in_features, "out_features": self.out_features,

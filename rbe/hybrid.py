@@ -320,6 +320,15 @@ class HybridLinear:
             self.regrow(fraction)
             self.grow_grads[...] = 0
 
+    def step_statistics(self) -> list[np.ndarray]:
+        """The arrays the next ``after_step`` decides from, if it moves positions (else none).
+
+        Processes training copies of one model sum them (an all-reduce, in place) before
+        calling ``after_step``, so that every copy moves the same positions; rbe.torch does
+        this when torch.distributed is initialised.
+        """
+        return [self.grow_grads] if self._regrow_fraction_at(self.steps + 1) > 0 else []
+
     # -- moving positions ---------------------------------------------------------------------
 
     def set_regrow(self, every: int | None, fraction: float = 0.3,
@@ -387,7 +396,7 @@ class HybridLinear:
             index[prune[better]] = grow[better]
             self.values[prune[better]] = 0.0
             swaps += int(better.sum())
-        self.index = _frozen(index)
+        _overwrite(self.index, index)     # in place: the array may be shared (rbe.torch)
         return swaps
 
     def _accumulate_grow_grads(self, a, z):
@@ -536,11 +545,13 @@ class HybridLinear:
 
     @property
     def matrix(self) -> HybridMatrix:
-        """The weight as a HybridMatrix (copies of the current parameters, in ``precision``)."""
+        """The weight as a HybridMatrix (copies of the current parameters and positions, which
+        change in place, in ``precision``)."""
         factors = None if self.factors is None else tuple(f.copy() for f in self.factors)
-        return HybridMatrix(self.grid.shape, self.grid.block, self.coef.copy(), self.transform,
-                            self.offsets, self.index, self.values.copy(), wavelet=self.wavelet,
-                            factors=factors, precision=self.precision)
+        return HybridMatrix(self.grid.shape, self.grid.block, self.coef.copy(),
+                            self.transform.copy(), self.offsets, self.index.copy(),
+                            self.values.copy(), wavelet=self.wavelet, factors=factors,
+                            precision=self.precision)
 
     def to_dense(self) -> np.ndarray:
         """The dense float32 weight matrix (out_features, in_features), as stored (values
@@ -626,6 +637,17 @@ def _largest_k(empty: HybridMatrix, budget: int) -> int:
 
 
 def _frozen(a):
-    a = a.copy()
-    a.flags.writeable = False
-    return a
+    """A read-only view of a private copy of ``a``; its base stays writable, so that
+    ``_overwrite`` (and rbe.torch, which shares the memory) can change it in place."""
+    view = np.array(a).view()
+    view.flags.writeable = False
+    return view
+
+
+def _overwrite(frozen: np.ndarray, values: np.ndarray) -> None:
+    """Write ``values`` into a ``_frozen`` array in place."""
+    frozen.flags.writeable = True
+    try:
+        frozen[...] = values
+    finally:
+        frozen.flags.writeable = False

@@ -31,6 +31,8 @@ Version 2 stores hybrid blocks ragged and compact (see ``HybridMatrix._state``).
 still load: their parts are checked against the version-1 layout, then converted (``_upgraded``).
 
 Nothing is executed or unpickled; memory stays within a small multiple of the file's size.
+:func:`layer_from_arrays` applies checks 2 and 3 to a config and arrays held in memory (how
+rbe.torch loads a state dict).
 """
 from __future__ import annotations
 
@@ -109,9 +111,6 @@ def entry_kinds() -> dict[str, type[Stored]]:
     """Every kind of stored object (numpy arrays aside): entry kind -> class, whose
     ``_state()`` and ``_from_state(config, arrays)`` (:class:`rbe.layer.Stored`) it stores."""
     return dict(_ENTRY_KINDS)
-
-
-_kinds = entry_kinds        # the name rbe.torch imports
 
 
 def kind_of(obj: object) -> str:
@@ -670,12 +669,21 @@ def _plan(header: dict, layout: dict) -> list:
 
 
 def _read_entry(plan: _Plan, container: _Container) -> dict:
-    where = f"entry {_shown(plan.name)}"
     arrays = {}
     for part, (key, sha256) in plan.parts.items():
         array, digest = container.read(key)
         if digest != sha256:
-            raise FormatError(f"{where}: tensor {part!r} fails its checksum (corrupted)")
+            raise FormatError(f"entry {_shown(plan.name)}: tensor {part!r} fails its checksum "
+                              "(corrupted)")
+        arrays[part] = array
+    _check_values(plan, arrays)
+    return arrays
+
+
+def _check_values(plan: _Plan, arrays: dict) -> None:
+    """Finite parameters of bounded magnitude, then the kind's own checks."""
+    where = f"entry {_shown(plan.name)}"
+    for part, array in arrays.items():
         if array.dtype.kind == "f":
             if not np.isfinite(array).all():
                 raise FormatError(f"{where}: tensor {part!r} holds NaN or inf")
@@ -683,12 +691,10 @@ def _read_entry(plan: _Plan, container: _Container) -> dict:
                     and max(float(array.max()), -float(array.min())) > MAX_PARAMETER:
                 raise FormatError(f"{where}: tensor {part!r} holds values beyond "
                                   f"{MAX_PARAMETER:.3g} in magnitude")
-        arrays[part] = array
     try:
         plan.spec.check(plan.config, arrays)
     except FormatError as exc:
         raise FormatError(f"{where}: {exc}") from None
-    return arrays
 
 
 def _upgraded(plan: _Plan, arrays: dict) -> tuple[dict, dict]:
@@ -705,6 +711,35 @@ def _build(plan: _Plan, arrays: dict):
         return _ENTRY_KINDS[plan.kind]._from_state(*_upgraded(plan, arrays))
     except (ValueError, TypeError, KeyError, OverflowError) as exc:
         raise FormatError(f"entry {_shown(plan.name)} ({plan.kind}): {exc}") from None
+
+
+def layer_from_arrays(kind: str, config: dict, arrays: dict) -> Layer:
+    """A layer of entry kind ``kind`` ("hybrid_linear", "fused_linear") from a config and
+    arrays held in memory (a torch state dict, for one), with the checks :func:`load` applies
+    to a file's entry (steps 2 and 3 above, checksums aside); a FormatError otherwise.
+
+    Floating-point parameters may be float32 where the entry stores a lower ``precision``
+    (training keeps float32, as :meth:`HybridLinear._state` describes).
+    """
+    if kind not in _LAYER_KINDS:
+        raise FormatError(f"unknown layer kind {_shown(kind)}")
+    kinds = _kind_table(VERSION)
+    parts = kinds[kind].parts
+    if not all(isinstance(a, np.ndarray) for a in arrays.values()):
+        raise FormatError("the arrays must be numpy arrays")
+    arrays = {part: np.ascontiguousarray(a) for part, a in arrays.items()}    # as save stores
+    described, layout = {}, {}
+    for part, array in arrays.items():
+        dtype = array.dtype.name
+        if part in parts and parts[part].dtype == "float" and dtype == "float32" \
+                and isinstance(config, dict) and isinstance(config.get("precision"), str):
+            dtype = config["precision"]             # checked against the config below
+        described[part] = {"dtype": dtype, "shape": list(array.shape), "sha256": "0" * 64}
+        layout[f"layer/{part}"] = _Stored(dtype, array.shape, 0, array.nbytes)
+    plan = _plan_entry("layer", {"kind": kind, "config": config, "tensors": described},
+                       VERSION, kinds, layout)
+    _check_values(plan, arrays)
+    return _build(plan, arrays)
 
 
 def load(path: str | os.PathLike) -> Entry | dict[str, Entry]:

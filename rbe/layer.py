@@ -5,7 +5,8 @@
 - :class:`Stored`: what :mod:`rbe.io` writes and reads (``_state()`` / ``_from_state``) and
   what ``rbe info`` lists (``block``, ``nbytes``, ``compression_ratio``); ``HybridMatrix`` is
   one, as are the layers.
-- :class:`Layer`: both, plus the product itself (``forward``, ``backward``, ``to_dense``), as
+- :class:`Layer`: both, plus the product itself (``forward``, ``backward``, ``to_dense``) and
+  the statistics its ``after_step`` decides from (``step_statistics``), as
   :class:`rbe.FusedLinear`, :class:`rbe.HybridLinear` and :mod:`rbe.torch` use it.
 
 The classes are structural: any object with these members is one, without inheriting from
@@ -89,3 +90,8 @@ class Layer(Trainable, Stored, Protocol):
 
     def to_dense(self) -> np.ndarray:
         """The weight matrix W, (out_features, in_features)."""
+
+    def step_statistics(self) -> list[np.ndarray]:
+        """The arrays the next ``after_step`` decides from (state transitions, moved
+        positions), if it decides; processes training copies of one model sum them in place
+        before it (rbe.torch does, under torch.distributed)."""

@@ -4,28 +4,37 @@ Import explicitly (``import rbe.torch``); ``import rbe`` never imports PyTorch. 
 ``torch`` extra (``pip install "rbe[torch]"``).
 
 An :class:`RBELinear` wraps an rbe layer (``rbe.FusedLinear``: seed blocks, or
-``rbe.HybridLinear``: hybrid blocks). Its ``nn.Parameter`` objects share memory with the layer's
-parameter arrays, so a torch optimiser updates the layer in place; forward and backward call the
-layer's own kernels through a ``torch.autograd.Function``. Computation is on the CPU in float32.
+``rbe.HybridLinear``: hybrid blocks). Its parameters and buffers are views of the layer's own
+arrays (buffers in dtypes every torch.distributed backend broadcasts), so a torch optimiser
+updates the layer in place and reading a buffer gives the layer's current state. Forward and
+backward are the custom operators ``torch.ops.rbe.linear`` and ``torch.ops.rbe.linear_backward``
+(single nodes for ``torch.compile``, ``torch.export`` and ``torch.jit.trace``; eager calls run
+their implementations without the dispatcher). Computation is on the CPU in float32 (bfloat16
+and float16 inputs under ``torch.autocast``).
 
-Derived state (the fixed-point ``hi`` words of seed blocks, the state transitions chosen by the
-last backward) is refreshed by the layer's ``after_step()``. It runs right after every step of a
-torch optimiser that holds the module's parameters (a global optimiser step hook), and before
-the next forward or ``state_dict()`` whenever a parameter's version counter has moved (any
-other in-place torch update). Changes that bypass both (writes through ``.data`` or through the
-numpy arrays) need an explicit :meth:`RBELinear.sync`.
+Derived state (the fixed-point ``hi`` words of seed blocks, the state transitions and hybrid
+position moves decided from the gradient statistics) is refreshed by the layer's
+``after_step()``. It runs right after every step of a torch optimiser that holds the module's
+parameters (a global optimiser step hook, which first sums the statistics across processes when
+torch.distributed is initialised), and before the next eager forward or ``state_dict()``
+whenever a parameter's version counter has moved (any other in-place torch update). A written
+buffer rebuilds the layer from the module's tensors, validated. Changes that bypass both (writes
+through ``.data`` or through the numpy arrays) need an explicit :meth:`RBELinear.sync`.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import json
 import threading
 import weakref
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 try:
     import torch
+    import torch.distributed as dist
     from torch import nn
     from torch.autograd.function import once_differentiable
     from torch.optim.optimizer import register_optimizer_step_post_hook
@@ -34,28 +43,255 @@ except ImportError as exc:   # pragma: no cover - exercised only without torch
 
 from tqdm.auto import tqdm
 
+from .fused import FusedLinear
 from .hybrid import HybridLinear
-from .io import _kinds
+from .io import layer_from_arrays, layer_kinds
 
 KINDS = ("fused", "hybrid")
 _EXTRA_STATE = "_extra_state"
-
-
-def _fused_class():
-    """rbe.FusedLinear, or a clear error on an rbe built without seed-block layers."""
-    cls = _kinds().get("fused_linear")
-    if cls is None:
-        raise ValueError("kind='fused' needs rbe.FusedLinear, which this rbe does not provide")
-    return cls
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+#: Names that state dicts of earlier versions hold besides the current ones (still loaded).
+_EARLIER_NAMES = {"fused_linear": {"lo"}}
 
 
 def _kind_name(layer) -> str:
     """The rbe.io entry kind of a layer ("hybrid_linear", "fused_linear")."""
-    for name, cls in _kinds().items():
-        if isinstance(layer, cls) and name != "hybrid_matrix":
+    for name, cls in layer_kinds().items():
+        if isinstance(layer, cls):
             return name
     raise ValueError(f"{type(layer).__name__} is not an rbe layer (FusedLinear or HybridLinear)")
 
+
+# -- the layer's state as torch tensors --------------------------------------------------------
+
+def _writable(frozen: np.ndarray) -> np.ndarray:
+    """The writable array behind a read-only layer array (``rbe.hybrid._frozen``)."""
+    owner = frozen.base
+    if not (isinstance(owner, np.ndarray) and owner.flags.writeable
+            and owner.shape == frozen.shape and owner.dtype == frozen.dtype):
+        raise ValueError("the layer's array is not backed by writable memory")
+    return owner
+
+
+def _live_buffers(layer) -> dict:
+    """The layer's stored arrays that are not parameters, as views of the layer's own memory in
+    dtypes every torch.distributed backend broadcasts (gloo and NCCL have no 16-bit or
+    unsigned 64-bit integers): seed words as int64, hybrid positions as their two bytes.
+    Only per-block counts, which the layer keeps as offsets, are a derived copy."""
+    if isinstance(layer, FusedLinear):
+        # The lo words are the r and theta parameters (float32 views); not a buffer too.
+        buffers = {"hi": layer.seeds["hi"].view(np.int64)}
+        if not layer.trains_affine:
+            buffers["alpha"], buffers["beta"] = layer.alpha, layer.beta
+        return buffers
+    # Transforms and counts even where one transform or one k would do (rbe.save stores them
+    # in the config then): the buffers' shapes then depend on the block grid and the number of
+    # coefficients only, so that processes whose layers differ in structure (compress() of
+    # other weights) still hold the same buffers for DDP to broadcast.
+    return {"index": _writable(layer.index).view(np.uint8).reshape(-1, 2),
+            "transform": _writable(layer.transform), "counts": np.diff(layer.offsets)}
+
+
+def _stored_form(kind: str, config: dict, arrays: dict) -> tuple[dict, dict]:
+    """The config and arrays of rbe's stored form (``layer._state()``, as ``rbe.load`` checks
+    them) from the module's tensors, or from those of state dicts of earlier versions."""
+    arrays = dict(arrays)
+    if kind == "fused_linear":
+        if "r" in arrays and "theta" in arrays:     # the float32 halves of the lo words
+            halves = np.stack([arrays.pop("theta"), arrays.pop("r")], axis=-1)
+            arrays["lo"] = np.ascontiguousarray(halves.astype("<f4")).view("<u8")[..., 0]
+        for name in ("hi", "lo"):
+            if name in arrays and arrays[name].dtype == np.int64:
+                arrays[name] = arrays[name].view(np.uint64)
+        return config, arrays
+    if isinstance(config, dict):        # the tensors, where present, give these per block
+        config = dict(config)
+        if "transform" in arrays:
+            config.pop("transform", None)
+        if "counts" in arrays:
+            config.pop("k", None)
+    index = arrays.get("index")
+    if index is not None and index.dtype == np.uint8 and index.ndim == 2:
+        if index.shape[1:] != (2,):
+            raise ValueError(f"index must hold two bytes per position, got shape {index.shape}")
+        index = np.ascontiguousarray(index).view(np.uint16).reshape(-1)
+        block = config.get("block") if isinstance(config, dict) else None
+        if isinstance(block, list) and len(block) == 2 and np.prod(block) <= 256:
+            if index.size and index.max() > 255:        # stored as one byte per position
+                raise ValueError("index holds positions beyond the block")
+            index = index.astype(np.uint8)
+        arrays["index"] = index
+    counts = arrays.get("counts")
+    if counts is not None and counts.dtype == np.int64:
+        if counts.size and not 0 <= counts.min() <= counts.max() <= np.iinfo(np.uint16).max:
+            raise ValueError("counts must lie in [0, 65535]")
+        arrays["counts"] = counts.astype(np.uint16)
+    return config, arrays
+
+
+def _layer_from_state(kind: str, config: dict, tensors: dict):
+    """A new layer from the module's tensors (copied), with the checks of ``rbe.load``."""
+    arrays = {name: t.detach().cpu().contiguous().numpy() for name, t in tensors.items()}
+    return layer_from_arrays(kind, *_stored_form(kind, config, arrays))
+
+
+def _static_config(layer) -> dict:
+    """The layer's configuration with the step count at 0 (it changes at every step)."""
+    config = json.loads(json.dumps(layer._state()[0]))
+    if "steps" in config:
+        config["steps"] = 0
+    return config
+
+
+class _Spec(NamedTuple):
+    """What the operators need besides tensors, parsed from the module's spec string."""
+
+    token: int              #: the module's key in _BINDINGS
+    kind: str
+    config: dict
+    names: tuple            #: names of the state tensors, parameters first
+    n_params: int
+    out_features: int
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse(spec: str) -> _Spec:
+    fields = json.loads(spec)
+    return _Spec(fields["token"], fields["kind"], fields["config"], tuple(fields["names"]),
+                 fields["n_params"], fields["out_features"])
+
+
+class _Binding:
+    """A layer, the addresses of the tensors sharing its memory, and the lock that serialises
+    its backward passes (they write the layer's gradient buffers and statistics)."""
+
+    def __init__(self, layer, pointers: tuple, lock):
+        self.layer, self.pointers, self.lock = layer, pointers, lock
+
+
+#: token -> binding of every live RBELinear (the module holds the binding).
+_BINDINGS: weakref.WeakValueDictionary[int, _Binding] = weakref.WeakValueDictionary()
+_TOKENS = itertools.count()
+#: Layers built from tensors that are not a live module's (e.g. an exported program loaded in
+#: another process): spec -> (binding, weak references to the tensors, their versions).
+_REBUILT: dict = {}
+_MAX_REBUILT = 64
+
+
+def _binding(state: list, spec: str) -> _Binding:
+    """The layer computing with ``state``: the live module's, or one rebuilt from the tensors."""
+    parsed = _parse(spec)
+    pointers = tuple(t.data_ptr() for t in state)
+    bound = _BINDINGS.get(parsed.token)
+    if bound is not None and bound.pointers == pointers:
+        return bound
+    versions = tuple(t._version for t in state)
+    cached = _REBUILT.get(spec)
+    if cached is not None:
+        bound, refs, seen = cached
+        if seen == versions and all(r() is t for r, t in zip(refs, state)):
+            return bound
+    layer = _layer_from_state(parsed.kind, parsed.config, dict(zip(parsed.names, state)))
+    bound = _Binding(layer, pointers, threading.Lock())
+    if len(_REBUILT) >= _MAX_REBUILT:
+        _REBUILT.clear()
+    _REBUILT[spec] = (bound, [weakref.ref(t) for t in state], versions)
+    return bound
+
+
+# -- operators ---------------------------------------------------------------------------------
+
+def _forward_rows(layer, x: torch.Tensor, out_features: int) -> torch.Tensor:
+    """The layer's forward on x (..., in_features), as a tensor (..., out_features)."""
+    rows = x.reshape(-1, x.shape[-1])
+    out_shape = x.shape[:-1] + (out_features,)
+    if rows.shape[0] == 0:
+        return x.new_zeros(out_shape)
+    return torch.from_numpy(layer.forward(rows.contiguous().numpy())).reshape(out_shape)
+
+
+def _linear_impl(x: torch.Tensor, state: list[torch.Tensor], spec: str) -> torch.Tensor:
+    """y = x W^T + b of the rbe layer whose state (parameters, then buffers) is ``state``."""
+    return _forward_rows(_binding(state, spec).layer, x, _parse(spec).out_features)
+
+
+_linear = torch.library.custom_op("rbe::linear", _linear_impl, mutates_args=())
+
+
+@_linear.register_fake
+def _linear_fake(x, state, spec):
+    return x.new_empty(x.shape[:-1] + (_parse(spec).out_features,))
+
+
+def _backward_rows(bound: _Binding, parsed: _Spec, x: torch.Tensor, grad: torch.Tensor,
+                   shapes: list) -> list[torch.Tensor]:
+    """[dx, gradient of each parameter (of the given shapes)] from the bound layer's
+    backward, which also adds to its step statistics (seed-block transition sums, hybrid grow
+    gradients) for the optimiser step hook."""
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] == 0:
+        return [torch.zeros_like(x), *(torch.zeros(shape) for shape in shapes)]
+    dy = grad.reshape(-1, parsed.out_features).to(torch.float32).contiguous()
+    with bound.lock:    # the layer's grads dict is shared state: copied out under the lock
+        dx = bound.layer.backward(rows.contiguous().numpy(), dy.numpy())
+        grads = [torch.from_numpy(np.array(bound.layer.grads[name], np.float32)).reshape(shape)
+                 for name, shape in zip(parsed.names, shapes)]
+    return [torch.from_numpy(dx).reshape(x.shape), *grads]
+
+
+def _linear_backward_impl(x: torch.Tensor, grad: torch.Tensor, state: list[torch.Tensor],
+                          spec: str) -> list[torch.Tensor]:
+    """[dx, gradient of each parameter] of the rbe layer whose state is ``state``."""
+    parsed = _parse(spec)
+    return _backward_rows(_binding(state, spec), parsed, x, grad,
+                          [p.shape for p in state[:parsed.n_params]])
+
+
+_linear_backward = torch.library.custom_op("rbe::linear_backward", _linear_backward_impl,
+                                           mutates_args=())
+
+
+@_linear_backward.register_fake
+def _linear_backward_fake(x, grad, state, spec):
+    return [x.new_empty(x.shape), *(p.new_empty(p.shape) for p in state[:_parse(spec).n_params])]
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, state, spec = inputs
+    ctx.spec = spec
+    ctx.save_for_backward(x, *state)
+
+
+def _linear_grad(ctx, grad):
+    x, *state = ctx.saved_tensors
+    dx, *grads = torch.ops.rbe.linear_backward(x, grad, state, ctx.spec)
+    return dx, grads + [None] * (len(state) - len(grads)), None
+
+
+_linear.register_autograd(_linear_grad, setup_context=_setup_context)
+
+
+class _EagerLinear(torch.autograd.Function):
+    """The operators' autograd for eager calls of a module, on its bound layer and without the
+    dispatcher: a custom operator with autograd costs about 0.2 ms more per call, as much as a
+    small layer's product. The parameters are inputs only so that autograd routes their
+    gradients; the layer reads the same memory itself."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bound: _Binding, spec: str, *params: torch.Tensor):
+        ctx.bound, ctx.spec, ctx.shapes = bound, spec, [p.shape for p in params]
+        ctx.save_for_backward(x)
+        return _forward_rows(bound.layer, x, _parse(spec).out_features)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        dx, *grads = _backward_rows(ctx.bound, _parse(ctx.spec), x, grad, ctx.shapes)
+        return dx, None, None, *grads
+
+
+# -- the optimiser step hook -------------------------------------------------------------------
 
 class _Owner:
     """Weak reference from a parameter to its RBELinear, for the optimiser step hook.
@@ -80,7 +316,8 @@ def _after_optimizer_step(optimizer, args, kwargs) -> None:
     """Refresh every RBELinear whose parameters the optimiser has just updated.
 
     Some optimisers (e.g. ``Adam(fused=True)``) update without moving the version counters, so
-    the step itself is the signal.
+    the step itself is the signal. Modules are visited in the order of the optimiser's
+    parameters, the same in every process, which the all-reduce of the statistics relies on.
     """
     modules = {}
     for group in optimizer.param_groups:
@@ -89,31 +326,11 @@ def _after_optimizer_step(optimizer, args, kwargs) -> None:
             if module is not None:
                 modules[id(module)] = module
     for module in modules.values():
+        module._reduce_step_statistics()
         module.sync(force=True)
 
 
 register_optimizer_step_post_hook(_after_optimizer_step)
-
-
-class _LayerFunction(torch.autograd.Function):
-    """y = layer.forward(x); backward gives dx and the parameter gradients of ``layer.backward``.
-
-    The parameters are inputs only so that autograd routes their gradients; the layer reads the
-    same memory itself.
-    """
-
-    @staticmethod
-    def forward(ctx, module: RBELinear, x: torch.Tensor, *params: torch.Tensor):
-        ctx.module = module
-        ctx.save_for_backward(x)
-        return module._product(x)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output: torch.Tensor):
-        (x,) = ctx.saved_tensors
-        dx, grads = ctx.module._backward(x, grad_output)
-        return (None, dx, *grads)
 
 
 class RBELinear(nn.Module):
@@ -140,13 +357,25 @@ class RBELinear(nn.Module):
         ``regrow_*`` settings of ``rbe.HybridLinear`` (positions move from the optimiser step
         hook, through ``after_step``).
 
+    Attributes
+    ----------
+    process_group : torch.distributed ProcessGroup or None
+        The processes whose step statistics (seed-block transition sums, hybrid grow
+        gradients) are summed before each decision, when torch.distributed is initialised;
+        None: the default group.
+
     Notes
     -----
-    Inputs are float32 CPU tensors of shape (..., in_features). Several threads may call the
-    same module concurrently; backward passes are serialised by a per-module lock. The layer's
+    Inputs are CPU tensors of shape (..., in_features), float32 (bfloat16 or float16 under
+    ``torch.autocast("cpu")``). Forward and backward are the custom operators
+    ``torch.ops.rbe.linear`` and ``torch.ops.rbe.linear_backward``, so ``torch.compile``
+    and ``torch.export`` trace them as single nodes. Several threads may call the same module
+    concurrently; backward passes are serialised by a per-module lock. The layer's
     ``after_step()`` runs after every torch optimiser step and after any other in-place update
     of a parameter (see the module docstring).
     """
+
+    process_group = None
 
     def __init__(self, in_features: int, out_features: int, kind: str = "hybrid",
                  block=(64, 64), k: int | None = None, transform: str = "dct",
@@ -158,10 +387,10 @@ class RBELinear(nn.Module):
         elif hybrid_options:
             raise ValueError(f"options {sorted(hybrid_options)} apply to kind='hybrid' only")
         elif kind == "fused":
-            layer = _fused_class()(in_features, out_features, block=block, bias=bias, seed=seed)
+            layer = FusedLinear(in_features, out_features, block=block, bias=bias, seed=seed)
         else:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-        self._lock = threading.RLock()
+        self._init_binding()
         self._attach(layer)
 
     @classmethod
@@ -169,46 +398,60 @@ class RBELinear(nn.Module):
         """A module computing with an existing rbe layer (shared, not copied)."""
         module = cls.__new__(cls)
         nn.Module.__init__(module)
-        module._lock = threading.RLock()
+        module._init_binding()
         module._attach(layer)
         return module
 
-    def _attach(self, layer) -> None:
-        """Compute with ``layer``: re-point the parameters at its arrays, refresh the buffers.
+    def _init_binding(self) -> None:
+        self._lock = threading.RLock()
+        self._token = next(_TOKENS)
 
-        Parameters whose shape and dtype do not change keep their identity, so an optimiser
-        created before ``load_state_dict`` keeps working.
+    def _attach(self, layer) -> None:
+        """Compute with ``layer``: point the parameters and buffers at its arrays.
+
+        Tensors whose shape and dtype do not change keep their identity, so an optimiser (or a
+        DistributedDataParallel wrapper) created before ``load_state_dict`` keeps working.
         """
         self._kind = _kind_name(layer)
-        arrays = layer.parameters()
-        for name in [n for n in self._parameters if n not in arrays and n != "bias"]:
-            del self._parameters[name]
-        for name, array in arrays.items():
-            tensor = torch.from_numpy(array)
-            old = self._parameters.get(name)
-            if old is not None and old.shape == tensor.shape and old.dtype == tensor.dtype:
-                old.data = tensor
-            else:
-                self._parameters[name] = nn.Parameter(tensor)
-            self._parameters[name]._rbe_owner = _Owner(self)
-        if "bias" not in arrays:
+        params, buffers = layer.parameters(), _live_buffers(layer)
+        for table, arrays, make in ((self._parameters, params, nn.Parameter),
+                                    (self._buffers, buffers, lambda t: t)):
+            for name in [n for n in table if n not in arrays and n != "bias"]:
+                del table[name]
+            for name, array in arrays.items():
+                tensor = torch.from_numpy(array)
+                old = table.get(name)
+                if old is not None and old.shape == tensor.shape and old.dtype == tensor.dtype:
+                    old.data = tensor
+                else:
+                    table[name] = make(tensor)
+        for p in self._parameters.values():
+            if p is not None:
+                p._rbe_owner = _Owner(self)
+        if "bias" not in params:
             self._parameters["bias"] = None
         self._layer = layer
-        self._refresh_buffers()
-        self._versions = self._parameter_versions()
+        self._in, self._out = layer.in_features, layer.out_features
+        self._state_names = (*(n for n, p in self._parameters.items() if p is not None),
+                             *self._buffers)
+        self._spec = json.dumps({"token": self._token, "kind": self._kind,
+                                 "config": _static_config(layer),
+                                 "names": list(self._state_names), "n_params": len(params),
+                                 "out_features": self._out}, sort_keys=True)
+        # The same list as _state(), kept for the eager calls' checks (traced calls use
+        # _state(), which tracers follow through the module's tables).
+        self._tensors = self._state()
+        self._binding = _Binding(layer, tuple(t.data_ptr() for t in self._tensors), self._lock)
+        _BINDINGS[self._token] = self._binding
+        self._versions = tuple([t._version for t in self._tensors])
 
-    def _refresh_buffers(self) -> None:
-        """Buffers: copies of the layer's stored arrays that are not parameters."""
-        config, arrays = self._layer._state()
-        self._config = json.loads(json.dumps(config))
-        params = self._layer.parameters()
-        self._buffers.clear()
-        for name, array in arrays.items():
-            if name not in params:
-                self._buffers[name] = torch.from_numpy(np.array(array))
+    def _state(self) -> list:
+        """Parameters, then buffers: the operators' view of the layer."""
+        return [*(p for p in self._parameters.values() if p is not None),
+                *self._buffers.values()]
 
-    in_features = property(lambda self: self._layer.in_features)
-    out_features = property(lambda self: self._layer.out_features)
+    in_features = property(lambda self: self._in)
+    out_features = property(lambda self: self._out)
     kind = property(lambda self: self._kind.split("_")[0])
 
     @property
@@ -222,16 +465,17 @@ class RBELinear(nn.Module):
         parameters share memory with the copy's layer again."""
         self.sync()
         state = self.__dict__.copy()
-        del state["_lock"]
-        state["_buffers"] = {}      # rebuilt from the layer (uint16 storages do not pickle)
+        for name in ("_lock", "_binding", "_token", "_tensors"):
+            del state[name]
+        state["_buffers"] = {}      # rebuilt from the layer
         state["_layer"] = (self._kind, *self._layer._state())
         return state
 
     def __setstate__(self, state: dict) -> None:
         kind, config, arrays = state.pop("_layer")
         super().__setstate__(state)
-        self._lock = threading.RLock()
-        self._attach(_kinds()[kind]._from_state(config, arrays))
+        self._init_binding()
+        self._attach(layer_kinds()[kind]._from_state(config, arrays))
 
     def _apply(self, fn, recurse=True):
         """Allow only conversions that keep every tensor as it is (``.float()``, ``.cpu()``).
@@ -254,76 +498,86 @@ class RBELinear(nn.Module):
 
     # -- refreshing derived state -----------------------------------------------------------
 
-    def _parameter_versions(self) -> tuple:
-        return tuple(p._version for p in self._parameters.values() if p is not None)
+    def sync(self, force: bool = False) -> list:
+        """Bring the layer up to date with in-place writes to its tensors.
 
-    def sync(self, force: bool = False) -> None:
-        """Run the layer's ``after_step()`` if a parameter changed since the last call.
-
-        With ``force``, run it unconditionally (after changing parameters through ``.data``
-        or the layer's numpy arrays).
+        A written buffer (a load into it, DistributedDataParallel's start-up broadcast)
+        rebuilds the layer from the module's tensors, validated like ``rbe.load``; a written
+        parameter runs the layer's ``after_step()``. With ``force``, ``after_step()`` runs
+        unconditionally (after changing parameters through ``.data`` or the layer's numpy
+        arrays; the optimiser step hook calls this). Returns the module's tensors
+        (parameters, then buffers).
         """
-        if not force and self._parameter_versions() == self._versions:
-            return      # the common case, without waiting for a backward holding the lock
+        state = self._tensors
+        versions = tuple([t._version for t in state])
+        if not force and versions == self._versions:
+            return state    # the common case, without waiting for a backward holding the lock
         with self._lock:
-            versions = self._parameter_versions()
-            if force or versions != self._versions:
+            n_params = len(self._state_names) - len(self._buffers)
+            buffers_written = versions[n_params:] != self._versions[n_params:]
+            if buffers_written:
+                self._attach(_layer_from_state(self._kind, self._layer._state()[0],
+                                               dict(zip(self._state_names, state))))
+            elif force or versions != self._versions:
                 self._layer.after_step()
                 self._versions = versions
+        return self._tensors
+
+    def _reduce_step_statistics(self) -> None:
+        """Sum the statistics of the coming decision across processes (torch.distributed)."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        group = self.process_group
+        if dist.get_world_size(group) < 2:
+            return
+        for array in self._layer.step_statistics():
+            dist.all_reduce(torch.from_numpy(array), group=group)
 
     # -- products ------------------------------------------------------------------------------
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x W^T + b for a float32 CPU tensor x of shape (..., in_features)."""
-        self._check_input(x)
-        self.sync()
-        params = [p for p in self._parameters.values() if p is not None]
-        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
-            return _LayerFunction.apply(self, x, *params)
-        return self._product(x)     # inference: skip the autograd node's overhead (~25 us)
+        """x W^T + b for a CPU tensor x of shape (..., in_features): float32, or bfloat16 /
+        float16 under ``torch.autocast("cpu")`` (computed in float32, returned in the
+        autocast dtype)."""
+        out_dtype = self._check_input(x)
+        if x.dtype != torch.float32:
+            x = x.float()
+        if torch.compiler.is_compiling() or torch.jit.is_tracing() \
+                or type(x) is not torch.Tensor:
+            y = torch.ops.rbe.linear(x, self._state(), self._spec)
+        else:
+            state = self.sync()
+            if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad
+                                                                   for t in state)):
+                y = _EagerLinear.apply(x, self._binding, self._spec,
+                                       *state[:len(state) - len(self._buffers)])
+            else:   # inference: skip the dispatcher and the autograd node
+                y = _forward_rows(self._layer, x.detach(), self._out)
+        return y if out_dtype is None else y.to(out_dtype)
 
-    def _product(self, x: torch.Tensor) -> torch.Tensor:
-        """The layer's forward on a checked input, as a tensor of shape (..., out_features)."""
-        rows = x.detach().reshape(-1, self.in_features)
-        out_shape = x.shape[:-1] + (self.out_features,)
-        if rows.shape[0] == 0:
-            return x.new_zeros(out_shape)
-        return torch.from_numpy(self._layer.forward(rows.contiguous().numpy())).reshape(out_shape)
-
-    def _check_input(self, x) -> None:
+    def _check_input(self, x) -> torch.dtype | None:
+        """Check x; return the autocast dtype of the output, if any."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
         if x.device.type != "cpu":
             raise ValueError(f"rbe layers compute on the CPU; got a tensor on {x.device} "
                              "(move it with .cpu())")
-        if x.dtype != torch.float32:
-            raise ValueError(f"input must be float32, got {x.dtype}")
-        if x.dim() == 0 or x.shape[-1] != self.in_features:
-            raise ValueError(f"input must have shape (..., {self.in_features}), "
+        autocast = torch.is_autocast_enabled("cpu")
+        if x.dtype != torch.float32 and not (autocast and x.dtype in _LOW_PRECISION):
+            raise ValueError(f"input must be float32 (or bfloat16/float16 under "
+                             f"torch.autocast('cpu')), got {x.dtype}")
+        if x.dim() == 0 or x.shape[-1] != self._in:
+            raise ValueError(f"input must have shape (..., {self._in}), "
                              f"got {tuple(x.shape)}")
-
-    def _backward(self, x: torch.Tensor, grad_output: torch.Tensor):
-        """dx and the gradients of the parameters (in registration order)."""
-        params = [(n, p) for n, p in self._parameters.items() if p is not None]
-        rows = x.detach().reshape(-1, self.in_features)
-        if rows.shape[0] == 0:
-            return torch.zeros_like(x), [torch.zeros_like(p) for _, p in params]
-        dy = grad_output.detach().reshape(-1, self.out_features).to(torch.float32)
-        # The layer's grads dict is shared state: one backward at a time, copied out.
-        with self._lock:
-            dx = self._layer.backward(rows.contiguous().numpy(), dy.contiguous().numpy())
-            grads = [torch.from_numpy(np.array(self._layer.grads[name], dtype=np.float32))
-                     .reshape(p.shape) for name, p in params]
-        return torch.from_numpy(dx).reshape(x.shape), grads
+        return torch.get_autocast_dtype("cpu") if autocast else None
 
     # -- state_dict ----------------------------------------------------------------------------
 
     def get_extra_state(self) -> dict:
-        return {"kind": self._kind, "config": self._config}
+        return {"kind": self._kind, "config": json.loads(json.dumps(self._layer._state()[0]))}
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         self.sync()
-        self._refresh_buffers()
         super()._save_to_state_dict(destination, prefix, keep_vars)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -338,12 +592,12 @@ class RBELinear(nn.Module):
         extra = state_dict.get(prefix + _EXTRA_STATE)
         # A state of another kind (e.g. seed blocks into a hybrid module) has other names.
         if not isinstance(extra, dict) or extra.get("kind") == self._kind:
-            expected = [n for n, p in self._parameters.items() if p is not None]
-            expected += list(self._buffers) + [_EXTRA_STATE]
+            expected = [*self._state_names, _EXTRA_STATE]
             missing = [prefix + name for name in expected if name not in mine]
             # Arrays a layer stores only for some contents (hybrid: mixed transforms, ragged
             # blocks) are expected when present.
             optional = set(getattr(type(self._layer), "OPTIONAL_STATE", ()))
+            optional |= _EARLIER_NAMES.get(self._kind, set())
             missing = [key for key in missing if key[len(prefix):] not in optional]
             if strict:
                 unexpected_keys.extend(prefix + n for n in sorted(mine - set(expected) - optional))
@@ -351,10 +605,8 @@ class RBELinear(nn.Module):
                 missing_keys.extend(missing)
                 return
         try:
-            cls = _kinds()[extra["kind"]]
-            arrays = {name: state_dict[prefix + name].detach().cpu().numpy()
-                      for name in mine if name != _EXTRA_STATE}
-            layer = cls._from_state(extra["config"], arrays)
+            tensors = {name: state_dict[prefix + name] for name in mine if name != _EXTRA_STATE}
+            layer = _layer_from_state(extra["kind"], extra["config"], tensors)
         except (KeyError, TypeError, ValueError) as exc:
             error_msgs.append(f"{prefix or 'RBELinear'}: cannot rebuild the rbe layer ({exc!r})")
             return
@@ -367,7 +619,7 @@ class RBELinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"kind={self.kind!r}, block={tuple(self._config['block'])}, "
+                f"kind={self.kind!r}, block={tuple(self._layer.block)}, "
                 f"bias={self.bias is not None}, "
                 f"ratio={self._layer.compression_ratio:.1f}")
 

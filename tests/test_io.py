@@ -516,3 +516,22 @@ def test_version_1_files_load_converted(tmp_path):
     rbe.save(tmp_path / "v2.safetensors", loaded)
     again = rbe.load(tmp_path / "v2.safetensors")
     np.testing.assert_array_equal(again["layer"].to_dense(), layer.to_dense())
+
+
+@pytest.mark.parametrize("make", [
+    lambda: rbe.HybridLinear(40, 24, block=(8, 8), k=16, seed=0, precision="float16"),
+    lambda: rbe.FusedLinear(40, 24, block=(8, 8), seed=0),
+])
+def test_layer_from_arrays_checks_like_load(make):
+    layer = make()
+    config, arrays = layer._state()
+    kind = "fused_linear" if isinstance(layer, rbe.FusedLinear) else "hybrid_linear"
+    rebuilt = rbe.io.layer_from_arrays(kind, config, arrays)
+    x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+    np.testing.assert_array_equal(rebuilt.forward(x), layer.forward(x))
+    first = next(iter(arrays))
+    forged = {**arrays, first: arrays[first][:-1]}               # a shape the config forbids
+    with pytest.raises(rbe.FormatError, match=first):
+        rbe.io.layer_from_arrays(kind, config, forged)
+    with pytest.raises(rbe.FormatError, match="extra"):
+        rbe.io.layer_from_arrays(kind, {**config, "extra": 1}, arrays)

@@ -166,3 +166,15 @@ def test_encoded_layers_keep_their_positions_unless_asked():
 def test_basis_functions_have_unit_norm():
     norms = np.linalg.norm(tf.basis(16, 8).reshape(8, -1), axis=1)
     np.testing.assert_allclose(norms, 1.0, rtol=1e-12)
+
+
+def test_regrow_moves_positions_in_place_and_leaves_earlier_matrices_alone():
+    layer = rbe.HybridLinear(40, 24, block=(8, 8), k=16, seed=0, regrow_every=1)
+    index, matrix = layer.index, layer.matrix
+    before = matrix.index.copy()
+    x = np.random.default_rng(0).standard_normal((8, 40)).astype(np.float32)
+    layer.backward(x, layer.forward(x))
+    layer.after_step()
+    assert layer.index is index and not index.flags.writeable    # the same read-only array
+    assert not np.array_equal(index, before)
+    np.testing.assert_array_equal(matrix.index, before)

@@ -313,6 +313,33 @@ def test_state_dict_with_corrupted_index_is_refused():
         other.load_state_dict(state)
 
 
+@pytest.mark.parametrize("change, message", [
+    (lambda state: state["values"].fill_(1e30), "beyond"),
+    (lambda state: state["_extra_state"]["config"].update(block=[0, 8]), "block"),
+    (lambda state: state["_extra_state"]["config"].update(unknown=1), "unknown"),
+])
+def test_state_dict_gets_the_checks_of_rbe_load(change, message):
+    module, other = trained_pair("hybrid")
+    state = copy.deepcopy(module.state_dict())
+    change(state)
+    with pytest.raises(RuntimeError, match=f"cannot rebuild.*{message}"):
+        other.load_state_dict(state)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_state_dict_in_the_stored_form_of_earlier_versions_loads(kind):
+    """Earlier state dicts held the arrays of ``layer._state()`` (uint64 seed words, a ``lo``
+    buffer, one- or two-byte positions)."""
+    source, target = trained_pair(kind)
+    config, arrays = source.layer._state()
+    state = {name: torch.from_numpy(np.array(a)) for name, a in arrays.items()}
+    state.update({name: p.detach().clone() for name, p in source.named_parameters()})
+    state["_extra_state"] = {"kind": source._kind, "config": config}
+    target.load_state_dict(state)
+    x = inputs(4, 40)
+    torch.testing.assert_close(target(x), source(x), rtol=0, atol=0)
+
+
 def test_state_dict_in_a_model():
     model = nn.Sequential(nn.Linear(40, 32), nn.ReLU(), nn.Linear(32, 24))
     rt.compress(model, block=(8, 8), k=16)
@@ -458,3 +485,61 @@ def test_torch_and_rbe_openmp_in_threads(run_python, imports):
     done = run_python(code, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("ok")
+
+
+# ---- buffers are the layer's state -------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_buffers_have_dtypes_every_distributed_backend_broadcasts(kind):
+    module = small(kind)
+    names = {name for name, _ in module.named_buffers()}
+    assert names == ({"hi", "alpha", "beta"} if kind == "fused" else
+                     {"index", "transform", "counts"})
+    # gloo and NCCL have no uint16, int16, uint32 or uint64
+    assert {b.dtype for b in module.buffers()} <= {torch.int64, torch.uint8, torch.float32}
+
+
+@needs_fused
+def test_buffers_follow_the_layer_state_transitions():
+    module = small("fused", seed=4)
+    layer = module._layer
+    layer.transition_every, layer.max_moves, layer.tau = 1, 1.0, 0.0
+    hi = dict(module.named_buffers())["hi"]
+    before = hi.clone()
+    x = inputs(8, 40)
+    opt = torch.optim.SGD(module.parameters(), lr=0.0)
+    (module(x) ** 2).sum().backward()
+    opt.step()
+    assert not torch.equal(hi, before)                      # read without state_dict()
+    np.testing.assert_array_equal(hi.numpy().view(np.uint64), layer.seeds["hi"])
+
+
+def test_buffers_follow_hybrid_regrowth():
+    module = rt.RBELinear(40, 24, block=(8, 8), k=16, seed=0, regrow_every=1)
+    index = dict(module.named_buffers())["index"]
+    before = index.clone()
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    (module(inputs(8, 40)) ** 2).sum().backward()
+    opt.step()
+    assert not torch.equal(index, before)
+    np.testing.assert_array_equal(index.numpy().view(np.uint16).ravel(), module._layer.index)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_writing_buffers_and_parameters_reaches_the_layer(kind):
+    module, other = small(kind, seed=1), small(kind, seed=2)
+    x = inputs(4, 40)
+    with torch.no_grad():
+        for mine, theirs in zip([*module.parameters(), *module.buffers()],
+                                [*other.parameters(), *other.buffers()]):
+            mine.copy_(theirs)
+    torch.testing.assert_close(module(x), other(x), rtol=0, atol=0)
+
+
+def test_written_index_is_validated():
+    module = small("hybrid")
+    index = dict(module.named_buffers())["index"]
+    with torch.no_grad():
+        index.view(torch.int16)[:] = 0           # repeated positions
+    with pytest.raises(ValueError, match="index|position"):
+        module(inputs(2, 40))
