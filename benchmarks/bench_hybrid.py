@@ -2,7 +2,7 @@
 
 Run with rbe importable (installed, or built in place and on PYTHONPATH):
 
-    python benchmarks/bench_hybrid.py
+    python benchmarks/bench_hybrid.py [--profile]
 
 Timings are medians of interleaved repeats (the contenders alternate, so background load hits
 them alike). The "original method" baselines are plain numpy re-implementations of what the
@@ -11,11 +11,13 @@ and a full sort when encoding, and a whole-block rebuild for every output row in
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 
 import numpy as np
 
 import rbe
+from rbe import hybrid as hybrid_module
 from rbe import transforms as tf
 from timing import interleaved_medians
 
@@ -148,6 +150,34 @@ def bench_products():
     return timed
 
 
+def profile_gemv():
+    """Where a GEMV's time goes: each stage of ``HybridLinear.forward`` timed on its own."""
+    print("== GEMV profile at 4096^2 (64x64 blocks, k=64, adaptive, float32), median ms ==")
+    W = gaussian_matrix(4096)
+    layer = rbe.HybridLinear.from_dense(W, block=BLOCK, k=K, progress=False)
+    x = np.random.default_rng(7).standard_normal((1, 4096)).astype(np.float32)
+    ops = layer._forward_operators[x.dtype]
+    z = layer._transformed_inputs(ops, x)
+    u = np.zeros(sum(a.count * a.width for a in ops.rows), x.dtype)
+    args = (*layer._kernel_args(), layer._nslots, 1, *layer._layout(ops, True))
+    rows = ops.rows[0]
+    y = np.empty((rows.count, rows.n), np.float32)
+    stages = {
+        "forward": lambda: layer.forward(x),
+        "transforms + basis projections in": lambda: layer._transformed_inputs(ops, x),
+        "coefficient products (C kernel)": lambda: rbe._core.hybrid_forward(*args, z, u),
+        "basis sums": lambda: [layer._basis_sums(t, ops, z, u, 1, x.dtype) for t in ops.basis],
+        "transforms + basis out": lambda: hybrid_module._gemm(
+            layer._part(u, rows, 1, True), rows.transposed, y),
+    }
+    for threads in (1, 2):
+        with rbe.threads(threads):
+            t = interleaved_medians(stages, rounds=15, steady=True)
+        rest = t["forward"] - sum(v for k, v in t.items() if k != "forward")
+        print(f"  {threads} thread(s): " + ", ".join(f"{k} {v * 1e3:.3f}" for k, v in t.items())
+              + f", rest (checks, bias, Python) {rest * 1e3:.3f}")
+
+
 def bench_row_rebuild():
     print("== GEMV at 512^2 vs the original's row-by-row block rebuild ==")
     W = gaussian_matrix(512, seed=3)
@@ -174,11 +204,17 @@ def bench_rate_distortion():
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true", help="only the GEMV profile")
     print(f"rbe hybrid benchmark: numpy {np.__version__}, "
           f"{rbe.get_num_threads()} OpenMP thread(s) by default, "
           f"OpenMP {'on' if rbe._core.openmp_enabled() else 'off'}")
+    if parser.parse_args().profile:
+        profile_gemv()
+        return
     encode_times = bench_encode()
     products = bench_products()
+    profile_gemv()
     rebuild = bench_row_rebuild()
     bench_rate_distortion()
     print("== Acceptance (this machine) ==")

@@ -21,6 +21,8 @@ cdef extern from "rbe/threads.h":
     int rbe_openmp_enabled() nogil
     int rbe_max_threads() nogil
     int rbe_thread_limit() nogil
+    int rbe_get_local_threads() nogil
+    void rbe_set_local_threads(int n) nogil
 
 cdef int _num_threads = 0
 
@@ -44,22 +46,57 @@ def max_threads():
     return min(MAX_THREADS, rbe_thread_limit())
 
 
-def set_num_threads(n):
-    """Threads used by the kernels (0 = OpenMP's default), at most :func:`max_threads`."""
-    global _num_threads
+def _check_count(n):
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise ValueError(f"number of threads must be an integer >= 0, got {n!r}")
     if n > max_threads():
         raise ValueError(f"number of threads must be at most {max_threads()}, got {n}")
-    _num_threads = n
+    return int(n)
+
+
+def set_num_threads(n):
+    """Threads used by the kernels, process-wide (0 = OpenMP's default), at most
+    :func:`max_threads`. A :class:`threads` block of the calling thread takes precedence."""
+    global _num_threads
+    _num_threads = _check_count(n)
 
 
 def get_num_threads():
-    """Threads the kernels will use."""
+    """Threads the kernels will use when called from this thread."""
     return _threads()
 
 
+def num_threads_set():
+    """True when the thread count was chosen: by :func:`set_num_threads` or, in the calling
+    thread, by a :class:`threads` block."""
+    return _num_threads > 0 or rbe_get_local_threads() > 0
+
+
+class threads:
+    """Context manager: the kernels called from this thread use at most ``n`` threads (0:
+    the process-wide count) inside the block; other threads keep theirs. Re-entrant.
+
+    >>> with rbe.threads(1):
+    ...     y = layer.forward(x)
+    """
+
+    def __init__(self, n):
+        self.n = _check_count(n)
+        self._saved = []
+
+    def __enter__(self):
+        self._saved.append(rbe_get_local_threads())
+        rbe_set_local_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        rbe_set_local_threads(self._saved.pop())
+
+
 cdef int _threads() noexcept nogil:
+    cdef int local = rbe_get_local_threads()
+    if local > 0:
+        return local
     return _num_threads if _num_threads > 0 else min(rbe_max_threads(), _MAX_THREADS)
 
 

@@ -36,7 +36,11 @@ cdef inline void _gemm(char ta, char tb, int m, int n, int k, float alpha, const
     sgemm(&ta, &tb, &m, &n, &k, &alpha, <float *>a, &lda, <float *>b, &ldb, &beta, c, &ldc)
 
 
-cdef int _FUSED_MIN_WORK_PER_THREAD = 1 << 16
+# Weights per thread below which a product stays on fewer threads. An OpenMP team waits at
+# its closing barrier for every member; a member whose core is held (another library's BLAS
+# threads spinning after a call, another process) holds the call up for milliseconds. Only
+# products long enough to absorb that use more than one thread (a 1024 x 1024 GEMV does not).
+cdef int _FUSED_MIN_WORK_PER_THREAD = 1 << 21
 
 
 cdef int _fused_threads(Py_ssize_t items, Py_ssize_t weights) noexcept nogil:

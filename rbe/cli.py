@@ -42,6 +42,10 @@ def bench(args: argparse.Namespace) -> int:
         from rbe import quality
         quality.run(tasks=args.tasks, seeds=range(args.runs), plot=args.plot or None)
         return 0
+    if args.serving:
+        from rbe import serving
+        serving.run(quick=args.quick)
+        return 0
 
     rng = np.random.default_rng(0)
     packed = rbe.seeds.random(args.seeds, rng=0)
@@ -204,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quality", action="store_true",
                    help="instead: accuracy per byte against low-rank, narrower and int8 layers "
                         "(rbe.quality; needs torch and scikit-learn; long)")
+    p.add_argument("--serving", action="store_true",
+                   help="instead: latency and throughput as a service sees them, against torch "
+                        "float32 and int8 dynamic quantisation (rbe.serving; needs torch; "
+                        "about 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="with --serving: fewer sizes and calls")
     p.add_argument("--tasks", nargs="+", default=["digits", "synthetic"],
                    choices=["digits", "synthetic"], help="with --quality")
     p.add_argument("--runs", type=int, default=3, help="with --quality: seeds per variant")

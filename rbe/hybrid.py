@@ -19,6 +19,7 @@ write contiguous batch rows and the dense transforms are plain GEMMs.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import numpy as np
@@ -42,8 +43,9 @@ _SERIAL_GEMM = 1 << 18      # OpenBLAS runs a GEMM of up to 2^18 multiply-adds o
 _SMALL_GEMM = 1 << 22       # larger products gain from the BLAS threads
 
 
-def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b; a small product runs as pieces of rows that BLAS keeps on the calling thread.
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """a @ b (into ``out``); a small product runs as pieces of rows that BLAS keeps on the
+    calling thread.
 
     The products of a batch-less forward are small and several per call; handing each to the
     BLAS thread pool makes them wait for its threads (milliseconds when the cores are busy).
@@ -51,12 +53,23 @@ def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     m, k = a.shape
     size = m * k * b.shape[1]
     if size > _SMALL_GEMM or size <= _SERIAL_GEMM:
-        return a @ b
-    out = np.empty((m, b.shape[1]), np.result_type(a, b))
+        return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty((m, b.shape[1]), np.result_type(a, b))
     step = max(1, _SERIAL_GEMM // (k * b.shape[1]))
     for start in range(0, m, step):
         np.matmul(a[start:start + step], b, out=out[start:start + step])
     return out
+
+
+def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """out = a @ b for C-contiguous arrays: float32 in pieces on the calling thread and rbe's
+    helpers (``_core.pooled_gemm``), so that a forward wakes no BLAS threads (which would keep
+    spinning on the cores the next call, rbe's or torch's, needs); float64 through numpy."""
+    if out.dtype == np.float32:
+        _core.pooled_gemm(a, b, out)
+        return out
+    return _matmul(a, b, out=out)
 
 
 def _left(matrix: np.ndarray, stack: np.ndarray) -> np.ndarray:
@@ -65,6 +78,55 @@ def _left(matrix: np.ndarray, stack: np.ndarray) -> np.ndarray:
     if batch == 1:
         return _matmul(stack.reshape(n, p), matrix.T).reshape(n, -1, 1)
     return np.matmul(matrix, stack)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Axis:
+    """A class of equally long block columns (or rows) in the forward product.
+
+    ``matrix`` maps a block column's inputs to its transform-domain values and basis
+    projections, (n * nslots + ranks, n); for block rows it maps those back to outputs,
+    (n, n * nslots + 8 * ranks). ``base`` is where its values start in the flat work array,
+    ``width`` the values per block column (row), in units of the batch.
+    """
+
+    n: int
+    features: slice
+    count: int
+    matrix: np.ndarray
+    transposed: np.ndarray
+    width: int
+    base: int
+
+    def layout(self, one: bool) -> tuple[np.ndarray, np.ndarray]:
+        """(base, step) of each block column (row) for rbe_hybrid_layout: one vector keeps a
+        block column's values together, a batch keeps a value's block columns together."""
+        blocks = np.arange(self.count, dtype=np.int64)
+        if one:
+            return self.base + blocks * self.width, np.ones(self.count, np.int64)
+        return self.base + blocks, np.full(self.count, self.count, np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class _BasisTerm:
+    """The basis part of a group of equal blocks: where its projections R x_bj sit among its
+    block columns' values (``projections``) and its sums s_bik among its block rows' values
+    (``sums``), ``rank`` rows of each."""
+
+    blocks: slice | np.ndarray
+    rows: int
+    cols: int
+    projections: int
+    sums: int
+    rank: int
+
+
+@dataclasses.dataclass(frozen=True)
+class _ForwardOperators:
+    cols: list
+    rows: list
+    basis: list
+    layouts: dict
 
 
 def _random_positions(rng, n_blocks, size, count):
@@ -237,6 +299,7 @@ class HybridLinear:
         self._col_classes = list({cols.start: (g.w, cols) for g, _, _, cols in self._groups}
                                  .values())
         self._operators = {dtype: self._stacked_operators(kinds, dtype) for dtype in _FLOATS}
+        self._forward_operators = {dtype: self._forward_plan(kinds, dtype) for dtype in _FLOATS}
         self.grads = {name: np.zeros_like(p) for name, p in self.parameters().items()}
         self.steps = 0
 
@@ -247,13 +310,54 @@ class HybridLinear:
         ``outputs[n]`` (n, n * nslots) maps u[r, t] back to sum_t G_t u[:, t].
         """
         def synthesis(n):
-            return [tf.operator(n, kind, self.wavelet, dtype).synthesis for kind in kinds]
+            return self._synthesis(n, kinds, dtype)
 
         inputs = {w: _frozen(np.stack([g.T for g in synthesis(w)], axis=1).reshape(-1, w))
                   for w, _ in self._col_classes}
         outputs = {h: _frozen(np.stack(synthesis(h), axis=2).reshape(h, -1))
                    for h, _ in self._row_classes}
         return inputs, outputs
+
+    def _synthesis(self, n, kinds, dtype):
+        """The synthesis matrices G (n x n) of the transforms in use, in slot order."""
+        return [tf.operator(n, kind, self.wavelet, dtype).synthesis for kind in kinds]
+
+    def _forward_plan(self, kinds, dtype) -> _ForwardOperators:
+        """Operators and work-array layout of ``forward``: per class of block columns one GEMM
+        gives the transform-domain values and the basis projections of its blocks, per class
+        of block rows one GEMM maps the sparse products and the basis sums to outputs."""
+        def synthesis(n):
+            return self._synthesis(n, kinds, dtype)
+
+        col_of = {cols.start: k for k, (_, cols) in enumerate(self._col_classes)}
+        row_of = {rows.start: k for k, (_, rows) in enumerate(self._row_classes)}
+        # transform-domain values slot-major (rbe_hybrid_layout): G_t^T x for t = 0, 1, ...
+        ins = [[g.T for g in synthesis(w)] for w, _ in self._col_classes]
+        outs = [synthesis(h) for h, _ in self._row_classes]
+        basis = []
+        for group, sel, rows, cols in self._groups if self.has_basis else ():
+            left, right = tf.basis_factors(group.h, group.w, dtype)
+            c, r = col_of[cols.start], row_of[rows.start]
+            basis.append(_BasisTerm(sel, r, c, sum(m.shape[0] for m in ins[c]),
+                                    sum(m.shape[1] for m in outs[r]), right.shape[0]))
+            ins[c].append(right)
+            # basis columns in the order (j, k) of the sums (left's are (k, j))
+            outs[r].append(left.reshape(group.h, tf.NUM_BASIS, -1).transpose(0, 2, 1)
+                           .reshape(group.h, -1))
+        return _ForwardOperators(self._axes(self._col_classes, ins, np.vstack, 0),
+                                 self._axes(self._row_classes, outs, np.hstack, 1), basis, {})
+
+    @staticmethod
+    def _axes(classes, parts, stack, values_axis):
+        axes, base = [], 0
+        for (n, features), matrices in zip(classes, parts):
+            matrix = _frozen(stack(matrices))
+            count = (features.stop - features.start) // n
+            transposed = _frozen(np.ascontiguousarray(matrix.T))
+            axes.append(_Axis(n, features, count, matrix, transposed, matrix.shape[values_axis],
+                              base))
+            base += count * matrix.shape[values_axis]
+        return axes
 
     def _check_bias(self, bias):
         bias = np.asarray(bias)
@@ -414,21 +518,82 @@ class HybridLinear:
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """Y = X W^T + b for X of shape (in_features,) or (batch, in_features)."""
-        xt = self._features_major(X, self.in_features, "X")
-        inputs, outputs = self._operators[xt.dtype]
-        z = self._apply(inputs, self._col_classes, xt, self._nslots)
-        u = np.zeros((self.out_features, self._nslots, xt.shape[1]), xt.dtype)
-        _core.hybrid_rows_forward(*self._kernel_args(), z, u)
-        yt = self._apply(outputs, self._row_classes, u, 1).reshape(self.out_features, -1)
-        if self.has_basis:
-            yt += self._basis_forward(xt)
+        X2 = self._batch_major(X, self.in_features, "X")
+        ops = self._forward_operators[X2.dtype]
+        batch, one = X2.shape[0], X2.shape[0] == 1
+        z = self._transformed_inputs(ops, X2)
+        u = np.zeros(sum(a.count * a.width for a in ops.rows) * batch, X2.dtype)
+        _core.hybrid_forward(*self._kernel_args(), self._nslots, batch, *self._layout(ops, one),
+                             z, u)
+        for term in ops.basis:
+            self._basis_sums(term, ops, z, u, batch, X2.dtype)
+        Y = np.empty((batch, self.out_features), X2.dtype)
+        for axis in ops.rows:
+            if one:
+                _gemm(self._part(u, axis, 1, one), axis.transposed,
+                      Y[0, axis.features].reshape(axis.count, axis.n))
+            else:
+                Yt = _gemm(axis.matrix, self._part(u, axis, batch, one),
+                           np.empty((axis.n, axis.count * batch), X2.dtype))
+                Y[:, axis.features] = Yt.reshape(axis.n, axis.count, batch).transpose(2, 1, 0) \
+                    .reshape(batch, -1)
         if self.factors is not None:
-            factor_out, factor_in = (f.astype(xt.dtype) for f in self.factors)
-            yt += factor_out @ (factor_in.T @ xt)
+            factor_out, factor_in = (f.astype(X2.dtype) for f in self.factors)
+            Y += (X2 @ factor_in) @ factor_out.T
         if self.bias is not None:
-            yt += self.bias[:, None]
-        finite_output("forward", yt)
-        return np.ascontiguousarray(yt.T).reshape(X.shape[:-1] + (self.out_features,))
+            Y += self.bias
+        finite_output("forward", Y)
+        return Y.reshape(X.shape[:-1] + (self.out_features,))
+
+    @staticmethod
+    def _part(work, axis, batch, one):
+        """The values of a class of block columns (rows) in a flat work array: (count, width)
+        for one vector, (width, count * batch) for a batch."""
+        part = work[axis.base * batch:(axis.base + axis.count * axis.width) * batch]
+        return part.reshape(axis.count, axis.width) if one else part.reshape(axis.width, -1)
+
+    def _transformed_inputs(self, ops, X2):
+        """Transform-domain values and basis projections of every block column, (flat)."""
+        batch, one = X2.shape[0], X2.shape[0] == 1
+        z = np.empty(sum(a.count * a.width for a in ops.cols) * batch, X2.dtype)
+        for axis in ops.cols:
+            x = X2[:, axis.features]
+            if one:
+                _gemm(x.reshape(axis.count, axis.n), axis.transposed, self._part(z, axis, 1, one))
+            else:
+                columns = x.reshape(batch, axis.count, axis.n).transpose(2, 1, 0)
+                _gemm(axis.matrix, np.ascontiguousarray(columns.reshape(axis.n, -1)),
+                      self._part(z, axis, batch, one))
+        return z
+
+    def _basis_sums(self, term, ops, z, u, batch, dtype):
+        """s_bij = sum_bj c_bik (R x_bj)_j of a group into its block rows' work values, in the
+        order (j, k) of the output matrix's basis columns."""
+        cols, rows = ops.cols[term.cols], ops.rows[term.rows]
+        nr, nc, r, nb = rows.count, cols.count, term.rank, tf.NUM_BASIS
+        if batch == 1:
+            p = self._part(z, cols, 1, True)[:, term.projections:term.projections + r]
+            coef = self._coef_columns(term.blocks, nr, nc, dtype)
+            s = _gemm(np.ascontiguousarray(p.T), coef, np.empty((r, nr * nb), dtype))
+            self._part(u, rows, 1, True)[:, term.sums:term.sums + nb * r] = \
+                s.reshape(r, nr, nb).transpose(1, 0, 2).reshape(nr, -1)
+            return
+        p = self._part(z, cols, batch, False)[term.projections:term.projections + r]
+        out = self._part(u, rows, batch, False)[term.sums:term.sums + nb * r]
+        coef = self.coef[term.blocks].reshape(nr, nc, nb)
+        coef = np.ascontiguousarray(coef.transpose(2, 0, 1), dtype).reshape(nb * nr, nc)
+        for j in range(r):     # rows (k, bi) of sum j, one GEMM each
+            _gemm(coef, p[j].reshape(nc, batch), out[j * nb:(j + 1) * nb].reshape(-1, batch))
+
+    def _layout(self, ops, one):
+        """(z_base, z_step, u_base, u_step) of the kernel for one vector or a batch."""
+        if one not in ops.layouts:
+            cols = [a.layout(one) for a in ops.cols]
+            rows = [a.layout(one) for a in ops.rows]
+            ops.layouts[one] = tuple(np.concatenate(parts) for parts in (
+                [b for b, _ in cols], [s for _, s in cols], [b for b, _ in rows],
+                [s for _, s in rows]))
+        return ops.layouts[one]
 
     def backward(self, X: np.ndarray, dY: np.ndarray) -> np.ndarray:
         """dX for upstream gradient dY; overwrites ``grads`` with the parameter gradients (and
@@ -489,23 +654,6 @@ class HybridLinear:
             out[part] = _left(matrix, stack).reshape(-1, slots_out, batch)
         return out
 
-    def _basis_forward(self, xt):
-        """sum_bj sum_k c_bk B_k x_bj for every block row, (out, batch).
-
-        With B_k = L_k R (``tf.basis_factors``): p_bj = R x_bj per block column, then
-        s_bik = sum_bj c_bk p_bj and y_bi = sum_k L_k s_bik, all as GEMMs.
-        """
-        batch = xt.shape[1]
-        yt = np.zeros((self.out_features, batch), xt.dtype)
-        for group, sel, rows, cols in self._groups:
-            nr, nc = group.row1 - group.row0, group.col1 - group.col0
-            left, right = tf.basis_factors(group.h, group.w, xt.dtype)
-            p = _left(right, xt[cols].reshape(nc, group.w, batch))
-            coef = self._coef_rows(sel, nr, nc, xt.dtype)
-            s = _matmul(coef, p.reshape(nc, -1))
-            yt[rows] += _left(left, s.reshape(nr, left.shape[1], batch)).reshape(-1, batch)
-        return yt
-
     def _basis_backward(self, xt, dyt):
         """dX of the basis part, (in, batch); fills grads["coef"]."""
         batch = xt.shape[1]
@@ -518,28 +666,29 @@ class HybridLinear:
             g = g.reshape(nr * tf.NUM_BASIS, -1)
             grad = (g @ p.T).reshape(nr, tf.NUM_BASIS, nc).transpose(0, 2, 1)
             self.grads["coef"][sel] = grad.reshape(-1, tf.NUM_BASIS)
-            coef_t = self._coef_rows(sel, nr, nc, xt.dtype, transpose=True)
+            coef_t = self._coef_columns(sel, nr, nc, xt.dtype)
             t = (coef_t @ g).reshape(nc, right.shape[0], batch)
             dxt[cols] += _left(right.T, t).reshape(-1, batch)
         return dxt
 
-    def _coef_rows(self, sel, nr, nc, dtype, transpose=False):
-        """Coefficients of a group as (nr*8, nc): row bi*8 + k, column bj (or its transpose
-        arrangement (nc, nr*8) with ``transpose``)."""
+    def _coef_columns(self, sel, nr, nc, dtype):
+        """Coefficients of a group as (nc, nr*8): row bj, column bi*8 + k."""
         coef = self.coef[sel].reshape(nr, nc, tf.NUM_BASIS)
-        if transpose:
-            return coef.transpose(1, 0, 2).reshape(nc, -1).astype(dtype)
-        return coef.transpose(0, 2, 1).reshape(-1, nc).astype(dtype)
+        return np.ascontiguousarray(coef.transpose(1, 0, 2), dtype).reshape(nc, -1)
 
     @staticmethod
-    def _features_major(X, features, name):
-        """Validate X (features,) or (batch, features); return it as (features, batch)."""
+    def _batch_major(X, features, name):
+        """Validate X (features,) or (batch, features); return it as (batch, features)."""
         if not isinstance(X, np.ndarray):
             raise ValueError(f"{name} must be a numpy array, got {type(X).__name__}")
         if not X.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
-        X = layer_input(name, X, features)
-        return np.ascontiguousarray(X.reshape(-1, features).T)
+        return layer_input(name, X, features).reshape(-1, features)
+
+    @staticmethod
+    def _features_major(X, features, name):
+        """Validate X (features,) or (batch, features); return it as (features, batch)."""
+        return np.ascontiguousarray(HybridLinear._batch_major(X, features, name).T)
 
     # -- dense view and storage -----------------------------------------------------------------
 

@@ -23,6 +23,7 @@ through ``.data`` or through the numpy arrays) need an explicit :meth:`RBELinear
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -43,6 +44,7 @@ except ImportError as exc:   # pragma: no cover - exercised only without torch
 
 from tqdm.auto import tqdm
 
+from . import _core
 from .fused import FusedLinear
 from .hybrid import HybridLinear
 from .io import layer_from_arrays, layer_kinds
@@ -201,13 +203,23 @@ def _binding(state: list, spec: str) -> _Binding:
 
 # -- operators ---------------------------------------------------------------------------------
 
+def _torch_threads():
+    """rbe's kernels use torch's intra-op thread count (``torch.set_num_threads``) unless rbe's
+    was chosen (``rbe.set_num_threads``, ``rbe.threads``): one setting sizes the whole model."""
+    if _core.num_threads_set():
+        return contextlib.nullcontext()
+    return _core.threads(min(torch.get_num_threads(), _core.max_threads()))
+
+
 def _forward_rows(layer, x: torch.Tensor, out_features: int) -> torch.Tensor:
     """The layer's forward on x (..., in_features), as a tensor (..., out_features)."""
     rows = x.reshape(-1, x.shape[-1])
     out_shape = x.shape[:-1] + (out_features,)
     if rows.shape[0] == 0:
         return x.new_zeros(out_shape)
-    return torch.from_numpy(layer.forward(rows.contiguous().numpy())).reshape(out_shape)
+    with _torch_threads():
+        y = layer.forward(rows.contiguous().numpy())
+    return torch.from_numpy(y).reshape(out_shape)
 
 
 def _linear_impl(x: torch.Tensor, state: list[torch.Tensor], spec: str) -> torch.Tensor:
@@ -232,7 +244,8 @@ def _backward_rows(bound: _Binding, parsed: _Spec, x: torch.Tensor, grad: torch.
     if rows.shape[0] == 0:
         return [torch.zeros_like(x), *(torch.zeros(shape) for shape in shapes)]
     dy = grad.reshape(-1, parsed.out_features).to(torch.float32).contiguous()
-    with bound.lock:    # the layer's grads dict is shared state: copied out under the lock
+    # the layer's grads dict is shared state: copied out under the lock
+    with bound.lock, _torch_threads():
         dx = bound.layer.backward(rows.contiguous().numpy(), dy.numpy())
         grads = [torch.from_numpy(np.array(bound.layer.grads[name], np.float32)).reshape(shape)
                  for name, shape in zip(parsed.names, shapes)]

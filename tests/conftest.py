@@ -41,8 +41,9 @@ def run_python(python_in_child, tmp_path):
 
 @pytest.fixture
 def threads():
-    """rbe.set_num_threads, with the thread count restored after the test."""
-    before = rbe.get_num_threads()
+    """rbe.set_num_threads, with the thread count restored after the test (0, OpenMP's default,
+    when none was set)."""
+    before = rbe.get_num_threads() if rbe._core.num_threads_set() else 0
     yield rbe.set_num_threads
     rbe.set_num_threads(before)
 

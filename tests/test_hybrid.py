@@ -1,4 +1,6 @@
 
+import multiprocessing
+
 import numpy as np
 import pytest
 
@@ -142,6 +144,19 @@ def test_concurrent_calls_from_python_threads(concurrently):
         np.testing.assert_array_equal(out, expected)
 
 
+def test_parallel_one_vector_products_from_threads_and_forked_children(threads, concurrently):
+    # 1024 blocks x k 64 = 2^16 multiply-adds per vector: the forward runs on the helper pool
+    layer = layer_for((512, 512), (16, 16), k=64)
+    X = np.random.default_rng(8).standard_normal((3, 512)).astype(np.float32)
+    threads(1)
+    expected = [layer.forward(x) for x in X]
+    threads(3)
+    for k, out in enumerate(concurrently(lambda k: layer.forward(X[k % 3]), 6)):
+        np.testing.assert_array_equal(out, expected[k % 3])
+    with multiprocessing.get_context("fork").Pool(1) as pool:     # helpers do not survive fork
+        np.testing.assert_array_equal(pool.apply(layer.forward, (X[0],)), expected[0])
+
+
 def test_storage_and_compression_ratio():
     layer = layer_for((128, 128), (64, 64), k=32)
     mixed = len(set(layer.transform)) > 1              # else one transform in the config
@@ -192,16 +207,41 @@ def test_bad_bias_raises():
 def test_kernels_check_sizes_and_skip_corrupted_entries():
     layer = layer_for((32, 32), (16, 16), transform="dct", k=4)
     args = list(layer._kernel_args())
-    z = np.zeros((32, 1, 2), np.float32)
-    with pytest.raises(ValueError, match="u must have shape"):
-        _core.hybrid_rows_forward(*args, z, np.zeros((31, 1, 2), np.float32))
+    # one slot, batch 2, block columns (rows) of 16 values each, value rows [0, 16) and [16, 32)
+    steps = np.ones(2, np.int64)
+    layout = [np.array([0, 16]), steps, np.array([0, 16]), steps]
+    z, u = np.ones(64, np.float32), np.zeros(64, np.float32)
+    _core.hybrid_forward(*args, 1, 2, *layout, z, u)
+    assert u.any()
+    with pytest.raises(ValueError, match="u layout entry 1 addresses elements outside"):
+        _core.hybrid_forward(*args, 1, 2, *layout, z, np.zeros(62, np.float32))
+    with pytest.raises(ValueError, match="z layout entry 0 addresses elements outside"):
+        _core.hybrid_forward(*args, 1, 2, np.array([-1, 16]), *layout[1:], z, u)
+    with pytest.raises(ValueError, match="z layout must have 2 entries"):
+        _core.hybrid_forward(*args, 1, 2, np.zeros(3, np.int64), *layout[1:], z, u)
     with pytest.raises(ValueError, match="blocks"):
-        _core.hybrid_rows_forward((48, 32), *args[1:], z, np.zeros((48, 1, 2), np.float32))
+        _core.hybrid_forward((48, 32), *args[1:], 1, 2, *layout, z, u)
     corrupted = np.full_like(layer.index, 65535)
     args[4] = corrupted
-    u = np.zeros((32, 1, 2), np.float32)
-    _core.hybrid_rows_forward(*args, np.ones_like(z), u)       # every entry out of its block
+    u[:] = 0
+    _core.hybrid_forward(*args, 1, 2, *layout, z, u)       # every entry out of its block
     assert not u.any()
     args[3] = layer.offsets[::-1].copy()
     with pytest.raises(ValueError, match="offsets"):
-        _core.hybrid_rows_forward(*args, z, u)
+        _core.hybrid_forward(*args, 1, 2, *layout, z, u)
+
+@pytest.mark.parametrize("m,k,n", [(3, 5, 7), (143, 64, 1000), (1, 1, 1), (4, 0, 3)])
+def test_pooled_gemm_equals_numpy_for_every_thread_count(m, k, n, threads):
+    rng = np.random.default_rng(9)
+    a, b = rng.standard_normal((m, k), np.float32), rng.standard_normal((k, n), np.float32)
+    results = []
+    for count in (1, 2, 3):
+        threads(count)
+        c = np.full((m, n), np.nan, np.float32)
+        _core.pooled_gemm(a, b, c)
+        results.append(c)
+    np.testing.assert_allclose(results[0], a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+    with pytest.raises(ValueError, match="do not match"):
+        _core.pooled_gemm(a, b, np.empty((m, n + 1), np.float32))

@@ -2,6 +2,7 @@
 ValueError naming the argument and the limit before anything is allocated; non-finite or
 overflowing inputs and results raise ValueError."""
 import math
+import threading
 import tracemalloc
 
 import numpy as np
@@ -39,6 +40,28 @@ def test_set_num_threads_accepts_the_limit(threads):
     assert rbe.get_num_threads() == _core.max_threads()
     x = np.ones((3, 64), np.float32)
     assert np.isfinite(rbe.FusedLinear(64, 64, block=(16, 16), seed=0).forward(x)).all()
+
+
+def test_threads_block_limits_the_calling_thread_only(threads):
+    threads(2)
+    seen = {}
+    with rbe.threads(1):
+        assert rbe.get_num_threads() == 1
+        with rbe.threads(0):                        # 0: back to the process-wide count
+            assert rbe.get_num_threads() == 2
+        assert rbe.get_num_threads() == 1
+        other = threading.Thread(target=lambda: seen.update(n=rbe.get_num_threads()))
+        other.start()
+        other.join()
+        layer = rbe.HybridLinear(64, 64, block=(16, 16), k=4, seed=0)
+        assert np.isfinite(layer.forward(np.ones((3, 64), np.float32))).all()
+    assert seen["n"] == 2 and rbe.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("n", [-1, 1.5, _core.MAX_THREADS + 1])
+def test_threads_block_refuses_what_set_num_threads_refuses(n):
+    with pytest.raises(ValueError, match="number of threads"):
+        rbe.threads(n)
 
 
 def test_giant_layers_are_refused_before_allocation():

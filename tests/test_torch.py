@@ -53,6 +53,26 @@ def test_forward_matches_dense_weight(kind, shape):
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_kernels_follow_torch_thread_count_unless_rbe_s_is_set(kind, threads):
+    module = small(kind)
+    layer, seen = module._layer, []
+    forward, backward = layer.forward, layer.backward
+    layer.forward = lambda *a: seen.append(rbe.get_num_threads()) or forward(*a)
+    layer.backward = lambda *a: seen.append(rbe.get_num_threads()) or backward(*a)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        module(inputs(5, 40).requires_grad_()).sum().backward()
+        threads(2)
+        module(inputs(5, 40))
+        with rbe.threads(3):
+            module(inputs(5, 40))
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 1, 2, 3]
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_inference_modes_give_the_same_result(kind):
     module = small(kind)
     x = inputs(5, 40)

@@ -1,4 +1,4 @@
-/* Thread-count queries that compile with or without OpenMP. */
+/* Thread-count queries that compile with or without OpenMP, and the per-thread limit. */
 #ifndef RBE_THREADS_H
 #define RBE_THREADS_H
 
@@ -12,5 +12,16 @@ static inline int rbe_openmp_enabled(void) { return 0; }
 static inline int rbe_max_threads(void) { return 1; }
 static inline int rbe_thread_limit(void) { return 1 << 30; }
 #endif
+
+/* The calling thread's own limit (0: none), set by rbe.threads(); it takes precedence over the
+ * process-wide count, so that threads of a service can each pin theirs. */
+#if defined(_MSC_VER)
+#define RBE_THREAD_LOCAL __declspec(thread)
+#else
+#define RBE_THREAD_LOCAL __thread
+#endif
+static RBE_THREAD_LOCAL int rbe_local_threads = 0;
+static inline int rbe_get_local_threads(void) { return rbe_local_threads; }
+static inline void rbe_set_local_threads(int n) { rbe_local_threads = n; }
 
 #endif
