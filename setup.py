@@ -119,7 +119,7 @@ def extension(name, library):
         [f"rbe/{name}.pyx"],
         include_dirs=["rbe/include", np.get_include()],
         libraries=[library],
-        # relink when the library changes (.pyx, .pxd and .pxi files are tracked by cythonize)
+        # relink when the library changes (.pyx and .pxd files are tracked by cythonize)
         depends=C_LIBRARIES[library]["depends"] + C_LIBRARIES[library]["sources"],
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
     )
@@ -128,6 +128,7 @@ def extension(name, library):
 extensions = [
     extension("_core", "rbe_kernels"),          # seed-block weights and the thread setting
     extension("_fused", "rbe_kernels"),         # the fused seed-block layer
+    extension("_hybrid", "rbe_kernels"),        # sparse transform-domain products
     extension("_reference", "rbe_reference"),   # the original algorithm
 ]
 

@@ -6,7 +6,7 @@ before any pointer is touched; every loop runs without the GIL. rbe._fused and r
 cimport the thread count and the checks declared in _core.pxd.
 """
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int64_t, uint8_t, uint64_t
+from libc.stdint cimport uint64_t
 
 from rbe._kernels cimport (
     RBE_APPROX_CORDIC, RBE_APPROX_LUT, RBE_APPROX_POLY, RBE_FN_COS, RBE_FN_EXP, RBE_FN_LOG1P,
@@ -216,6 +216,3 @@ def generate_precise(const uint64_t[::1] hi, double[:, :, ::1] out,
             rbe_block_precise(hi[k], h, w, w_ptr + k * hw,
                               dr_ptr + k * hw if want_grad else NULL,
                               dth_ptr + k * hw if want_grad else NULL)
-
-
-include "_hybrid.pxi"

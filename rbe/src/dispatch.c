@@ -87,6 +87,16 @@ static const rbe_fused_ops fused_kernels[RBE_N_SIMD][RBE_N_APPROX] = {
 #endif
 };
 
+/* The hybrid forward product has no per-family code; AVX-512VL adds nothing to it. */
+static const rbe_hybrid_forward_ops hybrid_forward_kernels[RBE_N_SIMD] = {
+    [RBE_SIMD_SCALAR] = {.f32 = rbe_hybrid_forward_f32_scalar,
+                         .f64 = rbe_hybrid_forward_f64_scalar},
+#ifdef RBE_HAVE_X86_SIMD
+    [RBE_SIMD_AVX2] = {.f32 = rbe_hybrid_forward_f32_avx2, .f64 = rbe_hybrid_forward_f64_avx2},
+    [RBE_SIMD_AVX2_VL] = {.f32 = rbe_hybrid_forward_f32_avx2, .f64 = rbe_hybrid_forward_f64_avx2},
+#endif
+};
+
 static int best_simd = RBE_SIMD_SCALAR;
 
 int rbe_kernel_init(void)
@@ -98,18 +108,24 @@ int rbe_kernel_init(void)
 
 int rbe_best_simd(void) { return best_simd; }
 
-static int runnable(int simd, int family)
-{
-    return simd >= 0 && simd <= best_simd && family >= 0 && family < RBE_N_APPROX;
-}
+/* A SIMD path this build compiled and this CPU runs. */
+static int runnable(int simd) { return simd >= 0 && simd <= best_simd; }
+
+static int known_family(int family) { return family >= 0 && family < RBE_N_APPROX; }
 
 rbe_block_fn rbe_block_select(int simd, int family)
 {
-    return runnable(simd, family) ? block_kernels[simd][family] : NULL;
+    return runnable(simd) && known_family(family) ? block_kernels[simd][family] : NULL;
 }
 
 rbe_fused_ops rbe_fused_select(int simd, int family)
 {
     static const rbe_fused_ops none = {NULL, NULL, NULL, NULL};
-    return runnable(simd, family) ? fused_kernels[simd][family] : none;
+    return runnable(simd) && known_family(family) ? fused_kernels[simd][family] : none;
+}
+
+rbe_hybrid_forward_ops rbe_hybrid_select(int simd)
+{
+    static const rbe_hybrid_forward_ops none = {NULL, NULL};
+    return runnable(simd) ? hybrid_forward_kernels[simd] : none;
 }

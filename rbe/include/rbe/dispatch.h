@@ -6,6 +6,7 @@
 
 #include "rbe/cpu.h"
 #include "rbe/fused.h"
+#include "rbe/hybrid.h"
 #include "rbe/weight.h"
 
 /* Fill the approximation tables and detect the CPU; returns the best SIMD path. Call once,
@@ -22,5 +23,8 @@ rbe_block_fn rbe_block_select(int simd, int family);
 
 /* The fused-layer kernels of (simd, family); all NULL in the cases rbe_block_select refuses. */
 rbe_fused_ops rbe_fused_select(int simd, int family);
+
+/* The hybrid forward kernels of a SIMD path; both NULL when rbe_block_select would refuse it. */
+rbe_hybrid_forward_ops rbe_hybrid_select(int simd);
 
 #endif
