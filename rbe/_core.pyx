@@ -11,18 +11,12 @@ from libc.stdint cimport uint64_t
 from rbe._kernels cimport (
     RBE_APPROX_CORDIC, RBE_APPROX_LUT, RBE_APPROX_POLY, RBE_FN_COS, RBE_FN_EXP, RBE_FN_LOG1P,
     RBE_FN_SIN, RBE_FN_TANH, RBE_SIMD_AVX2, RBE_SIMD_AVX2_VL, RBE_SIMD_SCALAR, rbe_approx_eval,
-    rbe_block_fn, rbe_block_precise, rbe_block_select, rbe_generate_block, rbe_kernel_init,
-    rbe_scratch_floats, rbe_tables,
+    rbe_block_fn, rbe_block_precise, rbe_block_select, rbe_generate_block, rbe_get_local_threads,
+    rbe_kernel_init, rbe_max_threads, rbe_openmp_enabled, rbe_scratch_floats, rbe_set_local_threads,
+    rbe_tables, rbe_thread_limit,
 )
 
 import numpy as np
-
-cdef extern from "rbe/threads.h":
-    int rbe_openmp_enabled() nogil
-    int rbe_max_threads() nogil
-    int rbe_thread_limit() nogil
-    int rbe_get_local_threads() nogil
-    void rbe_set_local_threads(int n) nogil
 
 cdef int _num_threads = 0
 

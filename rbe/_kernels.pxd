@@ -1,6 +1,6 @@
 # Declarations of the C kernels' API (rbe/include/rbe: the seed-block weight kernels, the
-# fused-layer kernels, their dispatch and the approximations), cimported by rbe._core and
-# rbe._fused.
+# fused-layer kernels, their dispatch, the approximations and the thread count), cimported by
+# rbe._core and rbe._fused.
 from libc.stdint cimport uint64_t
 
 cdef extern from "rbe/dispatch.h" nogil:
@@ -70,3 +70,10 @@ cdef extern from "rbe/dispatch.h" nogil:
         RBE_FN_COS
         RBE_N_FN
     void rbe_approx_eval(int family, int function, const float *x, float *out, Py_ssize_t n)
+
+cdef extern from "rbe/threads.h" nogil:
+    int rbe_openmp_enabled()
+    int rbe_max_threads()
+    int rbe_thread_limit()
+    int rbe_get_local_threads()
+    void rbe_set_local_threads(int n)
