@@ -655,7 +655,7 @@ class FusedLinear:
             # one sgemm per block row: (h x grouped width) times the batch
             with _blas_guard(self.block[0] * Xp.shape[1] * X2.shape[0]):
                 _fused.fused_forward_batch(*self._kernel_args(), Xp, Y, factor,
-                                          **self._kernel_select())
+                                           **self._kernel_select())
         return Y
 
     def _backward_fast(self, X2: np.ndarray, dY2: np.ndarray, terms: _BlockTerms):
@@ -666,7 +666,7 @@ class FusedLinear:
         # times the batch
         with _blas_guard(self.block[0] * Xp.shape[1] // self.grid[1] * X2.shape[0]):
             _fused.fused_backward(*self._kernel_args(), Xp, dY2, dXp, stats, terms.factor32,
-                                 terms.offset32, **self._kernel_select())
+                                  terms.offset32, **self._kernel_select())
         dZ = np.empty(X2.shape, np.float32)
         _fused.fused_ungroup(dXp, self._source, dZ)
         return dZ, stats

@@ -524,7 +524,7 @@ class HybridLinear:
         z = self._transformed_inputs(ops, X2)
         u = np.zeros(sum(a.count * a.width for a in ops.rows) * batch, X2.dtype)
         _hybrid.hybrid_forward(*self._kernel_args(), self._nslots, batch, *self._layout(ops, one),
-                             z, u)
+                               z, u)
         for term in ops.basis:
             self._basis_sums(term, ops, z, u, batch, X2.dtype)
         Y = np.empty((batch, self.out_features), X2.dtype)

@@ -180,9 +180,9 @@ def _points(kind: int, seeds, i, j, shape) -> np.ndarray:
     rows, cols = positive_pair("block shape", shape)
     out = np.empty(seeds.shape, dtype=np.float32)
     _reference.ref_pointwise(kind, _seed_words(np.ascontiguousarray(seeds)),
-                        np.ascontiguousarray(i, np.int64).reshape(-1),
-                        np.ascontiguousarray(j, np.int64).reshape(-1), rows, cols,
-                        out.reshape(-1))
+                             np.ascontiguousarray(i, np.int64).reshape(-1),
+                             np.ascontiguousarray(j, np.int64).reshape(-1), rows, cols,
+                             out.reshape(-1))
     return out
 
 
@@ -284,9 +284,9 @@ def state_function(state: ArrayLike, value: ArrayLike, phase: ArrayLike) -> np.n
         raise ValueError(f"state must be an integer array, got dtype {state.dtype}")
     out = np.empty(state.shape, dtype=np.float32)
     _reference.ref_state_function(np.ascontiguousarray(state, np.int32).reshape(-1),
-                             _float_array("value", value, np.float32).reshape(-1),
-                             _float_array("phase", phase, np.float32).reshape(-1),
-                             out.reshape(-1))
+                                  _float_array("value", value, np.float32).reshape(-1),
+                                  _float_array("phase", phase, np.float32).reshape(-1),
+                                  out.reshape(-1))
     return out
 
 
@@ -297,9 +297,9 @@ def _transition(hi, g, i, j, advanced: bool) -> np.ndarray:
         raise ValueError("hi, i and j must be integer arrays")
     out = np.array(hi, dtype=np.uint64, order="C")
     _reference.ref_state_transition(out.reshape(-1),
-                               _float_array("g", g, np.float32).reshape(-1),
-                               np.ascontiguousarray(i, np.int64).reshape(-1),
-                               np.ascontiguousarray(j, np.int64).reshape(-1), advanced)
+                                    _float_array("g", g, np.float32).reshape(-1),
+                                    np.ascontiguousarray(i, np.int64).reshape(-1),
+                                    np.ascontiguousarray(j, np.int64).reshape(-1), advanced)
     return out
 
 
@@ -369,7 +369,7 @@ def fused_backward(target: ArrayLike, pred: ArrayLike, seed: np.ndarray,
     """
     target, pred, words = _single_seed_args(target, pred, seed)
     mse = _reference.ref_fused_backward(target.reshape(-1), pred.reshape(-1), words,
-                                   target.shape[0], target.shape[1], lr, False)
+                                        target.shape[0], target.shape[1], lr, False)
     return mse, float(np.sqrt(np.float32(mse)))
 
 
@@ -379,7 +379,7 @@ def fused_backward_fast(target: ArrayLike, pred: ArrayLike, seed: np.ndarray,
     of the current (post-transition) seed instead of finite differences."""
     target, pred, words = _single_seed_args(target, pred, seed)
     mse = _reference.ref_fused_backward(target.reshape(-1), pred.reshape(-1), words,
-                                   target.shape[0], target.shape[1], lr, True)
+                                        target.shape[0], target.shape[1], lr, True)
     return mse, float(np.sqrt(np.float32(mse)))
 
 
@@ -402,7 +402,7 @@ def fused_backward_adam(target: ArrayLike, pred: ArrayLike, seed: np.ndarray, mo
             and moments.shape == (4,) and moments.flags.c_contiguous):
         raise ValueError("moments must be a contiguous float32 array of shape (4,)")
     return _reference.ref_fused_backward_adam(target.reshape(-1), pred.reshape(-1), words, moments,
-                                         target.shape[0], target.shape[1], int(epoch), lr)
+                                              target.shape[0], target.shape[1], int(epoch), lr)
 
 
 class FusedLayer:
@@ -491,7 +491,7 @@ class FusedLayer:
         """
         x, dy, dx = self._backward_arrays(x, dy)
         _reference.ref_layer_backward_adam(self._words(), *self.block, x, dy, self.moments,
-                                      int(epoch), lr, dx)
+                                           int(epoch), lr, dx)
         return dx
 
 

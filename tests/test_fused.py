@@ -456,10 +456,10 @@ def test_core_entry_points_check_sizes():
     xp = layer._grouped(inputs(200, 1))
     with pytest.raises(ValueError, match="outputs do not fit"):
         _fused.fused_gemv(*args, xp[0], np.empty(100, np.float32), factor,
-                         **select)
+                          **select)
     with pytest.raises(ValueError, match="grouped inputs have width"):
         _fused.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), factor,
-                         **select)
+                          **select)
     source = layer._source.copy()
     source[3] = 200                                  # one column past the input
     with pytest.raises(ValueError, match="outside"):
@@ -468,15 +468,15 @@ def test_core_entry_points_check_sizes():
         _fused.fused_ungroup(xp[:, :-1], layer._source, np.empty((1, 200), np.float32))
     with pytest.raises(ValueError, match="scale must have the seed grid's shape"):
         _fused.fused_gemv(*args, xp[0], np.empty(130, np.float32), factor[:, :-1].copy(),
-                         **select)
+                          **select)
     stats = np.zeros(layer.seeds.shape + (rbe.fused.STATS["n"],))
     dy = np.zeros((1, 130), np.float32)
     with pytest.raises(ValueError, match="stats must have shape"):
         _fused.fused_backward(*args, xp, dy, np.empty_like(xp), stats[:, :-1].copy(), factor,
-                             factor, **select)
+                              factor, **select)
     with pytest.raises(ValueError, match="offset must have the seed grid's shape"):
         _fused.fused_backward(*args, xp, dy, np.empty_like(xp), stats, factor, factor[:-1].copy(),
-                             **select)
+                              **select)
 
 
 # ---- training with the defaults ------------------------------------------------------------
