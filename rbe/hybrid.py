@@ -351,7 +351,7 @@ class HybridLinear:
     def _axes(classes, parts, stack, values_axis):
         axes, base = [], 0
         for (n, features), matrices in zip(classes, parts):
-            matrix = _frozen(stack(matrices))
+            matrix = _frozen(np.ascontiguousarray(stack(matrices)))
             count = (features.stop - features.start) // n
             transposed = _frozen(np.ascontiguousarray(matrix.T))
             axes.append(_Axis(n, features, count, matrix, transposed, matrix.shape[values_axis],

@@ -30,6 +30,7 @@ import sys
 import threading
 import time
 import warnings
+from typing import Callable
 
 import numpy as np
 
@@ -226,7 +227,7 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
-def run(quick: bool = False, log=print) -> dict:
+def run(quick: bool = False, log: Callable[[str], object] = print) -> dict:
     """Run the benchmark (``quick``: 4096^2 only in table 1, 50 calls per setting instead of
     200) and print its tables; returns the measurements."""
     try:

@@ -42,6 +42,15 @@ def test_products_equal_dense_products(shape, block, transform, wavelet, dtype):
         assert rel_err(dX, dY @ dense) <= 2e-5
 
 
+@pytest.mark.parametrize("batch", [1, 5])
+def test_forward_with_a_two_wide_edge_column_equals_the_dense_product(batch):
+    # the edge class's stacked operators are small enough to come out column-major
+    layer = layer_for((40, 66), (32, 32), "dct", "db2")
+    X = np.random.default_rng(2).standard_normal((batch, 66)).astype(np.float32)
+    dense = layer.to_dense().astype(np.float64)
+    assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 1e-4     # float32 sums
+
+
 def test_batch_of_one_equals_vector():
     layer = layer_for((100, 70), (16, 16))
     x = np.random.default_rng(2).standard_normal(70)
