@@ -1,23 +1,22 @@
 # cython: language_level=3
-"""Typed entry points over the C kernels in rbe/include/rbe.
+"""The seed-block weight kernels (rbe/include/rbe/weight.h) and the kernels' thread count.
 
-Arguments are validated by the Python callers (rbe.kernel, rbe.reference, ...) and again here
-for sizes, before any pointer is touched; every loop runs without the GIL.
+Arguments are validated by the Python callers (rbe.kernel, ...) and again here for sizes,
+before any pointer is touched; every loop runs without the GIL. rbe._fused and rbe._hybrid
+cimport the thread count and the checks declared in _core.pxd.
 """
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint64_t
+from libc.stdint cimport uint64_t
+
+from rbe._kernels cimport (
+    RBE_APPROX_CORDIC, RBE_APPROX_LUT, RBE_APPROX_POLY, RBE_FN_COS, RBE_FN_EXP, RBE_FN_LOG1P,
+    RBE_FN_SIN, RBE_FN_TANH, RBE_SIMD_AVX2, RBE_SIMD_AVX2_VL, RBE_SIMD_SCALAR, rbe_approx_eval,
+    rbe_block_fn, rbe_block_precise, rbe_block_select, rbe_generate_block, rbe_get_local_threads,
+    rbe_kernel_init, rbe_max_threads, rbe_openmp_enabled, rbe_scratch_floats, rbe_set_local_threads,
+    rbe_tables, rbe_thread_limit,
+)
 
 import numpy as np
-cimport numpy as cnp
-
-cnp.import_array()
-
-cdef extern from "rbe/threads.h":
-    int rbe_openmp_enabled() nogil
-    int rbe_max_threads() nogil
-    int rbe_thread_limit() nogil
-    int rbe_get_local_threads() nogil
-    void rbe_set_local_threads(int n) nogil
 
 cdef int _num_threads = 0
 
@@ -30,7 +29,8 @@ def openmp_enabled():
 #: Most threads set_num_threads accepts (and the kernels use, whatever OMP_NUM_THREADS says):
 #: more only oversubscribes the cores, and every thread of a team needs its own stack (OpenMP
 #: aborts the process when it cannot start one).
-DEF _MAX_THREADS = 256
+cdef enum:
+    _MAX_THREADS = 256
 MAX_THREADS = _MAX_THREADS
 
 
@@ -87,7 +87,7 @@ class threads:
         rbe_set_local_threads(self._saved.pop())
 
 
-cdef inline int _threads() noexcept nogil:
+cdef int _threads() noexcept nogil:
     cdef int local = rbe_get_local_threads()
     if local > 0:
         return local
@@ -96,37 +96,28 @@ cdef inline int _threads() noexcept nogil:
 
 # ---- seed-block weight kernel ---------------------------------------------------------------
 
-cdef extern from "rbe/dispatch.h" nogil:
-    ctypedef struct rbe_seed32:
-        pass
-    ctypedef struct rbe_tables:
-        int h, w, g
-        const float *rho
-        const float *sin_phi
-        const float *cos_phi
-    ctypedef void (*rbe_block_fn)(const rbe_seed32 *s, const rbe_tables *t,
-                                  float *W, float *dr, float *dth, float *scratch,
-                                  int stream) noexcept nogil
-    enum:
-        RBE_SIMD_SCALAR
-        RBE_SIMD_AVX2
-        RBE_SIMD_AVX512
-        RBE_APPROX_POLY
-        RBE_APPROX_LUT
-        RBE_APPROX_CORDIC
-    rbe_block_fn rbe_block_kernel(int simd, int family, int want_grad)
-    void rbe_generate_block(rbe_block_fn fn, int family, uint64_t hi, const rbe_tables *t,
-                            float *W, float *dr, float *dth, float *scratch, int stream)
-    Py_ssize_t rbe_scratch_floats(int g)
-    void rbe_block_precise(uint64_t hi, int h, int w, double *W, double *dr, double *dth)
-    int rbe_kernel_init()
-
-#: SIMD paths, best last; "avx512" is the AVX2 code with AVX-512VL's 32 vector registers.
-SIMD_PATHS = {"scalar": RBE_SIMD_SCALAR, "avx2": RBE_SIMD_AVX2, "avx512": RBE_SIMD_AVX512}
+#: SIMD paths, best last; "avx2_vl" is the AVX2 code with AVX-512VL's 32 vector registers.
+SIMD_PATHS = {"scalar": RBE_SIMD_SCALAR, "avx2": RBE_SIMD_AVX2, "avx2_vl": RBE_SIMD_AVX2_VL}
 APPROX_FAMILIES = {"poly": RBE_APPROX_POLY, "lut": RBE_APPROX_LUT, "cordic": RBE_APPROX_CORDIC}
 BEST_SIMD = {v: k for k, v in SIMD_PATHS.items()}[rbe_kernel_init()]
-# Outputs larger than this are written with non-temporal stores (they cannot stay in cache).
-DEF STREAM_BYTES = 8 << 20
+cdef enum:
+    # Outputs larger than this are written with non-temporal stores (they cannot stay in cache).
+    STREAM_BYTES = 8 << 20
+
+
+cdef void _check_kernel_choice(int simd, int family) except *:
+    """A clear ValueError for a SIMD path or family the selectors refuse."""
+    if rbe_block_select(simd, family) != NULL:
+        return
+    names = {v: k for k, v in SIMD_PATHS.items()}
+    if simd not in names:
+        raise ValueError(f"simd must be one of {sorted(SIMD_PATHS.values())}, got {simd}")
+    if simd > SIMD_PATHS[BEST_SIMD]:
+        raise ValueError(f"SIMD path {names[simd]!r} is not supported by this CPU "
+                         f"(best: {BEST_SIMD!r})")
+    if family not in APPROX_FAMILIES.values():
+        raise ValueError(f"family must be one of {sorted(APPROX_FAMILIES.values())}, "
+                         f"got {family}")
 
 
 cdef rbe_tables _shape_tables(const float[:, :, ::1] rho, const float[:, :, ::1] sin_phi,
@@ -159,9 +150,8 @@ def generate_fast(const uint64_t[::1] hi, const float[:, :, ::1] rho,
     if want_grad and (tuple(dr.shape)[:3] != tuple(out.shape)[:3]
                       or tuple(dth.shape)[:3] != tuple(out.shape)[:3]):
         raise ValueError("gradient outputs must have the shape of the weights")
-    cdef rbe_block_fn fn = rbe_block_kernel(simd, family, want_grad)
-    if fn == NULL:
-        raise ValueError(f"no kernel for simd={simd}, approx family={family}")
+    _check_kernel_choice(simd, family)
+    cdef rbe_block_fn fn = rbe_block_select(simd, family)
     if n == 0:
         return
     cdef int threads = _threads()
@@ -177,6 +167,24 @@ def generate_fast(const uint64_t[::1] hi, const float[:, :, ::1] rho,
                                dr_ptr + k * hw if want_grad else NULL,
                                dth_ptr + k * hw if want_grad else NULL,
                                &scratch[threadid(), 0], stream)
+
+
+#: The functions approx_eval evaluates.
+APPROX_FUNCTIONS = {"exp": RBE_FN_EXP, "tanh": RBE_FN_TANH, "log1p": RBE_FN_LOG1P,
+                    "sin": RBE_FN_SIN, "cos": RBE_FN_COS}
+
+
+def approx_eval(int family, int function, const float[::1] x, float[::1] out):
+    """out = the scalar approximation of APPROX_FUNCTIONS' `function` by `family` at x
+    (what the kernels compute per weight; for tests of the quoted error bounds)."""
+    if family not in APPROX_FAMILIES.values() or function not in APPROX_FUNCTIONS.values():
+        raise ValueError(f"unknown approximation family {family} or function {function}")
+    if out.shape[0] != x.shape[0]:
+        raise ValueError(f"out has {out.shape[0]} elements for {x.shape[0]} inputs")
+    if x.shape[0] == 0:
+        return
+    with nogil:
+        rbe_approx_eval(family, function, &x[0], &out[0], x.shape[0])
 
 
 def generate_precise(const uint64_t[::1] hi, double[:, :, ::1] out,
@@ -202,8 +210,3 @@ def generate_precise(const uint64_t[::1] hi, double[:, :, ::1] out,
             rbe_block_precise(hi[k], h, w, w_ptr + k * hw,
                               dr_ptr + k * hw if want_grad else NULL,
                               dth_ptr + k * hw if want_grad else NULL)
-
-
-include "_reference.pxi"
-include "_hybrid.pxi"
-include "_fused.pxi"

@@ -39,7 +39,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from threadpoolctl import ThreadpoolController
 
-from . import _core, kernel
+from . import _core, _fused, kernel
 from . import seeds as seeds_mod
 from ._checks import (
     MAX_FEATURES,
@@ -50,7 +50,7 @@ from ._checks import (
     positive_int,
 )
 
-STATS = _core.FUSED_STATS
+STATS = _fused.FUSED_STATS
 #: Defaults of the transition rule (measured in docs/fused.md, "State transitions").
 TAU, TRANSITION_EVERY, MAX_MOVES = 1.0, 100, 0.02
 # transition_stats[..., c, k]: k = 0, 1 the linearised loss change of the pos / neg candidate
@@ -632,7 +632,7 @@ class FusedLinear:
 
     def _grouped(self, X2: np.ndarray) -> np.ndarray:
         Xp = np.empty((X2.shape[0], self._source.size), np.float32)
-        _core.fused_group(X2, self._source, Xp)
+        _fused.fused_group(X2, self._source, Xp)
         return Xp
 
     def _hi(self) -> np.ndarray:
@@ -650,12 +650,12 @@ class FusedLinear:
         Xp = self._grouped(X2)
         Y = np.empty((X2.shape[0], self.out_features), np.float32)
         if X2.shape[0] == 1:
-            _core.fused_gemv(*self._kernel_args(), Xp[0], Y[0], factor, **self._kernel_select())
+            _fused.fused_gemv(*self._kernel_args(), Xp[0], Y[0], factor, **self._kernel_select())
         else:
             # one sgemm per block row: (h x grouped width) times the batch
             with _blas_guard(self.block[0] * Xp.shape[1] * X2.shape[0]):
-                _core.fused_forward_batch(*self._kernel_args(), Xp, Y, factor,
-                                          **self._kernel_select())
+                _fused.fused_forward_batch(*self._kernel_args(), Xp, Y, factor,
+                                           **self._kernel_select())
         return Y
 
     def _backward_fast(self, X2: np.ndarray, dY2: np.ndarray, terms: _BlockTerms):
@@ -665,10 +665,10 @@ class FusedLinear:
         # sgemm calls per block (a batch; one vector needs none): (h x grouped block width)
         # times the batch
         with _blas_guard(self.block[0] * Xp.shape[1] // self.grid[1] * X2.shape[0]):
-            _core.fused_backward(*self._kernel_args(), Xp, dY2, dXp, stats, terms.factor32,
-                                 terms.offset32, **self._kernel_select())
+            _fused.fused_backward(*self._kernel_args(), Xp, dY2, dXp, stats, terms.factor32,
+                                  terms.offset32, **self._kernel_select())
         dZ = np.empty(X2.shape, np.float32)
-        _core.fused_ungroup(dXp, self._source, dZ)
+        _fused.fused_ungroup(dXp, self._source, dZ)
         return dZ, stats
 
     # ---- precise mode (float64, one block row at a time) -------------------------------------

@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _core
+from . import _hybrid
 from . import transforms as tf
 from ._checks import finite_output, layer_input, positive_int
 from .encoder import (
@@ -64,10 +64,10 @@ def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.n
 
 def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """out = a @ b for C-contiguous arrays: float32 in pieces on the calling thread and rbe's
-    helpers (``_core.pooled_gemm``), so that a forward wakes no BLAS threads (which would keep
+    helpers (``_hybrid.pooled_gemm``), so that a forward wakes no BLAS threads (which would keep
     spinning on the cores the next call, rbe's or torch's, needs); float64 through numpy."""
     if out.dtype == np.float32:
-        _core.pooled_gemm(a, b, out)
+        _hybrid.pooled_gemm(a, b, out)
         return out
     return _matmul(a, b, out=out)
 
@@ -523,8 +523,8 @@ class HybridLinear:
         batch, one = X2.shape[0], X2.shape[0] == 1
         z = self._transformed_inputs(ops, X2)
         u = np.zeros(sum(a.count * a.width for a in ops.rows) * batch, X2.dtype)
-        _core.hybrid_forward(*self._kernel_args(), self._nslots, batch, *self._layout(ops, one),
-                             z, u)
+        _hybrid.hybrid_forward(*self._kernel_args(), self._nslots, batch, *self._layout(ops, one),
+                               z, u)
         for term in ops.basis:
             self._basis_sums(term, ops, z, u, batch, X2.dtype)
         Y = np.empty((batch, self.out_features), X2.dtype)
@@ -608,9 +608,9 @@ class HybridLinear:
         a = self._apply({h: m.T for h, m in outputs.items()}, self._row_classes, dyt,
                         self._nslots)
         dz = np.zeros_like(z)
-        _core.hybrid_cols_backward(*self._kernel_args(), a, dz)
+        _hybrid.hybrid_cols_backward(*self._kernel_args(), a, dz)
         value_grads = np.empty(self.values.shape, xt.dtype)
-        _core.hybrid_value_grads(*self._kernel_args(), a, z, value_grads)
+        _hybrid.hybrid_value_grads(*self._kernel_args(), a, z, value_grads)
         self.grads["values"][...] = value_grads
         if self._regrow_fraction_at(self.steps + 1) > 0:
             self._accumulate_grow_grads(a, z)

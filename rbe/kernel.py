@@ -5,10 +5,11 @@ block for an array of Packed128 seeds. Two modes:
 
 - ``"fast"`` (default): float32, per-shape tables (cached), no per-weight libm call. The
   transcendentals come from one of three approximation families (``"poly"``, ``"lut"``,
-  ``"cordic"``); the SIMD path is chosen at run time from the CPU: ``"avx512"`` (the AVX2
-  code compiled for AVX-512VL's 32 vector registers: same results, fewer register spills),
-  ``"avx2"`` or ``"scalar"``. Both can be overridden with the ``RBE_APPROX`` and ``RBE_SIMD``
-  environment variables (read at import) or :func:`use_simd` / the ``approx=`` argument.
+  ``"cordic"``); the SIMD path is chosen at run time from the CPU: ``"avx2_vl"`` (the AVX2
+  code compiled for AVX-512VL's 32 vector registers: same results, fewer register spills;
+  formerly named ``"avx512"``, which is still accepted), ``"avx2"`` or ``"scalar"``. Both can
+  be overridden with the ``RBE_APPROX`` and ``RBE_SIMD`` environment variables (read at
+  import) or :func:`use_simd` / the ``approx=`` argument.
 - ``"precise"``: float64 with libm, straight from the formula; the oracle for everything else.
 """
 from __future__ import annotations
@@ -42,7 +43,12 @@ def simd_paths() -> tuple[str, ...]:
     return paths[:paths.index(_core.BEST_SIMD) + 1]
 
 
+#: Former names of SIMD paths, still accepted as arguments.
+_SIMD_ALIASES = {"avx512": "avx2_vl"}
+
+
 def _check_simd(name: str) -> str:
+    name = _SIMD_ALIASES.get(name, name)
     if name not in _core.SIMD_PATHS:
         raise ValueError(f"unknown SIMD path {name!r}; choose from {sorted(_core.SIMD_PATHS)}")
     if name not in simd_paths():

@@ -27,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _core
+from . import _reference
 from ._checks import positive_pair
 from .seeds import DTYPE, masters, unpack
 from .seeds import check as check_seeds
@@ -169,7 +169,7 @@ def _blocks(kind: int, seeds, shape) -> np.ndarray:
     seeds = check_seeds(seeds)
     rows, cols = positive_pair("block shape", shape)
     out = np.empty((seeds.size, rows, cols), dtype=np.float32)
-    _core.ref_generate(kind, _seed_words(np.ascontiguousarray(seeds)), rows, cols, out)
+    _reference.ref_generate(kind, _seed_words(np.ascontiguousarray(seeds)), rows, cols, out)
     return out.reshape(seeds.shape + (rows, cols))
 
 
@@ -179,10 +179,10 @@ def _points(kind: int, seeds, i, j, shape) -> np.ndarray:
         raise ValueError("positions i and j must be integer arrays")
     rows, cols = positive_pair("block shape", shape)
     out = np.empty(seeds.shape, dtype=np.float32)
-    _core.ref_pointwise(kind, _seed_words(np.ascontiguousarray(seeds)),
-                        np.ascontiguousarray(i, np.int64).reshape(-1),
-                        np.ascontiguousarray(j, np.int64).reshape(-1), rows, cols,
-                        out.reshape(-1))
+    _reference.ref_pointwise(kind, _seed_words(np.ascontiguousarray(seeds)),
+                             np.ascontiguousarray(i, np.int64).reshape(-1),
+                             np.ascontiguousarray(j, np.int64).reshape(-1), rows, cols,
+                             out.reshape(-1))
     return out
 
 
@@ -283,10 +283,10 @@ def state_function(state: ArrayLike, value: ArrayLike, phase: ArrayLike) -> np.n
     if state.dtype.kind not in "ui":
         raise ValueError(f"state must be an integer array, got dtype {state.dtype}")
     out = np.empty(state.shape, dtype=np.float32)
-    _core.ref_state_function(np.ascontiguousarray(state, np.int32).reshape(-1),
-                             _float_array("value", value, np.float32).reshape(-1),
-                             _float_array("phase", phase, np.float32).reshape(-1),
-                             out.reshape(-1))
+    _reference.ref_state_function(np.ascontiguousarray(state, np.int32).reshape(-1),
+                                  _float_array("value", value, np.float32).reshape(-1),
+                                  _float_array("phase", phase, np.float32).reshape(-1),
+                                  out.reshape(-1))
     return out
 
 
@@ -296,10 +296,10 @@ def _transition(hi, g, i, j, advanced: bool) -> np.ndarray:
     if hi.dtype.kind not in "ui" or i.dtype.kind not in "ui" or j.dtype.kind not in "ui":
         raise ValueError("hi, i and j must be integer arrays")
     out = np.array(hi, dtype=np.uint64, order="C")
-    _core.ref_state_transition(out.reshape(-1),
-                               _float_array("g", g, np.float32).reshape(-1),
-                               np.ascontiguousarray(i, np.int64).reshape(-1),
-                               np.ascontiguousarray(j, np.int64).reshape(-1), advanced)
+    _reference.ref_state_transition(out.reshape(-1),
+                                    _float_array("g", g, np.float32).reshape(-1),
+                                    np.ascontiguousarray(i, np.int64).reshape(-1),
+                                    np.ascontiguousarray(j, np.int64).reshape(-1), advanced)
     return out
 
 
@@ -335,7 +335,7 @@ def adam_update(p: float, m: float, v: float, g: float, lr: float,
     -------
     (p, m, v) : the updated parameter and moments, as Python floats.
     """
-    return _core.ref_adam(p, m, v, g, lr, int(t))
+    return _reference.ref_adam(p, m, v, g, lr, int(t))
 
 
 def _single_seed_args(target, pred, seed):
@@ -368,8 +368,8 @@ def fused_backward(target: ArrayLike, pred: ArrayLike, seed: np.ndarray,
     (mse, rmse) of the input prediction.
     """
     target, pred, words = _single_seed_args(target, pred, seed)
-    mse = _core.ref_fused_backward(target.reshape(-1), pred.reshape(-1), words,
-                                   target.shape[0], target.shape[1], lr, False)
+    mse = _reference.ref_fused_backward(target.reshape(-1), pred.reshape(-1), words,
+                                        target.shape[0], target.shape[1], lr, False)
     return mse, float(np.sqrt(np.float32(mse)))
 
 
@@ -378,8 +378,8 @@ def fused_backward_fast(target: ArrayLike, pred: ArrayLike, seed: np.ndarray,
     """math.rs ``fused_backward_fast``: as :func:`fused_backward` with the analytic gradients
     of the current (post-transition) seed instead of finite differences."""
     target, pred, words = _single_seed_args(target, pred, seed)
-    mse = _core.ref_fused_backward(target.reshape(-1), pred.reshape(-1), words,
-                                   target.shape[0], target.shape[1], lr, True)
+    mse = _reference.ref_fused_backward(target.reshape(-1), pred.reshape(-1), words,
+                                        target.shape[0], target.shape[1], lr, True)
     return mse, float(np.sqrt(np.float32(mse)))
 
 
@@ -401,8 +401,8 @@ def fused_backward_adam(target: ArrayLike, pred: ArrayLike, seed: np.ndarray, mo
     if not (isinstance(moments, np.ndarray) and moments.dtype == np.float32
             and moments.shape == (4,) and moments.flags.c_contiguous):
         raise ValueError("moments must be a contiguous float32 array of shape (4,)")
-    return _core.ref_fused_backward_adam(target.reshape(-1), pred.reshape(-1), words, moments,
-                                         target.shape[0], target.shape[1], int(epoch), lr)
+    return _reference.ref_fused_backward_adam(target.reshape(-1), pred.reshape(-1), words, moments,
+                                              target.shape[0], target.shape[1], int(epoch), lr)
 
 
 class FusedLayer:
@@ -456,7 +456,7 @@ class FusedLayer:
         """
         x = self._vector("x", x, self.shape[1])
         y = np.empty(self.shape[0], dtype=np.float64)
-        _core.ref_layer_forward(self._words(), *self.block, x, y)
+        _reference.ref_layer_forward(self._words(), *self.block, x, y)
         return y
 
     def _backward_arrays(self, x, dy):
@@ -477,7 +477,7 @@ class FusedLayer:
         dx : float64 array of length N
         """
         x, dy, dx = self._backward_arrays(x, dy)
-        _core.ref_layer_backward_precise(self._words(), *self.block, x, dy, lr, dx)
+        _reference.ref_layer_backward_precise(self._words(), *self.block, x, dy, lr, dx)
         return dx
 
     def backward_adam(self, x: ArrayLike, dy: ArrayLike, epoch: int, lr: float) -> np.ndarray:
@@ -490,8 +490,8 @@ class FusedLayer:
         dx : float64 array of length N
         """
         x, dy, dx = self._backward_arrays(x, dy)
-        _core.ref_layer_backward_adam(self._words(), *self.block, x, dy, self.moments,
-                                      int(epoch), lr, dx)
+        _reference.ref_layer_backward_adam(self._words(), *self.block, x, dy, self.moments,
+                                           int(epoch), lr, dx)
         return dx
 
 

@@ -8,7 +8,7 @@ import pytest
 import threadpoolctl
 
 import rbe
-from rbe import _core, kernel, seeds
+from rbe import _fused, kernel, seeds
 from rbe.fused import FusedLinear
 from rbe.seeds import with_states
 
@@ -128,12 +128,12 @@ def test_scalar_path_matches_avx2():
         assert rel_err(a, b) <= 2e-5
 
 
-def test_avx512_path_equals_avx2_exactly():
-    if "avx512" not in kernel.simd_paths():
+def test_avx2_vl_path_equals_avx2_exactly():
+    if "avx2_vl" not in kernel.simd_paths():
         pytest.skip("this CPU has no AVX-512VL")
     layer = make_layer(200, 130)
     X, dY = inputs(200, 33), inputs(130, 33, seed=2)
-    for a, b in zip(outputs_on("avx2", layer, X, dY), outputs_on("avx512", layer, X, dY)):
+    for a, b in zip(outputs_on("avx2", layer, X, dY), outputs_on("avx2_vl", layer, X, dY)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -455,28 +455,28 @@ def test_core_entry_points_check_sizes():
     factor = layer._block_terms().factor32
     xp = layer._grouped(inputs(200, 1))
     with pytest.raises(ValueError, match="outputs do not fit"):
-        _core.fused_gemv(*args, xp[0], np.empty(100, np.float32), factor,
-                         **select)
+        _fused.fused_gemv(*args, xp[0], np.empty(100, np.float32), factor,
+                          **select)
     with pytest.raises(ValueError, match="grouped inputs have width"):
-        _core.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), factor,
-                         **select)
+        _fused.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), factor,
+                          **select)
     source = layer._source.copy()
     source[3] = 200                                  # one column past the input
     with pytest.raises(ValueError, match="outside"):
-        _core.fused_group(inputs(200, 1), source, np.empty_like(xp))
+        _fused.fused_group(inputs(200, 1), source, np.empty_like(xp))
     with pytest.raises(ValueError, match="grouped inputs must have shape"):
-        _core.fused_ungroup(xp[:, :-1], layer._source, np.empty((1, 200), np.float32))
+        _fused.fused_ungroup(xp[:, :-1], layer._source, np.empty((1, 200), np.float32))
     with pytest.raises(ValueError, match="scale must have the seed grid's shape"):
-        _core.fused_gemv(*args, xp[0], np.empty(130, np.float32), factor[:, :-1].copy(),
-                         **select)
+        _fused.fused_gemv(*args, xp[0], np.empty(130, np.float32), factor[:, :-1].copy(),
+                          **select)
     stats = np.zeros(layer.seeds.shape + (rbe.fused.STATS["n"],))
     dy = np.zeros((1, 130), np.float32)
     with pytest.raises(ValueError, match="stats must have shape"):
-        _core.fused_backward(*args, xp, dy, np.empty_like(xp), stats[:, :-1].copy(), factor,
-                             factor, **select)
+        _fused.fused_backward(*args, xp, dy, np.empty_like(xp), stats[:, :-1].copy(), factor,
+                              factor, **select)
     with pytest.raises(ValueError, match="offset must have the seed grid's shape"):
-        _core.fused_backward(*args, xp, dy, np.empty_like(xp), stats, factor, factor[:-1].copy(),
-                             **select)
+        _fused.fused_backward(*args, xp, dy, np.empty_like(xp), stats, factor, factor[:-1].copy(),
+                              **select)
 
 
 # ---- training with the defaults ------------------------------------------------------------

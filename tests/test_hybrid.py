@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import rbe
-from rbe import _core
+from rbe import _hybrid
 from rbe.optim import SGD, Adam
 
 CASES = [((64, 64), (16, 16)), ((100, 70), (16, 16)), ((33, 65), (32, 32)), ((5, 3), (4, 4)),
@@ -220,24 +220,24 @@ def test_kernels_check_sizes_and_skip_corrupted_entries():
     steps = np.ones(2, np.int64)
     layout = [np.array([0, 16]), steps, np.array([0, 16]), steps]
     z, u = np.ones(64, np.float32), np.zeros(64, np.float32)
-    _core.hybrid_forward(*args, 1, 2, *layout, z, u)
+    _hybrid.hybrid_forward(*args, 1, 2, *layout, z, u)
     assert u.any()
     with pytest.raises(ValueError, match="u layout entry 1 addresses elements outside"):
-        _core.hybrid_forward(*args, 1, 2, *layout, z, np.zeros(62, np.float32))
+        _hybrid.hybrid_forward(*args, 1, 2, *layout, z, np.zeros(62, np.float32))
     with pytest.raises(ValueError, match="z layout entry 0 addresses elements outside"):
-        _core.hybrid_forward(*args, 1, 2, np.array([-1, 16]), *layout[1:], z, u)
+        _hybrid.hybrid_forward(*args, 1, 2, np.array([-1, 16]), *layout[1:], z, u)
     with pytest.raises(ValueError, match="z layout must have 2 entries"):
-        _core.hybrid_forward(*args, 1, 2, np.zeros(3, np.int64), *layout[1:], z, u)
+        _hybrid.hybrid_forward(*args, 1, 2, np.zeros(3, np.int64), *layout[1:], z, u)
     with pytest.raises(ValueError, match="blocks"):
-        _core.hybrid_forward((48, 32), *args[1:], 1, 2, *layout, z, u)
+        _hybrid.hybrid_forward((48, 32), *args[1:], 1, 2, *layout, z, u)
     corrupted = np.full_like(layer.index, 65535)
     args[4] = corrupted
     u[:] = 0
-    _core.hybrid_forward(*args, 1, 2, *layout, z, u)       # every entry out of its block
+    _hybrid.hybrid_forward(*args, 1, 2, *layout, z, u)       # every entry out of its block
     assert not u.any()
     args[3] = layer.offsets[::-1].copy()
     with pytest.raises(ValueError, match="offsets"):
-        _core.hybrid_forward(*args, 1, 2, *layout, z, u)
+        _hybrid.hybrid_forward(*args, 1, 2, *layout, z, u)
 
 @pytest.mark.parametrize("m,k,n", [(3, 5, 7), (143, 64, 1000), (1, 1, 1), (4, 0, 3)])
 def test_pooled_gemm_equals_numpy_for_every_thread_count(m, k, n, threads):
@@ -247,10 +247,10 @@ def test_pooled_gemm_equals_numpy_for_every_thread_count(m, k, n, threads):
     for count in (1, 2, 3):
         threads(count)
         c = np.full((m, n), np.nan, np.float32)
-        _core.pooled_gemm(a, b, c)
+        _hybrid.pooled_gemm(a, b, c)
         results.append(c)
     np.testing.assert_allclose(results[0], a.astype(np.float64) @ b, rtol=1e-5, atol=1e-4)
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
     with pytest.raises(ValueError, match="do not match"):
-        _core.pooled_gemm(a, b, np.empty((m, n + 1), np.float32))
+        _hybrid.pooled_gemm(a, b, np.empty((m, n + 1), np.float32))

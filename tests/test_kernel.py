@@ -87,16 +87,16 @@ def test_fast_within_bound_of_precise(packed, shape, approx, simd):
     assert smooth.mean() > 0.95        # few positions left out
 
 
-def test_avx512_path_equals_avx2_exactly(packed):
-    """The avx512 path is the AVX2 source compiled with 32 vector registers: same values."""
-    if "avx512" not in kernel.simd_paths():
+def test_avx2_vl_path_equals_avx2_exactly(packed):
+    """The avx2_vl path is the AVX2 source compiled with 32 vector registers: same values."""
+    if "avx2_vl" not in kernel.simd_paths():
         pytest.skip("this CPU has no AVX-512VL")
     for approx in kernel.APPROX_FAMILIES:
         out = {}
-        for simd in ("avx2", "avx512"):
+        for simd in ("avx2", "avx2_vl"):
             with kernel.use_simd(simd):
                 out[simd] = rbe.generate_with_grad(packed, (37, 64), approx=approx)
-        for a, b in zip(out["avx2"], out["avx512"]):
+        for a, b in zip(out["avx2"], out["avx2_vl"]):
             np.testing.assert_array_equal(a, b)
 
 
@@ -244,3 +244,11 @@ def test_unsupported_simd_path_is_rejected():
     with pytest.raises(ValueError, match="unknown SIMD path"):
         with kernel.use_simd("neon"):
             pass
+
+
+def test_former_simd_name_is_an_alias():
+    """"avx512" named the avx2_vl path before; it is still accepted where names are."""
+    if "avx2_vl" not in kernel.simd_paths():
+        pytest.skip("this CPU has no AVX-512VL")
+    with kernel.use_simd("avx512"):
+        assert kernel.current_simd() == "avx2_vl"

@@ -1,4 +1,4 @@
-/* Packed128 `hi` word: fixed-point fields (DESIGN section 2).
+/* Packed128 `hi` word: fixed-point fields (docs/design.md#seed-format).
  *
  *   hi[63:44] r_q u20 (Q0.20)   hi[43:20] theta_q i24 (Q1.23)
  *   hi[19:12] detail u8         hi[11:0]  4 x u3 selectors, class c at bits 3c..3c+2

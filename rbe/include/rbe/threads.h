@@ -14,14 +14,8 @@ static inline int rbe_thread_limit(void) { return 1 << 30; }
 #endif
 
 /* The calling thread's own limit (0: none), set by rbe.threads(); it takes precedence over the
- * process-wide count, so that threads of a service can each pin theirs. */
-#if defined(_MSC_VER)
-#define RBE_THREAD_LOCAL __declspec(thread)
-#else
-#define RBE_THREAD_LOCAL __thread
-#endif
-static RBE_THREAD_LOCAL int rbe_local_threads = 0;
-static inline int rbe_get_local_threads(void) { return rbe_local_threads; }
-static inline void rbe_set_local_threads(int n) { rbe_local_threads = n; }
+ * process-wide count, so that threads of a service can each pin theirs (rbe/src/threads.c). */
+int rbe_get_local_threads(void);
+void rbe_set_local_threads(int n);
 
 #endif

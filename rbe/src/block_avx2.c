@@ -1,140 +1,12 @@
-/* The fast weight kernel with AVX2 + FMA: 8 weights of one class group per step.
- * Same arithmetic as rbe_weight_fast in weight.h, lane by lane.
- */
-#ifndef RBE_WEIGHT_AVX2_H
-#define RBE_WEIGHT_AVX2_H
+/* Fast block kernels with AVX2 + FMA: rbe_block_<family>_avx2 and rbe_block_<family>_avx2_vl
+ * of rbe/weight.h (the same source, compiled for 16 and for 32 vector registers). */
+#include <string.h>
 
-#include "rbe/approx_avx2.h"
 #include "rbe/weight.h"
+#include "kernel_common.h"
+#include "weight_avx2.h"
 
 #ifdef RBE_HAVE_X86_SIMD
-
-/* A seed broadcast to 8 lanes. */
-typedef struct {
-    __m256 r, theta, delta, sin_theta, cos_theta, r_delta, rpt_delta;
-} rbe_seed_v8;
-
-static inline RBE_TARGET_AVX2 void rbe_seed_v8_init(const rbe_seed32 *s, rbe_seed_v8 *v)
-{
-    v->r = RBE_V8(s->r);
-    v->theta = RBE_V8(s->theta);
-    v->delta = RBE_V8(s->delta);
-    v->sin_theta = RBE_V8(s->sin_theta);
-    v->cos_theta = RBE_V8(s->cos_theta);
-    v->r_delta = RBE_V8(s->r_delta);
-    v->rpt_delta = RBE_V8(s->rpt_delta);
-}
-
-/* b delta before its clamp, delta (r + theta) - delta r rho: W = 0 where it is <= 0. */
-static inline RBE_TARGET_AVX2 __m256 rbe_bd_raw8(const rbe_seed_v8 *s, __m256 rho)
-{
-    return _mm256_fnmadd_ps(s->r_delta, rho, s->rpt_delta);
-}
-
-static inline RBE_TARGET_AVX2 __m256 rbe_abs8(__m256 v) { return _mm256_andnot_ps(RBE_V8(-0.0f), v); }
-
-/* v * sign(s), with sign(+-0) following the sign bit. */
-static inline RBE_TARGET_AVX2 __m256 rbe_mulsign8(__m256 v, __m256 s)
-{
-    return _mm256_xor_ps(v, _mm256_and_ps(s, RBE_V8(-0.0f)));
-}
-
-/* All bits set where lo < v < hi, else clear (a mask for _mm256_and_ps). */
-static inline RBE_TARGET_AVX2 __m256 rbe_inside8(__m256 v, __m256 lo, __m256 hi)
-{
-    return _mm256_and_ps(_mm256_cmp_ps(v, lo, _CMP_GT_OQ), _mm256_cmp_ps(v, hi, _CMP_LT_OQ));
-}
-
-RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_state8(int family, int state, int want_grad,
-                                             const rbe_seed_v8 *s, __m256 rho, __m256 sp,
-                                             __m256 cp, __m256 rr, __m256 u,
-                                             __m256 *dfdr, __m256 *dfdth)
-{
-    __m256 f, dfdu, one = RBE_V8(1.0f);
-    switch (state) {
-    case 0: {
-        __m256 sa = _mm256_fmadd_ps(sp, s->cos_theta, _mm256_mul_ps(cp, s->sin_theta));
-        if (want_grad) {
-            __m256 ca = _mm256_fmsub_ps(cp, s->cos_theta, _mm256_mul_ps(sp, s->sin_theta));
-            *dfdr = _mm256_setzero_ps();
-            *dfdth = rbe_mulsign8(ca, sa);
-        }
-        return rbe_abs8(sa);
-    }
-    case 1: {
-        __m256 ca = _mm256_fmsub_ps(cp, s->cos_theta, _mm256_mul_ps(sp, s->sin_theta));
-        if (want_grad) {
-            __m256 sa = _mm256_fmadd_ps(sp, s->cos_theta, _mm256_mul_ps(cp, s->sin_theta));
-            *dfdr = _mm256_setzero_ps();
-            *dfdth = rbe_mulsign8(_mm256_sub_ps(_mm256_setzero_ps(), sa), ca);
-        }
-        return rbe_abs8(ca);
-    }
-    case 2:
-        f = rbe_tanh8_approx(family, u);
-        dfdu = _mm256_fnmadd_ps(f, f, one);
-        break;
-    case 3: {
-        __m256 t = rbe_tanh8_approx(family, u);
-        f = _mm256_fnmadd_ps(t, t, one);
-        dfdu = _mm256_mul_ps(RBE_V8(-2.0f), _mm256_mul_ps(t, f));
-        break;
-    }
-    case 4: {
-        __m256 e = rbe_exp8_approx(family, rr);
-        if (want_grad) {
-            *dfdr = _mm256_mul_ps(_mm256_mul_ps(RBE_V8(-0.5f), e), rho);
-            *dfdth = _mm256_setzero_ps();
-        }
-        return _mm256_fnmadd_ps(RBE_V8(0.5f), e, one);
-    }
-    case 5: {
-        __m256 a = rbe_abs8(u);
-        f = rbe_log1p8_approx(family, a);
-        dfdu = want_grad ? rbe_mulsign8(rbe_recip8(_mm256_add_ps(one, a)), u) : _mm256_setzero_ps();
-        break;
-    }
-    case 6:
-        f = rbe_recip8(_mm256_add_ps(one, rbe_abs8(u)));
-        dfdu = rbe_mulsign8(_mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(f, f)), u);
-        break;
-    default: {
-        __m256 uu = _mm256_mul_ps(u, u);
-        f = _mm256_fnmadd_ps(_mm256_mul_ps(uu, u), RBE_V8(1.0f / 3.0f), u);
-        dfdu = _mm256_sub_ps(one, uu);
-        break;
-    }
-    }
-    if (want_grad) {
-        *dfdr = _mm256_mul_ps(dfdu, rho);
-        *dfdth = dfdu;
-    }
-    return f;
-}
-
-/* As rbe_weight_fast, with both multiply-adds of the common terms fused. */
-RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_weight8(int family, int state, int want_grad,
-                                              const rbe_seed_v8 *s, __m256 rho, __m256 sp,
-                                              __m256 cp, __m256 *dr, __m256 *dth)
-{
-    __m256 zero = _mm256_setzero_ps(), one = RBE_V8(1.0f);
-    __m256 rr = _mm256_mul_ps(s->r, rho), u = _mm256_fmadd_ps(s->r, rho, s->theta);
-    __m256 bd_raw = rbe_bd_raw8(s, rho);
-    __m256 bd = _mm256_min_ps(_mm256_max_ps(bd_raw, zero), s->delta);
-    __m256 dfdr = zero, dfdth = zero;
-    __m256 f = rbe_state8(family, state, want_grad, s, rho, sp, cp, rr, u, &dfdr, &dfdth);
-    __m256 m = _mm256_mul_ps(bd, f), w = m;
-    if (rbe_state_clamps_below(state)) w = _mm256_max_ps(w, zero);
-    if (rbe_state_clamps_above(state)) w = _mm256_min_ps(w, one);
-    if (want_grad) {
-        __m256 inside = rbe_inside8(m, zero, one);
-        __m256 gbf = _mm256_and_ps(rbe_inside8(bd_raw, zero, s->delta), _mm256_mul_ps(s->delta, f));
-        __m256 one_minus_rho = _mm256_sub_ps(one, rho);
-        *dr = _mm256_and_ps(inside, _mm256_fmadd_ps(gbf, one_minus_rho, _mm256_mul_ps(bd, dfdr)));
-        *dth = _mm256_and_ps(inside, _mm256_fmadd_ps(bd, dfdth, gbf));
-    }
-    return w;
-}
 
 /* Store 8 floats; with stream set, non-temporal when dst is 16-byte aligned (numpy's
  * allocations always are), whole 32 bytes at a time when it is 32-byte aligned. */
@@ -226,7 +98,7 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_lanes_avx2(int family, int state, int want_g
 /* All groups of one class in rows [i0, i0 + rows) with a fixed state, into the grouped
  * panel buffers (row k of the panel at offset k * 4 * g). Two vectors per step give the
  * long dependency chains of the approximations independent work to overlap with. */
-RBE_INLINE RBE_TARGET_AVX2 void rbe_class_avx2(int family, int state, int want_grad, int c,
+RBE_INLINE RBE_TARGET_AVX2 void rbe_class_avx2(int state, int family, int want_grad, int c,
                                                const rbe_seed_v8 *sv, const rbe_tables *t,
                                                int i0, int rows, float *pw, float *pr,
                                                float *pt)
@@ -261,14 +133,8 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_panel_class_avx2(int family, int want_grad, 
                                                      const rbe_seed_v8 *sv, const rbe_tables *t,
                                                      int c, int i0, int rows, rbe_panel b)
 {
-#define RBE_CLASS_CASE(S) \
-    case S: rbe_class_avx2(family, S, want_grad, c, sv, t, i0, rows, b.w, b.dr, b.dth); break;
-    switch (s->sel[c]) {
-        RBE_CLASS_CASE(0) RBE_CLASS_CASE(1) RBE_CLASS_CASE(2) RBE_CLASS_CASE(3)
-        RBE_CLASS_CASE(4) RBE_CLASS_CASE(5) RBE_CLASS_CASE(6) default:
-        rbe_class_avx2(family, 7, want_grad, c, sv, t, i0, rows, b.w, b.dr, b.dth);
-    }
-#undef RBE_CLASS_CASE
+    RBE_WITH_STATE(s->sel[c], rbe_class_avx2, family, want_grad, c, sv, t, i0, rows, b.w, b.dr,
+                   b.dth);
 }
 
 static inline RBE_TARGET_AVX2 void rbe_panel_ungroup_avx2(int want_grad, const rbe_tables *t,
@@ -291,7 +157,8 @@ static inline RBE_TARGET_AVX2 void rbe_reverse_group(const float *src, float *ds
 {
     const __m256i reverse = _mm256_setr_epi32(7, 6, 5, 4, 3, 2, 1, 0);
     for (int v = 0; v < g; v += 8)
-        _mm256_storeu_ps(dst + g - 8 - v, _mm256_permutevar8x32_ps(_mm256_loadu_ps(src + v), reverse));
+        _mm256_storeu_ps(dst + g - 8 - v,
+                         _mm256_permutevar8x32_ps(_mm256_loadu_ps(src + v), reverse));
 }
 
 /* Class c of the bottom panel rows [ib, ib + RBE_PANEL_ROWS) copied from the top panel that
@@ -372,5 +239,46 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_block_avx2_body(int family, int want_grad,
     if (stream) _mm_sfence();   /* order the non-temporal stores before the caller's */
 }
 
-#endif
+RBE_TARGET_AVX2 void rbe_block_poly_avx2(const rbe_seed32 *s, const rbe_tables *t, float *W,
+                                         float *dr, float *dth, float *scratch, int stream)
+{
+    if (dr) rbe_block_avx2_body(RBE_APPROX_POLY, 1, s, t, W, dr, dth, scratch, stream);
+    else rbe_block_avx2_body(RBE_APPROX_POLY, 0, s, t, W, NULL, NULL, scratch, stream);
+}
+
+RBE_TARGET_AVX2_VL void rbe_block_poly_avx2_vl(const rbe_seed32 *s, const rbe_tables *t, float *W,
+                                               float *dr, float *dth, float *scratch, int stream)
+{
+    if (dr) rbe_block_avx2_body(RBE_APPROX_POLY, 1, s, t, W, dr, dth, scratch, stream);
+    else rbe_block_avx2_body(RBE_APPROX_POLY, 0, s, t, W, NULL, NULL, scratch, stream);
+}
+
+RBE_TARGET_AVX2 void rbe_block_lut_avx2(const rbe_seed32 *s, const rbe_tables *t, float *W,
+                                        float *dr, float *dth, float *scratch, int stream)
+{
+    if (dr) rbe_block_avx2_body(RBE_APPROX_LUT, 1, s, t, W, dr, dth, scratch, stream);
+    else rbe_block_avx2_body(RBE_APPROX_LUT, 0, s, t, W, NULL, NULL, scratch, stream);
+}
+
+RBE_TARGET_AVX2_VL void rbe_block_lut_avx2_vl(const rbe_seed32 *s, const rbe_tables *t, float *W,
+                                              float *dr, float *dth, float *scratch, int stream)
+{
+    if (dr) rbe_block_avx2_body(RBE_APPROX_LUT, 1, s, t, W, dr, dth, scratch, stream);
+    else rbe_block_avx2_body(RBE_APPROX_LUT, 0, s, t, W, NULL, NULL, scratch, stream);
+}
+
+RBE_TARGET_AVX2 void rbe_block_cordic_avx2(const rbe_seed32 *s, const rbe_tables *t, float *W,
+                                           float *dr, float *dth, float *scratch, int stream)
+{
+    if (dr) rbe_block_avx2_body(RBE_APPROX_CORDIC, 1, s, t, W, dr, dth, scratch, stream);
+    else rbe_block_avx2_body(RBE_APPROX_CORDIC, 0, s, t, W, NULL, NULL, scratch, stream);
+}
+
+RBE_TARGET_AVX2_VL void rbe_block_cordic_avx2_vl(const rbe_seed32 *s, const rbe_tables *t, float *W,
+                                                 float *dr, float *dth, float *scratch, int stream)
+{
+    if (dr) rbe_block_avx2_body(RBE_APPROX_CORDIC, 1, s, t, W, dr, dth, scratch, stream);
+    else rbe_block_avx2_body(RBE_APPROX_CORDIC, 0, s, t, W, NULL, NULL, scratch, stream);
+}
+
 #endif

@@ -1,8 +1,9 @@
-/* AVX2 + FMA versions of the approximations in approx.h (8 float32 lanes).
- * Same algorithms, constants and tables as the scalar versions.
+/* AVX2 + FMA versions of the approximations in approx_scalar.h (8 float32 lanes), private
+ * to the AVX2 kernel translation units. Same algorithms, constants and tables as the scalar
+ * versions.
  */
-#ifndef RBE_APPROX_AVX2_H
-#define RBE_APPROX_AVX2_H
+#ifndef RBE_SRC_APPROX_AVX2_H
+#define RBE_SRC_APPROX_AVX2_H
 
 #include "rbe/approx.h"
 #include "rbe/cpu.h"

@@ -1,55 +1,16 @@
-# Typed wrappers of rbe/include/rbe/hybrid.h (included at the end of _core.pyx).
-#
-# Every wrapper checks the array sizes against the grid before any pointer is used; the kernels
-# themselves skip out-of-block indices and unknown slots, so no input reaches memory
-# outside the arrays. Loops run without the GIL, one block row (or column) per iteration, so
-# each thread owns its outputs and results do not depend on the thread count.
+# cython: language_level=3
+"""Typed wrappers of rbe/include/rbe/hybrid.h, used by rbe.hybrid.
 
-from libc.stdint cimport uint16_t
+Every wrapper checks the array sizes against the grid before any pointer is used; the kernels
+themselves skip out-of-block indices and unknown slots, so no input reaches memory outside the
+arrays. Loops run without the GIL, one block row (or column) per iteration, so each thread owns
+its outputs and results do not depend on the thread count.
+"""
+from cython.parallel cimport prange
+from libc.stdint cimport int64_t, uint8_t, uint16_t
 from scipy.linalg.cython_blas cimport sgemm as _blas_sgemm
 
-cdef extern from "rbe/pool.h":
-    ctypedef void (*rbe_item_fn)(void *ctx, int64_t item) noexcept nogil
-    void rbe_parallel_for(int64_t n, int count, rbe_item_fn fn, void *ctx) nogil
-
-cdef extern from "rbe/hybrid.h":
-    ctypedef struct rbe_hybrid_grid:
-        int64_t rows, cols, bh, bw, grid_rows, grid_cols, nslots, batch
-        uint64_t magic_full
-        const uint8_t *slot
-        const int64_t *offsets
-        const uint16_t *index
-        const float *values
-    ctypedef struct rbe_hybrid_layout:
-        const int64_t *z_base
-        const int64_t *z_step
-        const int64_t *u_base
-        const int64_t *u_step
-    ctypedef void (*rbe_hybrid_forward_f32_fn)(const rbe_hybrid_grid *g,
-                                               const rbe_hybrid_layout *l, const float *z,
-                                               float *u, int64_t bi) noexcept nogil
-    ctypedef void (*rbe_hybrid_forward_f64_fn)(const rbe_hybrid_grid *g,
-                                               const rbe_hybrid_layout *l, const double *z,
-                                               double *u, int64_t bi) noexcept nogil
-    ctypedef struct rbe_hybrid_forward_job:
-        const rbe_hybrid_grid *g
-        const rbe_hybrid_layout *l
-        const void *z
-        void *u
-        rbe_hybrid_forward_f32_fn f32
-        rbe_hybrid_forward_f64_fn f64
-    void rbe_hybrid_forward_item(void *ctx, int64_t bi) nogil
-    rbe_hybrid_forward_f32_fn rbe_hybrid_forward_f32(int simd) nogil
-    rbe_hybrid_forward_f64_fn rbe_hybrid_forward_f64(int simd) nogil
-    uint64_t rbe_hybrid_magic(int64_t w) nogil
-    void rbe_hybrid_cols_backward_f32(const rbe_hybrid_grid *g, const float *a, float *dz,
-                                      int64_t bj) nogil
-    void rbe_hybrid_cols_backward_f64(const rbe_hybrid_grid *g, const double *a, double *dz,
-                                      int64_t bj) nogil
-    void rbe_hybrid_value_grads_f32(const rbe_hybrid_grid *g, const float *a, const float *z,
-                                    float *grad, int64_t bi) nogil
-    void rbe_hybrid_value_grads_f64(const rbe_hybrid_grid *g, const double *a, const double *z,
-                                    double *grad, int64_t bi) nogil
+from rbe._core cimport _threads
 
 ctypedef fused real:
     float
@@ -82,7 +43,7 @@ cdef rbe_hybrid_grid _hybrid_grid(shape, block, const uint8_t[::1] slot,
         if offsets[b + 1] < offsets[b]:
             raise ValueError("offsets must be non-decreasing")
     if nslots < 1 or batch < 1:
-        raise ValueError(f"need at least one transform slot and one batch column")
+        raise ValueError("need at least one transform slot and one batch column")
     g.nslots = nslots
     g.batch = batch
     g.magic_full = rbe_hybrid_magic(g.bw)
@@ -101,7 +62,7 @@ cdef rbe_hybrid_grid _hybrid_grid(shape, block, const uint8_t[::1] slot,
 # that contention.
 cdef int64_t _HYBRID_FORWARD_PARALLEL_MIN = 1 << 16
 cdef int64_t _HYBRID_BACKWARD_PARALLEL_MIN = 1 << 26
-cdef int _HYBRID_SIMD = SIMD_PATHS[BEST_SIMD]
+cdef int _HYBRID_SIMD = rbe_kernel_init()   # the best SIMD path of this CPU
 
 
 cdef inline int _hybrid_threads(const rbe_hybrid_grid *g, int64_t items,
@@ -150,9 +111,9 @@ def hybrid_forward(shape, block, const uint8_t[::1] slot, const int64_t[::1] off
     cdef rbe_hybrid_forward_job job
     job.g, job.l, job.f32, job.f64 = &g, &l, NULL, NULL
     if real is float:
-        job.f32 = rbe_hybrid_forward_f32(_HYBRID_SIMD)
+        job.f32 = rbe_hybrid_select(_HYBRID_SIMD).f32
     else:
-        job.f64 = rbe_hybrid_forward_f64(_HYBRID_SIMD)
+        job.f64 = rbe_hybrid_select(_HYBRID_SIMD).f64
     job.z, job.u = &z[0], &u[0]
     if index.shape[0] == 0:
         return

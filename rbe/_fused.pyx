@@ -1,42 +1,25 @@
-# Typed entry points of the fused seed-block layer (rbe/include/rbe/fused.h), used by rbe.fused.
-# Inputs and input gradients are in the grouped column order of fused.h; rbe.fused permutes
-# them. Every size that guards pointer arithmetic is checked here before the GIL is released.
-# Parallel loops give each thread its own outputs (block rows for the forward passes, block
-# columns for the backward pass), so sums do not depend on the number of threads.
+# cython: language_level=3
+"""Typed entry points of the fused seed-block layer (rbe/include/rbe/fused.h), used by rbe.fused.
 
+Inputs and input gradients are in the grouped column order of fused.h; rbe.fused permutes
+them. Every size that guards pointer arithmetic is checked here before the GIL is released.
+Parallel loops give each thread its own outputs (block rows for the forward passes, block
+columns for the backward pass), so sums do not depend on the number of threads.
+"""
+from cython.parallel cimport prange, threadid
+from libc.stdint cimport uint64_t
 from scipy.linalg.cython_blas cimport sgemm
 
-cdef extern from "rbe/fused.h" nogil:
-    ctypedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t,
-                                       int rows, const float *xp, const float *xpr, float *y,
-                                       float *acc) noexcept nogil
-    ctypedef void (*rbe_fused_panel_fn)(const uint64_t *hi, int gc, const rbe_tables *t,
-                                        int rows, float *panel, Py_ssize_t ld) noexcept nogil
-    ctypedef void (*rbe_fused_backward_fn)(uint64_t hi, const rbe_tables *t, int rows,
-                                           const float *G, float *W, float alpha, float beta,
-                                           double *stats) noexcept nogil
-    ctypedef void (*rbe_fused_backward_vec_fn)(uint64_t hi, const rbe_tables *t, int rows,
-                                               const float *x, const float *xr,
-                                               const float *dy, float *dx, float *scratch,
-                                               float alpha, float beta,
-                                               double *stats) noexcept nogil
-    ctypedef struct rbe_fused_ops:
-        rbe_fused_gemv_fn gemv
-        rbe_fused_panel_fn panel
-        rbe_fused_backward_fn backward
-        rbe_fused_backward_vec_fn backward_vec
-    Py_ssize_t rbe_fused_vec_scratch_floats(const rbe_tables *t)
-    rbe_fused_ops rbe_fused_select(int simd, int family)
-    enum:
-        RBE_FUSED_DR
-        RBE_FUSED_DTH
-        RBE_FUSED_GW
-        RBE_FUSED_CLASS
-        RBE_FUSED_NSTATS
-        RBE_FUSED_CUR
-        RBE_FUSED_POS
-        RBE_FUSED_NEG
-        RBE_FUSED_ABS
+import numpy as np
+
+from rbe._core cimport _check_kernel_choice, _shape_tables, _threads
+from rbe._kernels cimport (
+    RBE_FUSED_ABS, RBE_FUSED_CLASS, RBE_FUSED_CUR, RBE_FUSED_DR, RBE_FUSED_DTH, RBE_FUSED_GW,
+    RBE_FUSED_NEG, RBE_FUSED_NSTATS, RBE_FUSED_POS, rbe_fused_ops, rbe_fused_select,
+    rbe_fused_vec_scratch_floats, rbe_kernel_init, rbe_tables,
+)
+
+rbe_kernel_init()   # this module's copy of the approximation tables
 
 #: Layout of the per-block sums filled by fused_backward (offsets into the last axis).
 FUSED_STATS = {"dr": RBE_FUSED_DR, "dtheta": RBE_FUSED_DTH, "gw": RBE_FUSED_GW,
@@ -69,10 +52,8 @@ cdef int _fused_threads(Py_ssize_t items, Py_ssize_t weights) noexcept nogil:
 
 
 cdef rbe_fused_ops _fused_ops(int simd, int family) except *:
-    cdef rbe_fused_ops ops = rbe_fused_select(simd, family)
-    if ops.gemv == NULL:
-        raise ValueError(f"no fused kernel for simd={simd}, approx family={family}")
-    return ops
+    _check_kernel_choice(simd, family)
+    return rbe_fused_select(simd, family)
 
 
 cdef void _check_fused_grid(const uint64_t[:, ::1] hi, const rbe_tables *t, Py_ssize_t m,
@@ -237,20 +218,23 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                       <int>m, 0.0 if bi == 0 else 1.0, &dxp[0, bj * gw], kp)
 
 
-cdef void _check_source(const Py_ssize_t[::1] source, Py_ssize_t columns) except *:
+cdef void _check_grouping(const float[:, ::1] x, const Py_ssize_t[::1] source,
+                          const float[:, ::1] xp) except *:
+    """xp must have x's batch and one column per entry of source, and source must map every
+    grouped position to a column of x or to -1 (padding)."""
+    if xp.shape[0] != x.shape[0] or xp.shape[1] != source.shape[0]:
+        raise ValueError(f"grouped inputs must have shape ({x.shape[0]}, {source.shape[0]})")
     cdef Py_ssize_t k
     for k in range(source.shape[0]):
-        if source[k] < -1 or source[k] >= columns:
+        if source[k] < -1 or source[k] >= x.shape[1]:
             raise ValueError(f"grouped position {k} maps to column {source[k]}, outside "
-                             f"[-1, {columns})")
+                             f"[-1, {x.shape[1]})")
 
 
 def fused_group(const float[:, ::1] x, const Py_ssize_t[::1] source, float[:, ::1] xp):
     """xp[:, k] = x[:, source[k]], or 0 where source[k] is -1 (padding): inputs in the
     grouped column order of fused.h."""
-    if xp.shape[0] != x.shape[0] or xp.shape[1] != source.shape[0]:
-        raise ValueError(f"grouped inputs must have shape ({x.shape[0]}, {source.shape[0]})")
-    _check_source(source, x.shape[1])
+    _check_grouping(x, source, xp)
     cdef Py_ssize_t n, k
     with nogil:
         for n in range(x.shape[0]):
@@ -261,9 +245,7 @@ def fused_group(const float[:, ::1] x, const Py_ssize_t[::1] source, float[:, ::
 def fused_ungroup(const float[:, ::1] xp, const Py_ssize_t[::1] source, float[:, ::1] x):
     """x[:, source[k]] = xp[:, k] wherever source[k] is not -1: the inverse of fused_group
     (source must reach every column of x)."""
-    if xp.shape[0] != x.shape[0] or xp.shape[1] != source.shape[0]:
-        raise ValueError(f"grouped inputs must have shape ({x.shape[0]}, {source.shape[0]})")
-    _check_source(source, x.shape[1])
+    _check_grouping(x, source, xp)
     cdef Py_ssize_t n, k
     with nogil:
         for n in range(x.shape[0]):

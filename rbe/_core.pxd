@@ -1,0 +1,8 @@
+# What rbe._core shares with the other extensions: the kernels' thread count and the checks
+# of a kernel choice and of shape tables.
+from rbe._kernels cimport rbe_tables
+
+cdef int _threads() noexcept nogil
+cdef void _check_kernel_choice(int simd, int family) except *
+cdef rbe_tables _shape_tables(const float[:, :, ::1] rho, const float[:, :, ::1] sin_phi,
+                              const float[:, :, ::1] cos_phi, int w) except *

@@ -1,0 +1,33 @@
+"""Type stubs for rbe._reference (rbe/_reference.pyx).
+
+Arrays are numpy arrays; the module checks dtypes, contiguity and sizes and raises ValueError.
+"""
+import numpy as np
+from numpy.typing import NDArray
+
+# the original algorithm (rbe/include/rbe/reference.h)
+def ref_generate(kind: int, seeds: NDArray[np.uint64], rows: int, cols: int,
+                 out: NDArray[np.float32]) -> None: ...
+def ref_pointwise(kind: int, seeds: NDArray[np.uint64], i: NDArray[np.int64],
+                  j: NDArray[np.int64], rows: int, cols: int, out: NDArray[np.float32]) -> None: ...
+def ref_state_function(state: NDArray[np.int32], value: NDArray[np.float32],
+                       phase: NDArray[np.float32], out: NDArray[np.float32]) -> None: ...
+def ref_state_transition(hi: NDArray[np.uint64], g: NDArray[np.float32], i: NDArray[np.int64],
+                         j: NDArray[np.int64], advanced: bool) -> None: ...
+def ref_adam(p: float, m: float, v: float, g: float, lr: float,
+             t: int) -> tuple[float, float, float]: ...
+def ref_fused_backward(target: NDArray[np.float32], pred: NDArray[np.float32],
+                       seed: NDArray[np.uint64], rows: int, cols: int, lr: float,
+                       analytic: bool) -> float: ...
+def ref_fused_backward_adam(target: NDArray[np.float32], pred: NDArray[np.float32],
+                            seed: NDArray[np.uint64], moments: NDArray[np.float32], rows: int,
+                            cols: int, epoch: int, lr: float) -> float: ...
+def ref_layer_forward(seeds: NDArray[np.uint64], bh: int, bw: int, x: NDArray[np.float64],
+                      y: NDArray[np.float64]) -> None: ...
+def ref_layer_backward_precise(seeds: NDArray[np.uint64], bh: int, bw: int,
+                               x: NDArray[np.float64], dy: NDArray[np.float64], lr: float,
+                               dx: NDArray[np.float64]) -> None: ...
+def ref_layer_backward_adam(seeds: NDArray[np.uint64], bh: int, bw: int,
+                            x: NDArray[np.float64], dy: NDArray[np.float64],
+                            moments: NDArray[np.float32], epoch: int, lr: float,
+                            dx: NDArray[np.float64]) -> None: ...

@@ -1,0 +1,283 @@
+"""Every fast kernel x every SIMD path this CPU runs x every approximation family x shapes,
+against its scalar twin (same family, portable C) and its precise twin (float64 libm oracle
+built here from rbe.generate(mode="precise")), with a tolerance per operation; and the
+approximation errors quoted in rbe/include/rbe/approx.h.
+
+Shapes cover the special cases of the AVX2 kernels (rbe/src/block_avx2.c, fused_avx2.c):
+ragged edge blocks (layer sizes that are not multiples of the block), the paired rows of a
+square block with w = 4g (row h-1-i evaluated as the mirror of row i, any g), the
+anti-transposed quadrant (square, g a multiple of 16), the point-symmetric panel copy of the
+block kernel (w a multiple of 32, with and without a middle band), and odd shapes that pair
+nothing.
+"""
+import re
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+import threadpoolctl
+
+import rbe
+from rbe import _core, _fused, kernel, seeds
+
+SIMD = kernel.simd_paths()
+FAMILIES = kernel.APPROX_FAMILIES
+STATS = _fused.FUSED_STATS
+
+#: (block, out_features, in_features): what each case exercises
+LAYERS = {
+    "paired+anti-transposed": ((64, 64), 130, 200),   # g = 16; ragged edge blocks
+    "paired": ((32, 32), 64, 96),                    # g = 8: rotation pairs only
+    "unpaired": ((24, 40), 50, 90),                  # not square
+    "odd": ((5, 7), 11, 16),                         # g = 8 > w / 4: padding lanes
+}
+BLOCKS = [(64, 64), (37, 64), (20, 32), (7, 13), (1, 9), (16, 1), (9, 300)]
+
+# Tolerances per operation, about 10x the largest difference seen on an AVX-512 machine. Twins:
+# the SIMD paths run the scalar algorithm with fused multiply-adds and a reciprocal estimate
+# refined by one Newton step, so they differ from it by float32 rounding. Precise: the 1e-5
+# bound of the fast weights; sums over many weights average their errors.
+TWIN_WEIGHT = 2e-6          # max |difference| of weights and gradients
+PRECISE_WEIGHT = 1e-5       # max |difference| of weights
+PRECISE_GRAD = 1e-5         # relative norm of the gradient difference
+TWIN_SUM = 5e-6             # relative norm, fused products and their per-block sums
+PRECISE_SUM = 5e-6          # relative norm, fused products
+PRECISE_STATS = 1e-5        # relative norm, per-block sums of the backward kernels
+
+
+def rel(a, b):
+    b = np.asarray(b, np.float64)
+    return np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def test_selectors_refuse_what_they_cannot_run():
+    tables = kernel.shape_tables((8, 8))
+    hi = np.zeros(1, np.uint64)
+    out = np.empty((1, 8, 8), np.float32)
+    for simd in set(_core.SIMD_PATHS.values()) - {_core.SIMD_PATHS[s] for s in SIMD}:
+        with pytest.raises(ValueError, match="not supported by this CPU"):
+            _core.generate_fast(hi, *tables, out, simd=simd)
+    for simd, family in ((len(_core.SIMD_PATHS), 0), (-1, 0), (0, len(FAMILIES)), (0, -1)):
+        with pytest.raises(ValueError, match="simd|family"):
+            _core.generate_fast(hi, *tables, out, simd=simd, family=family)
+        with pytest.raises(ValueError, match="simd|family"):
+            _fused.fused_gemv(hi.reshape(1, 1), *tables, 8, np.zeros(32, np.float32),
+                              np.empty(8, np.float32), np.ones((1, 1), np.float32), simd,
+                              family)
+
+
+# ---- the approximations ----------------------------------------------------------------------
+
+def quoted_bounds():
+    """The error table of rbe/include/rbe/approx.h: {family: {function: bound}}."""
+    header = Path(__file__).parents[1] / "rbe" / "include" / "rbe" / "approx.h"
+    rows = re.findall(r"^ \*\s+(poly|lut|cordic)\s+([\d.e-]+)\s+([\d.e-]+)\s+([\d.e-]+)\s+"
+                      r"([\d.e-]+)\s*$", header.read_text(), re.M)
+    assert {r[0] for r in rows} == set(FAMILIES)
+    return {r[0]: dict(zip(("exp", "tanh", "log1p", "sincos"), map(float, r[1:]))) for r in rows}
+
+
+DOMAINS = {"exp": (0.0, np.sqrt(2.0), np.exp), "tanh": (-1.0, 1.0 + np.sqrt(2.0), np.tanh),
+           "log1p": (0.0, 1.0 + np.sqrt(2.0), np.log1p), "sin": (-1.0, 1.0, np.sin),
+           "cos": (-1.0, 1.0, np.cos)}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_approximation_errors_within_quoted_bounds(family):
+    bounds = quoted_bounds()[family]
+    for name, (lo, hi, exact) in DOMAINS.items():
+        x = np.linspace(lo, hi, 200001, dtype=np.float64).astype(np.float32)
+        out = np.empty_like(x)
+        _core.approx_eval(_core.APPROX_FAMILIES[family], _core.APPROX_FUNCTIONS[name], x, out)
+        truth = exact(x.astype(np.float64))
+        error = np.abs(out - truth) / (truth if name == "exp" else 1.0)
+        assert error.max() <= bounds["sincos" if name in ("sin", "cos") else name], name
+
+
+# ---- the block kernel --------------------------------------------------------------------------
+
+@cache
+def block_seeds():
+    """Random seeds plus, per state, seeds using it in every class near the top of u's range."""
+    rng = np.random.default_rng(0)
+    per_state = seeds.pack(rng.uniform(0.5, 1, 16), rng.uniform(0, 1, 16),
+                           np.repeat(np.arange(8), 2)[:, None].repeat(4, axis=1),
+                           rng.integers(0, 256, 16))
+    return np.concatenate([seeds.random(16, rng=rng), per_state])
+
+
+@cache
+def block_precise(shape):
+    return rbe.generate_with_grad(block_seeds(), shape, mode="precise")
+
+
+def block_fast(shape, simd, family):
+    with kernel.use_simd(simd):
+        return rbe.generate_with_grad(block_seeds(), shape, approx=family)
+
+
+@pytest.mark.parametrize("shape", BLOCKS)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("simd", SIMD)
+def test_block_kernel(simd, family, shape):
+    fast = block_fast(shape, simd, family)
+    with kernel.use_simd(simd):
+        np.testing.assert_array_equal(rbe.generate(block_seeds(), shape, approx=family), fast[0])
+    for a, b in zip(fast, block_fast(shape, "scalar", family)):
+        assert np.abs(a - b).max() <= TWIN_WEIGHT
+    W, dr, dth = block_precise(shape)
+    assert np.abs(fast[0] - W).max() <= PRECISE_WEIGHT
+    assert rel(fast[1], dr) <= PRECISE_GRAD and rel(fast[2], dth) <= PRECISE_GRAD
+
+
+# ---- the fused-layer kernels -------------------------------------------------------------------
+
+class Layer:
+    """A seed grid with per-block scales and offsets, its grouped inputs and float64 oracle."""
+
+    def __init__(self, block, n_out, n_in):
+        h, w = block
+        self.block, self.n_out, self.n_in = block, n_out, n_in
+        self.grid = (-(-n_out // h), -(-n_in // w))
+        rng = np.random.default_rng(n_out * n_in)
+        f = seeds.unpack(seeds.random(self.grid, rng=rng))
+        # theta >= 0 on most blocks, so that few blocks are all zeros
+        theta = np.where(rng.random(self.grid) < 0.8, np.abs(f.theta), f.theta)
+        self.seeds = seeds.pack(f.r, theta, f.sel, f.detail)
+        self.hi = np.ascontiguousarray(self.seeds["hi"])
+        self.tables = kernel.shape_tables(block)
+        self.scale = rng.uniform(0.5, 1.5, self.grid).astype(np.float32)
+        self.offset = rng.uniform(-0.1, 0.1, self.grid).astype(np.float32)
+        g = self.tables.rho.shape[2]
+        bj, p, q = np.meshgrid(np.arange(self.grid[1]), np.arange(4), np.arange(g),
+                               indexing="ij")
+        column = (bj * w + 4 * q + p).reshape(-1)
+        valid = ((4 * q + p) < w).reshape(-1) & (column < n_in)
+        self.source = np.where(valid, column, -1).astype(np.intp)
+        self.X = rng.standard_normal((3, n_in)).astype(np.float32)
+        self.dY = rng.standard_normal((3, n_out)).astype(np.float32)
+
+    def dense(self, seeds_, with_grad=False):
+        """Precise weights of every block, assembled and cropped to the layer (unscaled)."""
+        h, w = self.block
+        blocks = rbe.generate_with_grad(seeds_, self.block, mode="precise")
+        full = [b.transpose(0, 2, 1, 3).reshape(self.grid[0] * h, self.grid[1] * w)
+                [:self.n_out, :self.n_in] for b in blocks]
+        return full if with_grad else full[0]
+
+    def per_block(self, a):
+        """Per-block sums of an (n_out, n_in) array."""
+        h, w = self.block
+        return np.add.reduceat(np.add.reduceat(a, np.arange(0, self.n_out, h), axis=0),
+                               np.arange(0, self.n_in, w), axis=1)
+
+    def expand(self, per_block):
+        h, w = self.block
+        return np.repeat(np.repeat(per_block, h, 0), w, 1)[:self.n_out, :self.n_in]
+
+    def grouped(self, X):
+        Xp = np.empty((X.shape[0], self.source.size), np.float32)
+        _fused.fused_group(X, self.source, Xp)
+        return Xp
+
+    def args(self):
+        return (self.hi, *self.tables, self.block[1])
+
+
+@cache
+def layer(name):
+    return Layer(*LAYERS[name])
+
+
+@cache
+def precise(name):
+    """Oracle outputs of every fused operation: y, Y, dX (batch and one vector), stats."""
+    L = layer(name)
+    W, dr, dth = L.dense(L.seeds, with_grad=True)
+    scale = L.expand(L.scale.astype(np.float64))
+    offset = L.expand(L.offset.astype(np.float64))
+    X, dY = L.X.astype(np.float64), L.dY.astype(np.float64)
+    h, w = L.block
+    i, j = np.meshgrid(np.arange(L.n_out) % h, np.arange(L.n_in) % w, indexing="ij")
+    cls = (31 * i + j) % 4
+    fields = seeds.unpack(L.seeds)
+    moved = {}
+    for kind, table in (("pos", [1, 0, 3, 2, 5, 6, 7, 4]), ("neg", [7, 6, 5, 4, 3, 2, 1, 0])):
+        for c in range(4):
+            sel = fields.sel.copy()
+            sel[..., c] = np.take(table, sel[..., c])
+            moved[kind, c] = L.dense(seeds.pack(fields.r, fields.theta, sel, fields.detail))
+
+    def stats(Xs, dYs):
+        G = dYs.T @ Xs
+        out = np.zeros(L.grid + (STATS["n"],))
+        out[..., STATS["dr"]] = L.per_block(G * dr)
+        out[..., STATS["dtheta"]] = L.per_block(G * dth)
+        out[..., STATS["gw"]] = L.per_block(G * W)
+        for c in range(4):
+            at = STATS["class"] + 4 * c
+            mask = cls == c
+            out[..., at + STATS["cur"]] = L.per_block(G * W * mask)
+            out[..., at + STATS["pos"]] = L.per_block(G * (moved["pos", c] - W) * mask)
+            out[..., at + STATS["neg"]] = L.per_block(G * (moved["neg", c] - W) * mask)
+            out[..., at + STATS["abs"]] = L.per_block(np.abs(G * (scale * W + offset)) * mask)
+        return out
+
+    W_eff = scale * W
+    return {"gemv": W_eff @ X[0], "forward_batch": X @ W_eff.T,
+            "backward_batch": (dY @ W_eff, stats(X, dY)),
+            "backward_vec": (dY[:1] @ W_eff, stats(X[:1], dY[:1]))}
+
+
+def fused_outputs(name, simd, family):
+    """Every fused operation on one SIMD path and family, in the oracle's layout."""
+    L = layer(name)
+    s, f = _core.SIMD_PATHS[simd], _core.APPROX_FAMILIES[family]
+    Xp = L.grouped(L.X)
+    y = np.empty(L.n_out, np.float32)
+    _fused.fused_gemv(*L.args(), Xp[0], y, L.scale, s, f)
+    Y = np.empty((3, L.n_out), np.float32)
+    out = {"gemv": y, "forward_batch": Y}
+    with threadpoolctl.threadpool_limits(1):
+        _fused.fused_forward_batch(*L.args(), Xp, Y, L.scale, s, f)
+        for op, rows in (("backward_batch", slice(0, 3)), ("backward_vec", slice(0, 1))):
+            dXp = np.empty_like(Xp[rows])
+            stats = np.empty(L.grid + (STATS["n"],), np.float64)
+            _fused.fused_backward(*L.args(), Xp[rows], L.dY[rows], dXp, stats, L.scale,
+                                  L.offset, s, f)
+            dX = np.empty((dXp.shape[0], L.n_in), np.float32)
+            _fused.fused_ungroup(dXp, L.source, dX)
+            out[op] = (dX, stats)
+    return out
+
+
+@cache
+def scalar_outputs(name, family):
+    return fused_outputs(name, "scalar", family)
+
+
+def assert_close(got, want, tol, what):
+    if isinstance(want, tuple):
+        (dx, stats), (dx_want, stats_want) = got, want
+        assert rel(dx, dx_want) <= tol, f"{what}: dx"
+        for key, k in STATS.items():
+            if key in ("dr", "dtheta", "gw"):
+                assert rel(stats[..., k], stats_want[..., k]) <= tol, f"{what}: {key}"
+        for part in ("cur", "pos", "neg", "abs"):
+            k = STATS["class"] + STATS[part] + 4 * np.arange(4)
+            assert rel(stats[..., k], stats_want[..., k]) <= tol, f"{what}: {part}"
+    else:
+        assert rel(got, want) <= tol, what
+
+
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("simd", SIMD)
+def test_fused_kernels(simd, family, name):
+    got = fused_outputs(name, simd, family)
+    twin, oracle = scalar_outputs(name, family), precise(name)
+    for op in got:
+        assert_close(got[op], twin[op], TWIN_SUM, f"{op} vs scalar")
+        tol = PRECISE_STATS if op.startswith("backward") else PRECISE_SUM
+        assert_close(got[op], oracle[op], tol, f"{op} vs precise")
