@@ -20,6 +20,7 @@ write contiguous batch rows and the dense transforms are plain GEMMs.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from typing import Callable
 
 import numpy as np
@@ -60,6 +61,35 @@ def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.n
     for start in range(0, m, step):
         np.matmul(a[start:start + step], b, out=out[start:start + step])
     return out
+
+
+# Work arrays of the forward up to this many bytes each are kept per thread between calls: fresh
+# arrays of megabytes come from mmap or a trimmed heap, so every call would page-fault on them.
+_WORKSPACE_BYTES = 1 << 25
+_workspace = threading.local()
+
+
+def _work(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
+    """A flat work array of ``size`` elements, the calling thread's own: reused by the next call
+    on this thread that asks for ``slot``, so callers must not keep it."""
+    nbytes = size * np.dtype(dtype).itemsize
+    if nbytes > _WORKSPACE_BYTES:
+        return np.empty(size, dtype)
+    arrays = _workspace.__dict__.setdefault("arrays", {})
+    buffer = arrays.get(slot)
+    if buffer is None or buffer.nbytes < nbytes:
+        buffer = arrays[slot] = np.empty(nbytes, np.uint8)
+    return buffer[:nbytes].view(dtype)
+
+
+def _padded_batch(X2: np.ndarray, ops: _ForwardOperators) -> np.ndarray:
+    """X2 with one zero row more when a batch of 8 or more would put the rows of a block's work
+    values (``count * batch`` elements apart) a multiple of 1 KiB apart: such strides map a
+    block's rows onto a few cache sets, which evict each other."""
+    batch, itemsize = X2.shape[0], X2.dtype.itemsize
+    if batch < 8 or all(a.count * batch * itemsize % 1024 for a in ops.cols + ops.rows):
+        return X2
+    return np.concatenate([X2, np.zeros((1, X2.shape[1]), X2.dtype)])
 
 
 def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -520,9 +550,12 @@ class HybridLinear:
         """Y = X W^T + b for X of shape (in_features,) or (batch, in_features)."""
         X2 = self._batch_major(X, self.in_features, "X")
         ops = self._forward_operators[X2.dtype]
+        rows = X2.shape[0]
+        X2 = _padded_batch(X2, ops)
         batch, one = X2.shape[0], X2.shape[0] == 1
         z = self._transformed_inputs(ops, X2)
-        u = np.zeros(sum(a.count * a.width for a in ops.rows) * batch, X2.dtype)
+        u = _work("u", sum(a.count * a.width for a in ops.rows) * batch, X2.dtype)
+        u.fill(0)
         _hybrid.hybrid_forward(*self._kernel_args(), self._nslots, batch, *self._layout(ops, one),
                                z, u)
         for term in ops.basis:
@@ -534,7 +567,8 @@ class HybridLinear:
                       Y[0, axis.features].reshape(axis.count, axis.n))
             else:
                 Yt = _gemm(axis.matrix, self._part(u, axis, batch, one),
-                           np.empty((axis.n, axis.count * batch), X2.dtype))
+                           _work("y", axis.n * axis.count * batch, X2.dtype)
+                           .reshape(axis.n, -1))
                 Y[:, axis.features] = Yt.reshape(axis.n, axis.count, batch).transpose(2, 1, 0) \
                     .reshape(batch, -1)
         if self.factors is not None:
@@ -542,6 +576,7 @@ class HybridLinear:
             Y += (X2 @ factor_in) @ factor_out.T
         if self.bias is not None:
             Y += self.bias
+        Y = Y[:rows]
         finite_output("forward", Y)
         return Y.reshape(X.shape[:-1] + (self.out_features,))
 
@@ -555,15 +590,15 @@ class HybridLinear:
     def _transformed_inputs(self, ops, X2):
         """Transform-domain values and basis projections of every block column, (flat)."""
         batch, one = X2.shape[0], X2.shape[0] == 1
-        z = np.empty(sum(a.count * a.width for a in ops.cols) * batch, X2.dtype)
+        z = _work("z", sum(a.count * a.width for a in ops.cols) * batch, X2.dtype)
         for axis in ops.cols:
             x = X2[:, axis.features]
             if one:
                 _gemm(x.reshape(axis.count, axis.n), axis.transposed, self._part(z, axis, 1, one))
             else:
-                columns = x.reshape(batch, axis.count, axis.n).transpose(2, 1, 0)
-                _gemm(axis.matrix, np.ascontiguousarray(columns.reshape(axis.n, -1)),
-                      self._part(z, axis, batch, one))
+                columns = _work("x", x.size, X2.dtype).reshape(axis.n, axis.count, batch)
+                np.copyto(columns, x.reshape(batch, axis.count, axis.n).transpose(2, 1, 0))
+                _gemm(axis.matrix, columns.reshape(axis.n, -1), self._part(z, axis, batch, one))
         return z
 
     def _basis_sums(self, term, ops, z, u, batch, dtype):

@@ -51,6 +51,19 @@ def test_forward_with_a_two_wide_edge_column_equals_the_dense_product(batch):
     assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 1e-4     # float32 sums
 
 
+@pytest.mark.parametrize("batch", [8, 64])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_batches_whose_work_rows_alias_equal_the_dense_product(batch, dtype):
+    # 4 block columns x batch x itemsize is a multiple of 1 KiB: the forward pads the batch
+    layer = layer_for((256, 256), (64, 64))
+    X = np.random.default_rng(3).standard_normal((batch, 256)).astype(dtype)
+    Y = layer.forward(X)
+    assert Y.shape == (batch, 256) and Y.dtype == dtype and Y.flags.c_contiguous
+    dense = layer.to_dense().astype(np.float64)
+    assert rel_err(Y, X @ dense.T + layer.bias) <= 2e-5
+    np.testing.assert_allclose(Y[3], layer.forward(X[3]), rtol=1e-5, atol=1e-6)
+
+
 def test_batch_of_one_equals_vector():
     layer = layer_for((100, 70), (16, 16))
     x = np.random.default_rng(2).standard_normal(70)
@@ -146,11 +159,13 @@ def test_results_do_not_depend_on_the_thread_count(threads):
 
 
 def test_concurrent_calls_from_python_threads(concurrently):
+    # different inputs per thread: each thread's work arrays must be its own
     layer = layer_for((100, 70), (16, 16))
-    X = np.random.default_rng(7).standard_normal((5, 70))
-    expected = layer.forward(X)
-    for out in concurrently(lambda k: layer.forward(X), 6):
-        np.testing.assert_array_equal(out, expected)
+    X = np.random.default_rng(7).standard_normal((6, 20, 70))
+    expected = [layer.forward(x) for x in X]
+    for k, out in enumerate(concurrently(lambda k: [layer.forward(X[k]) for _ in range(20)], 6)):
+        for each in out:
+            np.testing.assert_array_equal(each, expected[k])
 
 
 def test_parallel_one_vector_products_from_threads_and_forked_children(threads, concurrently):
