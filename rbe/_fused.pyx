@@ -16,7 +16,7 @@ from rbe._core cimport _check_kernel_choice, _shape_tables, _threads
 from rbe._kernels cimport (
     RBE_FUSED_ABS, RBE_FUSED_CLASS, RBE_FUSED_CUR, RBE_FUSED_DR, RBE_FUSED_DTH, RBE_FUSED_GW,
     RBE_FUSED_NEG, RBE_FUSED_NSTATS, RBE_FUSED_POS, rbe_fused_ops, rbe_fused_select,
-    rbe_fused_vec_scratch_floats, rbe_kernel_init, rbe_tables,
+    rbe_fused_vec_scratch_floats, rbe_kernel_init, rbe_tables, rbe_team_claim, rbe_team_release,
 )
 
 rbe_kernel_init()   # this module's copy of the approximation tables
@@ -49,6 +49,19 @@ cdef int _fused_threads(Py_ssize_t items, Py_ssize_t weights) noexcept nogil:
     cdef Py_ssize_t n = min(<Py_ssize_t>_threads(), items,
                             max(<Py_ssize_t>1, weights // _FUSED_MIN_WORK_PER_THREAD))
     return <int>max(n, <Py_ssize_t>1)
+
+
+cdef int _team(int threads) noexcept nogil:
+    """``threads`` if this call gets the seed-layer team (end it with _end_team), else 1: while
+    another Python thread's product runs its team, this one computes on its own thread."""
+    if threads > 1 and rbe_team_claim():
+        return threads
+    return 1
+
+
+cdef void _end_team(int team) noexcept nogil:
+    if team > 1:
+        rbe_team_release()
 
 
 cdef rbe_fused_ops _fused_ops(int simd, int family) except *:
@@ -109,18 +122,20 @@ def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], kp = xp.shape[0], bi
     cdef Py_ssize_t gw = 4 * t.g
-    cdef int threads = _fused_threads(gr, m * kp), tid
+    cdef int threads = _fused_threads(gr, m * kp), team, tid
     cdef float[::1] xpr = _block_reversed(xp, gw)
     # per thread: 8 lanes per row, then 2g floats for the anti-transposed sums of fused.h
     cdef float[:, ::1] acc = np.empty((threads, 8 * t.h + 2 * t.g), np.float32)
     cdef float[:, ::1] xs = np.empty((threads, 2 * kp), np.float32)
     with nogil:
-        for bi in prange(gr, schedule="dynamic", num_threads=threads):
+        team = _team(threads)
+        for bi in prange(gr, schedule="dynamic", num_threads=team):
             tid = threadid()
             _scaled_row(&xp[0], &scale[bi, 0], gc, gw, &xs[tid, 0])
             _scaled_row(&xpr[0], &scale[bi, 0], gc, gw, &xs[tid, kp])
             ops.gemv(&hi[bi, 0], <int>gc, &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h),
                      &xs[tid, 0], &xs[tid, kp], &y[bi * t.h], &acc[tid, 0])
+        _end_team(team)
 
 
 def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
@@ -138,10 +153,11 @@ def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[1], bi
     cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], rows, tid, i
-    cdef int threads = _fused_threads(gr, m * kp * <Py_ssize_t>batch)
+    cdef int threads = _fused_threads(gr, m * kp * <Py_ssize_t>batch), team
     cdef float[:, ::1] panel = np.empty((threads, t.h * <Py_ssize_t>kp), np.float32)
     with nogil:
-        for bi in prange(gr, schedule="dynamic", num_threads=threads):
+        team = _team(threads)
+        for bi in prange(gr, schedule="dynamic", num_threads=team):
             tid = threadid()
             rows = <int>min(<Py_ssize_t>t.h, m - bi * t.h)
             ops.panel(&hi[bi, 0], <int>gc, &t, rows, &panel[tid, 0], kp)
@@ -151,6 +167,7 @@ def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
             # column-major: Y^T[rows x batch] = panel^T^T . Xp^T
             _gemm(b'T', b'N', rows, batch, kp, 1.0, &panel[tid, 0], kp, &xp[0, 0], kp, 0.0,
                   &y[0, bi * t.h], <int>m)
+        _end_team(team)
 
 
 def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
@@ -180,7 +197,7 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
     _check_block_array(offset, hi, "offset")
     cdef rbe_fused_ops ops = _fused_ops(simd, family)
     cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], gw = 4 * t.g, rows, tid, k
-    cdef int threads = _fused_threads(gc, m * kp * <Py_ssize_t>batch)
+    cdef int threads = _fused_threads(gc, m * kp * <Py_ssize_t>batch), team
     cdef float[::1] xpr
     cdef float[:, ::1] scratch, dx_block
     if batch == 1:
@@ -188,7 +205,8 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
         scratch = np.empty((threads, rbe_fused_vec_scratch_floats(&t)), np.float32)
         dx_block = np.empty((threads, gw), np.float32)
         with nogil:
-            for bj in prange(gc, schedule="dynamic", num_threads=threads):
+            team = _team(threads)
+            for bj in prange(gc, schedule="dynamic", num_threads=team):
                 tid = threadid()
                 dxp[0, bj * gw:(bj + 1) * gw] = 0.0
                 for bi in range(gr):
@@ -200,10 +218,12 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                                      offset[bi, bj], &stats[bi, bj, 0])
                     for k in range(gw):
                         dxp[0, bj * gw + k] += scale[bi, bj] * dx_block[tid, k]
+            _end_team(team)
         return
     cdef float[:, :, ::1] tiles = np.empty((threads, 2, t.h * <Py_ssize_t>gw), np.float32)
     with nogil:
-        for bj in prange(gc, schedule="dynamic", num_threads=threads):
+        team = _team(threads)
+        for bj in prange(gc, schedule="dynamic", num_threads=team):
             tid = threadid()
             for bi in range(gr):
                 rows = <int>min(<Py_ssize_t>t.h, m - bi * t.h)
@@ -216,6 +236,7 @@ def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
                 _gemm(b'N', b'N', gw, batch, rows, scale[bi, bj], &tiles[tid, 1, 0], gw,
                       &dy[0, bi * t.h],
                       <int>m, 0.0 if bi == 0 else 1.0, &dxp[0, bj * gw], kp)
+        _end_team(team)
 
 
 cdef void _check_grouping(const float[:, ::1] x, const Py_ssize_t[::1] source,

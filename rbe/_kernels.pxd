@@ -77,3 +77,5 @@ cdef extern from "rbe/threads.h" nogil:
     int rbe_thread_limit()
     int rbe_get_local_threads()
     void rbe_set_local_threads(int n)
+    int rbe_team_claim()
+    void rbe_team_release()

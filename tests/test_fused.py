@@ -94,6 +94,21 @@ def test_concurrent_calls_from_python_threads():
     assert [lib["num_threads"] for lib in threadpoolctl.threadpool_info()] == before
 
 
+def test_products_that_start_teams_from_several_python_threads(threads, concurrently):
+    # 512 x 512 x batch 32 is enough work for a two-thread team; of the threads starting one
+    # at once, one gets it and the others compute on their own thread, with the same results
+    layer = make_layer(512, 512)
+    X = np.stack([inputs(512, 32, seed=k) for k in range(6)])
+    dY = np.stack([inputs(512, 32, seed=10 + k) for k in range(6)])
+    threads(1)
+    expected = [(layer.forward(X[k]), layer.backward(X[k], dY[k])) for k in range(6)]
+    threads(2)
+    for k, (Y, dX) in enumerate(concurrently(
+            lambda k: (layer.forward(X[k]), layer.backward(X[k], dY[k])), 6)):
+        np.testing.assert_array_equal(Y, expected[k][0])
+        np.testing.assert_allclose(dX, expected[k][1], rtol=0, atol=1e-5)
+
+
 def test_blas_thread_limit_is_restored():
     before = [lib["num_threads"] for lib in threadpoolctl.threadpool_info()]
     layer = make_layer(200, 130)

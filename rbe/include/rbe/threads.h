@@ -18,4 +18,11 @@ static inline int rbe_thread_limit(void) { return 1 << 30; }
 int rbe_get_local_threads(void);
 void rbe_set_local_threads(int n);
 
+/* One seed-layer team at a time: rbe_team_claim() returns 1 if the caller may start a team
+ * (and must then call rbe_team_release() after it), 0 if another thread's team is running, in
+ * which case the caller computes on its own thread. Several Python threads each starting a team
+ * would put threads x teams spinning OpenMP threads on the cores. */
+int rbe_team_claim(void);
+void rbe_team_release(void);
+
 #endif
