@@ -1,4 +1,4 @@
-"""Argument limits and bad inputs (issue 11): every size and thread count is bounded with a
+"""Argument limits and bad inputs: every size and thread count is bounded with a
 ValueError naming the argument and the limit before anything is allocated; non-finite or
 overflowing inputs and results raise ValueError."""
 import math
