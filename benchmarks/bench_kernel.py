@@ -18,7 +18,8 @@ import numpy as np
 
 import rbe
 from rbe import kernel
-from timing import interleaved_medians, print_table
+from rbe._tables import print_table
+from timing import interleaved_medians
 
 SHAPE = (64, 64)
 

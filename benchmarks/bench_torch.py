@@ -17,7 +17,8 @@ import torch
 
 import rbe
 import rbe.torch as rt
-from timing import interleaved_medians, print_table
+from rbe._tables import print_table
+from timing import interleaved_medians
 
 SIZE = 1024
 

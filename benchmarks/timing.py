@@ -50,14 +50,3 @@ def interleaved_medians(cases: dict[str, Callable[[], object]], rounds: int = 7,
         for name, fn in cases.items():
             times[name].append(_sample(fn, steady))
     return {name: float(np.median(t)) for name, t in times.items()}
-
-
-def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
-    """Print rows as an aligned plain-text table."""
-    cells = [tuple(str(c) for c in header)] + [tuple(str(c) for c in row) for row in rows]
-    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
-    for n, row in enumerate(cells):
-        padded = (c.rjust(w) if k else c.ljust(w) for k, (c, w) in enumerate(zip(row, widths)))
-        print("  ".join(padded))
-        if n == 0:
-            print("  ".join("-" * w for w in widths))

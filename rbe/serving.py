@@ -35,6 +35,8 @@ from typing import Callable
 
 import numpy as np
 
+from ._tables import print_table
+
 SIZES = (4096, 8192)
 LAYER_KINDS = ("float32", "int8", "hybrid", "fused")
 MODEL_WIDTH, MODEL_DEPTH, MODEL_BATCHES = 1024, 6, (1, 32)
@@ -222,16 +224,6 @@ def _in_process(spec: dict) -> dict:
 
 # -- report ---------------------------------------------------------------------------------
 
-def _table(header, rows, log):
-    cells = [tuple(header)] + [tuple(str(c) for c in row) for row in rows]
-    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
-    for n, row in enumerate(cells):
-        log("  ".join(c.rjust(w) if k else c.ljust(w) for k, (c, w) in
-                      enumerate(zip(row, widths))))
-        if n == 0:
-            log("  ".join("-" * w for w in widths))
-
-
 def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
@@ -261,7 +253,7 @@ def run(quick: bool = False, threads: int | None = None,
     rows = [[kind] + [_ms(layers[kind][k]) for k in keys] for kind in LAYER_KINDS]
     rows += [[f"{kind} vs int8"] + [f"{layers['int8'][k] / layers[kind][k]:.2f}x"
                                     for k in keys] for kind in ("hybrid", "fused")]
-    _table(header, rows, log)
+    print_table(header, rows, log)
 
     serving = {kind: _in_process({"task": "serving", "kind": kind, "calls": calls,
                                   "threads": threads})
@@ -278,7 +270,7 @@ def run(quick: bool = False, threads: int | None = None,
                          _ms(r["after sgemm"]["p50"]), _ms(r["after sgemm"]["p99"]),
                          _ms(r["threads"]["p50"]), _ms(r["threads"]["p99"]),
                          f"{r['threads']['throughput']:.0f}"])
-    _table(header, rows, log)
+    print_table(header, rows, log)
     for batch in MODEL_BATCHES:
         base = serving["int8"][f"model/{batch}"]["alone"]["p50"]
         log(f"  batch {batch}: " + ", ".join(
@@ -294,7 +286,7 @@ def run(quick: bool = False, threads: int | None = None,
         rows.append([kind, _ms(r["alone"]["p50"]), _ms(r["alone"]["p99"]),
                      _ms(r["after sgemm"]["p50"]), _ms(r["after sgemm"]["p99"]),
                      f"{r['after sgemm']['p99'] / r['alone']['p50']:.2f}"])
-    _table(header, rows, log)
+    print_table(header, rows, log)
     return {"layers": layers, "serving": serving}
 
 
