@@ -56,6 +56,14 @@ _LOW_PRECISION = (torch.bfloat16, torch.float16)
 _EARLIER_NAMES = {"fused_linear": {"lo"}}
 
 
+def _check_kind(kind: str, hybrid_options: dict) -> None:
+    """``kind`` is one of KINDS, and options of HybridLinear come only with kind "hybrid"."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind != "hybrid" and hybrid_options:
+        raise ValueError(f"options {sorted(hybrid_options)} apply to kind='hybrid' only")
+
+
 def _kind_name(layer) -> str:
     """The rbe.io entry kind of a layer ("hybrid_linear", "fused_linear")."""
     for name, cls in layer_kinds().items():
@@ -394,15 +402,12 @@ class RBELinear(nn.Module):
                  block=(64, 64), k: int | None = None, transform: str = "dct",
                  bias: bool = True, seed: int | None = None, **hybrid_options):
         super().__init__()
+        _check_kind(kind, hybrid_options)
         if kind == "hybrid":
             layer = HybridLinear(in_features, out_features, block=block, k=k,
                                  transform=transform, bias=bias, seed=seed, **hybrid_options)
-        elif hybrid_options:
-            raise ValueError(f"options {sorted(hybrid_options)} apply to kind='hybrid' only")
-        elif kind == "fused":
-            layer = FusedLinear(in_features, out_features, block=block, bias=bias, seed=seed)
         else:
-            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+            layer = FusedLinear(in_features, out_features, block=block, bias=bias, seed=seed)
         self._init_binding()
         self._attach(layer)
 
@@ -665,10 +670,7 @@ def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int | No
     -------
     The model (or the replacement of a bare ``nn.Linear``).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind != "hybrid" and hybrid_options:
-        raise ValueError(f"options {sorted(hybrid_options)} apply to kind='hybrid' only")
+    _check_kind(kind, hybrid_options)
 
     def accepts(name, m):
         return isinstance(m, nn.Linear) and (filter is None or filter(name, m))
