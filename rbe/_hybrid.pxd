@@ -1,10 +1,11 @@
 # Declarations of rbe/include/rbe/hybrid.h (the sparse products of hybrid blocks), pool.h
 # (the helper pool) and their selection in dispatch.h.
-from libc.stdint cimport int64_t, uint8_t, uint16_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 cdef extern from "rbe/pool.h":
     ctypedef void (*rbe_item_fn)(void *ctx, int64_t item) noexcept nogil
-    void rbe_parallel_for(int64_t n, int count, rbe_item_fn fn, void *ctx) nogil
+    void rbe_parallel_phases(int64_t n_first, rbe_item_fn first, int64_t n_second,
+                             rbe_item_fn second, int threads, void *ctx) nogil
 
 cdef extern from "rbe/hybrid.h":
     ctypedef struct rbe_hybrid_grid:
@@ -14,25 +15,60 @@ cdef extern from "rbe/hybrid.h":
         const int64_t *offsets
         const uint16_t *index
         const float *values
-    ctypedef struct rbe_hybrid_layout:
-        const int64_t *z_base
-        const int64_t *z_step
-        const int64_t *u_base
-        const int64_t *u_step
-    ctypedef void (*rbe_hybrid_forward_f32_fn)(const rbe_hybrid_grid *g,
-                                               const rbe_hybrid_layout *l, const float *z,
-                                               float *u, int64_t bi) noexcept nogil
-    ctypedef void (*rbe_hybrid_forward_f64_fn)(const rbe_hybrid_grid *g,
-                                               const rbe_hybrid_layout *l, const double *z,
-                                               double *u, int64_t bi) noexcept nogil
+    ctypedef void rbe_sgemm_fn(char *ta, char *tb, int *m, int *n, int *k, float *alpha,
+                               float *a, int *lda, float *b, int *ldb, float *beta, float *c,
+                               int *ldc) noexcept nogil
+    ctypedef void rbe_dgemm_fn(char *ta, char *tb, int *m, int *n, int *k, double *alpha,
+                               double *a, int *lda, double *b, int *ldb, double *beta,
+                               double *c, int *ldc) noexcept nogil
+    ctypedef struct rbe_hybrid_plan:
+        int64_t in_features, out_features, z_rows, u_rows, ncols, nrows
+        const int64_t *col_x0
+        const int64_t *col_z0
+        const int64_t *col_class
+        const int64_t *col_n
+        const int64_t *col_zw
+        const void *const *col_matrix
+        const int64_t *row_y0
+        const int64_t *row_u0
+        const int64_t *row_class
+        const int64_t *row_h
+        const int64_t *row_uw
+        const int64_t *row_sparse
+        const void *const *row_matrix
+        const int64_t *rowptr
+        const uint32_t *src
+        const uint32_t *zrow
+        const int64_t *row_terms
+        const int64_t *term_col
+        const int64_t *term_count
+        const int64_t *term_proj
+        const int64_t *term_rank
+        const int64_t *term_sums
+    ctypedef void (*rbe_hybrid_rows_f32_fn)(const rbe_hybrid_plan *p, const float *values,
+                                            const float *z, float *u, int64_t batch,
+                                            int64_t q0, int64_t q1) noexcept nogil
+    ctypedef void (*rbe_hybrid_rows_f64_fn)(const rbe_hybrid_plan *p, const float *values,
+                                            const double *z, double *u, int64_t batch,
+                                            int64_t q0, int64_t q1) noexcept nogil
     ctypedef struct rbe_hybrid_forward_job:
-        const rbe_hybrid_grid *g
-        const rbe_hybrid_layout *l
-        const void *z
+        const rbe_hybrid_plan *plan
+        int64_t batch
+        const int64_t *col_runs
+        const int64_t *row_runs
+        const float *values
+        const float *bias
+        const void *coef
+        const void *x
+        void *z
         void *u
-        rbe_hybrid_forward_f32_fn f32
-        rbe_hybrid_forward_f64_fn f64
-    void rbe_hybrid_forward_item(void *ctx, int64_t bi) nogil
+        void *y
+        rbe_sgemm_fn *sgemm
+        rbe_dgemm_fn *dgemm
+        rbe_hybrid_rows_f32_fn rows_f32
+        rbe_hybrid_rows_f64_fn rows_f64
+    void rbe_hybrid_columns_item(void *ctx, int64_t item) nogil
+    void rbe_hybrid_rows_item(void *ctx, int64_t item) nogil
     uint64_t rbe_hybrid_magic(int64_t w) nogil
     void rbe_hybrid_cols_backward_f32(const rbe_hybrid_grid *g, const float *a, float *dz,
                                       int64_t bj) nogil
@@ -44,8 +80,8 @@ cdef extern from "rbe/hybrid.h":
                                     double *grad, int64_t bi) nogil
 
 cdef extern from "rbe/dispatch.h":
-    ctypedef struct rbe_hybrid_forward_ops:
-        rbe_hybrid_forward_f32_fn f32
-        rbe_hybrid_forward_f64_fn f64
-    rbe_hybrid_forward_ops rbe_hybrid_select(int simd) nogil
+    ctypedef struct rbe_hybrid_rows_ops:
+        rbe_hybrid_rows_f32_fn f32
+        rbe_hybrid_rows_f64_fn f64
+    rbe_hybrid_rows_ops rbe_hybrid_select(int simd) nogil
     int rbe_kernel_init() nogil

@@ -1,14 +1,18 @@
 # cython: language_level=3
 """Typed wrappers of rbe/include/rbe/hybrid.h, used by rbe.hybrid.
 
-Every wrapper checks the array sizes against the grid before any pointer is used; the kernels
-themselves skip out-of-block indices and unknown slots, so no input reaches memory outside the
-arrays. Loops run without the GIL, one block row (or column) per iteration, so each thread owns
-its outputs and results do not depend on the thread count.
+Every wrapper checks the array sizes against the grid before any pointer is used; the backward
+kernels themselves skip out-of-block indices and unknown slots, and a ForwardPlan checks every
+index it holds when it is built, so no input reaches memory outside the arrays. Loops run
+without the GIL, one block row (or column) per iteration, so each thread owns its outputs and
+results do not depend on the thread count.
 """
+cimport cython
 from cython.parallel cimport prange
-from libc.stdint cimport int64_t, uint8_t, uint16_t
-from scipy.linalg.cython_blas cimport sgemm as _blas_sgemm
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uintptr_t
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+import numpy as np
 
 from rbe._core cimport _threads
 
@@ -54,13 +58,10 @@ cdef rbe_hybrid_grid _hybrid_grid(shape, block, const uint8_t[::1] slot,
     return g
 
 
-# Below this many multiply-adds (entries x batch) a product runs on the calling thread: waking
-# a helper costs more than it saves. The forward product runs on rbe_parallel_for (pool.h),
-# which never waits for a helper that has not started, so its threshold is low. The backward
-# products use OpenMP teams right after multi-threaded BLAS calls, whose threads keep spinning
-# for a while and hold the cores the team needs: they start one only for work that outlasts
-# that contention.
-cdef int64_t _HYBRID_FORWARD_PARALLEL_MIN = 1 << 16
+# Below this many multiply-adds (entries x batch) a backward product runs on the calling
+# thread. The backward products use OpenMP teams right after multi-threaded BLAS calls, whose
+# threads keep spinning for a while and hold the cores the team needs: they start one only for
+# work that outlasts that contention.
 cdef int64_t _HYBRID_BACKWARD_PARALLEL_MIN = 1 << 26
 cdef int _HYBRID_SIMD = rbe_kernel_init()   # the best SIMD path of this CPU
 
@@ -75,52 +76,6 @@ cdef inline int _hybrid_threads(const rbe_hybrid_grid *g, int64_t items,
 cdef _check_shape(name, tuple actual, tuple expected):
     if actual != expected:
         raise ValueError(f"{name} must have shape {expected}, got {actual}")
-
-
-cdef void _check_layout(const int64_t[::1] base, const int64_t[::1] step, int64_t count,
-                        int64_t full, int64_t last, int64_t nslots, int64_t batch,
-                        int64_t size, str name) except *:
-    """Every row of ``batch`` elements that a block column (row) of ``full`` features (the last
-    one ``last``) addresses, base + (features * nslots - 1) * step, lies in the array."""
-    if base.shape[0] != count or step.shape[0] != count:
-        raise ValueError(f"{name} layout must have {count} entries")
-    cdef int64_t k, n, rows = size // batch
-    for k in range(count):
-        n = (last if k == count - 1 else full) * nslots
-        if base[k] < 0 or step[k] < 0 or base[k] >= rows \
-                or (step[k] > 0 and n - 1 > (rows - 1 - base[k]) // step[k]):
-            raise ValueError(f"{name} layout entry {k} addresses elements outside the array")
-
-
-def hybrid_forward(shape, block, const uint8_t[::1] slot, const int64_t[::1] offsets,
-                   const uint16_t[::1] index, const float[::1] values, int64_t nslots,
-                   int64_t batch, const int64_t[::1] z_base, const int64_t[::1] z_step,
-                   const int64_t[::1] u_base, const int64_t[::1] u_step, const real[::1] z,
-                   real[::1] u):
-    """u += S z for every block, z and u flat arrays in the layout of rbe_hybrid_layout: the
-    element (c, t, i) of block column bj is z[(z_base[bj] + (c * nslots + t) * z_step[bj]) *
-    batch + i], likewise u by block row. Block rows must not share elements of u."""
-    cdef rbe_hybrid_grid g = _hybrid_grid(shape, block, slot, offsets, index, values, nslots,
-                                          batch)
-    _check_layout(z_base, z_step, g.grid_cols, g.bw, g.cols - (g.grid_cols - 1) * g.bw,
-                  nslots, batch, z.shape[0], "z")
-    _check_layout(u_base, u_step, g.grid_rows, g.bh, g.rows - (g.grid_rows - 1) * g.bh,
-                  nslots, batch, u.shape[0], "u")
-    cdef rbe_hybrid_layout l
-    l.z_base, l.z_step, l.u_base, l.u_step = &z_base[0], &z_step[0], &u_base[0], &u_step[0]
-    cdef rbe_hybrid_forward_job job
-    job.g, job.l, job.f32, job.f64 = &g, &l, NULL, NULL
-    if real is float:
-        job.f32 = rbe_hybrid_select(_HYBRID_SIMD).f32
-    else:
-        job.f64 = rbe_hybrid_select(_HYBRID_SIMD).f64
-    job.z, job.u = &z[0], &u[0]
-    if index.shape[0] == 0:
-        return
-    with nogil:
-        rbe_parallel_for(g.grid_rows, _hybrid_threads(&g, g.grid_rows,
-                                                      _HYBRID_FORWARD_PARALLEL_MIN),
-                         rbe_hybrid_forward_item, &job)
 
 
 def hybrid_cols_backward(shape, block, const uint8_t[::1] slot,
@@ -167,48 +122,263 @@ def hybrid_value_grads(shape, block, const uint8_t[::1] slot, const int64_t[::1]
                 rbe_hybrid_value_grads_f64(&g, &a[0, 0, 0], &z[0, 0, 0], &grad[0], bi)
 
 
-ctypedef struct _gemm_job:
-    const float *a
-    const float *b
-    float *c
-    int m, n, k, piece
+# Below this many multiply-adds per forward product it runs on the calling thread: waking a
+# helper costs more than it saves. rbe_parallel_for (pool.h) never waits for a helper that has
+# not started, so the threshold is low.
+cdef int64_t _HYBRID_FORWARD_PARALLEL_MIN = 1 << 21
+cdef int64_t _BLAS_INT_MAX = 2147483647
 
 
-cdef void _gemm_item(void *ctx, int64_t item) noexcept nogil:
-    """Columns item * piece .. of C = A B (row-major), as column-major C^T = B^T A^T."""
-    cdef _gemm_job *job = <_gemm_job *>ctx
-    cdef int j0 = <int>item * job.piece
-    cdef int cols = min(job.piece, job.n - j0)
-    cdef float one = 1.0, zero = 0.0
-    cdef char no = b'N'
-    _blas_sgemm(&no, &no, &cols, &job.m, &job.k, &one, <float *>job.b + j0, &job.n,
-                <float *>job.a, &job.k, &zero, job.c + j0, &job.n)
+cdef _int64s(name, values, int64_t count):
+    """A private int64 copy of ``values`` with ``count`` entries."""
+    array = np.array(values, dtype=np.int64).ravel()
+    if array.shape[0] != count:
+        raise ValueError(f"{name} must have {count} entries, got {array.shape[0]}")
+    array.flags.writeable = False
+    return array
 
 
-# Multiply-adds per piece of pooled_gemm: OpenBLAS runs a product this small on the calling
-# thread, so every piece stays on the thread that claimed it.
-cdef int64_t _GEMM_PIECE_WORK = 1 << 18
+cdef _classes(name, values, int64_t count, int64_t nclasses):
+    """_int64s of at least one class number below ``nclasses``."""
+    array = _int64s(name, values, count)
+    if count == 0 or array.min() < 0 or array.max() >= nclasses:
+        raise ValueError(f"{name} must name classes 0 .. {nclasses - 1} of at least one block")
+    return array
 
 
-def pooled_gemm(const float[:, ::1] a, const float[:, ::1] b, float[:, ::1] c):
-    """c = a @ b in pieces of columns on the calling thread and the helper pool (pool.h), each
-    piece a BLAS call small enough to stay on its thread: no BLAS threads are woken, and a
-    helper that cannot start in time leaves its pieces to the others."""
-    cdef int64_t m = a.shape[0], k = a.shape[1], n = b.shape[1]
-    if b.shape[0] != k or c.shape[0] != m or c.shape[1] != n:
-        raise ValueError(f"shapes {(m, k)} @ {(b.shape[0], n)} -> {(c.shape[0], c.shape[1])} "
-                         "do not match")
-    if max(m, k, n) > 2147483647:
-        raise ValueError("matrix too large for the BLAS index type")
-    if m == 0 or n == 0:
-        return
-    if k == 0:
-        c[:, :] = 0
-        return
-    cdef _gemm_job job
-    job.a, job.b, job.c = &a[0, 0], &b[0, 0], &c[0, 0]
-    job.m, job.n, job.k = <int>m, <int>n, <int>k
-    job.piece = <int>max(1, min(n, _GEMM_PIECE_WORK // (m * k)))
-    cdef int64_t pieces = (n + job.piece - 1) // job.piece
-    with nogil:
-        rbe_parallel_for(pieces, <int>min(<int64_t>_threads(), pieces), _gemm_item, &job)
+cdef _matrices(name, matrices, dtype):
+    """Private C-contiguous copies of the class matrices, and their shapes."""
+    copies = [np.array(m, dtype=dtype, order="C") for m in matrices]
+    if not copies or any(m.ndim != 2 or m.size == 0 for m in copies):
+        raise ValueError(f"{name} must be non-empty 2-d matrices")
+    if any(max(m.shape) > _BLAS_INT_MAX for m in copies):
+        raise ValueError(f"{name} are too large for the BLAS index type")
+    for m in copies:
+        m.flags.writeable = False
+    return copies, _int64s(name, [m.shape[0] for m in copies], len(copies)), \
+        _int64s(name, [m.shape[1] for m in copies], len(copies))
+
+
+cdef void _check_runs(name, const int64_t[::1] runs, const int64_t[::1] cls,
+                      const int64_t[::1] start, const int64_t[::1] step_start,
+                      const int64_t[::1] first, const int64_t[::1] step_first,
+                      int64_t count) except *:
+    """Runs from 0 to count, each of one class and consecutive in both arrays it addresses
+    (start + step_start[class], first + step_first[class])."""
+    if runs.shape[0] < 2 or runs[0] != 0 or runs[runs.shape[0] - 1] != count:
+        raise ValueError(f"{name} must run from 0 to {count}")
+    cdef int64_t t, j, c
+    for t in range(runs.shape[0] - 1):
+        if runs[t + 1] <= runs[t]:
+            raise ValueError(f"{name} must increase")
+        for j in range(runs[t] + 1, runs[t + 1]):
+            c = cls[j - 1]
+            if cls[j] != c or start[j] != start[j - 1] + step_start[c] \
+                    or first[j] != first[j - 1] + step_first[c]:
+                raise ValueError(f"{name} entry {t} is not one class of consecutive blocks")
+
+
+cdef void _check_axis(name, const int64_t[::1] cls, const int64_t[::1] start,
+                      const int64_t[::1] length, int64_t features, const int64_t[::1] first,
+                      const int64_t[::1] rows, int64_t total_rows) except *:
+    """Every block column (row) addresses features start .. start + length
+    and work rows first .. first + rows, both increasing without overlap."""
+    cdef int64_t j, c, previous_end = 0, previous_rows = 0
+    for j in range(cls.shape[0]):
+        c = cls[j]
+        if start[j] < previous_end or first[j] < previous_rows:
+            raise ValueError(f"{name} {j} overlaps the one before")
+        previous_end, previous_rows = start[j] + length[c], first[j] + rows[c]
+        if previous_end > features or previous_rows > total_rows:
+            raise ValueError(f"{name} {j} addresses elements outside the arrays")
+
+
+@cython.auto_pickle(False)      # it holds pointers into its own arrays
+cdef class ForwardPlan:
+    """The forward product y = W x + b of a hybrid layer (rbe_hybrid_plan in hybrid.h), with
+    its operators and indices: rbe.hybrid builds one per layer and dtype. Every index is
+    checked here, against the plan's own sizes, so ``forward`` needs only check the sizes of
+    the arrays it is given; the plan keeps private read-only copies of what it is built from.
+    """
+    cdef rbe_hybrid_plan plan
+    cdef object _keep
+    cdef object _col_pointers, _row_pointers
+    cdef const int64_t[::1] _one_col_runs, _one_row_runs, _col_items, _row_items
+    cdef readonly object dtype
+    cdef readonly int64_t z_rows, u_rows, n_values, n_coef, work
+
+    def __init__(self, int64_t in_features, int64_t out_features, dtype, *, col_x0, col_z0,
+                 col_class, col_matrices, row_y0, row_u0, row_class, row_matrices, rowptr,
+                 row_sparse, src, zrow, int64_t n_values, row_terms, term_col, term_count,
+                 term_proj, term_rank, term_sums, int64_t n_coef, col_runs, row_runs):
+        self.dtype = np.dtype(dtype)
+        if self.dtype not in (np.float32, np.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype}")
+        if not 0 < in_features <= _BLAS_INT_MAX or not 0 < out_features <= _BLAS_INT_MAX:
+            raise ValueError(f"bad layer shape ({out_features}, {in_features})")
+        if n_values < 0 or n_values > 4294967295 or n_coef < 0:
+            raise ValueError("bad numbers of values or coefficients")
+        col_m, col_zw, col_n = _matrices("column matrices", col_matrices, self.dtype)
+        row_m, row_h, row_uw = _matrices("row matrices", row_matrices, self.dtype)
+        ncols, nrows = np.asarray(col_class).size, np.asarray(row_class).size
+        arrays = {
+            "col_x0": _int64s("col_x0", col_x0, ncols), "col_z0": _int64s("col_z0", col_z0, ncols),
+            "col_class": _classes("col_class", col_class, ncols, len(col_m)),
+            "row_y0": _int64s("row_y0", row_y0, nrows), "row_u0": _int64s("row_u0", row_u0, nrows),
+            "row_class": _classes("row_class", row_class, nrows, len(row_m)),
+            "col_n": col_n, "col_zw": col_zw, "row_h": row_h, "row_uw": row_uw,
+            "row_sparse": _int64s("row_sparse", row_sparse, len(row_m)),
+            "row_terms": _int64s("row_terms", row_terms, nrows + 1),
+        }
+        nterms = arrays["row_terms"][nrows]
+        for name, values in (("term_col", term_col), ("term_count", term_count),
+                             ("term_proj", term_proj), ("term_rank", term_rank),
+                             ("term_sums", term_sums)):
+            arrays[name] = _int64s(name, values, nterms)
+        self.z_rows = int(np.max(arrays["col_z0"] + col_zw[arrays["col_class"]], initial=0))
+        self.u_rows = int(np.max(arrays["row_u0"] + row_uw[arrays["row_class"]], initial=0))
+        arrays["rowptr"] = _int64s("rowptr", rowptr, self.u_rows + 1)
+        entries = arrays["rowptr"][self.u_rows]
+        arrays["src"] = np.array(src, dtype=np.uint32).ravel()
+        arrays["zrow"] = np.array(zrow, dtype=np.uint32).ravel()
+        for name in ("src", "zrow"):
+            if arrays[name].shape[0] != entries:
+                raise ValueError(f"{name} must have {entries} entries (rowptr's last)")
+            arrays[name].flags.writeable = False
+        self.n_values, self.n_coef = n_values, n_coef
+        self._keep = (arrays, col_m, row_m)
+        self._col_pointers = np.array([m.ctypes.data for m in col_m], np.uintp)
+        self._row_pointers = np.array([m.ctypes.data for m in row_m], np.uintp)
+        self._fill(arrays, ncols, nrows, in_features, out_features)
+        self._check(arrays)
+        self._one_col_runs = _int64s("col_runs", col_runs, np.asarray(col_runs).size)
+        self._one_row_runs = _int64s("row_runs", row_runs, np.asarray(row_runs).size)
+        self._col_items = np.arange(ncols + 1, dtype=np.int64)
+        self._row_items = np.arange(nrows + 1, dtype=np.int64)
+        for runs, name in ((self._one_col_runs, "col_runs"), (self._col_items, "columns")):
+            _check_runs(name, runs, arrays["col_class"], arrays["col_x0"], col_n,
+                        arrays["col_z0"], col_zw, ncols)
+        for runs, name in ((self._one_row_runs, "row_runs"), (self._row_items, "rows")):
+            _check_runs(name, runs, arrays["row_class"], arrays["row_y0"], row_h,
+                        arrays["row_u0"], row_uw, nrows)
+        self.work = int((col_zw * col_n)[arrays["col_class"]].sum()
+                        + (row_h * row_uw)[arrays["row_class"]].sum() + entries
+                        + 8 * (arrays["term_rank"] * arrays["term_count"]).sum())
+
+    cdef void _fill(self, dict arrays, int64_t ncols, int64_t nrows, int64_t in_features,
+                    int64_t out_features) except *:
+        cdef rbe_hybrid_plan *p = &self.plan
+        p.in_features, p.out_features = in_features, out_features
+        p.z_rows, p.u_rows, p.ncols, p.nrows = self.z_rows, self.u_rows, ncols, nrows
+        cdef const uintptr_t[::1] col_pointers = self._col_pointers
+        cdef const uintptr_t[::1] row_pointers = self._row_pointers
+        p.col_matrix = <const void *const *>&col_pointers[0]
+        p.row_matrix = <const void *const *>&row_pointers[0]
+        p.col_x0, p.col_z0, p.col_class = _data(arrays["col_x0"]), _data(arrays["col_z0"]), \
+            _data(arrays["col_class"])
+        p.col_n, p.col_zw = _data(arrays["col_n"]), _data(arrays["col_zw"])
+        p.row_y0, p.row_u0, p.row_class = _data(arrays["row_y0"]), _data(arrays["row_u0"]), \
+            _data(arrays["row_class"])
+        p.row_h, p.row_uw = _data(arrays["row_h"]), _data(arrays["row_uw"])
+        p.row_sparse = _data(arrays["row_sparse"])
+        p.rowptr, p.row_terms = _data(arrays["rowptr"]), _data(arrays["row_terms"])
+        p.term_col, p.term_count = _data(arrays["term_col"]), _data(arrays["term_count"])
+        p.term_proj, p.term_rank = _data(arrays["term_proj"]), _data(arrays["term_rank"])
+        p.term_sums = _data(arrays["term_sums"])
+        cdef const uint32_t[::1] src = arrays["src"], zrow = arrays["zrow"]
+        p.src = &src[0] if src.shape[0] else NULL
+        p.zrow = &zrow[0] if zrow.shape[0] else NULL
+
+    cdef void _check(self, dict arrays) except *:
+        cdef rbe_hybrid_plan *p = &self.plan
+        _check_axis("block column", arrays["col_class"], arrays["col_x0"], arrays["col_n"],
+                    p.in_features, arrays["col_z0"], arrays["col_zw"], p.z_rows)
+        _check_axis("block row", arrays["row_class"], arrays["row_y0"], arrays["row_h"],
+                    p.out_features, arrays["row_u0"], arrays["row_uw"], p.u_rows)
+        if ((arrays["row_sparse"] < 0) | (arrays["row_sparse"] > arrays["row_uw"])).any():
+            raise ValueError("row_sparse must be between 0 and the rows of each block row")
+        if p.z_rows > _BLAS_INT_MAX or p.u_rows > _BLAS_INT_MAX:
+            raise ValueError("work arrays too large for the BLAS index type")
+        cdef int64_t q, e, t, i
+        if p.rowptr[0] != 0:
+            raise ValueError("rowptr must start at 0")
+        for q in range(p.u_rows):
+            if p.rowptr[q + 1] < p.rowptr[q]:
+                raise ValueError("rowptr must be non-decreasing")
+        for e in range(p.rowptr[p.u_rows]):
+            if p.src[e] >= self.n_values or p.zrow[e] >= p.z_rows:
+                raise ValueError(f"entry {e} addresses a value or z row outside the arrays")
+        if p.row_terms[0] != 0:
+            raise ValueError("row_terms must start at 0")
+        for i in range(p.nrows):
+            if p.row_terms[i + 1] < p.row_terms[i]:
+                raise ValueError("row_terms must be non-decreasing")
+            for t in range(p.row_terms[i], p.row_terms[i + 1]):
+                self._check_term(i, t)
+
+    cdef void _check_term(self, int64_t i, int64_t t) except *:
+        """Basis term t of block row i: its block columns are one class, equally spaced in z;
+        its projections, sums and coefficients lie inside their arrays."""
+        cdef rbe_hybrid_plan *p = &self.plan
+        cdef int64_t j0 = p.term_col[t], count = p.term_count[t], rank = p.term_rank[t], j
+        if j0 < 0 or count < 0 or j0 + count > p.ncols or rank < 0 or p.term_proj[t] < 0 \
+                or p.term_sums[t] < 0:
+            raise ValueError(f"basis term {t} addresses blocks outside the grid")
+        cdef int64_t c = p.col_class[j0] if count else 0
+        for j in range(j0, j0 + count):
+            if p.col_class[j] != c or p.col_z0[j] != p.col_z0[j0] + (j - j0) * p.col_zw[c]:
+                raise ValueError(f"basis term {t} spans block columns of different layouts")
+        if count and p.term_proj[t] + rank > p.col_zw[c] \
+                or p.term_sums[t] + 8 * rank > p.row_uw[p.row_class[i]] \
+                or (i * p.ncols + j0 + count) * 8 > self.n_coef:
+            raise ValueError(f"basis term {t} addresses elements outside the arrays")
+
+    def forward(self, const float[::1] values, const real[::1] coef, const real[:, ::1] x,
+                real[:, ::1] y, real[::1] z, real[::1] u, bias=None):
+        """y = W x + b for the rows of x (batch, in_features) into y (batch, out_features);
+        z and u are work arrays of at least z_rows * batch and u_rows * batch elements."""
+        cdef int64_t nb = x.shape[0]
+        cdef bint single = real is float
+        if single != (self.dtype == np.float32):
+            raise ValueError(f"x must have the plan's dtype {self.dtype}")
+        if values.shape[0] != self.n_values or coef.shape[0] != self.n_coef:
+            raise ValueError(f"expected {self.n_values} values and {self.n_coef} coefficients, "
+                             f"got {values.shape[0]} and {coef.shape[0]}")
+        if x.shape[1] != self.plan.in_features or y.shape[0] != nb \
+                or y.shape[1] != self.plan.out_features:
+            raise ValueError(f"x {(x.shape[0], x.shape[1])} and y {(y.shape[0], y.shape[1])} "
+                             f"do not match the layer")
+        if nb < 1 or max(self.z_rows, self.u_rows, self.plan.out_features) * nb > _BLAS_INT_MAX:
+            raise ValueError(f"batch of {nb} is empty or too large for the BLAS index type")
+        if z.shape[0] < self.z_rows * nb or u.shape[0] < self.u_rows * nb:
+            raise ValueError("work arrays z and u are too small")
+        cdef const float[::1] b
+        cdef rbe_hybrid_forward_job job
+        job.bias = NULL
+        if bias is not None:
+            b = bias
+            if b.shape[0] != self.plan.out_features:
+                raise ValueError(f"bias must have {self.plan.out_features} entries")
+            job.bias = &b[0]
+        job.plan, job.batch = &self.plan, nb
+        job.values = &values[0] if values.shape[0] else NULL
+        job.coef = &coef[0] if coef.shape[0] else NULL
+        job.x, job.y, job.z, job.u = &x[0, 0], &y[0, 0], &z[0], &u[0]
+        job.sgemm, job.dgemm, job.rows_f32, job.rows_f64 = NULL, NULL, NULL, NULL
+        if real is float:
+            job.sgemm, job.rows_f32 = sgemm, rbe_hybrid_select(_HYBRID_SIMD).f32
+        else:
+            job.dgemm, job.rows_f64 = dgemm, rbe_hybrid_select(_HYBRID_SIMD).f64
+        cdef const int64_t[::1] cols = self._one_col_runs if nb == 1 else self._col_items
+        cdef const int64_t[::1] rows = self._one_row_runs if nb == 1 else self._row_items
+        job.col_runs, job.row_runs = &cols[0], &rows[0]
+        cdef int threads = 1 if self.work * nb < _HYBRID_FORWARD_PARALLEL_MIN else _threads()
+        with nogil:
+            rbe_parallel_phases(cols.shape[0] - 1, rbe_hybrid_columns_item, rows.shape[0] - 1,
+                                rbe_hybrid_rows_item, threads, &job)
+
+
+cdef const int64_t *_data(array) except? NULL:
+    """The first element of a (kept) int64 array; NULL when it is empty."""
+    cdef const int64_t[::1] view = array
+    return &view[0] if view.shape[0] else NULL

@@ -19,7 +19,6 @@ write contiguous batch rows and the dense transforms are plain GEMMs.
 """
 from __future__ import annotations
 
-import dataclasses
 import threading
 from typing import Callable
 
@@ -82,81 +81,12 @@ def _work(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
     return buffer[:nbytes].view(dtype)
 
 
-def _padded_batch(X2: np.ndarray, ops: _ForwardOperators) -> np.ndarray:
-    """X2 with one zero row more when a batch of 8 or more would put the rows of a block's work
-    values (``count * batch`` elements apart) a multiple of 1 KiB apart: such strides map a
-    block's rows onto a few cache sets, which evict each other."""
-    batch, itemsize = X2.shape[0], X2.dtype.itemsize
-    if batch < 8 or all(a.count * batch * itemsize % 1024 for a in ops.cols + ops.rows):
-        return X2
-    return np.concatenate([X2, np.zeros((1, X2.shape[1]), X2.dtype)])
-
-
-def _gemm(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
-    """out = a @ b for C-contiguous arrays: float32 in pieces on the calling thread and rbe's
-    helpers (``_hybrid.pooled_gemm``), so that a forward wakes no BLAS threads (which would keep
-    spinning on the cores the next call, rbe's or torch's, needs); float64 through numpy."""
-    if out.dtype == np.float32:
-        _hybrid.pooled_gemm(a, b, out)
-        return out
-    return _matmul(a, b, out=out)
-
-
 def _left(matrix: np.ndarray, stack: np.ndarray) -> np.ndarray:
     """matrix @ stack[i] for every i of a (n, p, batch) stack; one GEMM when batch == 1."""
     n, p, batch = stack.shape
     if batch == 1:
         return _matmul(stack.reshape(n, p), matrix.T).reshape(n, -1, 1)
     return np.matmul(matrix, stack)
-
-
-@dataclasses.dataclass(frozen=True)
-class _Axis:
-    """A class of equally long block columns (or rows) in the forward product.
-
-    ``matrix`` maps a block column's inputs to its transform-domain values and basis
-    projections, (n * nslots + ranks, n); for block rows it maps those back to outputs,
-    (n, n * nslots + 8 * ranks). ``base`` is where its values start in the flat work array,
-    ``width`` the values per block column (row), in units of the batch.
-    """
-
-    n: int
-    features: slice
-    count: int
-    matrix: np.ndarray
-    transposed: np.ndarray
-    width: int
-    base: int
-
-    def layout(self, one: bool) -> tuple[np.ndarray, np.ndarray]:
-        """(base, step) of each block column (row) for rbe_hybrid_layout: one vector keeps a
-        block column's values together, a batch keeps a value's block columns together."""
-        blocks = np.arange(self.count, dtype=np.int64)
-        if one:
-            return self.base + blocks * self.width, np.ones(self.count, np.int64)
-        return self.base + blocks, np.full(self.count, self.count, np.int64)
-
-
-@dataclasses.dataclass(frozen=True)
-class _BasisTerm:
-    """The basis part of a group of equal blocks: where its projections R x_bj sit among its
-    block columns' values (``projections``) and its sums s_bik among its block rows' values
-    (``sums``), ``rank`` rows of each."""
-
-    blocks: slice | np.ndarray
-    rows: int
-    cols: int
-    projections: int
-    sums: int
-    rank: int
-
-
-@dataclasses.dataclass(frozen=True)
-class _ForwardOperators:
-    cols: list
-    rows: list
-    basis: list
-    layouts: dict
 
 
 def _random_positions(rng, n_blocks, size, count):
@@ -328,8 +258,9 @@ class HybridLinear:
                                  .values())
         self._col_classes = list({cols.start: (g.w, cols) for g, _, _, cols in self._groups}
                                  .values())
+        self._kinds = kinds
         self._operators = {dtype: self._stacked_operators(kinds, dtype) for dtype in _FLOATS}
-        self._forward_operators = {dtype: self._forward_plan(kinds, dtype) for dtype in _FLOATS}
+        self._plans = {}
         self.grads = {name: np.zeros_like(p) for name, p in self.parameters().items()}
         self.steps = 0
 
@@ -352,42 +283,82 @@ class HybridLinear:
         """The synthesis matrices G (n x n) of the transforms in use, in slot order."""
         return [tf.operator(n, kind, self.wavelet, dtype).synthesis for kind in kinds]
 
-    def _forward_plan(self, kinds, dtype) -> _ForwardOperators:
-        """Operators and work-array layout of ``forward``: per class of block columns one GEMM
-        gives the transform-domain values and the basis projections of its blocks, per class
-        of block rows one GEMM maps the sparse products and the basis sums to outputs."""
+    def _plan(self, dtype: np.dtype) -> _hybrid.ForwardPlan:
+        """The forward product's plan for ``dtype``, built on first use and again after
+        positions move (``regrow``)."""
+        plan = self._plans.get(dtype)
+        if plan is None:
+            plan = self._plans[dtype] = _hybrid.ForwardPlan(
+                self.in_features, self.out_features, dtype, **self._plan_arrays(dtype))
+        return plan
+
+    def _plan_arrays(self, dtype):
+        """Operators, layout and sparse rows of ``_hybrid.ForwardPlan`` (rbe/hybrid.h).
+
+        Per class of block columns one matrix gives a block column's transform-domain values
+        (rows t * w + c for the transforms t in use) and its basis projections R x_bj; per
+        class of block rows one matrix maps the sparse sums (rows t * h + r) and the basis
+        sums (rows k * rank + j, in the order of the left factors' columns) to outputs.
+        """
         def synthesis(n):
-            return self._synthesis(n, kinds, dtype)
+            return self._synthesis(n, self._kinds, dtype)
 
-        col_of = {cols.start: k for k, (_, cols) in enumerate(self._col_classes)}
-        row_of = {rows.start: k for k, (_, rows) in enumerate(self._row_classes)}
-        # transform-domain values slot-major (rbe_hybrid_layout): G_t^T x for t = 0, 1, ...
-        ins = [[g.T for g in synthesis(w)] for w, _ in self._col_classes]
-        outs = [synthesis(h) for h, _ in self._row_classes]
-        basis = []
-        for group, sel, rows, cols in self._groups if self.has_basis else ():
+        cols = sorted(self._col_classes, key=lambda c: c[1].start)
+        rows = sorted(self._row_classes, key=lambda c: c[1].start)
+        col_of = {features.start: k for k, (_, features) in enumerate(cols)}
+        row_of = {features.start: k for k, (_, features) in enumerate(rows)}
+        ins = [[g.T for g in synthesis(w)] for w, _ in cols]
+        outs = [synthesis(h) for h, _ in rows]
+        terms = []
+        for group, _, row_features, col_features in self._groups if self.has_basis else ():
             left, right = tf.basis_factors(group.h, group.w, dtype)
-            c, r = col_of[cols.start], row_of[rows.start]
-            basis.append(_BasisTerm(sel, r, c, sum(m.shape[0] for m in ins[c]),
-                                    sum(m.shape[1] for m in outs[r]), right.shape[0]))
+            c, r = col_of[col_features.start], row_of[row_features.start]
+            terms.append((group, sum(m.shape[0] for m in ins[c]),
+                          sum(m.shape[1] for m in outs[r]), right.shape[0]))
             ins[c].append(right)
-            # basis columns in the order (j, k) of the sums (left's are (k, j))
-            outs[r].append(left.reshape(group.h, tf.NUM_BASIS, -1).transpose(0, 2, 1)
-                           .reshape(group.h, -1))
-        return _ForwardOperators(self._axes(self._col_classes, ins, np.vstack, 0),
-                                 self._axes(self._row_classes, outs, np.hstack, 1), basis, {})
+            outs[r].append(left)
+        col_matrices = [np.vstack(m) for m in ins]
+        row_matrices = [np.hstack(m) for m in outs]
+        col_x0, col_z0, col_class, col_runs = _axis_layout(cols, [m.shape[0] for m in col_matrices])
+        row_y0, row_u0, row_class, row_runs = _axis_layout(rows, [m.shape[1] for m in row_matrices])
+        arrays = dict(col_x0=col_x0, col_z0=col_z0, col_class=col_class, col_runs=col_runs,
+                      col_matrices=col_matrices, row_y0=row_y0, row_u0=row_u0,
+                      row_class=row_class, row_runs=row_runs, row_matrices=row_matrices,
+                      row_sparse=[h * self._nslots for h, _ in rows],
+                      n_values=len(self.values), n_coef=self.coef.size)
+        u_rows = int((row_u0 + [m.shape[1] for m in row_matrices][row_class[-1]])[-1])
+        arrays.update(self._sparse_rows(col_z0, row_u0, u_rows))
+        arrays.update(self._basis_terms(terms))
+        return arrays
 
-    @staticmethod
-    def _axes(classes, parts, stack, values_axis):
-        axes, base = [], 0
-        for (n, features), matrices in zip(classes, parts):
-            matrix = _frozen(np.ascontiguousarray(stack(matrices)))
-            count = (features.stop - features.start) // n
-            transposed = _frozen(np.ascontiguousarray(matrix.T))
-            axes.append(_Axis(n, features, count, matrix, transposed, matrix.shape[values_axis],
-                              base))
-            base += count * matrix.shape[values_axis]
-        return axes
+    def _sparse_rows(self, col_z0, row_u0, u_rows):
+        """Entries sorted by the row of u they add to: rowptr, src (entry) and zrow."""
+        counts = np.diff(self.offsets)
+        block = np.repeat(np.arange(self.grid.nblocks), counts)
+        bi, bj = np.divmod(block, self.grid.cols)
+        h, w = self.grid.heights[bi], self.grid.widths[bj]
+        r, c = np.divmod(self.index.astype(np.int64), w)
+        slot = self._slots[block].astype(np.int64)
+        inside = np.flatnonzero(r < h)          # an entry outside its block adds nothing
+        u_row = (row_u0[bi] + slot * h + r)[inside]
+        order = np.argsort(u_row, kind="stable")
+        rowptr = np.zeros(u_rows + 1, np.int64)
+        np.cumsum(np.bincount(u_row, minlength=u_rows), out=rowptr[1:])
+        return {"rowptr": rowptr, "src": inside[order],
+                "zrow": (col_z0[bj] + slot * w + c)[inside][order]}
+
+    def _basis_terms(self, terms):
+        """Per block row its basis terms: first block column, columns, where its projections
+        and sums sit among the block column's and block row's work rows, and the rank."""
+        per_row = [[] for _ in range(self.grid.rows)]
+        for group, proj, sums, rank in terms:
+            for bi in range(group.row0, group.row1):
+                per_row[bi].append((group.col0, group.col1 - group.col0, proj, rank, sums))
+        flat = [term for row in per_row for term in row]
+        columns = np.array(flat, np.int64).reshape(-1, 5).T
+        return {"row_terms": np.cumsum([0] + [len(row) for row in per_row]),
+                **dict(zip(("term_col", "term_count", "term_proj", "term_rank", "term_sums"),
+                           columns))}
 
     def _check_bias(self, bias):
         bias = np.asarray(bias)
@@ -531,6 +502,7 @@ class HybridLinear:
             self.values[prune[better]] = 0.0
             swaps += int(better.sum())
         _overwrite(self.index, index)     # in place: the array may be shared (rbe.torch)
+        self._plans.clear()
         return swaps
 
     def _accumulate_grow_grads(self, a, z):
@@ -549,86 +521,18 @@ class HybridLinear:
     def forward(self, X: np.ndarray) -> np.ndarray:
         """Y = X W^T + b for X of shape (in_features,) or (batch, in_features)."""
         X2 = self._batch_major(X, self.in_features, "X")
-        ops = self._forward_operators[X2.dtype]
-        rows = X2.shape[0]
-        X2 = _padded_batch(X2, ops)
-        batch, one = X2.shape[0], X2.shape[0] == 1
-        z = self._transformed_inputs(ops, X2)
-        u = _work("u", sum(a.count * a.width for a in ops.rows) * batch, X2.dtype)
-        u.fill(0)
-        _hybrid.hybrid_forward(*self._kernel_args(), self._nslots, batch, *self._layout(ops, one),
-                               z, u)
-        for term in ops.basis:
-            self._basis_sums(term, ops, z, u, batch, X2.dtype)
+        plan = self._plan(X2.dtype)
+        batch = X2.shape[0]
         Y = np.empty((batch, self.out_features), X2.dtype)
-        for axis in ops.rows:
-            if one:
-                _gemm(self._part(u, axis, 1, one), axis.transposed,
-                      Y[0, axis.features].reshape(axis.count, axis.n))
-            else:
-                Yt = _gemm(axis.matrix, self._part(u, axis, batch, one),
-                           _work("y", axis.n * axis.count * batch, X2.dtype)
-                           .reshape(axis.n, -1))
-                Y[:, axis.features] = Yt.reshape(axis.n, axis.count, batch).transpose(2, 1, 0) \
-                    .reshape(batch, -1)
+        coef = self.coef.reshape(-1)
+        plan.forward(self.values, coef if coef.dtype == X2.dtype else coef.astype(X2.dtype), X2,
+                     Y, _work("z", plan.z_rows * batch, X2.dtype),
+                     _work("u", plan.u_rows * batch, X2.dtype), self.bias)
         if self.factors is not None:
             factor_out, factor_in = (f.astype(X2.dtype) for f in self.factors)
             Y += (X2 @ factor_in) @ factor_out.T
-        if self.bias is not None:
-            Y += self.bias
-        Y = Y[:rows]
         finite_output("forward", Y)
         return Y.reshape(X.shape[:-1] + (self.out_features,))
-
-    @staticmethod
-    def _part(work, axis, batch, one):
-        """The values of a class of block columns (rows) in a flat work array: (count, width)
-        for one vector, (width, count * batch) for a batch."""
-        part = work[axis.base * batch:(axis.base + axis.count * axis.width) * batch]
-        return part.reshape(axis.count, axis.width) if one else part.reshape(axis.width, -1)
-
-    def _transformed_inputs(self, ops, X2):
-        """Transform-domain values and basis projections of every block column, (flat)."""
-        batch, one = X2.shape[0], X2.shape[0] == 1
-        z = _work("z", sum(a.count * a.width for a in ops.cols) * batch, X2.dtype)
-        for axis in ops.cols:
-            x = X2[:, axis.features]
-            if one:
-                _gemm(x.reshape(axis.count, axis.n), axis.transposed, self._part(z, axis, 1, one))
-            else:
-                columns = _work("x", x.size, X2.dtype).reshape(axis.n, axis.count, batch)
-                np.copyto(columns, x.reshape(batch, axis.count, axis.n).transpose(2, 1, 0))
-                _gemm(axis.matrix, columns.reshape(axis.n, -1), self._part(z, axis, batch, one))
-        return z
-
-    def _basis_sums(self, term, ops, z, u, batch, dtype):
-        """s_bij = sum_bj c_bik (R x_bj)_j of a group into its block rows' work values, in the
-        order (j, k) of the output matrix's basis columns."""
-        cols, rows = ops.cols[term.cols], ops.rows[term.rows]
-        nr, nc, r, nb = rows.count, cols.count, term.rank, tf.NUM_BASIS
-        if batch == 1:
-            p = self._part(z, cols, 1, True)[:, term.projections:term.projections + r]
-            coef = self._coef_columns(term.blocks, nr, nc, dtype)
-            s = _gemm(np.ascontiguousarray(p.T), coef, np.empty((r, nr * nb), dtype))
-            self._part(u, rows, 1, True)[:, term.sums:term.sums + nb * r] = \
-                s.reshape(r, nr, nb).transpose(1, 0, 2).reshape(nr, -1)
-            return
-        p = self._part(z, cols, batch, False)[term.projections:term.projections + r]
-        out = self._part(u, rows, batch, False)[term.sums:term.sums + nb * r]
-        coef = self.coef[term.blocks].reshape(nr, nc, nb)
-        coef = np.ascontiguousarray(coef.transpose(2, 0, 1), dtype).reshape(nb * nr, nc)
-        for j in range(r):     # rows (k, bi) of sum j, one GEMM each
-            _gemm(coef, p[j].reshape(nc, batch), out[j * nb:(j + 1) * nb].reshape(-1, batch))
-
-    def _layout(self, ops, one):
-        """(z_base, z_step, u_base, u_step) of the kernel for one vector or a batch."""
-        if one not in ops.layouts:
-            cols = [a.layout(one) for a in ops.cols]
-            rows = [a.layout(one) for a in ops.rows]
-            ops.layouts[one] = tuple(np.concatenate(parts) for parts in (
-                [b for b, _ in cols], [s for _, s in cols], [b for b, _ in rows],
-                [s for _, s in rows]))
-        return ops.layouts[one]
 
     def backward(self, X: np.ndarray, dY: np.ndarray) -> np.ndarray:
         """dX for upstream gradient dY; overwrites ``grads`` with the parameter gradients (and
@@ -776,6 +680,10 @@ class HybridLinear:
         layer.steps = steps
         return layer
 
+    def __getstate__(self):
+        # forward plans hold C pointers; a copy (or an unpickled layer) builds its own
+        return {**self.__dict__, "_plans": {}}
+
     def __repr__(self):
         return (f"HybridLinear(in_features={self.in_features}, "
                 f"out_features={self.out_features}, block={self.grid.block}, "
@@ -818,6 +726,23 @@ def _largest_k(empty: HybridMatrix, budget: int) -> int:
                          f"per block: the fixed part (header, basis, low-rank factors) takes "
                          f"{empty.nbytes} bytes, a coefficient {per_coef}")
     return low
+
+
+def _axis_layout(classes, rows_per_block):
+    """First feature, first work row and class of every block column (row) of the classes
+    ((length, features) in feature order, each block ``rows_per_block[class]`` work rows),
+    and runs of consecutive blocks of one class for one vector: at most 8 per class."""
+    first, work, cls, runs = [], [], [], [0]
+    row = 0
+    for k, ((n, features), rows) in enumerate(zip(classes, rows_per_block)):
+        count, start = (features.stop - features.start) // n, runs[-1]
+        first.append(features.start + n * np.arange(count))
+        work.append(row + rows * np.arange(count))
+        cls.append(np.full(count, k))
+        runs.extend(range(start + -(-count // 8), start + count, -(-count // 8)))
+        runs.append(start + count)
+        row += rows * count
+    return np.concatenate(first), np.concatenate(work), np.concatenate(cls), np.array(runs)
 
 
 def _frozen(a):

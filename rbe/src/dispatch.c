@@ -87,13 +87,12 @@ static const rbe_fused_ops fused_kernels[RBE_N_SIMD][RBE_N_APPROX] = {
 #endif
 };
 
-/* The hybrid forward product has no per-family code; AVX-512VL adds nothing to it. */
-static const rbe_hybrid_forward_ops hybrid_forward_kernels[RBE_N_SIMD] = {
-    [RBE_SIMD_SCALAR] = {.f32 = rbe_hybrid_forward_f32_scalar,
-                         .f64 = rbe_hybrid_forward_f64_scalar},
+/* The hybrid sparse rows have no per-family code; AVX-512VL adds nothing to them. */
+static const rbe_hybrid_rows_ops hybrid_rows_kernels[RBE_N_SIMD] = {
+    [RBE_SIMD_SCALAR] = {.f32 = rbe_hybrid_rows_f32_scalar, .f64 = rbe_hybrid_rows_f64_scalar},
 #ifdef RBE_HAVE_X86_SIMD
-    [RBE_SIMD_AVX2] = {.f32 = rbe_hybrid_forward_f32_avx2, .f64 = rbe_hybrid_forward_f64_avx2},
-    [RBE_SIMD_AVX2_VL] = {.f32 = rbe_hybrid_forward_f32_avx2, .f64 = rbe_hybrid_forward_f64_avx2},
+    [RBE_SIMD_AVX2] = {.f32 = rbe_hybrid_rows_f32_avx2, .f64 = rbe_hybrid_rows_f64_avx2},
+    [RBE_SIMD_AVX2_VL] = {.f32 = rbe_hybrid_rows_f32_avx2, .f64 = rbe_hybrid_rows_f64_avx2},
 #endif
 };
 
@@ -124,8 +123,8 @@ rbe_fused_ops rbe_fused_select(int simd, int family)
     return runnable(simd) && known_family(family) ? fused_kernels[simd][family] : none;
 }
 
-rbe_hybrid_forward_ops rbe_hybrid_select(int simd)
+rbe_hybrid_rows_ops rbe_hybrid_select(int simd)
 {
-    static const rbe_hybrid_forward_ops none = {NULL, NULL};
-    return runnable(simd) ? hybrid_forward_kernels[simd] : none;
+    static const rbe_hybrid_rows_ops none = {NULL, NULL};
+    return runnable(simd) ? hybrid_rows_kernels[simd] : none;
 }

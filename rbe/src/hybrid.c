@@ -44,156 +44,237 @@ static inline void rbe_hybrid_split(const rbe_hybrid_block *b, uint16_t index, i
     *c = *ok ? index - row * b->w : 0;
 }
 
-#define RBE_HYBRID_SPARSE(T, scatter1, scatter, cols_backward, value_grads)                     \
-/* dst[r * stride] += v * src[c * stride] for every entry of the block (batch of one). Entries  \
- * outside the block contribute 0 at position 0 (branch-free). */                               \
-static inline void scatter1(const rbe_hybrid_block *b, const T *src,                            \
-                            T *dst, int64_t stride, int transpose) {                            \
-    for (int64_t e = 0; e < b->count; ++e) {                                                    \
-        int64_t r, c;                                                                           \
-        int ok;                                                                                 \
-        rbe_hybrid_split(b, b->index[e], &r, &c, &ok);                                          \
-        const T v = ok ? (T)b->values[e] : (T)0;                                                \
-        if (transpose) dst[c * stride] += v * src[r * stride];                                  \
-        else dst[r * stride] += v * src[c * stride];                                            \
-    }                                                                                           \
-}                                                                                               \
-                                                                                                \
-/* The same for a batch: contiguous axpys of length nb. */                                      \
-static inline void scatter(const rbe_hybrid_block *b, const T *src,                             \
-                           T *dst, int64_t stride, int64_t nb,                                  \
-                           int transpose) {                                                     \
-    if (nb == 1) {                                                                              \
-        scatter1(b, src, dst, stride, transpose);                                               \
-        return;                                                                                 \
-    }                                                                                           \
-    for (int64_t e = 0; e < b->count; ++e) {                                                    \
-        int64_t r, c;                                                                           \
-        int ok;                                                                                 \
-        rbe_hybrid_split(b, b->index[e], &r, &c, &ok);                                          \
-        if (!ok) continue;                                                                      \
-        const T v = (T)b->values[e];                                                            \
-        const T *s = src + (transpose ? r : c) * stride;                                        \
-        T *d = dst + (transpose ? c : r) * stride;                                              \
-        for (int64_t i = 0; i < nb; ++i) d[i] += v * s[i];                                      \
-    }                                                                                           \
-}                                                                                               \
-                                                                                                \
-static inline void cols_backward(const rbe_hybrid_grid *g, const T *a,                          \
-                                 T *dz, int64_t bj) {                                           \
-    const int64_t nb = g->batch, stride = g->nslots * nb;                                       \
-    for (int64_t bi = 0; bi < g->grid_rows; ++bi) {                                             \
-        const rbe_hybrid_block b = rbe_hybrid_block_at(g, bi, bj);                              \
-        if (b.slot >= g->nslots) continue;                                                      \
-        scatter(&b, a + b.row0 * stride + b.slot * nb,                                          \
-                                    dz + b.col0 * stride + b.slot * nb, stride, nb, 1);         \
-    }                                                                                           \
-}                                                                                               \
-                                                                                                \
-static inline void value_grads(const rbe_hybrid_grid *g, const T *a,                            \
-                               const T *z, T *grad, int64_t bi) {                               \
-    const int64_t nb = g->batch, stride = g->nslots * nb;                                       \
-    for (int64_t bj = 0; bj < g->grid_cols; ++bj) {                                             \
-        const rbe_hybrid_block b = rbe_hybrid_block_at(g, bi, bj);                              \
-        T *out = grad + g->offsets[bi * g->grid_cols + bj];                                     \
-        for (int64_t e = 0; e < b.count; ++e) out[e] = 0;                                       \
-        if (b.slot >= g->nslots) continue;                                                      \
-        const T *at = a + b.row0 * stride + b.slot * nb;                                        \
-        const T *zt = z + b.col0 * stride + b.slot * nb;                                        \
-        for (int64_t e = 0; e < b.count; ++e) {                                                 \
-            int64_t r, c;                                                                       \
-            int ok;                                                                             \
-            rbe_hybrid_split(&b, b.index[e], &r, &c, &ok);                                      \
-            const T *x = at + r * stride, *y = zt + c * stride;                                 \
-            double sum = 0.0;                                                                   \
-            for (int64_t i = 0; i < nb; ++i) sum += (double)x[i] * (double)y[i];                \
-            out[e] = ok ? (T)sum : (T)0;                                                        \
-        }                                                                                       \
-    }                                                                                           \
+#define RBE_HYBRID_SPARSE(T, scatter1, scatter, cols_backward, value_grads)                        \
+/* dst[r * stride] += v * src[c * stride] for every entry of the block (batch of one). Entries     \
+ * outside the block contribute 0 at position 0 (branch-free). */                                  \
+static inline void scatter1(const rbe_hybrid_block *b, const T *src,                               \
+                            T *dst, int64_t stride, int transpose) {                               \
+    for (int64_t e = 0; e < b->count; ++e) {                                                       \
+        int64_t r, c;                                                                              \
+        int ok;                                                                                    \
+        rbe_hybrid_split(b, b->index[e], &r, &c, &ok);                                             \
+        const T v = ok ? (T)b->values[e] : (T)0;                                                   \
+        if (transpose) dst[c * stride] += v * src[r * stride];                                     \
+        else dst[r * stride] += v * src[c * stride];                                               \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* The same for a batch: contiguous axpys of length nb. */                                         \
+static inline void scatter(const rbe_hybrid_block *b, const T *src,                                \
+                           T *dst, int64_t stride, int64_t nb,                                     \
+                           int transpose) {                                                        \
+    if (nb == 1) {                                                                                 \
+        scatter1(b, src, dst, stride, transpose);                                                  \
+        return;                                                                                    \
+    }                                                                                              \
+    for (int64_t e = 0; e < b->count; ++e) {                                                       \
+        int64_t r, c;                                                                              \
+        int ok;                                                                                    \
+        rbe_hybrid_split(b, b->index[e], &r, &c, &ok);                                             \
+        if (!ok) continue;                                                                         \
+        const T v = (T)b->values[e];                                                               \
+        const T *s = src + (transpose ? r : c) * stride;                                           \
+        T *d = dst + (transpose ? c : r) * stride;                                                 \
+        for (int64_t i = 0; i < nb; ++i) d[i] += v * s[i];                                         \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+static inline void cols_backward(const rbe_hybrid_grid *g, const T *a,                             \
+                                 T *dz, int64_t bj) {                                              \
+    const int64_t nb = g->batch, stride = g->nslots * nb;                                          \
+    for (int64_t bi = 0; bi < g->grid_rows; ++bi) {                                                \
+        const rbe_hybrid_block b = rbe_hybrid_block_at(g, bi, bj);                                 \
+        if (b.slot >= g->nslots) continue;                                                         \
+        scatter(&b, a + b.row0 * stride + b.slot * nb,                                             \
+                                    dz + b.col0 * stride + b.slot * nb, stride, nb, 1);            \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+static inline void value_grads(const rbe_hybrid_grid *g, const T *a,                               \
+                               const T *z, T *grad, int64_t bi) {                                  \
+    const int64_t nb = g->batch, stride = g->nslots * nb;                                          \
+    for (int64_t bj = 0; bj < g->grid_cols; ++bj) {                                                \
+        const rbe_hybrid_block b = rbe_hybrid_block_at(g, bi, bj);                                 \
+        T *out = grad + g->offsets[bi * g->grid_cols + bj];                                        \
+        for (int64_t e = 0; e < b.count; ++e) out[e] = 0;                                          \
+        if (b.slot >= g->nslots) continue;                                                         \
+        const T *at = a + b.row0 * stride + b.slot * nb;                                           \
+        const T *zt = z + b.col0 * stride + b.slot * nb;                                           \
+        for (int64_t e = 0; e < b.count; ++e) {                                                    \
+            int64_t r, c;                                                                          \
+            int ok;                                                                                \
+            rbe_hybrid_split(&b, b.index[e], &r, &c, &ok);                                         \
+            const T *x = at + r * stride, *y = zt + c * stride;                                    \
+            double sum = 0.0;                                                                      \
+            for (int64_t i = 0; i < nb; ++i) sum += (double)x[i] * (double)y[i];                   \
+            out[e] = ok ? (T)sum : (T)0;                                                           \
+        }                                                                                          \
+    }                                                                                              \
 }
 
 RBE_HYBRID_SPARSE(float, scatter1_f32, scatter_f32, cols_backward_f32, value_grads_f32)
 RBE_HYBRID_SPARSE(double, scatter1_f64, scatter_f64, cols_backward_f64, value_grads_f64)
 
-/* Forward product of one block row, u[bi] += S z (layout above). One vector: the entries of
- * a block run as four interleaved streams, so that consecutive updates of one output (entries
- * are sorted by row) do not wait for each other, and a power-of-two block width splits
- * indices with shifts (the multiplies of the general split would bound the loop). A batch:
- * one axpy of the batch per entry, which the compiler vectorises (8 floats wide in the AVX2
- * variant). Neither contracts a multiply and add (ISO C), so every variant gives the same
- * sums. Entries outside their block add 0 to the block's first output (branch-free). */
-#define RBE_HYBRID_FORWARD(T, term, gemv_block, forward_row)                                    \
-/* v * z[c] of entry k, and where it goes (the product is 0 for an entry outside its block). */ \
-static inline T term(const rbe_hybrid_block *b, int64_t k, const T *zt,                         \
-                     int64_t z_col, int64_t u_row, int shift,                                   \
-                     int64_t *at) {                                                             \
-    uint32_t i = b->index[k];                                                                   \
-    T v = (T)b->values[k];                                                                      \
-    const int ok = i < (uint32_t)b->size;                                                       \
-    i = ok ? i : 0;                                                                             \
-    v = ok ? v : (T)0;                                                                          \
-    const uint32_t w = (uint32_t)b->w;                                                          \
-    const uint32_t r = shift >= 0 ? i >> shift : (uint32_t)(((uint64_t)i * b->magic) >> 32);    \
-    const uint32_t c = shift >= 0 ? i & (w - 1) : i - r * w;                                    \
-    *at = r * u_row;                                                                            \
-    return v * zt[c * z_col];                                                                   \
-}                                                                                               \
-                                                                                                \
-/* ut[r * u_row] += v * zt[c * z_col] over a block's entries; shift: log2 of a power-of-two     \
- * block width, else -1. */                                                                     \
-static inline void gemv_block(const rbe_hybrid_block *b, const T *zt,                           \
-                              T *ut, int64_t z_col, int64_t u_row,                              \
-                              int shift) {                                                      \
-    const int64_t q = b->count / 4;                                                             \
-    for (int64_t e = 0; e < q; ++e) {                                                           \
-        int64_t at[4];                                                                          \
-        T p[4];                                                                                 \
-        for (int s = 0; s < 4; ++s)                                                             \
-            p[s] = term(b, e + s * q, zt, z_col, u_row, shift, &at[s]);                         \
-        for (int s = 0; s < 4; ++s) ut[at[s]] += p[s];                                          \
-    }                                                                                           \
-    for (int64_t e = 4 * q; e < b->count; ++e) {                                                \
-        int64_t at;                                                                             \
-        const T p = term(b, e, zt, z_col, u_row, shift, &at);                                   \
-        ut[at] += p;                                                                            \
-    }                                                                                           \
-}                                                                                               \
-                                                                                                \
-RBE_INLINE void forward_row(const rbe_hybrid_grid *g,                                           \
-                            const rbe_hybrid_layout *l, const T *z,                             \
-                            T *u, int64_t bi) {                                                 \
-    const int64_t nb = g->batch;                                                                \
-    for (int64_t bj = 0; bj < g->grid_cols; ++bj) {                                             \
-        const rbe_hybrid_block b = rbe_hybrid_block_at(g, bi, bj);                              \
-        if (b.slot >= g->nslots) continue;                                                      \
-        const int64_t h = b.size / b.w;                                                         \
-        const T *zt = z + (l->z_base[bj] + b.slot * b.w * l->z_step[bj]) * nb;                  \
-        T *ut = u + (l->u_base[bi] + b.slot * h * l->u_step[bi]) * nb;                          \
-        const int64_t z_col = l->z_step[bj] * nb, u_row = l->u_step[bi] * nb;                   \
-        int shift = (b.w & (b.w - 1)) == 0 ? 0 : -1;                                            \
-        while (shift >= 0 && (INT64_C(1) << shift) < b.w) ++shift;                              \
-        if (nb == 1 && z_col == 1 && u_row == 1 && shift == 6) {                                \
-            gemv_block(&b, zt, ut, 1, 1, 6);    /* 64 wide: the default */                      \
-            continue;                                                                           \
-        }                                                                                       \
-        if (nb == 1) {                                                                          \
-            gemv_block(&b, zt, ut, z_col, u_row, shift);                                        \
-            continue;                                                                           \
-        }                                                                                       \
-        for (int64_t e = 0; e < b.count; ++e) {                                                 \
-            int64_t r, c;                                                                       \
-            int ok;                                                                             \
-            rbe_hybrid_split(&b, b.index[e], &r, &c, &ok);                                      \
-            const T v = ok ? (T)b.values[e] : (T)0;                                             \
-            const T *src = zt + c * z_col;                                                      \
-            T *dst = ut + r * u_row;                                                            \
-            for (int64_t i = 0; i < nb; ++i) dst[i] += v * src[i];                              \
-        }                                                                                       \
-    }                                                                                           \
+/* Sparse rows of the forward product (rbe_hybrid_plan). One vector: four interleaved partial
+ * sums per row, so that consecutive products do not wait for each other; kept scalar, since
+ * vectorising it turns the indexed loads into gathers, which are slower. A batch: the row's
+ * sums for a tile of the batch stay in registers while its entries stream past (the compiler
+ * vectorises the tile, 8 floats wide in the AVX2 variant; GCC's unroll-and-jam would interleave
+ * two entries and give up the registers, so it is off there). Neither contracts a multiply and
+ * add (ISO C), so every variant gives the same sums. */
+#define RBE_ROW_TILE(T) (256 / (int)sizeof(T))     /* eight AVX2 registers */
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define RBE_SCALAR_LOOPS __attribute__((optimize("no-tree-vectorize")))
+#define RBE_TILE_LOOPS __attribute__((optimize("no-loop-unroll-and-jam")))
+#else
+#define RBE_SCALAR_LOOPS
+#define RBE_TILE_LOOPS
+#endif
+
+#define RBE_HYBRID_ROWS(T, row_dots, row_tile, row_part, rows)                                     \
+static RBE_SCALAR_LOOPS void row_dots(const rbe_hybrid_plan *p, const float *values,               \
+                                      const T *z, T *u, int64_t q0, int64_t q1) {                  \
+    const uint32_t *src = p->src, *zrow = p->zrow;                                                 \
+    const int64_t *rowptr = p->rowptr;                                                             \
+    for (int64_t q = q0; q < q1; ++q) {                                                            \
+        const int64_t e1 = rowptr[q + 1];                                                          \
+        T s0 = 0, s1 = 0, s2 = 0, s3 = 0;                                                          \
+        int64_t e = rowptr[q];                                                                     \
+        for (; e + 4 <= e1; e += 4) {                                                              \
+            s0 += (T)values[src[e]] * z[zrow[e]];                                                  \
+            s1 += (T)values[src[e + 1]] * z[zrow[e + 1]];                                          \
+            s2 += (T)values[src[e + 2]] * z[zrow[e + 2]];                                          \
+            s3 += (T)values[src[e + 3]] * z[zrow[e + 3]];                                          \
+        }                                                                                          \
+        for (; e < e1; ++e) s0 += (T)values[src[e]] * z[zrow[e]];                                  \
+        u[q] = (s0 + s1) + (s2 + s3);                                                              \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* out[0 .. width) = sum_e values[src[e]] * z[zrow[e] * nb + i0 ..]: a whole tile (its sums        \
+ * in registers) or the batch's last, partial one. */                                              \
+RBE_INLINE void row_tile(const rbe_hybrid_plan *p, const float *values, const T *z, T *out,        \
+                         int64_t nb, int64_t i0, int64_t e0, int64_t e1) {                         \
+    T acc[RBE_ROW_TILE(T)];                                                                        \
+    for (int i = 0; i < RBE_ROW_TILE(T); ++i) acc[i] = 0;                                          \
+    for (int64_t e = e0; e < e1; ++e) {                                                            \
+        const T v = (T)values[p->src[e]];                                                          \
+        const T *zr = z + (int64_t)p->zrow[e] * nb + i0;                                           \
+        for (int i = 0; i < RBE_ROW_TILE(T); ++i) acc[i] += v * zr[i];                             \
+    }                                                                                              \
+    for (int i = 0; i < RBE_ROW_TILE(T); ++i) out[i] = acc[i];                                     \
+}                                                                                                  \
+                                                                                                   \
+static void row_part(const rbe_hybrid_plan *p, const float *values, const T *z, T *out,            \
+                     int64_t nb, int64_t i0, int64_t e0, int64_t e1) {                             \
+    for (int64_t i = i0; i < nb; ++i) out[i - i0] = 0;                                             \
+    for (int64_t e = e0; e < e1; ++e) {                                                            \
+        const T v = (T)values[p->src[e]];                                                          \
+        const T *zr = z + (int64_t)p->zrow[e] * nb;                                                \
+        for (int64_t i = i0; i < nb; ++i) out[i - i0] += v * zr[i];                                \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+RBE_INLINE void rows(const rbe_hybrid_plan *p, const float *values, const T *z, T *u,              \
+                     int64_t nb, int64_t q0, int64_t q1) {                                         \
+    if (nb == 1) {                                                                                 \
+        row_dots(p, values, z, u, q0, q1);                                                         \
+        return;                                                                                    \
+    }                                                                                              \
+    for (int64_t q = q0; q < q1; ++q) {                                                            \
+        const int64_t e0 = p->rowptr[q], e1 = p->rowptr[q + 1];                                    \
+        T *out = u + q * nb;                                                                       \
+        int64_t i0 = 0;                                                                            \
+        for (; i0 + RBE_ROW_TILE(T) <= nb; i0 += RBE_ROW_TILE(T))                                  \
+            row_tile(p, values, z, out + i0, nb, i0, e0, e1);                                      \
+        if (i0 < nb) row_part(p, values, z, out + i0, nb, i0, e0, e1);                             \
+    }                                                                                              \
 }
 
-RBE_HYBRID_FORWARD(float, term_f32, gemv_block_f32, forward_row_f32)
-RBE_HYBRID_FORWARD(double, term_f64, gemv_block_f64, forward_row_f64)
+RBE_HYBRID_ROWS(float, row_dots_f32, row_tile_f32, row_part_f32, sparse_rows_f32)
+RBE_HYBRID_ROWS(double, row_dots_f64, row_tile_f64, row_part_f64, sparse_rows_f64)
+
+/* Multiply-adds up to which OpenBLAS computes a GEMM on the calling thread (its threading
+ * threshold). The forward product's GEMMs are cut into pieces this small, so that it never
+ * wakes BLAS threads, which keep spinning afterwards on the cores the next call needs. */
+#define RBE_SERIAL_GEMM (INT64_C(1) << 18)
+
+/* The phases of the forward product (rbe_hybrid_plan) for element type T. gemm computes the
+ * column-major C (m x n) = op(A) op(B) in pieces of columns of C. */
+#define RBE_HYBRID_PHASES(T, gemm_fn, gemm, columns, rows_phase, job_gemm, job_rows)               \
+static void gemm(gemm_fn *blas, char ta, char tb, int64_t m, int64_t n, int64_t k, const T *a,     \
+                 int64_t lda, const T *b, int64_t ldb, T *c, int64_t ldc) {                        \
+    int64_t step = m * k > 0 ? RBE_SERIAL_GEMM / (m * k) : n;                                      \
+    step = step < 1 ? 1 : step;                                                                    \
+    T one = 1, zero = 0;                                                                           \
+    int im = (int)m, ik = (int)k, ilda = (int)lda, ildb = (int)ldb, ildc = (int)ldc;               \
+    for (int64_t j = 0; j < n; j += step) {                                                        \
+        int in = (int)(n - j < step ? n - j : step);                                               \
+        T *bj = (T *)b + (tb == 'N' ? j * ldb : j);                                                \
+        blas(&ta, &tb, &im, &in, &ik, &one, (T *)a, &ilda, bj, &ildb, &zero, c + j * ldc,          \
+             &ildc);                                                                               \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* z of a run of block columns: one GEMM for one vector (Z = X M^T over the run), one per          \
+ * block column for a batch (Z_j = M X_j^T, batch contiguous). */                                  \
+static void columns(const rbe_hybrid_forward_job *job, int64_t item) {                             \
+    const rbe_hybrid_plan *p = job->plan;                                                          \
+    const int64_t nb = job->batch, j1 = job->col_runs[item + 1];                                   \
+    const T *x = (const T *)job->x;                                                                \
+    T *z = (T *)job->z;                                                                            \
+    for (int64_t j = job->col_runs[item]; j < j1; ++j) {                                           \
+        const int64_t cls = p->col_class[j], n = p->col_n[cls], zw = p->col_zw[cls];               \
+        const T *m = (const T *)p->col_matrix[cls];                                                \
+        if (nb == 1) {                                                                             \
+            gemm(job->job_gemm, 'T', 'N', zw, j1 - j, n, m, n, x + p->col_x0[j], n,                \
+                 z + p->col_z0[j], zw);                                                            \
+            return;                                                                                \
+        }                                                                                          \
+        gemm(job->job_gemm, 'T', 'N', nb, zw, n, x + p->col_x0[j], p->in_features, m, n,           \
+             z + p->col_z0[j] * nb, nb);                                                           \
+    }                                                                                              \
+}                                                                                                  \
+                                                                                                   \
+/* y of a run of block rows: sparse rows, basis sums (C_t^T P_t per term), outputs y_i = M u_i     \
+ * (one GEMM over the run for one vector), bias. */                                                \
+static void rows_phase(const rbe_hybrid_forward_job *job, int64_t item) {                          \
+    const rbe_hybrid_plan *p = job->plan;                                                          \
+    const int64_t nb = job->batch, i0 = job->row_runs[item], i1 = job->row_runs[item + 1];         \
+    const T *z = (const T *)job->z, *coef = (const T *)job->coef;                                  \
+    T *u = (T *)job->u, *y = (T *)job->y;                                                          \
+    const int64_t last = p->row_class[i1 - 1];                                                     \
+    for (int64_t i = i0; i < i1; ++i) {                                                            \
+        const int64_t cls = p->row_class[i], q = p->row_u0[i], sparse = p->row_sparse[cls];        \
+        job->job_rows(p, job->values, z, u, nb, q, q + sparse);                                    \
+        for (int64_t k = (q + sparse) * nb; k < (q + p->row_uw[cls]) * nb; ++k) u[k] = 0;          \
+        for (int64_t t = p->row_terms[i]; t < p->row_terms[i + 1]; ++t) {                          \
+            const int64_t j = p->term_col[t], r = p->term_rank[t];                                 \
+            gemm(job->job_gemm, 'N', 'T', r * nb, 8, p->term_count[t],                             \
+                 z + (p->col_z0[j] + p->term_proj[t]) * nb, p->col_zw[p->col_class[j]] * nb,       \
+                 coef + (i * p->ncols + j) * 8, 8, u + (q + p->term_sums[t]) * nb, r * nb);        \
+        }                                                                                          \
+    }                                                                                              \
+    for (int64_t i = i0; i < i1; ++i) {                                                            \
+        const int64_t cls = p->row_class[i], h = p->row_h[cls], uw = p->row_uw[cls];               \
+        const T *m = (const T *)p->row_matrix[cls];                                                \
+        if (nb == 1) {                                                                             \
+            gemm(job->job_gemm, 'T', 'N', h, i1 - i, uw, m, uw, u + p->row_u0[i], uw,              \
+                 y + p->row_y0[i], h);                                                             \
+            break;                                                                                 \
+        }                                                                                          \
+        gemm(job->job_gemm, 'T', 'T', h, nb, uw, m, uw, u + p->row_u0[i] * nb, nb,                 \
+             y + p->row_y0[i], p->out_features);                                                   \
+    }                                                                                              \
+    if (job->bias == NULL) return;                                                                 \
+    const int64_t y0 = p->row_y0[i0], y1 = p->row_y0[i1 - 1] + p->row_h[last];                     \
+    for (int64_t b = 0; b < nb; ++b)                                                               \
+        for (int64_t o = y0; o < y1; ++o) y[b * p->out_features + o] += (T)job->bias[o];           \
+}
+
+RBE_HYBRID_PHASES(float, rbe_sgemm_fn, gemm_f32, columns_f32, rows_phase_f32, sgemm, rows_f32)
+RBE_HYBRID_PHASES(double, rbe_dgemm_fn, gemm_f64, columns_f64, rows_phase_f64, dgemm, rows_f64)
 
 /* ---- the kernels ---------------------------------------------------------------------- */
 
@@ -221,38 +302,50 @@ void rbe_hybrid_value_grads_f64(const rbe_hybrid_grid *g, const double *a, const
     value_grads_f64(g, a, z, grad, bi);
 }
 
-/* The forward product compiled for the baseline and for AVX2, where the compiler vectorises
- * the batch axpys 8 floats wide. */
-void rbe_hybrid_forward_f32_scalar(const rbe_hybrid_grid *g, const rbe_hybrid_layout *l,
-                                   const float *z, float *u, int64_t bi)
+/* The sparse rows compiled for the baseline and for AVX2, where the compiler vectorises the
+ * batch tiles 8 floats wide. */
+RBE_TILE_LOOPS void rbe_hybrid_rows_f32_scalar(const rbe_hybrid_plan *p, const float *values,
+                                               const float *z, float *u, int64_t batch,
+                                               int64_t q0, int64_t q1)
 {
-    forward_row_f32(g, l, z, u, bi);
+    sparse_rows_f32(p, values, z, u, batch, q0, q1);
 }
 
-void rbe_hybrid_forward_f64_scalar(const rbe_hybrid_grid *g, const rbe_hybrid_layout *l,
-                                   const double *z, double *u, int64_t bi)
+RBE_TILE_LOOPS void rbe_hybrid_rows_f64_scalar(const rbe_hybrid_plan *p, const float *values,
+                                               const double *z, double *u, int64_t batch,
+                                               int64_t q0, int64_t q1)
 {
-    forward_row_f64(g, l, z, u, bi);
+    sparse_rows_f64(p, values, z, u, batch, q0, q1);
 }
 
 #ifdef RBE_HAVE_X86_SIMD
-RBE_TARGET_AVX2 void rbe_hybrid_forward_f32_avx2(const rbe_hybrid_grid *g,
-                                                 const rbe_hybrid_layout *l, const float *z,
-                                                 float *u, int64_t bi)
+RBE_TARGET_AVX2 RBE_TILE_LOOPS void rbe_hybrid_rows_f32_avx2(const rbe_hybrid_plan *p,
+                                                             const float *values,
+                                                             const float *z, float *u,
+                                                             int64_t batch, int64_t q0,
+                                                             int64_t q1)
 {
-    forward_row_f32(g, l, z, u, bi);
+    sparse_rows_f32(p, values, z, u, batch, q0, q1);
 }
 
-RBE_TARGET_AVX2 void rbe_hybrid_forward_f64_avx2(const rbe_hybrid_grid *g,
-                                                 const rbe_hybrid_layout *l, const double *z,
-                                                 double *u, int64_t bi)
+RBE_TARGET_AVX2 RBE_TILE_LOOPS void rbe_hybrid_rows_f64_avx2(const rbe_hybrid_plan *p,
+                                                             const float *values,
+                                                             const double *z, double *u,
+                                                             int64_t batch, int64_t q0,
+                                                             int64_t q1)
 {
-    forward_row_f64(g, l, z, u, bi);
+    sparse_rows_f64(p, values, z, u, batch, q0, q1);
 }
 #endif
 
-void rbe_hybrid_forward_item(void *ctx, int64_t bi) {
+void rbe_hybrid_columns_item(void *ctx, int64_t item) {
     const rbe_hybrid_forward_job *job = (const rbe_hybrid_forward_job *)ctx;
-    if (job->f32) job->f32(job->g, job->l, (const float *)job->z, (float *)job->u, bi);
-    else job->f64(job->g, job->l, (const double *)job->z, (double *)job->u, bi);
+    if (job->sgemm) columns_f32(job, item);
+    else columns_f64(job, item);
+}
+
+void rbe_hybrid_rows_item(void *ctx, int64_t item) {
+    const rbe_hybrid_forward_job *job = (const rbe_hybrid_forward_job *)ctx;
+    if (job->sgemm) rows_phase_f32(job, item);
+    else rows_phase_f64(job, item);
 }

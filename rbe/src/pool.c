@@ -7,6 +7,7 @@
 
 #if defined(__unix__) || defined(__APPLE__)
 #include <pthread.h>
+#include <sched.h>
 
 #define RBE_POOL_MAX 255
 
@@ -120,11 +121,43 @@ void rbe_parallel_for(int64_t n, int threads, rbe_item_fn fn, void *ctx) {
     pthread_mutex_unlock(&p->busy);
 }
 
+typedef struct {
+    int64_t n_first;
+    rbe_item_fn first, second;
+    void *ctx;
+    int64_t first_done;          /* items of the first phase that have ended (atomic) */
+} rbe_phases;
+
+static void rbe_phases_item(void *arg, int64_t i) {
+    rbe_phases *job = (rbe_phases *)arg;
+    if (i < job->n_first) {
+        job->first(job->ctx, i);
+        __atomic_add_fetch(&job->first_done, 1, __ATOMIC_RELEASE);
+        return;
+    }
+    /* every first-phase item is claimed (items go in order) and ends without waiting */
+    while (__atomic_load_n(&job->first_done, __ATOMIC_ACQUIRE) < job->n_first) sched_yield();
+    job->second(job->ctx, i - job->n_first);
+}
+
+void rbe_parallel_phases(int64_t n_first, rbe_item_fn first, int64_t n_second,
+                         rbe_item_fn second, int threads, void *ctx) {
+    rbe_phases job = {n_first, first, second, ctx, 0};
+    rbe_parallel_for(n_first + n_second, threads, rbe_phases_item, &job);
+}
+
 #else
 
 void rbe_parallel_for(int64_t n, int threads, rbe_item_fn fn, void *ctx) {
     (void)threads;
     for (int64_t i = 0; i < n; ++i) fn(ctx, i);
+}
+
+void rbe_parallel_phases(int64_t n_first, rbe_item_fn first, int64_t n_second,
+                         rbe_item_fn second, int threads, void *ctx) {
+    (void)threads;
+    for (int64_t i = 0; i < n_first; ++i) first(ctx, i);
+    for (int64_t i = 0; i < n_second; ++i) second(ctx, i);
 }
 
 #endif

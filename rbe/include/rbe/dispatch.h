@@ -24,7 +24,8 @@ rbe_block_fn rbe_block_select(int simd, int family);
 /* The fused-layer kernels of (simd, family); all NULL in the cases rbe_block_select refuses. */
 rbe_fused_ops rbe_fused_select(int simd, int family);
 
-/* The hybrid forward kernels of a SIMD path; both NULL when rbe_block_select would refuse it. */
-rbe_hybrid_forward_ops rbe_hybrid_select(int simd);
+/* The hybrid sparse-row kernels of a SIMD path; both NULL when rbe_block_select would refuse
+ * it. */
+rbe_hybrid_rows_ops rbe_hybrid_select(int simd);
 
 #endif

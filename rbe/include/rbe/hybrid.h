@@ -6,19 +6,18 @@
  * G_h S G_w^T. The caller transforms inputs and outputs with dense matrices (BLAS); these
  * kernels do the O(k)-per-block part:
  *
- *   forward_row:   u[bi, r, t, :] += v * z[bj, c, t, :]      (u = S z, one block row)
+ *   rows:          u[q, :] = sum_e v_e * z[zrow_e, :]        (u = S z, by output row)
  *   cols_backward: dz[col0 + c, t, :] += v * a[row0 + r, t, :]  (dz = S^T a, one block column)
  *   value_grads:   grad[e] = a[row0 + r, t, :] . z[col0 + c, t, :]   (one block row)
  *
  * t is the block's slot (its transform, numbered among the transforms in use) and the last
  * axis the batch (contiguous). The backward arrays are feature-major, (cols, nslots, batch)
- * and (rows, nslots, batch). The forward arrays have a layout given per block column and
- * block row (rbe_hybrid_layout), so that the dense transforms around the kernel are single
- * GEMMs in whatever arrangement suits the batch size. Each call writes only the outputs of its
- * own block row (column): callers run different block rows in parallel without atomics, and
- * the sums do not depend on the thread count. Entries whose index is outside their block and
- * blocks whose slot is >= nslots are skipped, so a corrupted index can never address memory
- * outside the arrays.
+ * and (rows, nslots, batch); the forward product has its own plan (below). Each call writes
+ * only the outputs of its own block row (column): callers run different block rows in
+ * parallel without atomics, and the sums do not depend on the thread count. In the backward
+ * kernels, entries whose index is outside their block and blocks whose slot is >= nslots are
+ * skipped, so a corrupted index can never address memory outside the arrays; the forward
+ * plan is validated once when it is built.
  */
 #ifndef RBE_HYBRID_H
 #define RBE_HYBRID_H
@@ -40,14 +39,6 @@ typedef struct {
     const float *values;           /* (offsets[nblocks]) */
 } rbe_hybrid_grid;
 
-/* Where the forward product finds z and puts u: element (c, t, i) of block column bj (of
- * width w) is z[(z_base[bj] + (t * w + c) * z_step[bj]) * batch + i], element (r, t, i) of
- * block row bi (of height h) is u[(u_base[bi] + (t * h + r) * u_step[bi]) * batch + i]. */
-typedef struct {
-    const int64_t *z_base, *z_step;    /* (grid_cols) */
-    const int64_t *u_base, *u_step;    /* (grid_rows) */
-} rbe_hybrid_layout;
-
 /* floor(2^32 / w) + 1: for index < 2^16 and w <= 2^16 (so index * w < 2^32),
  * (index * magic) >> 32 == index / w exactly, and the loops need no division. */
 static inline uint64_t rbe_hybrid_magic(int64_t w) {
@@ -55,9 +46,7 @@ static inline uint64_t rbe_hybrid_magic(int64_t w) {
 }
 
 /* The kernels (rbe/src/hybrid.c), named rbe_hybrid_<op>_<type>[_<target>]. cols_backward
- * and value_grads do one block column (row) per call; forward one block row, selected per SIMD
- * path by rbe_hybrid_select (rbe/dispatch.h) and run as the items of rbe_parallel_for through
- * rbe_hybrid_forward_item. */
+ * and value_grads do one block column (row) per call; the forward product is below. */
 void rbe_hybrid_cols_backward_f32(const rbe_hybrid_grid *g, const float *a, float *dz,
                                   int64_t bj);
 void rbe_hybrid_cols_backward_f64(const rbe_hybrid_grid *g, const double *a, double *dz,
@@ -67,36 +56,95 @@ void rbe_hybrid_value_grads_f32(const rbe_hybrid_grid *g, const float *a, const 
 void rbe_hybrid_value_grads_f64(const rbe_hybrid_grid *g, const double *a, const double *z,
                                 double *grad, int64_t bi);
 
-typedef void rbe_hybrid_forward_f32_kernel(const rbe_hybrid_grid *g, const rbe_hybrid_layout *l,
-                                           const float *z, float *u, int64_t bi);
-typedef void rbe_hybrid_forward_f64_kernel(const rbe_hybrid_grid *g, const rbe_hybrid_layout *l,
-                                           const double *z, double *u, int64_t bi);
-typedef rbe_hybrid_forward_f32_kernel *rbe_hybrid_forward_f32_fn;
-typedef rbe_hybrid_forward_f64_kernel *rbe_hybrid_forward_f64_fn;
+/* ---- the forward product ------------------------------------------------------------
+ *
+ * y = W x + b for a batch of inputs, planned once per layer (rbe/_hybrid.pyx builds and
+ * validates the plan from rbe.hybrid's layout) and run in two phases:
+ *
+ *   columns: z rows z0[j] .. z0[j] + zw of block column j = M_j x_j: its transform-domain
+ *            values (one group of rows per transform in use) and its basis projections;
+ *   rows:    u = S z row by row (the sparse rows), the basis sums of block row i, and
+ *            y_i = M_i u_i + b_i, the outputs of block row i.
+ *
+ * z and u are feature-major with the batch contiguous: row q is elements q * batch ...
+ * The first row_sparse rows of a block row's u are sparse rows, the others its basis sums
+ * (zero where no term writes them). Sparse row q of u is sum_e values[src[e]] * z row
+ * zrow[e] over e = rowptr[q] .. rowptr[q + 1] - 1, in that order (entries sorted by the row
+ * they add to, so the products accumulate in registers and nothing is scattered). A block
+ * row's basis sums are, per basis term t, the (8, rank * batch) matrix C_t^T P_t at u row
+ * u0[i] + term_sums[t]: C_t the coefficients of the term's term_count[t] blocks (8 per block,
+ * consecutive), P_t the rank projection rows at z0[j] + term_proj[t] of those blocks'
+ * columns, equally spaced in z. Items are runs of block columns (rows) of one class,
+ * consecutive in x and z (y and u), so that one vector's run is a single GEMM (a batch's runs
+ * are single block columns or rows). Every item writes only its own rows of z (u, y): results
+ * do not depend on the thread count. The two phases run as one rbe_parallel_phases loop. */
 
-rbe_hybrid_forward_f32_kernel rbe_hybrid_forward_f32_scalar;
-rbe_hybrid_forward_f64_kernel rbe_hybrid_forward_f64_scalar;
+/* BLAS gemm as scipy.linalg.cython_blas exports it (Fortran conventions: column-major,
+ * arguments by reference); the caller hands the kernels the BLAS numpy and scipy use. */
+typedef void rbe_sgemm_fn(char *ta, char *tb, int *m, int *n, int *k, float *alpha, float *a,
+                          int *lda, float *b, int *ldb, float *beta, float *c, int *ldc);
+typedef void rbe_dgemm_fn(char *ta, char *tb, int *m, int *n, int *k, double *alpha,
+                          double *a, int *lda, double *b, int *ldb, double *beta, double *c,
+                          int *ldc);
+
+typedef struct {
+    int64_t in_features, out_features;
+    int64_t z_rows, u_rows;                   /* rows of z and u (times the batch: elements) */
+    int64_t ncols, nrows;                     /* block columns, block rows */
+    const int64_t *col_x0, *col_z0, *col_class;       /* (ncols) */
+    const int64_t *col_n, *col_zw;                    /* per column class */
+    const void *const *col_matrix;                    /* per column class, (zw, n) row-major */
+    const int64_t *row_y0, *row_u0, *row_class;       /* (nrows) */
+    const int64_t *row_h, *row_uw;                    /* per row class */
+    const int64_t *row_sparse;    /* per row class: leading u rows of a block row that are sparse */
+    const void *const *row_matrix;                    /* per row class, (h, uw) row-major */
+    const int64_t *rowptr;                    /* (u_rows + 1) */
+    const uint32_t *src, *zrow;               /* (rowptr[u_rows]) */
+    const int64_t *row_terms;                 /* (nrows + 1): basis terms of each block row */
+    const int64_t *term_col, *term_count, *term_proj, *term_rank, *term_sums;
+} rbe_hybrid_plan;
+
+/* Sparse rows q0 .. q1 - 1 of u for a batch (u[q * batch + i], overwritten), one SIMD path. */
+typedef void rbe_hybrid_rows_f32_kernel(const rbe_hybrid_plan *p, const float *values,
+                                        const float *z, float *u, int64_t batch, int64_t q0,
+                                        int64_t q1);
+typedef void rbe_hybrid_rows_f64_kernel(const rbe_hybrid_plan *p, const float *values,
+                                        const double *z, double *u, int64_t batch, int64_t q0,
+                                        int64_t q1);
+typedef rbe_hybrid_rows_f32_kernel *rbe_hybrid_rows_f32_fn;
+typedef rbe_hybrid_rows_f64_kernel *rbe_hybrid_rows_f64_fn;
+
+rbe_hybrid_rows_f32_kernel rbe_hybrid_rows_f32_scalar;
+rbe_hybrid_rows_f64_kernel rbe_hybrid_rows_f64_scalar;
 #ifdef RBE_HAVE_X86_SIMD
-rbe_hybrid_forward_f32_kernel rbe_hybrid_forward_f32_avx2;
-rbe_hybrid_forward_f64_kernel rbe_hybrid_forward_f64_avx2;
+rbe_hybrid_rows_f32_kernel rbe_hybrid_rows_f32_avx2;
+rbe_hybrid_rows_f64_kernel rbe_hybrid_rows_f64_avx2;
 #endif
 
-/* The forward kernels of one SIMD path. */
+/* The sparse-row kernels of one SIMD path. */
 typedef struct {
-    rbe_hybrid_forward_f32_fn f32;
-    rbe_hybrid_forward_f64_fn f64;
-} rbe_hybrid_forward_ops;
+    rbe_hybrid_rows_f32_fn f32;
+    rbe_hybrid_rows_f64_fn f64;
+} rbe_hybrid_rows_ops;
 
-/* One forward product as the items (block rows) of rbe_parallel_for: f32 or f64 is set. */
+/* One forward product: the float32 members (sgemm, rows_f32) or the float64 ones are set;
+ * x is (batch, in_features) and y (batch, out_features), row-major; coef (nrows * ncols * 8)
+ * in the compute type; bias float32 (out_features) or NULL. */
 typedef struct {
-    const rbe_hybrid_grid *g;
-    const rbe_hybrid_layout *l;
-    const void *z;
-    void *u;
-    rbe_hybrid_forward_f32_fn f32;
-    rbe_hybrid_forward_f64_fn f64;
+    const rbe_hybrid_plan *plan;
+    int64_t batch;
+    const int64_t *col_runs, *row_runs;   /* item t: block columns (rows) runs[t] .. runs[t+1]-1 */
+    const float *values, *bias;
+    const void *coef, *x;
+    void *z, *u, *y;
+    rbe_sgemm_fn *sgemm;
+    rbe_dgemm_fn *dgemm;
+    rbe_hybrid_rows_f32_fn rows_f32;
+    rbe_hybrid_rows_f64_fn rows_f64;
 } rbe_hybrid_forward_job;
 
-void rbe_hybrid_forward_item(void *ctx, int64_t bi);
+/* The two phases as items of rbe_parallel_phases: runs of block columns, then of rows. */
+void rbe_hybrid_columns_item(void *ctx, int64_t item);
+void rbe_hybrid_rows_item(void *ctx, int64_t item);
 
 #endif

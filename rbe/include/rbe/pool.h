@@ -25,4 +25,10 @@ typedef void (*rbe_item_fn)(void *ctx, int64_t item);
  * (rbe/src/pool.c). */
 void rbe_parallel_for(int64_t n, int threads, rbe_item_fn fn, void *ctx);
 
+/* first(ctx, i) for i < n_first, then second(ctx, i) for i < n_second, as one loop: a thread
+ * that claims an item of the second phase first waits (yielding its core) until every item of
+ * the first has ended. One wake-up of the helpers serves both phases. */
+void rbe_parallel_phases(int64_t n_first, rbe_item_fn first, int64_t n_second,
+                         rbe_item_fn second, int threads, void *ctx);
+
 #endif
