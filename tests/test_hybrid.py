@@ -147,7 +147,7 @@ def test_training_with_rbe_optim_fits_a_smooth_target(optimizer, lr):
 
 
 def test_results_do_not_depend_on_the_thread_count(threads):
-    # 4096 blocks x k 256 x batch 64 = 2^26 multiply-adds: large enough to run in parallel.
+    # 4096 blocks x k 256 x batch 64 = 2^26 multiply-adds: large enough to run in parallel
     layer = layer_for((1024, 1024), (16, 16), k=256)
     X = np.random.default_rng(6).standard_normal((64, 1024)).astype(np.float32)
     results = []
@@ -170,9 +170,10 @@ def test_concurrent_calls_from_python_threads(concurrently):
 
 
 def test_parallel_one_vector_products_from_threads_and_forked_children(threads, concurrently):
-    # 1024 blocks x k 64 = 2^16 multiply-adds per vector: the forward runs on the helper pool
-    layer = layer_for((512, 512), (16, 16), k=64)
-    X = np.random.default_rng(8).standard_normal((3, 512)).astype(np.float32)
+    # 2^21 entries per vector: the forward runs on the helper pool
+    layer = rbe.HybridLinear(2048, 2048, k=2048, seed=0, regrow_every=None)
+    assert layer._plan(np.dtype(np.float32)).work >= 1 << 21
+    X = np.random.default_rng(8).standard_normal((3, 2048)).astype(np.float32)
     threads(1)
     expected = [layer.forward(x) for x in X]
     threads(3)

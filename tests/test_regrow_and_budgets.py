@@ -178,3 +178,6 @@ def test_regrow_moves_positions_in_place_and_leaves_earlier_matrices_alone():
     assert layer.index is index and not index.flags.writeable    # the same read-only array
     assert not np.array_equal(index, before)
     np.testing.assert_array_equal(matrix.index, before)
+    layer.values[:] = np.random.default_rng(1).standard_normal(layer.values.shape)
+    dense = layer.to_dense().astype(np.float64)         # the forward follows the new positions
+    np.testing.assert_allclose(layer.forward(x), x @ dense.T + layer.bias, rtol=1e-4, atol=1e-5)
