@@ -187,9 +187,11 @@ def basis_factors(h: int, w: int,
     """Low-rank factors of the basis: basis(h, w)[k] == left[:, k*r:(k+1)*r] @ right.
 
     Seven of the eight functions are sums of products f(y) g(x), so the stacked (8h, w) basis
-    has a small numerical rank r (about 15 for 64 x 64; rho is the only non-separable one).
-    Products then cost r per block column and 8r per block instead of 8h. The rank cut-off is
-    numpy's ``matrix_rank`` one, so the factors reproduce the basis to float64 rounding.
+    has a small numerical rank r (rho is the only non-separable one). Products then cost r per
+    block column and 8r per block instead of 8h. The rank is the numerical rank at the
+    precision of ``dtype``: for float64 numpy's ``matrix_rank`` cut-off (18 for 64 x 64), for
+    float32 singular values below float32's epsilon of the largest are dropped (11 for
+    64 x 64), so that the factors reproduce the basis to the rounding of ``dtype``.
 
     Returns
     -------
@@ -199,7 +201,10 @@ def basis_factors(h: int, w: int,
     def build():
         stacked = basis(h, w).reshape(NUM_BASIS * h, w)
         u, s, vt = np.linalg.svd(stacked, full_matrices=False)
-        rank = max(1, int((s > s[0] * max(stacked.shape) * np.finfo(np.float64).eps).sum()))
+        single = np.dtype(dtype) == np.float32
+        cutoff = np.finfo(np.float32).eps if single else \
+            max(stacked.shape) * np.finfo(np.float64).eps
+        rank = max(1, int((s > s[0] * cutoff).sum()))
         left = (u[:, :rank] * s[:rank]).reshape(NUM_BASIS, h, rank).transpose(1, 0, 2)
         left = left.reshape(h, NUM_BASIS * rank)
         return _read_only(left.astype(dtype)), _read_only(vt[:rank].astype(dtype))
