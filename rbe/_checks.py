@@ -71,15 +71,18 @@ def block_count(shape: tuple, block: tuple) -> int:
     return count
 
 
-def layer_input(name: str, value: ArrayLike, width: int) -> np.ndarray:
+def layer_input(name: str, value: ArrayLike, width: int, values: bool = True) -> np.ndarray:
     """A layer's input or upstream gradient: float32/float64, shape (width,) or
-    (batch, width) with batch >= 1, finite and within float32's range."""
+    (batch, width) with batch >= 1, finite and within float32's range (``values=False``
+    leaves those two checks of the elements to a caller that makes them itself)."""
     arr = np.asarray(value)
     if arr.dtype not in (np.float32, np.float64):
         raise ValueError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2) or arr.shape[-1] != width or arr.size == 0:
         raise ValueError(f"{name} must have shape ({width},) or (batch, {width}), "
                          f"got {arr.shape}")
+    if not values:
+        return arr
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite (got NaN or inf)")
     if arr.dtype == np.float64 and max(arr.max(), -arr.min()) > MAX_INPUT:

@@ -336,7 +336,8 @@ cdef class ForwardPlan:
     def forward(self, const float[::1] values, const real[::1] coef, const real[:, ::1] x,
                 real[:, ::1] y, real[::1] z, real[::1] u, bias=None):
         """y = W x + b for the rows of x (batch, in_features) into y (batch, out_features);
-        z and u are work arrays of at least z_rows * batch and u_rows * batch elements."""
+        z and u are work arrays of at least z_rows * batch and u_rows * batch elements. Raises
+        ValueError when x or the result holds NaN or inf."""
         cdef int64_t nb = x.shape[0]
         cdef bint single = real is float
         if single != (self.dtype == np.float32):
@@ -373,9 +374,27 @@ cdef class ForwardPlan:
         cdef const int64_t[::1] rows = self._one_row_runs if nb == 1 else self._row_items
         job.col_runs, job.row_runs = &cols[0], &rows[0]
         cdef int threads = 1 if self.work * nb < _HYBRID_FORWARD_PARALLEL_MIN else _threads()
+        cdef bint finite
+        with nogil:
+            finite = _finite(&x[0, 0], x.shape[0] * x.shape[1])
+        if not finite:
+            raise ValueError("X must be finite (got NaN or inf)")
         with nogil:
             rbe_parallel_phases(cols.shape[0] - 1, rbe_hybrid_columns_item, rows.shape[0] - 1,
                                 rbe_hybrid_rows_item, threads, &job)
+            finite = _finite(&y[0, 0], y.shape[0] * y.shape[1])
+        if not finite:
+            raise ValueError("forward overflows: the result is not finite (inputs or parameters "
+                             "too large)")
+
+
+cdef bint _finite(const real *a, int64_t n) noexcept nogil:
+    """No NaN or inf among a[:n]: x - x is 0 for every finite x, NaN otherwise."""
+    cdef real sum = 0
+    cdef int64_t i
+    for i in range(n):
+        sum += a[i] - a[i]
+    return sum == 0
 
 
 cdef const int64_t *_data(array) except? NULL:

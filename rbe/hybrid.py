@@ -520,7 +520,9 @@ class HybridLinear:
 
     def forward(self, X: np.ndarray) -> np.ndarray:
         """Y = X W^T + b for X of shape (in_features,) or (batch, in_features)."""
-        X2 = self._batch_major(X, self.in_features, "X")
+        X2 = self._batch_major(X, self.in_features, "X", values=False)
+        if X2.dtype != np.float32:      # the plan checks that elements are finite, not ranges
+            layer_input("X", X2, self.in_features)
         plan = self._plan(X2.dtype)
         batch = X2.shape[0]
         Y = np.empty((batch, self.out_features), X2.dtype)
@@ -531,7 +533,7 @@ class HybridLinear:
         if self.factors is not None:
             factor_out, factor_in = (f.astype(X2.dtype) for f in self.factors)
             Y += (X2 @ factor_in) @ factor_out.T
-        finite_output("forward", Y)
+            finite_output("forward", Y)
         return Y.reshape(X.shape[:-1] + (self.out_features,))
 
     def backward(self, X: np.ndarray, dY: np.ndarray) -> np.ndarray:
@@ -616,13 +618,14 @@ class HybridLinear:
         return np.ascontiguousarray(coef.transpose(1, 0, 2), dtype).reshape(nc, -1)
 
     @staticmethod
-    def _batch_major(X, features, name):
-        """Validate X (features,) or (batch, features); return it as (batch, features)."""
+    def _batch_major(X, features, name, values=True):
+        """Validate X (features,) or (batch, features) (its elements too with ``values``);
+        return it as (batch, features)."""
         if not isinstance(X, np.ndarray):
             raise ValueError(f"{name} must be a numpy array, got {type(X).__name__}")
         if not X.flags.c_contiguous:
             raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
-        return layer_input(name, X, features).reshape(-1, features)
+        return layer_input(name, X, features, values).reshape(-1, features)
 
     @staticmethod
     def _features_major(X, features, name):
