@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import time
 
 import numpy as np
 
@@ -90,7 +91,8 @@ def original_gemv(layer: rbe.HybridLinear, x: np.ndarray) -> np.ndarray:
         for j in range(0, n, bw):
             for row in range(bh):
                 coefs = np.zeros(bh * bw)
-                coefs[layer.index[b]] = layer.values[b]
+                entries = slice(layer.offsets[b], layer.offsets[b + 1])
+                coefs[layer.index[entries]] = layer.values[entries]
                 residual = tf.synthesize(coefs.reshape(1, bh, bw), kinds[layer.transform[b]],
                                          layer.wavelet)[0]
                 block = (design @ layer.coef[b]).reshape(bh, bw) + residual
@@ -171,11 +173,26 @@ def profile_gemv():
     }
     for threads in (1, 2):
         with rbe.threads(threads):
-            t = interleaved_medians(stages, rounds=15, steady=True)
+            t = _block_medians(stages)
         print(f"  {threads} thread(s): forward {t['forward'] * 1e3:.3f} = transforms and basis "
               f"sums (BLAS) {t['dense part'] * 1e3:.3f} + sparse rows "
               f"{(t['C product'] - t['dense part']) * 1e3:.3f} + checks, bias and Python "
               f"{(t['forward'] - t['C product']) * 1e3:.3f}")
+
+
+def _block_medians(cases, blocks=5, calls=200):
+    """Median seconds per call of each case: blocks of back-to-back calls (after as many
+    untimed), the cases alternating block by block."""
+    samples = {name: [] for name in cases}
+    for _ in range(blocks):
+        for name, fn in cases.items():
+            for _ in range(calls):
+                fn()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            samples[name].append((time.perf_counter() - start) / calls)
+    return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def bench_row_rebuild():
