@@ -125,7 +125,7 @@ def hybrid_value_grads(shape, block, const uint8_t[::1] slot, const int64_t[::1]
 # Below this many multiply-adds per forward product it runs on the calling thread: waking a
 # helper costs more than it saves. rbe_parallel_for (pool.h) never waits for a helper that has
 # not started, so the threshold is low.
-cdef int64_t _HYBRID_FORWARD_PARALLEL_MIN = 1 << 21
+cdef int64_t _HYBRID_FORWARD_PARALLEL_MIN = 1 << 19
 cdef int64_t _BLAS_INT_MAX = 2147483647
 
 
