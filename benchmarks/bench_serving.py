@@ -3,7 +3,7 @@
 Run with rbe importable (installed, or built in place and run from the repository root); needs
 torch:
 
-    python benchmarks/bench_serving.py [--quick] [--threads N]
+    python benchmarks/bench_serving.py [--quick] [--threads N] [--rounds N]
 
 The same as ``rbe bench --serving``; what is measured and how is described in ``rbe.serving``
 (every contender in its own process; single layers at 4096^2 and 8192^2, one vector and a
@@ -24,8 +24,11 @@ def main():
     parser.add_argument("--threads", type=int,
                         help="every contender's thread count (torch, rbe, BLAS) instead of the "
                              "defaults; 1 compares the kernels on a machine busy with other work")
+    parser.add_argument("--rounds", type=int,
+                        help="turns of the contenders, medians reported (default 3, 1 with "
+                             "--quick)")
     args = parser.parse_args()
-    serving.run(quick=args.quick, threads=args.threads)
+    serving.run(quick=args.quick, threads=args.threads, rounds=args.rounds)
 
 
 if __name__ == "__main__":

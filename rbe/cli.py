@@ -44,7 +44,7 @@ def bench(args: argparse.Namespace) -> int:
         return 0
     if args.serving:
         from rbe import serving
-        serving.run(quick=args.quick, threads=args.threads)
+        serving.run(quick=args.quick, threads=args.threads, rounds=args.rounds)
         return 0
 
     rng = np.random.default_rng(0)
@@ -211,10 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--serving", action="store_true",
                    help="instead: latency and throughput as a service sees them, against torch "
                         "float32 and int8 dynamic quantisation (rbe.serving; needs torch; "
-                        "about 2 minutes)")
+                        "about 10 minutes, 1 with --quick)")
     p.add_argument("--quick", action="store_true", help="with --serving: fewer sizes and calls")
     p.add_argument("--threads", type=int, help="with --serving: every contender's thread count "
                                                 "(torch, rbe, BLAS) instead of the defaults")
+    p.add_argument("--rounds", type=int, help="with --serving: turns of the contenders, medians "
+                                               "reported (default 3, 1 with --quick)")
     p.add_argument("--tasks", nargs="+", default=["digits", "synthetic"],
                    choices=["digits", "synthetic"], help="with --quality")
     p.add_argument("--runs", type=int, default=3, help="with --quality: seeds per variant")

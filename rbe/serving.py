@@ -18,8 +18,10 @@ Three tables (``rbe bench --serving``, ``benchmarks/bench_serving.py``; needs to
    survives a spinning neighbour, as p99 after the sgemm over p50 alone.
 
 Every contender runs in its own process (a fresh interpreter per kind), one after the other,
-so no contender inherits another's thread pools, caches or memory. All use the default thread
-counts (torch's, numpy's BLAS and rbe's; on a 2-core machine two each), or the one ``run``'s
+so no contender inherits another's thread pools, caches or memory. The contenders take turns
+for ``rounds`` rounds and every figure is the median over the rounds, so that a slow spell of a
+shared machine does not land on one contender alone. All use the default thread counts
+(torch's, numpy's BLAS and rbe's; on a 2-core machine two each), or the one ``run``'s
 ``threads`` gives them all.
 """
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Callable
 
 import numpy as np
 
+from ._checks import positive_int
 from ._tables import print_table
 
 SIZES = (4096, 8192)
@@ -213,6 +216,24 @@ def _worker(spec: dict) -> dict:
     return _serving_worker(spec["kind"], spec["calls"])
 
 
+def _medians(results: list) -> dict | float:
+    """The element-wise median of equally nested dicts of numbers."""
+    if isinstance(results[0], dict):
+        return {key: _medians([r[key] for r in results]) for key in results[0]}
+    return float(np.median(results))
+
+
+def _in_turns(specs: dict[str, dict], rounds: int, log: Callable[[str], object]) -> dict:
+    """Each kind's worker run ``rounds`` times, the kinds taking turns; the median figures."""
+    runs: dict[str, list] = {kind: [] for kind in specs}
+    for turn in range(rounds):
+        for kind, spec in specs.items():
+            runs[kind].append(_in_process(spec))
+        if rounds > 1:
+            log(f"  ({spec['task']}: round {turn + 1} of {rounds} done)")
+    return {kind: _medians(results) for kind, results in runs.items()}
+
+
 def _in_process(spec: dict) -> dict:
     """Run one worker in a fresh interpreter; its result is the last line it prints."""
     done = subprocess.run([sys.executable, "-m", "rbe.serving", json.dumps(spec)],
@@ -228,11 +249,12 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f}"
 
 
-def run(quick: bool = False, threads: int | None = None,
+def run(quick: bool = False, threads: int | None = None, rounds: int | None = None,
         log: Callable[[str], object] = print) -> dict:
     """Run the benchmark (``quick``: 4096^2 only in table 1, 50 calls per setting instead of
     200; ``threads``: torch's, rbe's and BLAS's thread count in every contender instead of
-    their defaults) and print its tables; returns the measurements."""
+    their defaults; ``rounds``: turns of the contenders, medians reported, by default 3, 1 with
+    ``quick``) and print its tables; returns the measurements."""
     try:
         import torch
     except ImportError:
@@ -240,12 +262,14 @@ def run(quick: bool = False, threads: int | None = None,
     import rbe
     sizes = SIZES[:1] if quick else SIZES
     calls = 50 if quick else 200
+    rounds = (1 if quick else 3) if rounds is None else positive_int("rounds", rounds)
     info = rbe.kernel_info()
     count = threads or f"{info['threads']} (rbe), {torch.get_num_threads()} (torch)"
     log(f"rbe {rbe.__version__} (simd={info['simd']}), torch {torch.__version__}, numpy "
-        f"{np.__version__}; threads: {count}; each contender in its own process, times in ms")
-    layers = {kind: _in_process({"task": "layers", "kind": kind, "sizes": sizes,
-                                 "quick": quick, "threads": threads}) for kind in LAYER_KINDS}
+        f"{np.__version__}; threads: {count}; each contender in its own process, {rounds} "
+        f"round(s) of turns, medians; times in ms")
+    layers = _in_turns({kind: {"task": "layers", "kind": kind, "sizes": sizes, "quick": quick,
+                               "threads": threads} for kind in LAYER_KINDS}, rounds, log)
     log("\n1. single n x n layers, steady state (median ms per call; ratio: int8 time / time)")
     keys = [f"{n}/{b}" for b in (1, 64) for n in sizes]
     header = ["layer"] + [f"{'GEMV' if b == '1' else 'batch-64'} {n}^2"
@@ -255,9 +279,8 @@ def run(quick: bool = False, threads: int | None = None,
                                     for k in keys] for kind in ("hybrid", "fused")]
     print_table(header, rows, log)
 
-    serving = {kind: _in_process({"task": "serving", "kind": kind, "calls": calls,
-                                  "threads": threads})
-               for kind in LAYER_KINDS}
+    serving = _in_turns({kind: {"task": "serving", "kind": kind, "calls": calls,
+                                "threads": threads} for kind in LAYER_KINDS}, rounds, log)
     log(f"\n2. {MODEL_DEPTH} x (Linear {MODEL_WIDTH}^2 -> LayerNorm -> GELU), inference_mode, "
         f"{calls} calls per setting (4 threads: {max(calls // THREADS, 10)} calls each)")
     header = ["model", "batch", "alone p50", "p99", "after sgemm p50", "p99", "4 threads p50",

@@ -23,3 +23,20 @@ def test_hybrid_contender_has_two_transforms_and_matches_its_dense_form():
     x = np.random.default_rng(0).standard_normal((3, 128)).astype(np.float32)
     dense = layer.to_dense().astype(np.float64)
     np.testing.assert_allclose(layer.forward(x), x @ dense.T + layer.bias, rtol=1e-4, atol=1e-4)
+
+
+def test_turns_alternate_the_contenders_and_report_median_figures(monkeypatch):
+    order = []
+    figures = iter([1.0, 10.0, 3.0, 30.0, 2.0, 20.0])
+
+    def worker(spec):
+        order.append(spec["kind"])
+        value = next(figures)
+        return {"model": {"p50": value, "p99": 2 * value}}
+
+    monkeypatch.setattr(serving, "_in_process", worker)
+    result = serving._in_turns({"a": {"kind": "a", "task": "t"}, "b": {"kind": "b", "task": "t"}},
+                               3, lambda line: None)
+    assert order == ["a", "b"] * 3
+    assert result == {"a": {"model": {"p50": 2.0, "p99": 4.0}},
+                      "b": {"model": {"p50": 20.0, "p99": 40.0}}}
