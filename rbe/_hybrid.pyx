@@ -138,6 +138,19 @@ cdef _int64s(name, values, int64_t count):
     return array
 
 
+cdef _uint32s(name, values, int64_t count):
+    """A private uint32 copy of ``count`` indices, each in uint32's range."""
+    indices = np.asarray(values).ravel()
+    if indices.shape[0] != count:
+        raise ValueError(f"{name} must have {count} entries (rowptr's last)")
+    if count and (indices.dtype.kind not in "iu" or indices.min() < 0
+                  or indices.max() > 4294967295):
+        raise ValueError(f"{name} must hold integers from 0 to 2**32 - 1")
+    array = indices.astype(np.uint32)
+    array.flags.writeable = False
+    return array
+
+
 cdef _classes(name, values, int64_t count, int64_t nclasses):
     """_int64s of at least one class number below ``nclasses``."""
     array = _int64s(name, values, count)
@@ -239,12 +252,8 @@ cdef class ForwardPlan:
         self.u_rows = int(np.max(arrays["row_u0"] + row_uw[arrays["row_class"]], initial=0))
         arrays["rowptr"] = _int64s("rowptr", rowptr, self.u_rows + 1)
         entries = arrays["rowptr"][self.u_rows]
-        arrays["src"] = np.array(src, dtype=np.uint32).ravel()
-        arrays["zrow"] = np.array(zrow, dtype=np.uint32).ravel()
-        for name in ("src", "zrow"):
-            if arrays[name].shape[0] != entries:
-                raise ValueError(f"{name} must have {entries} entries (rowptr's last)")
-            arrays[name].flags.writeable = False
+        arrays["src"] = _uint32s("src", src, entries)
+        arrays["zrow"] = _uint32s("zrow", zrow, entries)
         self.n_values, self.n_coef = n_values, n_coef
         self._keep = (arrays, col_m, row_m)
         self._col_pointers = np.array([m.ctypes.data for m in col_m], np.uintp)

@@ -241,6 +241,8 @@ def replaced(name, value):
     (replaced("rowptr", lambda a: np.r_[1, a[1:]]), "rowptr must start at 0"),
     (replaced("rowptr", lambda a: np.r_[a[:3], a[1], a[4:]]), "non-decreasing"),
     (replaced("src", lambda a: a[1:]), "src must have"),
+    (replaced("src", lambda a: a.astype(np.int64) - 1), "src must hold integers from 0"),
+    (replaced("zrow", lambda a: a + 2**32), "zrow must hold integers from 0"),
     (replaced("col_z0", lambda a: a[::-1].copy()), "block column 1 overlaps"),
     (replaced("row_u0", lambda a: a[np.r_[1, 0, 2:len(a)]]), "block row 1 overlaps"),
     (replaced("col_x0", lambda a: a + 1), "block column 6 addresses elements outside"),

@@ -152,8 +152,8 @@ static RBE_SCALAR_LOOPS void row_dots(const rbe_hybrid_plan *p, const float *val
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
-/* out[0 .. width) = sum_e values[src[e]] * z[zrow[e] * nb + i0 ..]: a whole tile (its sums        \
- * in registers) or the batch's last, partial one. */                                              \
+/* out[i] = sum_e values[src[e]] * z[zrow[e] * nb + i0 + i] for a whole tile, its sums in          \
+ * registers; row_part does the batch's last, partial tile. */                                     \
 RBE_INLINE void row_tile(const rbe_hybrid_plan *p, const float *values, const T *z, T *out,        \
                          int64_t nb, int64_t i0, int64_t e0, int64_t e1) {                         \
     T acc[RBE_ROW_TILE(T)];                                                                        \
