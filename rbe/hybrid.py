@@ -326,7 +326,7 @@ class HybridLinear:
                       row_class=row_class, row_runs=row_runs, row_matrices=row_matrices,
                       row_sparse=[h * self._nslots for h, _ in rows],
                       n_values=len(self.values), n_coef=self.coef.size)
-        u_rows = int((row_u0 + [m.shape[1] for m in row_matrices][row_class[-1]])[-1])
+        u_rows = int(row_u0[-1] + row_matrices[row_class[-1]].shape[1])
         arrays.update(self._sparse_rows(col_z0, row_u0, u_rows))
         arrays.update(self._basis_terms(terms))
         return arrays

@@ -226,11 +226,12 @@ def _medians(results: list) -> dict | float:
 def _in_turns(specs: dict[str, dict], rounds: int, log: Callable[[str], object]) -> dict:
     """Each kind's worker run ``rounds`` times, the kinds taking turns; the median figures."""
     runs: dict[str, list] = {kind: [] for kind in specs}
+    task = next(iter(specs.values()))["task"]
     for turn in range(rounds):
         for kind, spec in specs.items():
             runs[kind].append(_in_process(spec))
         if rounds > 1:
-            log(f"  ({spec['task']}: round {turn + 1} of {rounds} done)")
+            log(f"  ({task}: round {turn + 1} of {rounds} done)")
     return {kind: _medians(results) for kind, results in runs.items()}
 
 
