@@ -4,6 +4,7 @@ from libc.stdint cimport int64_t, uint8_t, uint32_t
 
 cdef extern from "rbe/pool.h":
     ctypedef void (*rbe_item_fn)(void *ctx, int64_t item) noexcept nogil
+    void rbe_parallel_for(int64_t n, int threads, rbe_item_fn fn, void *ctx) nogil
     void rbe_parallel_stages(int stages, const int64_t *counts, const rbe_item_fn *fns,
                              int threads, void *ctx) nogil
 

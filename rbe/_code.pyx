@@ -3,11 +3,11 @@
 
 Every wrapper checks sizes and values that address memory (trellis sizes, overlaps, the plan's
 arrays) before any pointer is used; loops run without the GIL. The encoder runs one tile per
-item of an OpenMP loop (each thread with its own work memory); a CodePlan runs its forward
-product as the three stages of rbe_parallel_stages on rbe's helper pool.
+item of rbe's helper pool (each chunk with its own work memory); a CodePlan runs its forward
+product as the three stages of rbe_parallel_stages on the same pool.
 """
 cimport cython
-from cython.parallel cimport parallel, prange
+from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 
@@ -81,38 +81,63 @@ def viterbi(const float[::1] values, int bits, int state_bits, const float[::1] 
     return states, cost
 
 
-@cython.boundscheck(False)
+ctypedef struct _encode_job:
+    rbe_code_viterbi_fn viterbi
+    const rbe_trellis *trellis
+    const float *targets
+    uint8_t *streams
+    float *decoded
+    double *errors
+    int64_t count, chunk, stream_bytes
+    size_t work_bytes
+    int failed
+
+
+cdef void _encode_chunk(void *ctx, int64_t item) noexcept nogil:
+    """Tiles item * chunk .. of an _encode_job, with work memory of their own."""
+    cdef _encode_job *job = <_encode_job *>ctx
+    cdef void *work = malloc(job.work_bytes)
+    cdef int64_t i
+    if work == NULL:
+        job.failed = 1
+        return
+    for i in range(item * job.chunk, min(job.count, (item + 1) * job.chunk)):
+        job.errors[i] = rbe_code_encode_tile(job.viterbi, job.trellis,
+                                             job.targets + i * RBE_CODE_STEPS,
+                                             job.streams + i * job.stream_bytes,
+                                             job.decoded + i * RBE_CODE_STEPS, work)
+    free(work)
+
+
 def encode_tiles(const float[::1] values, int bits, int state_bits,
                  const float[:, ::1] targets, uint8_t[:, ::1] streams, float[:, ::1] decoded,
                  double[::1] errors, int simd=-1):
     """Code every row of targets (tiles x 256, in step order) as a tail-biting stream
-    (rbe_code_encode_tile): streams (tiles x 32 bits) bytes, decoded values, squared errors."""
+    (rbe_code_encode_tile): streams (tiles x 32 bits) bytes, decoded values, squared errors.
+    Runs chunks of tiles on rbe's helper pool (whose idle threads sleep: the encoder
+    alternates with BLAS products, whose threads would compete with spinning ones)."""
     cdef rbe_trellis t = _trellis(values, bits, state_bits)
-    cdef rbe_code_ops ops = _ops(_BEST_SIMD if simd < 0 else simd)
-    cdef int64_t count = targets.shape[0], i
+    cdef _encode_job job
+    job.viterbi = _ops(_BEST_SIMD if simd < 0 else simd).viterbi
+    job.count = targets.shape[0]
     if targets.shape[1] != RBE_CODE_STEPS or decoded.shape[1] != RBE_CODE_STEPS:
         raise ValueError(f"targets and decoded must have {RBE_CODE_STEPS} columns")
     if streams.shape[1] != 32 * bits:
         raise ValueError(f"streams must have {32 * bits} columns (bytes of a stream)")
-    if not streams.shape[0] == decoded.shape[0] == errors.shape[0] == count:
-        raise ValueError(f"streams, decoded and errors must have {count} rows")
-    cdef size_t size = rbe_code_viterbi_work(&t, RBE_CODE_STEPS)
-    cdef void *work
-    cdef int threads = <int>min(<int64_t>_threads(), count) if count > 1 else 1
-    cdef bint failed = False
-    if count == 0:
+    if not streams.shape[0] == decoded.shape[0] == errors.shape[0] == job.count:
+        raise ValueError(f"streams, decoded and errors must have {job.count} rows")
+    if job.count == 0:
         return
-    with nogil, parallel(num_threads=threads):
-        work = malloc(size)
-        for i in prange(count, schedule="dynamic"):
-            if work == NULL:
-                failed = True
-            else:
-                errors[i] = rbe_code_encode_tile(ops.viterbi, &t, &targets[i, 0], &streams[i, 0],
-                                                 &decoded[i, 0], work)
-        free(work)
-    if failed:
-        raise MemoryError(f"cannot allocate {size} bytes per thread for the Viterbi search")
+    cdef int threads = _threads()
+    job.trellis, job.targets, job.streams = &t, &targets[0, 0], &streams[0, 0]
+    job.decoded, job.errors, job.stream_bytes = &decoded[0, 0], &errors[0], 32 * bits
+    job.work_bytes = rbe_code_viterbi_work(&t, RBE_CODE_STEPS)
+    job.chunk = max(1, job.count // (4 * threads))
+    job.failed = 0
+    with nogil:
+        rbe_parallel_for((job.count + job.chunk - 1) // job.chunk, threads, _encode_chunk, &job)
+    if job.failed:
+        raise MemoryError(f"cannot allocate {job.work_bytes} bytes for the Viterbi search")
 
 
 cdef rbe_rotation _rotation(int64_t side, odd_matrix, list keep) except *:

@@ -17,7 +17,13 @@ from numpy.typing import ArrayLike
 from . import _code, _core, kernel
 from . import trellis as tr
 from ._cache import workspace
-from ._checks import MAX_FEATURES, finite_output, layer_input, positive_int
+from ._checks import (
+    MAX_FEATURES,
+    finite_output,
+    layer_input,
+    nonnegative_number,
+    positive_int,
+)
 from .encoder import check_matrix
 
 #: Bytes of a code matrix's fixed header in ``nbytes``: shape, bits, state bits, seed, exponent.
@@ -26,10 +32,17 @@ HEADER_BYTES = 6 * 8
 _PANEL_FLOATS = 1 << 20
 
 
+#: Largest exponent of the stored scales (so that they stay within the file's bound, 2^60).
+MAX_EXPONENT = 60
+
+
 def _stored_scale(scale: np.ndarray) -> tuple[np.ndarray, int]:
     """(float16 scale / 2^exponent, exponent): the stored form of float32 row scales, the
     exponent chosen so that the largest magnitude is in (0.5, 1]."""
     largest = float(np.max(np.abs(scale), initial=0.0))
+    if not largest < 2.0**MAX_EXPONENT:
+        raise ValueError(f"row scales must be finite and below 2**{MAX_EXPONENT}, got "
+                         f"{largest:.3g}")
     exponent = int(np.frexp(largest)[1]) if largest > 0 else 0
     with np.errstate(over="ignore", under="ignore"):
         return np.ldexp(scale, -exponent).astype(np.float16), exponent
@@ -87,15 +100,16 @@ class CodeLinear:
     @classmethod
     def from_dense(cls, W: ArrayLike, bias: ArrayLike | None = None, *, bits: int = 3,
                    state_bits: int | None = None, hessian: ArrayLike | None = None,
-                   damping: float = tr.DEFAULT_DAMPING, seed: int = 0,
-                   progress: bool | None = None) -> CodeLinear:
+                   input_mean: ArrayLike | None = None, damping: float = tr.DEFAULT_DAMPING,
+                   seed: int = 0, progress: bool | None = None) -> CodeLinear:
         """Code a dense (out_features, in_features) weight matrix.
 
         ``hessian``: the second moment E[x x^T] of the layer's inputs (in_features square,
         e.g. from ``rbe.torch.calibrate``); with it the encoder minimises the error of the
         outputs (LDLQ), without it the error of the weights. ``damping`` adds that fraction of
-        the mean diagonal to the rotated moment's diagonal. ``progress``: a progress bar (by
-        default on a terminal for large matrices).
+        the mean diagonal to the rotated moment's diagonal. ``input_mean``: E[x]; with a bias,
+        the bias absorbs the mean error of the outputs, (W - W_coded) E[x]. ``progress``: a
+        progress bar (by default on a terminal for large matrices).
         """
         W = check_matrix(W)
         bits = tr.check_bits(bits)
@@ -104,15 +118,18 @@ class CodeLinear:
         out_features, in_features = W.shape
         if hessian is not None:
             hessian = tr.check_hessian(hessian, in_features)
-        if isinstance(damping, bool) or not isinstance(damping, (int, float)) \
-                or not 0 <= damping < np.inf:
-            raise ValueError(f"damping must be a finite number >= 0, got {damping!r}")
+        damping = nonnegative_number("damping", damping)
         rows = tr.rotation(out_features, seed, tr.OUTPUTS)
         cols = tr.rotation(in_features, seed, tr.INPUTS)
-        coded = tr.encode(W, bits, state_bits, rows, cols, hessian, float(damping), progress)
+        coded = tr.encode(W, bits, state_bits, rows, cols, hessian, damping, progress)
         layer = cls.__new__(cls)
         layer._attach(in_features, out_features, bits, state_bits, seed, coded.codes,
                       coded.scale, bias)
+        if input_mean is not None and layer.bias is not None:
+            mean = layer_input("input_mean", input_mean, in_features).astype(np.float64)
+            if mean.ndim != 1:
+                raise ValueError(f"input_mean must have shape ({in_features},)")
+            layer.bias += ((W - layer.to_dense()) @ mean).astype(np.float32)
         return layer
 
     def _attach(self, in_features, out_features, bits, state_bits, seed, codes, scale, bias):
@@ -120,7 +137,8 @@ class CodeLinear:
         self.bits, self.state_bits, self.seed = bits, state_bits, seed
         self._inputs = tr.rotation(in_features, seed, tr.INPUTS)
         self._outputs = tr.rotation(out_features, seed, tr.OUTPUTS)
-        self.codes = codes
+        # a read-only view of writable memory, which rbe.torch shares with a buffer
+        self.codes = (codes if codes.flags.writeable else codes.copy()).view()
         self.codes.flags.writeable = False
         stored, exponent = _stored_scale(np.asarray(scale, np.float32))
         self.scale = np.ldexp(stored.astype(np.float32), exponent)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.fft
 import scipy.linalg
+import threadpoolctl
 from numpy.typing import ArrayLike
 from tqdm.auto import tqdm
 
@@ -46,14 +47,14 @@ SPREAD = 147.800537109375
 #: Row scale over the root mean square of the row's targets: a trellis reproduces values a
 #: little smaller than its targets (measured on Gaussian targets, every k and L).
 SCALE_GAIN = 1.05
-DEFAULT_DAMPING = 0.01
+DEFAULT_DAMPING = 0.1
 _MAX_SEED = (1 << 62) - 1
 _PROGRESS_MIN_TILES = 4096
 
 
 def check_bits(bits: int) -> int:
     """bits, if it is one of BITS."""
-    if isinstance(bits, bool) or bits not in BITS:
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in BITS:
         raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
     return int(bits)
 
@@ -221,14 +222,14 @@ def check_hessian(hessian: ArrayLike, features: int) -> np.ndarray:
 
 
 def _block_ldl(H: np.ndarray) -> np.ndarray:
-    """L of H = L D L^T, L unit lower triangular by blocks of TILE (D block diagonal)."""
+    """L of H = L D L^T, L unit lower triangular by blocks of TILE (D block diagonal): from
+    the Cholesky factor C, L = C blockdiag(C_jj)^-1 and D_j = C_jj C_jj^T."""
     chol = np.linalg.cholesky(H)
-    n = H.shape[0]
-    L = chol.copy()
-    for j in range(0, n, TILE):
+    L = np.empty_like(chol)
+    for j in range(0, H.shape[0], TILE):
         block = slice(j, j + TILE)
-        L[:, block] = scipy.linalg.solve_triangular(chol[block, block], L[:, block].T,
-                                                    lower=True).T
+        L[:, block] = scipy.linalg.solve_triangular(chol[block, block], chol[:, block].T,
+                                                    lower=True, trans="T").T
     return L
 
 
@@ -238,6 +239,13 @@ def encode(W: np.ndarray, bits: int, state_bits: int, rows: Rotation, cols: Rota
     """Code a float64 matrix W (checked by the caller) between the rotations ``rows`` and
     ``cols``; with ``hessian`` (the inputs' second moment, in_features square) minimise the
     error of the outputs (LDLQ), else of the weights."""
+    # The coder alternates with BLAS products; BLAS threads, which keep spinning after each
+    # product, would hold the cores the coder's threads need.
+    with threadpoolctl.threadpool_limits(1, user_api="blas"):
+        return _encode(W, bits, state_bits, rows, cols, hessian, damping, progress)
+
+
+def _encode(W, bits, state_bits, rows, cols, hessian, damping, progress):
     R = rotate_matrix(W, rows, cols)
     if hessian is None:
         Hr = None
