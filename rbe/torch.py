@@ -61,6 +61,9 @@ _EXTRA_STATE = "_extra_state"
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 #: Names that state dicts of earlier versions hold besides the current ones (still loaded).
 _EARLIER_NAMES = {"fused_linear": {"lo"}}
+#: Buffers that copy a config field (the config in the extra state has it too): optional in a
+#: state dict.
+_CONFIG_BUFFERS = {"code_linear": {"seed"}}
 
 
 def _check_kind(kind: str, options: dict, code_options: tuple = _CODE_OPTIONS) -> None:
@@ -87,21 +90,26 @@ def _kind_name(layer) -> str:
 # -- the layer's state as torch tensors --------------------------------------------------------
 
 def _writable(frozen: np.ndarray) -> np.ndarray:
-    """The writable array behind a read-only layer array (``rbe.hybrid._frozen``)."""
+    """A writable array over the memory of a read-only layer array (a view of writable memory,
+    as ``rbe.hybrid._frozen`` and ``rbe.CodeLinear`` keep theirs), of its shape."""
     owner = frozen.base
-    if not (isinstance(owner, np.ndarray) and owner.flags.writeable
-            and owner.shape == frozen.shape and owner.dtype == frozen.dtype):
+    if not (isinstance(owner, np.ndarray) and owner.flags.writeable and owner.flags.c_contiguous
+            and frozen.flags.c_contiguous and owner.dtype == frozen.dtype
+            and owner.size == frozen.size and owner.ctypes.data == frozen.ctypes.data):
         raise ValueError("the layer's array is not backed by writable memory")
-    return owner
+    return owner.reshape(frozen.shape)
 
 
 def _live_buffers(layer) -> dict:
     """The layer's stored arrays that are not parameters, as views of the layer's own memory in
     dtypes every torch.distributed backend broadcasts (gloo and NCCL have no 16-bit or
     unsigned 64-bit integers): seed words as int64, hybrid positions as their two bytes.
-    Only per-block counts, which the layer keeps as offsets, are a derived copy."""
+    Only per-block counts, which the layer keeps as offsets, and a code layer's seed are
+    derived copies."""
     if isinstance(layer, CodeLinear):
-        return {"codes": _writable(layer.codes)}
+        # the seed of the rotations' signs, in config, as a buffer too: processes that built
+        # their layers with other seeds get rank 0's with its codes
+        return {"codes": _writable(layer.codes), "seed": np.array([layer.seed], np.int64)}
     if isinstance(layer, FusedLinear):
         # The lo words are the r and theta parameters (float32 views); not a buffer too.
         buffers = {"hi": layer.seeds["hi"].view(np.int64)}
@@ -121,9 +129,16 @@ def _stored_form(kind: str, config: dict, arrays: dict) -> tuple[dict, dict]:
     them) from the module's tensors, or from those of state dicts of earlier versions."""
     arrays = dict(arrays)
     if kind == "code_linear":
-        if isinstance(config, dict) and "scale" in arrays:    # the float32 training scales
-            arrays["scale"], exponent = _stored_scale(arrays["scale"])
-            config = {**config, "exponent": exponent}
+        if not isinstance(config, dict):
+            return config, arrays
+        config = dict(config)
+        if "scale" in arrays:       # the float32 training scales
+            arrays["scale"], config["exponent"] = _stored_scale(arrays["scale"])
+        seed = arrays.pop("seed", None)
+        if seed is not None:
+            if seed.shape != (1,) or seed.dtype != np.int64:
+                raise ValueError(f"seed must hold one int64, got {seed.dtype} {seed.shape}")
+            config["seed"] = int(seed[0])
         return config, arrays
     if kind == "fused_linear":
         if "r" in arrays and "theta" in arrays:     # the float32 halves of the lo words
@@ -639,7 +654,8 @@ class RBELinear(nn.Module):
             # Arrays a layer stores only for some contents (hybrid: mixed transforms, ragged
             # blocks) are expected when present.
             optional = set(getattr(type(self._layer), "OPTIONAL_STATE", ()))
-            optional |= _EARLIER_NAMES.get(self._kind, set())
+            optional |= _EARLIER_NAMES.get(self._kind, set()) | _CONFIG_BUFFERS.get(self._kind,
+                                                                                  set())
             missing = [key for key in missing if key[len(prefix):] not in optional]
             if strict:
                 unexpected_keys.extend(prefix + n for n in sorted(mine - set(expected) - optional))
