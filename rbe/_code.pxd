@@ -23,6 +23,8 @@ cdef extern from "rbe/code.h":
     ctypedef struct rbe_trellis:
         int bits, state_bits
         const float *values
+    size_t rbe_code_values_size(int bits, int state_bits) nogil
+    void rbe_code_values(int bits, int state_bits, float *values) nogil
     size_t rbe_code_viterbi_work(const rbe_trellis *t, int64_t steps) nogil
     ctypedef double (*rbe_code_viterbi_fn)(const rbe_trellis *t, const float *x, int64_t steps,
                                            int64_t overlap, uint32_t *states,

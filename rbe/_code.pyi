@@ -17,12 +17,11 @@ MAX_ODD: int
 WRAP_WINDOW: int
 
 # the encoder (rbe/include/rbe/code.h); simd is an index of rbe._core.SIMD_PATHS, -1 the best
-def viterbi(values: NDArray[np.float32], bits: int, state_bits: int, x: NDArray[np.float32],
-            overlap: int = -1, simd: int = -1) -> tuple[NDArray[np.uint32], float]: ...
-def encode_tiles(values: NDArray[np.float32], bits: int, state_bits: int,
-                 targets: NDArray[np.float32], streams: NDArray[np.uint8],
-                 decoded: NDArray[np.float32], errors: NDArray[np.float64],
-                 simd: int = -1) -> None: ...
+def viterbi(bits: int, state_bits: int, x: NDArray[np.float32], overlap: int = -1,
+            simd: int = -1) -> tuple[NDArray[np.uint32], float]: ...
+def encode_tiles(bits: int, state_bits: int, targets: NDArray[np.float32],
+                 streams: NDArray[np.uint8], decoded: NDArray[np.float32],
+                 errors: NDArray[np.float64], simd: int = -1) -> None: ...
 
 # rotations: every row of rows (float32, width 2^a * b) in place
 def rotate_rows(rows: NDArray[np.float32], odd_matrix: NDArray[np.floating] | None = None,

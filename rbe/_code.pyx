@@ -39,26 +39,35 @@ cdef rbe_code_ops _ops(int simd) except *:
     return ops
 
 
-cdef rbe_trellis _trellis(const float[::1] values, int bits, int state_bits) except *:
+# The search's values of each trellis (bits, state_bits), built once: read-only arrays.
+_VALUES = {}
+
+
+cdef rbe_trellis _trellis(int bits, int state_bits) except *:
     if not RBE_CODE_MIN_BITS <= bits <= RBE_CODE_MAX_BITS:
         raise ValueError(f"bits must be {RBE_CODE_MIN_BITS} .. {RBE_CODE_MAX_BITS}, got {bits}")
     if not bits < state_bits <= RBE_CODE_MAX_STATE_BITS:
         raise ValueError(f"state_bits must be {bits + 1} .. {RBE_CODE_MAX_STATE_BITS}, "
                          f"got {state_bits}")
-    if values.shape[0] != (1 << state_bits):
-        raise ValueError(f"values must hold 2**state_bits = {1 << state_bits} floats, "
-                         f"got {values.shape[0]}")
+    cdef float[::1] built
+    values = _VALUES.get((bits, state_bits))
+    if values is None:
+        values = np.empty(rbe_code_values_size(bits, state_bits), np.float32)
+        built = values
+        rbe_code_values(bits, state_bits, &built[0])
+        values.flags.writeable = False
+        values = _VALUES.setdefault((bits, state_bits), values)
+    cdef const float[::1] view = values
     cdef rbe_trellis t
-    t.bits, t.state_bits, t.values = bits, state_bits, &values[0]
+    t.bits, t.state_bits, t.values = bits, state_bits, &view[0]
     return t
 
 
-def viterbi(const float[::1] values, int bits, int state_bits, const float[::1] x,
-            int64_t overlap=-1, int simd=-1):
+def viterbi(int bits, int state_bits, const float[::1] x, int64_t overlap=-1, int simd=-1):
     """(states, cost): the path of least squared error through the trellis for the targets x
     (rbe_code_viterbi in rbe/code.h); with overlap >= 0 only the paths of a circular stream
     whose first state's low state_bits - bits bits are ``overlap``."""
-    cdef rbe_trellis t = _trellis(values, bits, state_bits)
+    cdef rbe_trellis t = _trellis(bits, state_bits)
     cdef rbe_code_ops ops = _ops(_BEST_SIMD if simd < 0 else simd)
     cdef int64_t steps = x.shape[0]
     if steps < 1:
@@ -109,14 +118,14 @@ cdef void _encode_chunk(void *ctx, int64_t item) noexcept nogil:
     free(work)
 
 
-def encode_tiles(const float[::1] values, int bits, int state_bits,
-                 const float[:, ::1] targets, uint8_t[:, ::1] streams, float[:, ::1] decoded,
-                 double[::1] errors, int simd=-1):
+def encode_tiles(int bits, int state_bits, const float[:, ::1] targets,
+                 uint8_t[:, ::1] streams, float[:, ::1] decoded, double[::1] errors,
+                 int simd=-1):
     """Code every row of targets (tiles x 256, in step order) as a tail-biting stream
     (rbe_code_encode_tile): streams (tiles x 32 bits) bytes, decoded values, squared errors.
     Runs chunks of tiles on rbe's helper pool (whose idle threads sleep: the encoder
     alternates with BLAS products, whose threads would compete with spinning ones)."""
-    cdef rbe_trellis t = _trellis(values, bits, state_bits)
+    cdef rbe_trellis t = _trellis(bits, state_bits)
     cdef _encode_job job
     job.viterbi = _ops(_BEST_SIMD if simd < 0 else simd).viterbi
     job.count = targets.shape[0]

@@ -302,7 +302,6 @@ class _TileCoder:
 
     def __init__(self, bits, state_bits, rows, cols, progress):
         self.bits, self.state_bits = bits, state_bits
-        self.values = state_values(state_bits)
         self.codes = np.zeros((rows // TILE, cols // TILE, 32 * bits), np.uint8)
         tiles = self.codes.shape[0] * self.codes.shape[1]
         if progress is None:
@@ -319,7 +318,7 @@ class _TileCoder:
         streams = np.empty((len(tiles), 32 * self.bits), np.uint8)
         decoded = np.empty_like(tiles)
         errors = np.empty(len(tiles))
-        _code.encode_tiles(self.values, self.bits, self.state_bits, tiles, streams, decoded,
+        _code.encode_tiles(self.bits, self.state_bits, tiles, streams, decoded,
                            errors, self.simd)
         self.codes[:, tj0:tj1] = streams.reshape(tile_rows, width, -1)
         self.bar.update(len(tiles))

@@ -167,7 +167,7 @@ def test_viterbi_is_optimal(simd, k, L, steps):
     x = rng.standard_normal(steps).astype(np.float32)
     simd_id = rbe._core.SIMD_PATHS[simd]
     for overlap in [-1, *rng.integers(0, 2 ** (L - k), 2)]:
-        states, cost = _code.viterbi(values, k, L, x, int(overlap), simd_id)
+        states, cost = _code.viterbi(k, L, x, int(overlap), simd_id)
         assert cost == pytest.approx(brute_force(x, values, k, L, int(overlap)), rel=1e-6)
         assert cost == pytest.approx(sum((x - values[states]) ** 2), rel=1e-6)
         assert all(states[t] >> k == states[t + 1] & ((1 << (L - k)) - 1)
@@ -184,7 +184,7 @@ def test_tile_streams_decode_to_what_the_encoder_reports(k):
         streams = np.empty((3, 32 * k), np.uint8)
         decoded = np.empty_like(targets)
         errors = np.empty(3)
-        _code.encode_tiles(values, k, L, targets, streams, decoded, errors,
+        _code.encode_tiles(k, L, targets, streams, decoded, errors,
                            rbe._core.SIMD_PATHS[simd])
         results.append((streams, decoded, errors))
     for streams, decoded, errors in results:   # every SIMD path finds the same streams

@@ -333,11 +333,10 @@ def test_code_products(simd, batch, name):
 @pytest.mark.parametrize("simd", SIMD)
 def test_code_viterbi_finds_the_scalar_twin_s_streams(simd, k):
     L = 11
-    values = rbe.trellis.state_values(L)
     targets = np.random.default_rng(k).standard_normal((4, 256)).astype(np.float32)
     streams = {}
     for path in {simd, "scalar"}:
         streams[path] = np.empty((4, 32 * k), np.uint8)
-        _code.encode_tiles(values, k, L, targets, streams[path], np.empty_like(targets),
+        _code.encode_tiles(k, L, targets, streams[path], np.empty_like(targets),
                            np.empty(4), _core.SIMD_PATHS[path])
     np.testing.assert_array_equal(streams[simd], streams["scalar"])

@@ -9,45 +9,42 @@
 
 /* ---- the encoder ------------------------------------------------------------------------ */
 
-/* rbe_code_step_scalar eight states at a time: the same comparisons, and the squared error
- * multiplied and added separately (no fused multiply-add), so the floats are the same. */
-static RBE_TARGET_AVX2 void rbe_code_step_avx2(const rbe_trellis *t, const float *cost,
-                                               float *next, float *best, uint8_t *from, float y)
+/* rbe_code_step_scalar eight values of m at a time: the same floats (the squared error
+ * multiplied and added separately, no fused multiply-add) and the same comparisons. */
+static RBE_TARGET_AVX2 void rbe_code_step_avx2(const rbe_trellis *t, const float *prior,
+                                               float *best, uint8_t *from, float y)
 {
-    const int k = t->bits;
-    const int64_t half = (int64_t)1 << (t->state_bits - k), groups = (int64_t)1 << k;
+    const int k = t->bits, L = t->state_bits;
+    const int64_t half = (int64_t)1 << (L - k), groups = (int64_t)1 << k;
     if (half < 8) {
-        rbe_code_step_scalar(t, cost, next, best, from, y);
+        rbe_code_step_scalar(t, prior, best, from, y);
         return;
     }
-    __m256i spread[16];     /* lane i of output vector v holds the best of m = (8 v + i) >> k */
-    for (int v = 0; v < groups; ++v) {
-        int lanes[8];
-        for (int i = 0; i < 8; ++i) lanes[i] = (8 * v + i) >> k;
-        spread[v] = _mm256_loadu_si256((const __m256i *)lanes);
-    }
+    /* lane i of eight states from s0 (a multiple of 8) reads prior[(s0 >> k) + (i >> k)] */
+    const __m256i spread = _mm256_srli_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), k);
     const __m256 target = _mm256_set1_ps(y);
-    const int64_t stride = half + RBE_CODE_SLICE_PAD;
     for (int64_t m = 0; m < half; m += 8) {
-        __m256 b = _mm256_loadu_ps(cost + m);
+        __m256 b = _mm256_setzero_ps();
         __m256i arg = _mm256_setzero_si256();
-        for (int64_t l = 1; l < groups; ++l) {
-            const __m256 c = _mm256_loadu_ps(cost + l * stride + m);
+        for (int64_t l = 0; l < groups; ++l) {
+            const int64_t s = l * half + m;
+            const __m256 d = _mm256_sub_ps(target, _mm256_loadu_ps(
+                t->values + rbe_code_value_slot(s, k, L)));
+            const __m256 before = _mm256_permutevar8x32_ps(
+                _mm256_loadu_ps(prior + rbe_code_cost_slot(s >> k, k, L)), spread);
+            const __m256 c = _mm256_add_ps(before, _mm256_mul_ps(d, d));
+            if (l == 0) {
+                b = c;
+                continue;
+            }
             const __m256 lower = _mm256_cmp_ps(c, b, _CMP_LT_OQ);
             b = _mm256_blendv_ps(b, c, lower);
             arg = _mm256_blendv_epi8(arg, _mm256_set1_epi32((int)l), _mm256_castps_si256(lower));
         }
-        _mm256_storeu_ps(best + m, b);
+        _mm256_storeu_ps(best + rbe_code_cost_slot(m, k, L), b);
         const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(arg),
                                                _mm256_extracti128_si256(arg, 1));
         _mm_storel_epi64((__m128i *)(from + m), _mm_packus_epi16(words, words));
-        for (int v = 0; v < groups; ++v) {     /* eight states of one slice */
-            const int64_t s = (m << k) + 8 * v;
-            const __m256 d = _mm256_sub_ps(target, _mm256_loadu_ps(t->values + s));
-            const __m256 prior = _mm256_permutevar8x32_ps(b, spread[v]);
-            _mm256_storeu_ps(next + rbe_code_slot(s, k, t->state_bits),
-                             _mm256_add_ps(prior, _mm256_mul_ps(d, d)));
-        }
     }
 }
 

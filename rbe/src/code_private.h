@@ -13,22 +13,36 @@
 #define RBE_ALIGN32 __attribute__((aligned(32)))
 #endif
 
-/* Cost arrays keep the states of each value of the top k bits (a slice of 2^(L-k) states)
- * RBE_CODE_SLICE_PAD floats apart: the Viterbi step reads the 2^k slices side by side, and
- * slices a multiple of 4 KiB apart would compete for the same cache sets. */
+/* Padding between the slices of the search's arrays (rbe_code_values_size), in floats. */
 #define RBE_CODE_SLICE_PAD 16
 
-/* Where state s is in a cost array. */
-static inline int64_t rbe_code_slot(int64_t s, int bits, int state_bits)
+/* Where state s's value is in a trellis's values (slices of 2^(L-k) states). */
+static inline int64_t rbe_code_value_slot(int64_t s, int bits, int state_bits)
 {
     return s + (s >> (state_bits - bits)) * RBE_CODE_SLICE_PAD;
 }
 
+/* Where entry j (0 .. 2^(L-k) - 1) of the search's per-group costs is: slices of 2^(L-2k)
+ * entries, the ones a step reads side by side, padded as the values are (when they hold whole
+ * vectors of eight). */
+static inline int64_t rbe_code_cost_slot(int64_t j, int bits, int state_bits)
+{
+    const int shift = state_bits - 2 * bits;
+    return shift >= 3 ? j + (j >> shift) * RBE_CODE_SLICE_PAD : j;
+}
+
+/* Floats of a per-group cost array: its slots and eight that a vector load may read past. */
+static inline int64_t rbe_code_cost_size(int bits, int state_bits)
+{
+    return rbe_code_cost_slot((int64_t)1 << (state_bits - bits), bits, state_bits) + 8;
+}
+
 /* One step of the Viterbi recursion (rbe_code_viterbi), in the implementation's reversed time:
- * best[m] = min_l cost[l 2^(L-k) + m], from[m] = the first l that reaches it, then
- * next[(m << k) | b] = best[m] + (y - values[(m << k) | b])^2 for every state (costs at
- * rbe_code_slot). */
-typedef void rbe_code_step_fn(const rbe_trellis *t, const float *cost, float *next, float *best,
+ * with cost(s) = prior[s >> k] + (y - values[s])^2 the cost of the best path ending in state s
+ * at this step, best[m] = min_l cost(l 2^(L-k) + m) over the 2^k states that can precede the
+ * states sharing m, and from[m] = the first l that reaches it (prior, best and values at their
+ * slots). */
+typedef void rbe_code_step_fn(const rbe_trellis *t, const float *prior, float *best,
                               uint8_t *from, float y);
 
 rbe_code_step_fn rbe_code_step_scalar;

@@ -15,39 +15,46 @@
 /* Pieces of the work memory, each starting on a 64-byte boundary. */
 static size_t rbe_code_align(size_t bytes) { return (bytes + 63) & ~(size_t)63; }
 
+size_t rbe_code_values_size(int bits, int state_bits)
+{
+    return (size_t)rbe_code_value_slot((int64_t)1 << state_bits, bits, state_bits);
+}
+
+void rbe_code_values(int bits, int state_bits, float *values)
+{
+    memset(values, 0, rbe_code_values_size(bits, state_bits) * sizeof(float));
+    for (int64_t s = 0; s < (int64_t)1 << state_bits; ++s)
+        values[rbe_code_value_slot(s, bits, state_bits)] =
+            (float)rbe_code_value((uint32_t)s) / RBE_CODE_SPREAD;
+}
+
 size_t rbe_code_viterbi_work(const rbe_trellis *t, int64_t steps)
 {
-    const size_t states = (size_t)1 << t->state_bits, half = states >> t->bits;
-    const size_t slots = states + ((size_t)RBE_CODE_SLICE_PAD << t->bits);
-    return 2 * rbe_code_align(slots * sizeof(float)) + rbe_code_align(half * sizeof(float))
+    const size_t half = (size_t)1 << (t->state_bits - t->bits);
+    return 2 * rbe_code_align((size_t)rbe_code_cost_size(t->bits, t->state_bits) * sizeof(float))
            + rbe_code_align((size_t)steps * half);
 }
 
-void rbe_code_step_scalar(const rbe_trellis *t, const float *cost, float *next, float *best,
-                          uint8_t *from, float y)
+void rbe_code_step_scalar(const rbe_trellis *t, const float *prior, float *best, uint8_t *from,
+                          float y)
 {
-    const int k = t->bits;
-    const int64_t half = (int64_t)1 << (t->state_bits - k), groups = (int64_t)1 << k;
-    const int64_t stride = half + RBE_CODE_SLICE_PAD;
+    const int k = t->bits, L = t->state_bits;
+    const int64_t half = (int64_t)1 << (L - k), groups = (int64_t)1 << k;
     for (int64_t m = 0; m < half; ++m) {
-        float b = cost[m];
+        float b = 0;
         uint8_t l_best = 0;
-        for (int64_t l = 1; l < groups; ++l) {
-            const float c = cost[l * stride + m];
-            if (c < b) {
+        for (int64_t l = 0; l < groups; ++l) {
+            const int64_t s = l * half + m;
+            const float d = y - t->values[rbe_code_value_slot(s, k, L)];
+            const float c = prior[rbe_code_cost_slot(s >> k, k, L)] + d * d;
+            if (l == 0 || c < b) {
                 b = c;
                 l_best = (uint8_t)l;
             }
         }
-        best[m] = b;
+        best[rbe_code_cost_slot(m, k, L)] = b;
         from[m] = l_best;
     }
-    for (int64_t l = 0; l < groups; ++l)
-        for (int64_t m = 0; m < half; ++m) {
-            const int64_t s = l * half + m;
-            const float d = y - t->values[s];
-            next[l * stride + m] = best[s >> k] + d * d;
-        }
 }
 
 double rbe_code_viterbi_with(rbe_code_step_fn *step, const rbe_trellis *t, const float *x,
@@ -55,28 +62,25 @@ double rbe_code_viterbi_with(rbe_code_step_fn *step, const rbe_trellis *t, const
 {
     const int k = t->bits, L = t->state_bits;
     const int64_t count = (int64_t)1 << L, half = count >> k;
-    const size_t slots = rbe_code_align((size_t)rbe_code_slot(count, k, L) * sizeof(float));
-    float *cost = (float *)work;
-    float *next = (float *)((char *)cost + slots);
-    float *best = (float *)((char *)next + slots);
-    uint8_t *from = (uint8_t *)((char *)best + rbe_code_align((size_t)half * sizeof(float)));
-    /* tau = 0 is the last target; its state's high L - k bits are the overlap */
-    const float y0 = x[steps - 1];
-    for (int64_t s = 0; s < count; ++s) {
-        const float d = y0 - t->values[s];
-        cost[rbe_code_slot(s, k, L)] = overlap < 0 || (s >> k) == overlap ? d * d : INFINITY;
-    }
+    const int64_t size = rbe_code_cost_size(k, L);
+    const size_t slots = rbe_code_align((size_t)size * sizeof(float));
+    float *prior = (float *)work, *best = (float *)((char *)work + slots);
+    uint8_t *from = (uint8_t *)((char *)best + slots);
+    /* tau = 0 is the last target; its state's high L - k bits, s >> k, are the overlap */
+    for (int64_t j = 0; j < size; ++j) prior[j] = best[j] = overlap < 0 ? 0.0f : INFINITY;
+    if (overlap >= 0) prior[rbe_code_cost_slot(overlap, k, L)] = 0.0f;
     for (int64_t tau = 1; tau < steps; ++tau) {
-        step(t, cost, next, best, from + tau * half, x[steps - 1 - tau]);
-        float *swap = cost;
-        cost = next;
-        next = swap;
+        step(t, prior, best, from + tau * half, x[steps - tau]);
+        float *swap = prior;
+        prior = best;
+        best = swap;
     }
     /* the first target's state: its low L - k bits are the overlap */
     int64_t state = -1;
     float total = INFINITY;
     for (int64_t s = 0; s < count; ++s) {
-        const float c = cost[rbe_code_slot(s, k, L)];
+        const float d = x[0] - t->values[rbe_code_value_slot(s, k, L)];
+        const float c = prior[rbe_code_cost_slot(s >> k, k, L)] + d * d;
         if ((overlap < 0 || (s & (half - 1)) == overlap) && (state < 0 || c < total)) {
             state = s;
             total = c;
@@ -117,7 +121,7 @@ double rbe_code_encode_tile(rbe_code_viterbi_fn viterbi, const rbe_trellis *t, c
         const int64_t at = s * k;
         stream[at >> 3] |= (uint8_t)(bits << (at & 7));
         if ((at & 7) + k > 8) stream[(at >> 3) + 1] |= (uint8_t)(bits >> (8 - (at & 7)));
-        xhat[s] = t->values[states[s]];
+        xhat[s] = t->values[rbe_code_value_slot(states[s], k, t->state_bits)];
     }
     return error;
 }

@@ -73,10 +73,17 @@ static inline uint32_t rbe_code_word(const uint8_t *stream, int64_t w, int64_t w
 typedef struct {
     int bits;              /* k */
     int state_bits;        /* L, k < L <= RBE_CODE_MAX_STATE_BITS */
-    const float *values;   /* 2^L reconstruction values, by state */
+    const float *values;   /* rbe_code_values_size floats: the states' values (padded layout) */
 } rbe_trellis;
 
 #define RBE_CODE_WRAP_WINDOW 64     /* steps of the first, free pass of rbe_code_encode_tile */
+
+/* Floats of a trellis's values, and the values themselves, (bytesum - RBE_CODE_CENTRE) /
+ * RBE_CODE_SPREAD of each state, in the layout the search reads them in: the states of each
+ * value of their top k bits (2^(L-k) of them) RBE_CODE_SLICE_PAD floats apart, so that the 2^k
+ * slices read side by side do not compete for the same cache sets. */
+size_t rbe_code_values_size(int bits, int state_bits);
+void rbe_code_values(int bits, int state_bits, float *values);
 
 /* Bytes of work memory rbe_code_viterbi needs for `steps` steps (64-byte aligned pieces). */
 size_t rbe_code_viterbi_work(const rbe_trellis *t, int64_t steps);
