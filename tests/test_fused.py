@@ -72,14 +72,14 @@ def test_odd_block_shapes(mode, block, batch):
 
 
 @pytest.mark.parametrize("approx", ["lut", "cordic"])
-def test_other_approximations(monkeypatch, approx):
-    monkeypatch.setattr(kernel, "_approx", approx)
+def test_other_approximations(approx):
     layer = make_layer(200, 130)
-    dense = layer.to_dense().astype(np.float64)
-    for batch in (None, 33):
-        X, dY = inputs(200, batch), inputs(130, batch, seed=2)
-        assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 2e-5
-        assert rel_err(layer.backward(X, dY), dY @ dense) <= 2e-5
+    with kernel.use_approx(approx):
+        dense = layer.to_dense().astype(np.float64)
+        for batch in (None, 33):
+            X, dY = inputs(200, batch), inputs(130, batch, seed=2)
+            assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 2e-5
+            assert rel_err(layer.backward(X, dY), dY @ dense) <= 2e-5
 
 
 def test_concurrent_calls_from_python_threads():
@@ -466,26 +466,47 @@ def test_non_finite_masters_raise_in_after_step():
 
 def test_core_entry_points_check_sizes():
     layer = make_layer(200, 130)
+    plan, hi = layer._plan, layer.seeds["hi"]
+    params = (layer.scale, layer.alpha, layer.beta, layer.bias)
+    x = inputs(200, 2)
+    for bad, match in (({"x": x[:, :-1]}, "x must be"), ({"x": x.astype(np.float16)}, "x must be"),
+                       ({"x": np.asfortranarray(x)}, "x must be a C-contiguous"),
+                       ({"hi": hi[:, :-1]}, "hi must have the grid's shape"),
+                       ({"scale": layer.scale[:, :-1].copy()}, "scale must have the grid's"),
+                       ({"bias": layer.bias[:-1]}, "bias must have 130"),
+                       ({"out": np.empty((2, 129), np.float32)}, "out must be"),
+                       ({"out": np.empty((2, 130))}, "out must be")):
+        arguments = {"x": x, "hi": hi, "scale": params[0], "alpha": params[1],
+                     "beta": params[2], "bias": params[3], **bad}
+        with pytest.raises(ValueError, match=match):
+            plan.forward(**arguments)
+    tables, sums = kernel.shape_tables(layer.block), layer._sums
+    source = layer._source.copy()
+    source[3] = 200                                  # one column past the input
+    with pytest.raises(ValueError, match="outside"):
+        _fused.ForwardPlan(200, 130, layer.block, tables, source, True, sums)
+    with pytest.raises(ValueError, match="source must have"):
+        _fused.ForwardPlan(200, 130, layer.block, tables, source[:-1], True, sums)
+    with pytest.raises(ValueError, match="sums must be"):
+        _fused.ForwardPlan(201, 130, layer.block, tables, layer._source, True, sums)
+    with pytest.raises(ValueError, match="does not tile"):
+        _fused.block_sums(np.ascontiguousarray(hi), *tables, 64, 200, 130,
+                          np.empty((3, 4, rbe.fused.SUMS["n"])))
+    with pytest.raises(ValueError, match="out must have shape"):
+        _fused.block_sums(np.ascontiguousarray(hi), *tables, 64, 130, 200,
+                          np.empty((3, 4, rbe.fused.SUMS["n"] - 1)))
     args, select = layer._kernel_args(), layer._kernel_select()
     factor = layer._block_terms().factor32
     xp = layer._grouped(inputs(200, 1))
-    with pytest.raises(ValueError, match="outputs do not fit"):
-        _fused.fused_gemv(*args, xp[0], np.empty(100, np.float32), factor,
-                          **select)
-    with pytest.raises(ValueError, match="grouped inputs have width"):
-        _fused.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), factor,
-                          **select)
-    source = layer._source.copy()
-    source[3] = 200                                  # one column past the input
     with pytest.raises(ValueError, match="outside"):
         _fused.fused_group(inputs(200, 1), source, np.empty_like(xp))
     with pytest.raises(ValueError, match="grouped inputs must have shape"):
         _fused.fused_ungroup(xp[:, :-1], layer._source, np.empty((1, 200), np.float32))
-    with pytest.raises(ValueError, match="scale must have the seed grid's shape"):
-        _fused.fused_gemv(*args, xp[0], np.empty(130, np.float32), factor[:, :-1].copy(),
-                          **select)
     stats = np.zeros(layer.seeds.shape + (rbe.fused.STATS["n"],))
     dy = np.zeros((1, 130), np.float32)
+    with pytest.raises(ValueError, match="outputs do not fit"):
+        _fused.fused_backward(*args, xp, np.zeros((1, 100), np.float32), np.empty_like(xp),
+                              stats, factor, factor, **select)
     with pytest.raises(ValueError, match="stats must have shape"):
         _fused.fused_backward(*args, xp, dy, np.empty_like(xp), stats[:, :-1].copy(), factor,
                               factor, **select)
