@@ -1,6 +1,7 @@
 """rbe.fused.FusedLinear: forward/backward against dense products, gradients against finite
 differences, state transitions, thread independence and input validation, for every
 parameterisation (centred blocks and block scales, each on or off)."""
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -383,6 +384,28 @@ def test_results_independent_of_thread_count(threads, batch):
         out.append((layer.forward(X), layer.backward(X, dY)))
     for a, b in zip(*out):
         assert rel_err(a, b) <= 1e-6
+
+
+def test_batch_workspace_does_not_grow_with_the_layer_width(threads):
+    """A batch's weights are generated in tiles: a forward allocates the grouped inputs, their
+    block-column sums, the output and at most 4 MiB of panel per thread, where a whole block row
+    per thread (64 x 2^20 floats, 256 MiB, here) was allocated before. Numpy's allocations are
+    traced, the plan's work arrays among them (benchmarks/bench_memory.py measures the resident
+    set of a 4096 x 2^20 layer)."""
+    threads(2)
+    n_in = 1 << 20
+    layer = FusedLinear(n_in, 64, seed=0)
+    X = inputs(n_in, 3)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        Y = layer.forward(X)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert np.isfinite(Y).all()
+    grouped, sums = X.nbytes, 3 * layer.grid[1] * 8
+    assert peak <= grouped + sums + Y.nbytes + 2 * (4 << 20) + (1 << 20)
 
 
 # ---- storage and validation ------------------------------------------------------------------
