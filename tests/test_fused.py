@@ -60,6 +60,17 @@ def test_forward_backward_match_dense(mode, n_in, n_out, batch, dtype, kw):
     assert rel_err(dX, dY.astype(np.float64) @ dense) <= 2e-5
 
 
+@pytest.mark.parametrize("batch", BATCHES)
+def test_forward_without_offsets(batch):
+    # without centring and with beta = 0 W_eff has no per-block constant: the forward skips
+    # the block sums of the inputs
+    layer = make_layer(200, 130, center=False)
+    layer.beta = 0.0
+    X = inputs(200, batch)
+    expected = X @ layer.to_dense().astype(np.float64).T + layer.bias
+    assert rel_err(layer.forward(X), expected) <= 2e-5
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("block", [(1, 1), (3, 1), (5, 7), (33, 65), (128, 128)])
 @pytest.mark.parametrize("batch", [None, 9, 33])     # GEMV; sgemm paths (9 > small batch)

@@ -107,7 +107,14 @@ static fused_work carve(const rbe_fused_forward_job *job)
     return wk;
 }
 
-/* x in grouped order, and each block column's sum, for input element type T. */
+/* Whether a forward adds per-block offsets (beta - c alpha s mean W) to the products. */
+static int has_offsets(const rbe_fused_forward_job *job)
+{
+    return job->plan->centred || job->beta != 0.0f;
+}
+
+/* x in grouped order, and each block column's sum where the offsets need it, for input
+ * element type T. */
 #define RBE_FUSED_GROUP(T, name)                                                              \
     static void name(const rbe_fused_forward_job *job, const fused_work *wk)                  \
     {                                                                                         \
@@ -118,7 +125,7 @@ static fused_work carve(const rbe_fused_forward_job *job)
             float *xp = wk->xp + b * p->kp;                                                   \
             for (int64_t k = 0; k < p->kp; k++)                                               \
                 xp[k] = p->source[k] >= 0 ? (float)x[p->source[k]] : 0.0f;                    \
-            for (int64_t bj = 0; bj < p->grid_cols; bj++) {                                   \
+            for (int64_t bj = 0; bj < p->grid_cols && has_offsets(job); bj++) {               \
                 double sum = 0.0;                                                             \
                 for (int64_t j = bj * w; j < min64(n, (bj + 1) * w); j++) sum += x[j];        \
                 wk->xsum[b * p->grid_cols + bj] = sum;                                        \
@@ -203,10 +210,9 @@ static void finish_row(const rbe_fused_forward_job *job, const fused_work *wk, i
 {
     const rbe_fused_plan *p = job->plan;
     const int64_t gc = p->grid_cols, out = p->out_features, y0 = bi * p->t.h;
-    const int offsets = p->centred || job->beta != 0.0f;
     for (int64_t b = 0; b < job->batch; b++) {
         float offset = 0.0f;
-        if (offsets) {
+        if (has_offsets(job)) {
             double sum = 0.0;
             for (int64_t bj = 0; bj < gc; bj++)
                 sum += wk->xsum[b * gc + bj] * block_offset(job, bi * gc + bj);
