@@ -1,6 +1,5 @@
 # What rbe._core shares with the other extensions: the kernels' thread count and kernel choice,
-# the checks of a kernel choice and of shape tables, and the forward plans' work arrays and
-# status check.
+# the checks of a kernel choice and of shape tables, and the forward plans' status check.
 from rbe._kernels cimport rbe_tables
 
 cdef int _threads() noexcept nogil
@@ -9,5 +8,4 @@ cdef int _chosen_family() noexcept nogil
 cdef void _check_kernel_choice(int simd, int family) except *
 cdef rbe_tables _shape_tables(const float[:, :, ::1] rho, const float[:, :, ::1] sin_phi,
                               const float[:, :, ::1] cos_phi, int w) except *
-cdef object _work(str slot, Py_ssize_t nbytes)
 cdef void _check_plan_status(int status) except *

@@ -4,11 +4,8 @@ SIMD path, and what every layer kind's forward plan shares.
 
 Arguments are validated by the Python callers (rbe.kernel, ...) and again here for sizes,
 before any pointer is touched; every loop runs without the GIL. rbe._fused and rbe._hybrid
-cimport the thread count, the kernel choice, the checks and the plans' helpers declared in
-_core.pxd.
+cimport the thread count, the kernel choice and the checks declared in _core.pxd.
 """
-import threading
-
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport uint64_t
 
@@ -18,8 +15,8 @@ from rbe._kernels cimport (
     RBE_PLAN_OK, RBE_PLAN_OUTPUT_NOT_FINITE, RBE_SERIAL_BLAS_WORK, RBE_SIMD_SCALAR,
     rbe_approx_eval, rbe_block_fn, rbe_block_precise, rbe_block_select, rbe_generate_block,
     rbe_get_local_threads, rbe_kernel_init, rbe_max_threads, rbe_openmp_enabled,
-    rbe_scratch_floats, rbe_set_local_threads, rbe_simd_name, rbe_simd_runnable, rbe_tables,
-    rbe_thread_limit,
+    rbe_scratch_floats, rbe_set_local_threads, rbe_simd_missing, rbe_simd_name,
+    rbe_simd_runnable, rbe_tables, rbe_thread_limit,
 )
 
 import numpy as np
@@ -117,8 +114,9 @@ cdef enum:
 
 
 cdef void _check_kernel_choice(int simd, int family) except *:
-    """A clear ValueError for a SIMD path or family the selectors refuse."""
-    if rbe_block_select(simd, family) != NULL:
+    """A clear ValueError for a SIMD path or family the selectors refuse, and for a path whose
+    kernel tables are incomplete."""
+    if rbe_block_select(simd, family) != NULL and rbe_simd_missing(simd) == NULL:
         return
     names = {v: k for k, v in SIMD_PATHS.items()}
     if simd not in names:
@@ -129,6 +127,8 @@ cdef void _check_kernel_choice(int simd, int family) except *:
     if family not in APPROX_FAMILIES.values():
         raise ValueError(f"family must be one of {sorted(APPROX_FAMILIES.values())}, "
                          f"got {family}")
+    raise ValueError(f"SIMD path {names[simd]!r} lacks {rbe_simd_missing(simd).decode()} "
+                     f"kernels in rbe/src/dispatch.c")
 
 
 # The SIMD path and approximation family the layers' kernels run (rbe.kernel sets them, from
@@ -159,24 +159,6 @@ cdef int _chosen_family() noexcept nogil:
 
 
 # ---- what the forward plans share ------------------------------------------------------------
-
-# Work arrays up to this many bytes are kept per Python thread between calls: fresh arrays of
-# megabytes come from mmap or a trimmed heap, so every call would page-fault on them.
-cdef Py_ssize_t _WORKSPACE_BYTES = 1 << 25
-_workspace = threading.local()
-
-
-cdef object _work(str slot, Py_ssize_t nbytes):
-    """A uint8 work array of ``nbytes``, the calling thread's own: reused by the next call on
-    this thread that asks for ``slot``, so callers must not keep it."""
-    if nbytes > _WORKSPACE_BYTES:
-        return np.empty(nbytes, np.uint8)
-    arrays = _workspace.__dict__.setdefault("arrays", {})
-    buffer = arrays.get(slot)
-    if buffer is None or buffer.nbytes < nbytes:
-        buffer = arrays[slot] = np.empty(nbytes, np.uint8)
-    return buffer[:nbytes]
-
 
 cdef void _check_plan_status(int status) except *:
     """The ValueError a forward plan's status (rbe/plan.h) stands for, worded as rbe._checks

@@ -15,9 +15,10 @@ from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
 
+from rbe._cache import workspace
 from rbe._core cimport (
     _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _shape_tables,
-    _threads, _work,
+    _threads,
 )
 from rbe._kernels cimport (
     RBE_FUSED_ABS, RBE_FUSED_CLASS, RBE_FUSED_CUR, RBE_FUSED_DR, RBE_FUSED_DTH, RBE_FUSED_GW,
@@ -473,8 +474,8 @@ cdef class ForwardPlan:
         with nogil:
             team = _team(threads)
         try:
-            work = _work("fused forward", 4 * rbe_fused_work_floats(p, nb, job.f64, team)) \
-                .view(np.float32)
+            work = workspace("fused.forward", rbe_fused_work_floats(p, nb, job.f64, team),
+                             np.float32)
             job.work = &work[0]
             with nogil:
                 status = rbe_fused_forward(&job, team)

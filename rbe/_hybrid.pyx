@@ -14,8 +14,9 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
 
+from rbe._cache import workspace
 from rbe._core cimport (
-    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _threads, _work,
+    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _threads,
 )
 
 ctypedef fused real:
@@ -407,13 +408,13 @@ cdef class ForwardPlan:
         job.n_col_runs, job.n_row_runs = cols.shape[0] - 1, rows.shape[0] - 1
         cdef const unsigned char[::1] x_bytes = x.reshape(-1).view(np.uint8)
         cdef unsigned char[::1] y_bytes = out.reshape(-1).view(np.uint8)
-        cdef unsigned char[::1] z = _work("z", self.z_rows * nb * size)
-        cdef unsigned char[::1] u = _work("u", self.u_rows * nb * size)
+        cdef unsigned char[::1] z = workspace("hybrid.z", self.z_rows * nb * size, np.uint8)
+        cdef unsigned char[::1] u = workspace("hybrid.u", self.u_rows * nb * size, np.uint8)
         # the projections x F_in, then (float64) the parameters converted
         cdef int64_t converted = 0 if single else \
             self.n_coef + (p.in_features + p.out_features) * job.rank
-        cdef unsigned char[::1] low_rank = _work("low rank",
-                                                 (nb * job.rank + converted) * size + 8)
+        cdef unsigned char[::1] low_rank = workspace(
+            "hybrid.low_rank", (nb * job.rank + converted) * size + 8, np.uint8)
         job.x, job.y = &x_bytes[0], &y_bytes[0]
         job.z, job.u = &z[0], &u[0]
         job.projections = &low_rank[0]

@@ -44,6 +44,7 @@ cdef extern from "rbe/dispatch.h" nogil:
     int rbe_kernel_init()
     const char *rbe_simd_name(int simd)
     int rbe_simd_runnable(int simd)
+    const char *rbe_simd_missing(int simd)
 
     # the fused seed-block layer (rbe/fused.h)
     ctypedef void (*rbe_fused_gemv_fn)(const uint64_t *hi, int gc, const rbe_tables *t,

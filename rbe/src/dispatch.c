@@ -134,6 +134,19 @@ int rbe_simd_runnable(int simd)
 
 static int known_family(int family) { return family >= 0 && family < RBE_N_APPROX; }
 
+const char *rbe_simd_missing(int simd)
+{
+    if (simd < 0 || simd >= RBE_N_SIMD) return "any";
+    for (int family = 0; family < RBE_N_APPROX; family++) {
+        const rbe_fused_ops *fused = &fused_kernels[simd][family];
+        if (!block_kernels[simd][family]) return "block";
+        if (!fused->gemv || !fused->panel || !fused->backward || !fused->backward_vec)
+            return "fused-layer";
+    }
+    if (!hybrid_rows_kernels[simd].f32 || !hybrid_rows_kernels[simd].f64) return "hybrid rows";
+    return NULL;
+}
+
 rbe_block_fn rbe_block_select(int simd, int family)
 {
     return rbe_simd_runnable(simd) && known_family(family) ? block_kernels[simd][family] : NULL;

@@ -23,6 +23,11 @@ const char *rbe_simd_name(int simd);
  * need it, so a path this build does not compile is never runnable. */
 int rbe_simd_runnable(int simd);
 
+/* Which of a SIMD path's kernels its tables lack ("block", "fused-layer", "hybrid rows"), or
+ * NULL when they have every one: a path that is runnable but incomplete is refused by the
+ * extensions (rbe._core) instead of calling through a NULL pointer. */
+const char *rbe_simd_missing(int simd);
+
 /* The block kernel of (simd, family); NULL when either is out of range or the SIMD path is
  * not runnable. */
 rbe_block_fn rbe_block_select(int simd, int family);
