@@ -131,6 +131,12 @@ cdef void _check_kernel_choice(int simd, int family) except *:
                      f"kernels in rbe/src/dispatch.c")
 
 
+def missing_kernels(int simd):
+    """The table in which SIMD path ``simd`` lacks a kernel (rbe_simd_missing), or None."""
+    missing = rbe_simd_missing(simd)
+    return None if missing == NULL else missing.decode()
+
+
 # The SIMD path and approximation family the layers' kernels run (rbe.kernel sets them, from
 # RBE_SIMD and RBE_APPROX or use_simd / use_approx); read by every plan on every call.
 cdef int _simd_choice = SIMD_PATHS[BEST_SIMD]

@@ -139,23 +139,24 @@ def layers():
 def test_every_kind_takes_inputs_by_one_contract(layer):
     """rbe._checks.layer_input: any array-like of float32 or float64, one vector or a batch,
     contiguous or not; results as for the C-contiguous array of the same values."""
-    X = np.random.default_rng(3).standard_normal((48, 5))
+    n, m = layer.in_features, layer.out_features
+    X = np.random.default_rng(3).standard_normal((n, 5))
     for dtype in (np.float32, np.float64):
         rows = np.ascontiguousarray(X.T, dtype)
         expected = layer.forward(rows)
-        assert expected.dtype == dtype and expected.shape == (5, 32)
+        assert expected.dtype == dtype and expected.shape == (5, m)
         np.testing.assert_array_equal(layer.forward(X.T.astype(dtype)), expected)
         np.testing.assert_array_equal(layer.forward(rows[:, ::-1][:, ::-1]), expected)
-        # one vector takes the GEMV path: the same sums in another order
+        # one vector may take another path (a GEMV): the same sums in another order
         np.testing.assert_allclose(layer.forward(rows[2]), expected[2], rtol=0,
                                    atol=1e-5 * np.abs(expected).max())
-        np.testing.assert_array_equal(layer.backward(X.T.astype(dtype), np.ones((5, 32), dtype)),
-                                      layer.backward(rows, np.ones((5, 32), dtype)))
+        np.testing.assert_array_equal(layer.backward(X.T.astype(dtype), np.ones((5, m), dtype)),
+                                      layer.backward(rows, np.ones((5, m), dtype)))
     np.testing.assert_array_equal(layer.forward(X.T.tolist()), layer.forward(X.T.copy()))
-    for bad, match in ((np.ones(48, np.int64), "X must be float32 or float64"),
-                       (np.ones((2, 47)), r"X must have shape \(48,\) or \(batch, 48\)"),
-                       (np.ones((2, 2, 48)), "X must have shape"), (np.ones((0, 48)), "shape"),
-                       (np.full(48, np.nan), r"X must be finite \(got NaN or inf\)"),
+    for bad, match in ((np.ones(n, np.int64), "X must be float32 or float64"),
+                       (np.ones((2, n - 1)), rf"X must have shape \({n},\) or \(batch, {n}\)"),
+                       (np.ones((2, 2, n)), "X must have shape"), (np.ones((0, n)), "shape"),
+                       (np.full(n, np.nan), r"X must be finite \(got NaN or inf\)"),
                        (np.float32(1.0), "X must have shape")):
         with pytest.raises(ValueError, match=match):
             layer.forward(bad)

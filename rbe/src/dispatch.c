@@ -137,14 +137,23 @@ static int known_family(int family) { return family >= 0 && family < RBE_N_APPRO
 const char *rbe_simd_missing(int simd)
 {
     if (simd < 0 || simd >= RBE_N_SIMD) return "any";
+    const char *missing = NULL;
+    int present = 0;
     for (int family = 0; family < RBE_N_APPROX; family++) {
         const rbe_fused_ops *fused = &fused_kernels[simd][family];
-        if (!block_kernels[simd][family]) return "block";
-        if (!fused->gemv || !fused->panel || !fused->backward || !fused->backward_vec)
-            return "fused-layer";
+        const void *kernels[] = {(const void *)block_kernels[simd][family],
+                                 (const void *)fused->gemv, (const void *)fused->panel,
+                                 (const void *)fused->backward,
+                                 (const void *)fused->backward_vec};
+        for (int k = 0; k < 5; k++) {
+            present += kernels[k] != NULL;
+            if (!kernels[k] && !missing) missing = k == 0 ? "block" : "fused-layer";
+        }
     }
-    if (!hybrid_rows_kernels[simd].f32 || !hybrid_rows_kernels[simd].f64) return "hybrid rows";
-    return NULL;
+    const rbe_hybrid_rows_ops *rows = &hybrid_rows_kernels[simd];
+    present += (rows->f32 != NULL) + (rows->f64 != NULL);
+    if ((!rows->f32 || !rows->f64) && !missing) missing = "hybrid rows";
+    return present > 0 ? missing : NULL;     /* a path this build does not compile has none */
 }
 
 rbe_block_fn rbe_block_select(int simd, int family)

@@ -24,8 +24,9 @@ const char *rbe_simd_name(int simd);
 int rbe_simd_runnable(int simd);
 
 /* Which of a SIMD path's kernels its tables lack ("block", "fused-layer", "hybrid rows"), or
- * NULL when they have every one: a path that is runnable but incomplete is refused by the
- * extensions (rbe._core) instead of calling through a NULL pointer. */
+ * NULL when they have every one, or none (a path this build does not compile): a path with a
+ * hole in a table is refused by the extensions (rbe._core) instead of called through NULL, and
+ * a test asserts that no path has one, whatever the CPU. */
 const char *rbe_simd_missing(int simd);
 
 /* The block kernel of (simd, family); NULL when either is out of range or the SIMD path is
