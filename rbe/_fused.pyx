@@ -442,10 +442,20 @@ cdef class ForwardPlan:
         else:
             x32, y32 = x.reshape(nb, p.in_features), out.reshape(nb, p.out_features)
             job.x, job.y = &x32[0, 0], &y32[0, 0]
-        words, _, means_array, _ = self.sums._current(hi, False)
-        cdef const uint64_t[:, ::1] w = words
-        cdef const double[:, ::1] means = means_array
-        job.hi, job.mean = &w[0, 0], &means[0, 0]
+        cdef const uint64_t[:, ::1] w
+        cdef const double[:, ::1] means
+        job.mean = NULL
+        if p.centred:       # the words and the block means derived from them
+            words, _, means_array, _ = self.sums._current(hi, False)
+            means = means_array
+            job.mean = &means[0, 0]
+        else:
+            words = np.ascontiguousarray(hi)
+        w = words
+        if w.shape[0] != p.grid_rows or w.shape[1] != p.grid_cols:
+            raise ValueError(f"hi must have the grid's shape ({p.grid_rows}, {p.grid_cols}), "
+                             f"got ({w.shape[0]}, {w.shape[1]})")
+        job.hi = &w[0, 0]
         cdef const float[:, ::1] s
         job.scale = NULL
         if scale is not None:

@@ -1,6 +1,8 @@
 """rbe.fused.FusedLinear: forward/backward against dense products, gradients against finite
 differences, state transitions, thread independence and input validation, for every
 parameterisation (centred blocks and block scales, each on or off)."""
+import copy
+import pickle
 import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
@@ -438,6 +440,19 @@ def test_storage_and_parameters():
     assert "bias" not in FusedLinear(64, 64, bias=False).parameters()
     ragged = FusedLinear(200, 130, seed=0)
     assert ragged.seeds.shape == (3, 4) and ragged.to_dense().shape == (130, 200)
+
+
+def test_copies_build_their_own_plan():
+    # the plan and the block sums hold C pointers: pickles and copies leave them out
+    layer = make_layer(200, 130)
+    X = inputs(200, 5)
+    expected = layer.forward(X)
+    for twin in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert twin._plan is not layer._plan
+        np.testing.assert_array_equal(twin.forward(X), expected)
+        twin.scale[...] *= 2                         # its own parameters, read at each call
+        assert not np.array_equal(twin.forward(X), expected)
+    np.testing.assert_array_equal(layer.forward(X), expected)
 
 
 def test_same_seed_same_layer():

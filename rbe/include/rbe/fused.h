@@ -187,7 +187,8 @@ typedef struct {
     const rbe_fused_plan *plan;
     rbe_fused_ops ops;           /* of the SIMD path and family to run */
     const uint64_t *hi;          /* (grid_rows * grid_cols) seeds' hi words */
-    const double *mean;          /* (grid_rows * grid_cols) block means over valid positions */
+    const double *mean;          /* (grid_rows * grid_cols) block means over valid positions,
+                                    read where the plan is centred */
     const float *scale;          /* (grid_rows * grid_cols) block scales, or NULL */
     float alpha, beta;
     const float *bias;           /* (out_features) or NULL */
