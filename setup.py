@@ -1,9 +1,10 @@
 """Build the C kernels and the Cython extensions over them.
 
-The C sources in rbe/src (declared in rbe/include/rbe) are compiled once into a static library,
-``rbe_kernels``, that every extension links. OpenMP is used where the compiler supports it
-(probed with a test program; RBE_DISABLE_OPENMP=1 turns it off); elsewhere the extensions are
-built serially and ``rbe.kernel_info()["openmp"]`` reports False.
+The C sources in rbe/src (declared in rbe/include/rbe) are compiled once into two static
+libraries: ``rbe_kernels``, which rbe._core, rbe._fused and rbe._hybrid link, and
+``rbe_reference`` (the original algorithm), which rbe._reference links. OpenMP is used where the
+compiler supports it (probed with a test program; RBE_DISABLE_OPENMP=1 turns it off); elsewhere
+the extensions are built serially and ``rbe.kernel_info()["openmp"]`` reports False.
 """
 import glob
 import os

@@ -164,12 +164,11 @@ def profile_gemv():
     dense_only = _hybrid.ForwardPlan(4096, 4096, np.float32, **{
         **arrays, "rowptr": np.zeros_like(arrays["rowptr"]), "src": [], "zrow": []})
     y = np.empty((1, 4096), np.float32)
-    work = (np.empty(plan.z_rows, np.float32), np.empty(plan.u_rows, np.float32))
-    coef = layer.coef.ravel()
+    params = (layer.values, layer.coef, layer.bias)
     stages = {
         "forward": lambda: layer.forward(x),
-        "C product": lambda: plan.forward(layer.values, coef, x, y, *work, layer.bias),
-        "dense part": lambda: dense_only.forward(layer.values, coef, x, y, *work, layer.bias),
+        "C product": lambda: plan.forward(x, *params, out=y),
+        "dense part": lambda: dense_only.forward(x, *params, out=y),
     }
     for threads in (1, 2):
         with rbe.threads(threads):

@@ -1,5 +1,7 @@
 """Argument checks shared by the layers, the encoder and the file reader: each raises
-ValueError naming the argument and what is wrong with it."""
+ValueError naming the argument and what is wrong with it. ``layer_input`` is the one input
+contract of every layer kind; the forward plans (rbe._core) word their errors with the
+builders here."""
 from __future__ import annotations
 
 import sys
@@ -71,22 +73,38 @@ def block_count(shape: tuple, block: tuple) -> int:
     return count
 
 
+def not_finite(name: str) -> ValueError:
+    return ValueError(f"{name} must be finite (got NaN or inf)")
+
+
+def beyond_float32(name: str) -> ValueError:
+    return ValueError(f"{name} holds values beyond float32's range (|x| > {MAX_INPUT:.4g})")
+
+
+def overflow(name: str) -> ValueError:
+    return ValueError(f"{name} overflows: the result is not finite (inputs or parameters too "
+                      "large)")
+
+
 def layer_input(name: str, value: ArrayLike, width: int, values: bool = True) -> np.ndarray:
-    """A layer's input or upstream gradient: float32/float64, shape (width,) or
-    (batch, width) with batch >= 1, finite and within float32's range (``values=False``
-    leaves those two checks of the elements to a caller that makes them itself)."""
+    """A layer's input or upstream gradient, as every layer kind takes it: an array-like of
+    float32 or float64 of shape (width,) or (batch, width), batch >= 1, returned as a
+    C-contiguous array (a copy only when it is not one). ``values`` also checks that every
+    element is finite and within float32's range; the forward plans check that in their own
+    C loop, so forward passes leave it to them (``values=False``)."""
     arr = np.asarray(value)
     if arr.dtype not in (np.float32, np.float64):
         raise ValueError(f"{name} must be float32 or float64, got dtype {arr.dtype}")
     if arr.ndim not in (1, 2) or arr.shape[-1] != width or arr.size == 0:
         raise ValueError(f"{name} must have shape ({width},) or (batch, {width}), "
                          f"got {arr.shape}")
+    arr = np.ascontiguousarray(arr)
     if not values:
         return arr
     if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} must be finite (got NaN or inf)")
+        raise not_finite(name)
     if arr.dtype == np.float64 and max(arr.max(), -arr.min()) > MAX_INPUT:
-        raise ValueError(f"{name} holds values beyond float32's range (|x| > {MAX_INPUT:.4g})")
+        raise beyond_float32(name)
     return arr
 
 
@@ -94,6 +112,5 @@ def finite_output(name: str, value: np.ndarray) -> np.ndarray:
     """A layer's result, if every element is finite (large inputs or parameters can overflow
     float32 even when they are finite)."""
     if not np.all(np.isfinite(value)):
-        raise ValueError(f"{name} overflows: the result is not finite (inputs or parameters "
-                         "too large)")
+        raise overflow(name)
     return value

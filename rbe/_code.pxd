@@ -1,12 +1,10 @@
 # Declarations of rbe/include/rbe/code.h (the code-block kernels), their selection in dispatch.h
-# and the staged loop of pool.h.
+# and the parallel loop of pool.h.
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 
 cdef extern from "rbe/pool.h":
     ctypedef void (*rbe_item_fn)(void *ctx, int64_t item) noexcept nogil
     void rbe_parallel_for(int64_t n, int threads, rbe_item_fn fn, void *ctx) nogil
-    void rbe_parallel_stages(int stages, const int64_t *counts, const rbe_item_fn *fns,
-                             int threads, void *ctx) nogil
 
 cdef extern from "rbe/code.h":
     enum:
@@ -56,16 +54,15 @@ cdef extern from "rbe/code.h":
         const rbe_code_plan *plan
         rbe_code_ops ops
         int64_t batch, parts, chunk
-        const float *x
+        int f64
+        const void *x
         const float *factor
         const float *bias
         float *xr
         float *raw
         float *yr
-        float *y
-    void rbe_code_inputs_item(void *ctx, int64_t item) nogil
-    void rbe_code_products_item(void *ctx, int64_t item) nogil
-    void rbe_code_outputs_item(void *ctx, int64_t item) nogil
+        void *y
+    int rbe_code_forward(const rbe_code_forward_job *job, int threads) nogil
 
 cdef extern from "rbe/dispatch.h":
     rbe_code_ops rbe_code_select(int simd) nogil

@@ -7,15 +7,16 @@ item of rbe's helper pool (each chunk with its own work memory); a CodePlan runs
 product as the three stages of rbe_parallel_stages on the same pool.
 """
 cimport cython
-from cython.parallel cimport prange
 from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.stdlib cimport free, malloc
 
 import numpy as np
 
-from rbe._core cimport _threads
+from rbe._cache import workspace
+from rbe._core cimport _check_plan_status, _chosen_simd, _threads
+from rbe._kernels cimport RBE_POOL_MIN_WORK
 
-cdef int _BEST_SIMD = rbe_kernel_init()
+rbe_kernel_init()   # this module's copy of the CPU's capabilities
 
 TILE = RBE_CODE_TILE
 STEPS = RBE_CODE_STEPS
@@ -27,9 +28,6 @@ MAX_STATE_BITS = RBE_CODE_MAX_STATE_BITS
 MAX_ODD = RBE_CODE_MAX_ODD
 WRAP_WINDOW = RBE_CODE_WRAP_WINDOW
 
-# Below this many multiply-adds a forward product runs on the calling thread: waking a helper
-# costs more than it saves (as for the hybrid forward).
-cdef int64_t _PARALLEL_MIN = 1 << 19
 
 
 cdef rbe_code_ops _ops(int simd) except *:
@@ -68,7 +66,7 @@ def viterbi(int bits, int state_bits, const float[::1] x, int64_t overlap=-1, in
     (rbe_code_viterbi in rbe/code.h); with overlap >= 0 only the paths of a circular stream
     whose first state's low state_bits - bits bits are ``overlap``."""
     cdef rbe_trellis t = _trellis(bits, state_bits)
-    cdef rbe_code_ops ops = _ops(_BEST_SIMD if simd < 0 else simd)
+    cdef rbe_code_ops ops = _ops(_chosen_simd() if simd < 0 else simd)
     cdef int64_t steps = x.shape[0]
     if steps < 1:
         raise ValueError("x must hold at least one target")
@@ -127,7 +125,7 @@ def encode_tiles(int bits, int state_bits, const float[:, ::1] targets,
     alternates with BLAS products, whose threads would compete with spinning ones)."""
     cdef rbe_trellis t = _trellis(bits, state_bits)
     cdef _encode_job job
-    job.viterbi = _ops(_BEST_SIMD if simd < 0 else simd).viterbi
+    job.viterbi = _ops(_chosen_simd() if simd < 0 else simd).viterbi
     job.count = targets.shape[0]
     if targets.shape[1] != RBE_CODE_STEPS or decoded.shape[1] != RBE_CODE_STEPS:
         raise ValueError(f"targets and decoded must have {RBE_CODE_STEPS} columns")
@@ -184,22 +182,10 @@ def rotate_rows(float[:, ::1] rows, odd_matrix=None, bint transpose=False):
     width (rbe_code_rotate)."""
     cdef list keep = []
     cdef rbe_rotation r = _rotation(rows.shape[1], odd_matrix, keep)
-    cdef int64_t i, count = rows.shape[0]
-    cdef int threads = 1 if count * rows.shape[1] < _PARALLEL_MIN else _threads()
-    if count == 0:
-        return
-    with nogil:
-        for i in prange(count, schedule="static", num_threads=threads):
-            rbe_code_rotate(&r, &rows[i, 0], transpose)
-
-
-cdef bint _finite(const float *a, int64_t n) noexcept nogil:
-    """No NaN or inf among a[:n]: x - x is 0 for every finite x, NaN otherwise."""
-    cdef float sum = 0
     cdef int64_t i
-    for i in range(n):
-        sum += a[i] - a[i]
-    return sum == 0
+    with nogil:
+        for i in range(rows.shape[0]):
+            rbe_code_rotate(&r, &rows[i, 0], transpose)
 
 
 @cython.auto_pickle(False)      # it holds pointers into its own arrays
@@ -241,14 +227,6 @@ cdef class CodePlan:
         self._keep = keep
         self.in_padded, self.out_padded, self.groups = p.in_padded, p.out_padded, p.groups
 
-    def work_sizes(self, int64_t batch, int threads):
-        """(parts, floats of xr, raw and yr) of a forward product of ``batch`` rows."""
-        cdef int64_t parts = 1
-        if batch == 1 and threads > 1:
-            parts = min(self.plan.tile_cols, (2 * threads + self.groups - 1) // self.groups)
-        return (parts, batch * self.in_padded, parts * batch * self.groups * RBE_CODE_GROUP,
-                batch * self.out_padded)
-
     cdef int64_t _chunk(self, int64_t batch, int threads):
         """Rows of x per product item: at most RBE_CODE_GEMM_ROWS, the batch cut into equal
         chunks, and enough items for every thread twice (chunks of at least 8 rows)."""
@@ -257,61 +235,57 @@ cdef class CodePlan:
                                       (batch + 7) // 8))
         return (batch + chunks - 1) // chunks
 
-    def threads(self, int64_t batch):
-        """Threads a forward product of ``batch`` rows uses."""
-        if self.out_padded * self.in_padded * batch < _PARALLEL_MIN:
-            return 1
-        return _threads()
-
-    def forward(self, const float[:, ::1] x, float[:, ::1] y, const float[::1] factor,
-                bias, float[::1] xr, float[::1] raw, float[::1] yr, int simd, int threads):
-        """y = W x + b for the rows of x (batch, in_features) into y (batch, out_features), W
-        the codes times the row factors (out_padded), on ``threads`` threads; xr, raw and yr
-        are work arrays of at least the sizes ``work_sizes(batch, threads)`` gives. Raises
-        ValueError when x or the result holds NaN or inf."""
+    def forward(self, x, factor, bias=None, out=None):
+        """y = W x + b for x of shape (in_features,) or (batch, in_features), C-contiguous
+        float32 or float64 (computed in float32, returned in x's type), into ``out`` or a new
+        array; W the codes times the row factors (out_padded floats: each row's scale /
+        147.8), read as they are at each call. Runs on the chosen SIMD path and rbe's thread
+        count; raises ValueError when x or the result holds NaN or inf, or x values beyond
+        float32's range."""
         cdef rbe_code_plan *p = &self.plan
-        cdef int64_t nb = x.shape[0]
-        if nb < 1 or x.shape[1] != p.in_features or y.shape[0] != nb \
-                or y.shape[1] != p.out_features:
-            raise ValueError(f"x {(x.shape[0], x.shape[1])} and y {(y.shape[0], y.shape[1])} "
-                             f"do not match the layer ({p.out_features}, {p.in_features})")
-        if factor.shape[0] != p.out_padded:
-            raise ValueError(f"factor must have {p.out_padded} entries")
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, got {threads}")
-        parts, xr_size, raw_size, yr_size = self.work_sizes(nb, threads)
-        if xr.shape[0] < xr_size or raw.shape[0] < raw_size or yr.shape[0] < yr_size:
-            raise ValueError("work arrays xr, raw and yr are too small")
+        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) \
+                or x.ndim not in (1, 2) or x.shape[x.ndim - 1] != p.in_features or x.size == 0 \
+                or not x.flags.c_contiguous:
+            raise ValueError(f"x must be a C-contiguous float32 or float64 array of shape "
+                             f"({p.in_features},) or (batch, {p.in_features})")
+        cdef int64_t nb = x.size // p.in_features
+        shape = x.shape[:x.ndim - 1] + (p.out_features,)
+        if out is None:
+            out = np.empty(shape, x.dtype)
+        elif not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != shape \
+                or not (out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape "
+                             f"{shape}")
+        cdef const float[::1] f = factor, b
+        if f.shape[0] != p.out_padded:
+            raise ValueError(f"factor must have {p.out_padded} entries, got {f.shape[0]}")
         cdef rbe_code_forward_job job
-        cdef const float[::1] b
         job.bias = NULL
         if bias is not None:
             b = bias
             if b.shape[0] != p.out_features:
-                raise ValueError(f"bias must have {p.out_features} entries")
+                raise ValueError(f"bias must have {p.out_features} entries, got {b.shape[0]}")
             job.bias = &b[0]
-        job.plan, job.ops = p, _ops(simd)
-        job.batch, job.parts, job.chunk = nb, parts, self._chunk(nb, threads)
-        job.x, job.factor = &x[0, 0], &factor[0]
-        job.xr, job.raw, job.yr, job.y = &xr[0], &raw[0], &yr[0], &y[0, 0]
-        cdef int64_t products = p.groups * (parts if nb == 1 else
-                                            (nb + job.chunk - 1) // job.chunk)
-        cdef int64_t counts[3]
-        cdef rbe_item_fn fns[3]
-        counts[0], counts[1], counts[2] = nb, products, nb
-        fns[0], fns[1], fns[2] = rbe_code_inputs_item, rbe_code_products_item, \
-            rbe_code_outputs_item
-        cdef bint finite
+        cdef int threads = 1 if p.out_padded * p.in_padded * nb < RBE_POOL_MIN_WORK \
+            else _threads()
+        job.plan, job.ops, job.batch = p, _ops(_chosen_simd()), nb
+        job.parts = min(p.tile_cols, (2 * threads + p.groups - 1) // p.groups) \
+            if nb == 1 and threads > 1 else 1
+        job.chunk = self._chunk(nb, threads)
+        job.f64 = x.dtype == np.float64
+        cdef float[::1] xr = workspace("code.xr", nb * p.in_padded, np.float32)
+        cdef float[::1] raw = workspace("code.raw", job.parts * nb * p.groups * RBE_CODE_GROUP,
+                                        np.float32)
+        cdef float[::1] yr = workspace("code.yr", nb * p.out_padded, np.float32)
+        cdef const unsigned char[::1] x_bytes = x.reshape(-1).view(np.uint8)
+        cdef unsigned char[::1] y_bytes = out.reshape(-1).view(np.uint8)
+        job.x, job.y, job.factor = &x_bytes[0], &y_bytes[0], &f[0]
+        job.xr, job.raw, job.yr = &xr[0], &raw[0], &yr[0]
+        cdef int status
         with nogil:
-            finite = _finite(&x[0, 0], nb * p.in_features)
-        if not finite:
-            raise ValueError("X must be finite (got NaN or inf)")
-        with nogil:
-            rbe_parallel_stages(3, counts, fns, threads, &job)
-            finite = _finite(&y[0, 0], nb * p.out_features)
-        if not finite:
-            raise ValueError("forward overflows: the result is not finite (inputs or parameters "
-                             "too large)")
+            status = rbe_code_forward(&job, threads)
+        _check_plan_status(status)
+        return out
 
     def decode(self, int64_t group, int64_t tj0, int64_t tj1, float[:, ::1] out):
         """The centred values of the group's rows (128, fewer in the last group) x tile columns

@@ -1,5 +1,5 @@
-"""Type stubs for rbe._core (rbe/_core.pyx): the seed-block weight kernels and the kernels'
-thread count.
+"""Type stubs for rbe._core (rbe/_core.pyx): the seed-block weight kernels, the kernels'
+thread count and kernel choice, and what the forward plans share.
 
 Arrays are numpy arrays; the core checks dtypes, contiguity and sizes and raises ValueError.
 """
@@ -9,6 +9,11 @@ from numpy.typing import NDArray
 SIMD_PATHS: dict[str, int]
 APPROX_FAMILIES: dict[str, int]
 BEST_SIMD: str
+RUNNABLE_SIMD: tuple[str, ...]
+SERIAL_BLAS_WORK: int
+def missing_kernels(simd: int) -> str | None: ...
+def kernel_choice() -> tuple[int, int]: ...
+def set_kernel_choice(simd: int, family: int) -> None: ...
 
 def openmp_enabled() -> bool: ...
 MAX_THREADS: int

@@ -1,19 +1,22 @@
 # cython: language_level=3
-"""The seed-block weight kernels (rbe/include/rbe/weight.h) and the kernels' thread count.
+"""The seed-block weight kernels (rbe/include/rbe/weight.h), the kernels' thread count and
+SIMD path, and what every layer kind's forward plan shares.
 
 Arguments are validated by the Python callers (rbe.kernel, ...) and again here for sizes,
 before any pointer is touched; every loop runs without the GIL. rbe._fused and rbe._hybrid
-cimport the thread count and the checks declared in _core.pxd.
+cimport the thread count, the kernel choice and the checks declared in _core.pxd.
 """
 from cython.parallel cimport prange, threadid
 from libc.stdint cimport uint64_t
 
 from rbe._kernels cimport (
     RBE_APPROX_CORDIC, RBE_APPROX_LUT, RBE_APPROX_POLY, RBE_FN_COS, RBE_FN_EXP, RBE_FN_LOG1P,
-    RBE_FN_SIN, RBE_FN_TANH, RBE_SIMD_AVX2, RBE_SIMD_AVX2_VL, RBE_SIMD_SCALAR, rbe_approx_eval,
-    rbe_block_fn, rbe_block_precise, rbe_block_select, rbe_generate_block, rbe_get_local_threads,
-    rbe_kernel_init, rbe_max_threads, rbe_openmp_enabled, rbe_scratch_floats, rbe_set_local_threads,
-    rbe_tables, rbe_thread_limit,
+    RBE_FN_SIN, RBE_FN_TANH, RBE_N_SIMD, RBE_PLAN_INPUT_BEYOND_FLOAT32, RBE_PLAN_INPUT_NOT_FINITE,
+    RBE_PLAN_OK, RBE_PLAN_OUTPUT_NOT_FINITE, RBE_SERIAL_BLAS_WORK, RBE_SIMD_SCALAR,
+    rbe_approx_eval, rbe_block_fn, rbe_block_precise, rbe_block_select, rbe_generate_block,
+    rbe_get_local_threads, rbe_kernel_init, rbe_max_threads, rbe_openmp_enabled,
+    rbe_scratch_floats, rbe_set_local_threads, rbe_simd_missing, rbe_simd_name,
+    rbe_simd_runnable, rbe_tables, rbe_thread_limit,
 )
 
 import numpy as np
@@ -96,28 +99,86 @@ cdef int _threads() noexcept nogil:
 
 # ---- seed-block weight kernel ---------------------------------------------------------------
 
-#: SIMD paths, best last; "avx2_vl" is the AVX2 code with AVX-512VL's 32 vector registers.
-SIMD_PATHS = {"scalar": RBE_SIMD_SCALAR, "avx2": RBE_SIMD_AVX2, "avx2_vl": RBE_SIMD_AVX2_VL}
+#: SIMD paths in order of preference (rbe/src/dispatch.c's table); "avx2_vl" is the AVX2 code
+#: with AVX-512VL's 32 vector registers.
+SIMD_PATHS = {rbe_simd_name(k).decode(): k for k in range(RBE_N_SIMD)}
 APPROX_FAMILIES = {"poly": RBE_APPROX_POLY, "lut": RBE_APPROX_LUT, "cordic": RBE_APPROX_CORDIC}
+#: The preferred path this CPU runs (the default), and every path it runs.
 BEST_SIMD = {v: k for k, v in SIMD_PATHS.items()}[rbe_kernel_init()]
+RUNNABLE_SIMD = tuple(name for name, k in SIMD_PATHS.items() if rbe_simd_runnable(k))
+#: Multiply-adds up to which OpenBLAS keeps a product on the calling thread (rbe/plan.h).
+SERIAL_BLAS_WORK = RBE_SERIAL_BLAS_WORK
 cdef enum:
     # Outputs larger than this are written with non-temporal stores (they cannot stay in cache).
     STREAM_BYTES = 8 << 20
 
 
 cdef void _check_kernel_choice(int simd, int family) except *:
-    """A clear ValueError for a SIMD path or family the selectors refuse."""
-    if rbe_block_select(simd, family) != NULL:
+    """A clear ValueError for a SIMD path or family the selectors refuse, and for a path whose
+    kernel tables are incomplete."""
+    if rbe_block_select(simd, family) != NULL and rbe_simd_missing(simd) == NULL:
         return
     names = {v: k for k, v in SIMD_PATHS.items()}
     if simd not in names:
         raise ValueError(f"simd must be one of {sorted(SIMD_PATHS.values())}, got {simd}")
-    if simd > SIMD_PATHS[BEST_SIMD]:
+    if not rbe_simd_runnable(simd):
         raise ValueError(f"SIMD path {names[simd]!r} is not supported by this CPU "
-                         f"(best: {BEST_SIMD!r})")
+                         f"(it runs {RUNNABLE_SIMD})")
     if family not in APPROX_FAMILIES.values():
         raise ValueError(f"family must be one of {sorted(APPROX_FAMILIES.values())}, "
                          f"got {family}")
+    raise ValueError(f"SIMD path {names[simd]!r} lacks {rbe_simd_missing(simd).decode()} "
+                     f"kernels in rbe/src/dispatch.c")
+
+
+def missing_kernels(int simd):
+    """The table in which SIMD path ``simd`` lacks a kernel (rbe_simd_missing), or None."""
+    missing = rbe_simd_missing(simd)
+    return None if missing == NULL else missing.decode()
+
+
+# The SIMD path and approximation family the layers' kernels run (rbe.kernel sets them, from
+# RBE_SIMD and RBE_APPROX or use_simd / use_approx); read by every plan on every call.
+cdef int _simd_choice = SIMD_PATHS[BEST_SIMD]
+cdef int _family_choice = RBE_APPROX_POLY
+
+
+def kernel_choice():
+    """(SIMD path, approximation family) the layers' kernels run, as numbers."""
+    return _simd_choice, _family_choice
+
+
+def set_kernel_choice(int simd, int family):
+    """Make the layers' kernels run a SIMD path and family (numbers; refused with ValueError
+    when this CPU cannot run the path)."""
+    global _simd_choice, _family_choice
+    _check_kernel_choice(simd, family)
+    _simd_choice, _family_choice = simd, family
+
+
+cdef int _chosen_simd() noexcept nogil:
+    return _simd_choice
+
+
+cdef int _chosen_family() noexcept nogil:
+    return _family_choice
+
+
+# ---- what the forward plans share ------------------------------------------------------------
+
+cdef void _check_plan_status(int status) except *:
+    """The ValueError a forward plan's status (rbe/plan.h) stands for, worded as rbe._checks
+    words the same problems elsewhere."""
+    if status == RBE_PLAN_OK:
+        return
+    from rbe import _checks
+    if status == RBE_PLAN_INPUT_NOT_FINITE:
+        raise _checks.not_finite("X")
+    if status == RBE_PLAN_INPUT_BEYOND_FLOAT32:
+        raise _checks.beyond_float32("X")
+    if status == RBE_PLAN_OUTPUT_NOT_FINITE:
+        raise _checks.overflow("forward")
+    raise ValueError(f"unknown status {status} of a forward plan")
 
 
 cdef rbe_tables _shape_tables(const float[:, :, ::1] rho, const float[:, :, ::1] sin_phi,

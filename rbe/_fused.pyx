@@ -1,22 +1,34 @@
 # cython: language_level=3
-"""Typed entry points of the fused seed-block layer (rbe/include/rbe/fused.h), used by rbe.fused.
+"""Typed entry points of the fused seed-block layer (rbe/include/rbe/fused.h), used by rbe.fused:
+its forward plan, its per-block sums and its backward kernels.
 
-Inputs and input gradients are in the grouped column order of fused.h; rbe.fused permutes
-them. Every size that guards pointer arithmetic is checked here before the GIL is released.
-Parallel loops give each thread its own outputs (block rows for the forward passes, block
-columns for the backward pass), so sums do not depend on the number of threads.
+Inputs and input gradients of the backward entry points are in the grouped column order of
+fused.h; rbe.fused permutes them (the forward plan does it itself). Every size that guards
+pointer arithmetic is checked here before the GIL is released. Parallel loops give each thread
+its own outputs (block rows for the forward product, blocks for the sums, block columns for the
+backward pass), so sums do not depend on the number of threads.
 """
+cimport cython
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 from scipy.linalg.cython_blas cimport sgemm
 
 import numpy as np
 
-from rbe._core cimport _check_kernel_choice, _shape_tables, _threads
+from rbe._cache import workspace
+from rbe._core cimport (
+    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _shape_tables,
+    _threads,
+)
 from rbe._kernels cimport (
     RBE_FUSED_ABS, RBE_FUSED_CLASS, RBE_FUSED_CUR, RBE_FUSED_DR, RBE_FUSED_DTH, RBE_FUSED_GW,
-    RBE_FUSED_NEG, RBE_FUSED_NSTATS, RBE_FUSED_POS, rbe_fused_ops, rbe_fused_select,
-    rbe_fused_vec_scratch_floats, rbe_kernel_init, rbe_tables, rbe_team_claim, rbe_team_release,
+    RBE_FUSED_NEG, RBE_FUSED_NSTATS, RBE_FUSED_NSUMS, RBE_FUSED_POS, RBE_FUSED_SUM_CLASS,
+    RBE_FUSED_SUM_DR, RBE_FUSED_SUM_DTH, RBE_FUSED_SUM_SQ, RBE_FUSED_TILE_FLOATS, rbe_block_fn,
+    rbe_block_select, rbe_fused_block_sums, rbe_fused_block_sums_precise, rbe_fused_forward,
+    rbe_fused_forward_job, rbe_fused_ops, rbe_fused_plan, rbe_fused_plan_tiles,
+    rbe_fused_select, rbe_fused_sums_scratch_floats, rbe_fused_vec_scratch_floats,
+    rbe_fused_work_floats, rbe_kernel_init, rbe_plan_count_beyond_f32, rbe_tables,
+    rbe_team_claim, rbe_team_release,
 )
 
 rbe_kernel_init()   # this module's copy of the approximation tables
@@ -25,6 +37,9 @@ rbe_kernel_init()   # this module's copy of the approximation tables
 FUSED_STATS = {"dr": RBE_FUSED_DR, "dtheta": RBE_FUSED_DTH, "gw": RBE_FUSED_GW,
                "class": RBE_FUSED_CLASS, "n": RBE_FUSED_NSTATS, "cur": RBE_FUSED_CUR,
                "pos": RBE_FUSED_POS, "neg": RBE_FUSED_NEG, "abs": RBE_FUSED_ABS}
+#: Layout of the per-block sums of block_sums and BlockSums (offsets into the last axis).
+BLOCK_SUMS = {"class": RBE_FUSED_SUM_CLASS, "sq": RBE_FUSED_SUM_SQ, "dr": RBE_FUSED_SUM_DR,
+              "dtheta": RBE_FUSED_SUM_DTH, "n": RBE_FUSED_NSUMS}
 
 cdef int _INT_MAX = 2147483647
 
@@ -99,75 +114,6 @@ cdef void _check_block_array(const float[:, ::1] a, const uint64_t[:, ::1] hi,
     if a.shape[0] != hi.shape[0] or a.shape[1] != hi.shape[1]:
         raise ValueError(f"{name} must have the seed grid's shape "
                          f"({hi.shape[0]}, {hi.shape[1]}), got ({a.shape[0]}, {a.shape[1]})")
-
-
-cdef inline void _scaled_row(const float *x, const float *scale, Py_ssize_t gc,
-                             Py_ssize_t gw, float *out) noexcept nogil:
-    """out = x with block column bj's slice of gw floats times scale[bj] (out may be x)."""
-    cdef Py_ssize_t bj, k
-    for bj in range(gc):
-        for k in range(bj * gw, (bj + 1) * gw):
-            out[k] = x[k] * scale[bj]
-
-
-def fused_gemv(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
-               const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
-               const float[::1] xp, float[::1] y, const float[:, ::1] scale, int simd,
-               int family):
-    """y = W x for one grouped input vector xp, each block's weights times scale[bi, bj];
-    W generated block row by block row (the input is scaled per block row instead)."""
-    cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
-    _check_fused_grid(hi, &t, y.shape[0], xp.shape[0])
-    _check_block_array(scale, hi, "scale")
-    cdef rbe_fused_ops ops = _fused_ops(simd, family)
-    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[0], kp = xp.shape[0], bi
-    cdef Py_ssize_t gw = 4 * t.g
-    cdef int threads = _fused_threads(gr, m * kp), team, tid
-    cdef float[::1] xpr = _block_reversed(xp, gw)
-    # per thread: 8 lanes per row, then 2g floats for the anti-transposed sums of fused.h
-    cdef float[:, ::1] acc = np.empty((threads, 8 * t.h + 2 * t.g), np.float32)
-    cdef float[:, ::1] xs = np.empty((threads, 2 * kp), np.float32)
-    with nogil:
-        team = _team(threads)
-        for bi in prange(gr, schedule="dynamic", num_threads=team):
-            tid = threadid()
-            _scaled_row(&xp[0], &scale[bi, 0], gc, gw, &xs[tid, 0])
-            _scaled_row(&xpr[0], &scale[bi, 0], gc, gw, &xs[tid, kp])
-            ops.gemv(&hi[bi, 0], <int>gc, &t, <int>min(<Py_ssize_t>t.h, m - bi * t.h),
-                     &xs[tid, 0], &xs[tid, kp], &y[bi * t.h], &acc[tid, 0])
-        _end_team(team)
-
-
-def fused_forward_batch(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
-                        const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
-                        const float[:, ::1] xp, float[:, ::1] y, const float[:, ::1] scale,
-                        int simd, int family):
-    """Y = X W^T for grouped inputs xp (batch, kp), each block's weights times scale[bi, bj]:
-    per block row, a grouped weight panel in a thread-local buffer, scaled per block, times X
-    by sgemm (call with BLAS limited to one thread)."""
-    cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
-    _check_fused_grid(hi, &t, y.shape[1], xp.shape[1])
-    _check_block_array(scale, hi, "scale")
-    if xp.shape[0] != y.shape[0] or xp.shape[0] < 1 or xp.shape[0] > _INT_MAX:
-        raise ValueError(f"batch sizes differ or are out of range: {xp.shape[0]}, {y.shape[0]}")
-    cdef rbe_fused_ops ops = _fused_ops(simd, family)
-    cdef Py_ssize_t gr = hi.shape[0], gc = hi.shape[1], m = y.shape[1], bi
-    cdef int batch = <int>xp.shape[0], kp = <int>xp.shape[1], rows, tid, i
-    cdef int threads = _fused_threads(gr, m * kp * <Py_ssize_t>batch), team
-    cdef float[:, ::1] panel = np.empty((threads, t.h * <Py_ssize_t>kp), np.float32)
-    with nogil:
-        team = _team(threads)
-        for bi in prange(gr, schedule="dynamic", num_threads=team):
-            tid = threadid()
-            rows = <int>min(<Py_ssize_t>t.h, m - bi * t.h)
-            ops.panel(&hi[bi, 0], <int>gc, &t, rows, &panel[tid, 0], kp)
-            for i in range(rows):
-                _scaled_row(&panel[tid, i * kp], &scale[bi, 0], gc, 4 * t.g,
-                            &panel[tid, i * kp])
-            # column-major: Y^T[rows x batch] = panel^T^T . Xp^T
-            _gemm(b'T', b'N', rows, batch, kp, 1.0, &panel[tid, 0], kp, &xp[0, 0], kp, 0.0,
-                  &y[0, bi * t.h], <int>m)
-        _end_team(team)
 
 
 def fused_backward(const uint64_t[:, ::1] hi, const float[:, :, ::1] rho,
@@ -273,3 +219,278 @@ def fused_ungroup(const float[:, ::1] xp, const Py_ssize_t[::1] source, float[:,
             for k in range(source.shape[0]):
                 if source[k] >= 0:
                     x[n, source[k]] = xp[n, k]
+
+
+# ---- per-block sums ---------------------------------------------------------------------------
+
+# Scratch of the per-block sums, all threads together: a thread holds a whole block (and its
+# gradients), so layers of very large blocks compute them on fewer threads.
+cdef Py_ssize_t _SUMS_SCRATCH_BYTES = 1 << 28
+
+
+cdef void _check_layer_grid(int64_t out_features, int64_t in_features, int h, int w,
+                            Py_ssize_t gr, Py_ssize_t gc) except *:
+    """A grid of gr x gc blocks of h x w must tile out_features x in_features, edge blocks
+    cropped."""
+    if out_features < 1 or in_features < 1 or gr < 1 or gc < 1 \
+            or not (gr - 1) * h < out_features <= gr * h \
+            or not (gc - 1) * w < in_features <= gc * w:
+        raise ValueError(f"a {gr} x {gc} grid of {h} x {w} blocks does not tile a "
+                         f"{out_features} x {in_features} layer")
+
+
+cdef void _fill_block_sums(const uint64_t[:, :] hi, const rbe_tables *t, bint precise,
+                           bint with_grad, int64_t out_features, int64_t in_features,
+                           const Py_ssize_t[::1] blocks, double[:, :, ::1] out) except *:
+    """out[bi, bj] = the sums of fused.h for the flat block indices ``blocks``, on the chosen
+    SIMD path and family (fast) or in precise mode; those of the gradients with_grad only."""
+    cdef Py_ssize_t gc = hi.shape[1], n = blocks.shape[0], k, b, bi, bj
+    cdef int simd = _chosen_simd(), family = _chosen_family()
+    _check_kernel_choice(simd, family)
+    cdef rbe_block_fn fn = rbe_block_select(simd, family)
+    # floats per thread (precise: as many doubles)
+    cdef Py_ssize_t floats = rbe_fused_sums_scratch_floats(t, with_grad) * (2 if precise else 1)
+    cdef int threads = <int>max(1, min(<Py_ssize_t>_threads(), n,
+                                       _SUMS_SCRATCH_BYTES // (4 * floats)))
+    cdef float[:, ::1] scratch = np.empty((threads, floats), np.float32)
+    with nogil:
+        for k in prange(n, schedule="dynamic", num_threads=threads):
+            b = blocks[k]
+            bi, bj = b // gc, b % gc
+            if precise:
+                rbe_fused_block_sums_precise(
+                    hi[bi, bj], t.h, t.w, <int>min(<int64_t>t.h, out_features - bi * t.h),
+                    <int>min(<int64_t>t.w, in_features - bj * t.w), with_grad,
+                    <double *>&scratch[threadid(), 0], &out[bi, bj, 0])
+            else:
+                rbe_fused_block_sums(
+                    fn, family, hi[bi, bj], t, <int>min(<int64_t>t.h, out_features - bi * t.h),
+                    <int>min(<int64_t>t.w, in_features - bj * t.w), with_grad,
+                    &scratch[threadid(), 0], &out[bi, bj, 0])
+
+
+def block_sums(const uint64_t[:, :] hi, const float[:, :, ::1] rho,
+               const float[:, :, ::1] sin_phi, const float[:, :, ::1] cos_phi, int w,
+               int64_t out_features, int64_t in_features, double[:, :, ::1] out,
+               bint precise=False, bint with_grad=True):
+    """out[bi, bj] = the sums of BLOCK_SUMS over the positions of block (bi, bj) of seeds hi
+    inside an out_features x in_features layer (fast mode on the chosen SIMD path and family,
+    or precise); those of the gradients are 0 without ``with_grad``."""
+    cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
+    _check_layer_grid(out_features, in_features, t.h, t.w, hi.shape[0], hi.shape[1])
+    if out.shape[0] != hi.shape[0] or out.shape[1] != hi.shape[1] \
+            or out.shape[2] != RBE_FUSED_NSUMS:
+        raise ValueError(f"out must have shape ({hi.shape[0]}, {hi.shape[1]}, "
+                         f"{RBE_FUSED_NSUMS})")
+    _fill_block_sums(hi, &t, precise, with_grad, out_features, in_features,
+                     np.arange(hi.shape[0] * hi.shape[1], dtype=np.intp), out)
+
+
+@cython.auto_pickle(False)
+cdef class BlockSums:
+    """The per-block sums (BLOCK_SUMS) of a layer's seeds, kept current: ``current(hi)``
+    recomputes those of the blocks whose word changed since the last call (all of them on the
+    first), those of the gradients only when asked for (they cost three times the others), and
+    ``means(hi)`` gives the blocks' mean weights. Safe to share between threads: a refresh
+    builds new arrays and swaps them in at once."""
+    cdef readonly int64_t out_features, in_features
+    cdef readonly bint precise
+    cdef readonly object count      # positions of each block inside the layer (float64)
+    cdef object _tables
+    cdef int _w
+    cdef tuple _state       # (hi, sums, means, whether sums has the gradients'), or None
+
+    def __init__(self, int64_t out_features, int64_t in_features, block, tables, bint precise):
+        h, w = block
+        self.out_features, self.in_features, self.precise = out_features, in_features, precise
+        self._tables, self._w = tables, w
+        grid = (-(-out_features // h), -(-in_features // w))
+        rows = np.minimum(h, out_features - h * np.arange(grid[0]))
+        cols = np.minimum(w, in_features - w * np.arange(grid[1]))
+        self.count = np.multiply.outer(rows, cols).astype(np.float64)
+        self.count.flags.writeable = False
+        self._state = None
+
+    def current(self, hi, bint with_grad=True):
+        """The sums (grid + (n,), float64, read-only) for the seeds' words ``hi``; those of
+        the gradients are 0 without ``with_grad``."""
+        return self._current(hi, with_grad)[1]
+
+    def means(self, hi):
+        """The mean weight of every block over its positions inside the layer (read-only)."""
+        return self._current(hi, False)[2]
+
+    cdef tuple _current(self, hi, bint with_grad):
+        """(words, sums, means, with gradients), refreshed for ``hi`` where it changed."""
+        cdef const uint64_t[:, :] live = hi
+        cdef const uint64_t[:, ::1] kept
+        cdef Py_ssize_t gr = live.shape[0], gc = live.shape[1], i, j, changed = 0
+        state = self._state
+        if state is not None:
+            kept = state[0]
+            if kept.shape[0] != gr or kept.shape[1] != gc:
+                raise ValueError(f"hi must have the grid's shape ({kept.shape[0]}, "
+                                 f"{kept.shape[1]}), got ({gr}, {gc})")
+            with nogil:
+                for i in range(gr):
+                    for j in range(gc):
+                        changed += live[i, j] != kept[i, j]
+            if changed == 0 and (state[3] or not with_grad):
+                return state
+        words = np.array(live)
+        if state is None or (with_grad and not state[3]):
+            stale, sums = np.arange(gr * gc), np.empty((gr, gc, RBE_FUSED_NSUMS))
+        else:
+            stale, sums = np.flatnonzero(words != state[0]), state[1].copy()
+        rho, sin_phi, cos_phi = self._tables
+        cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, self._w)
+        _check_layer_grid(self.out_features, self.in_features, t.h, t.w, gr, gc)
+        _fill_block_sums(live, &t, self.precise, with_grad, self.out_features,
+                         self.in_features, stale.astype(np.intp), sums)
+        means = sums[..., RBE_FUSED_SUM_CLASS:RBE_FUSED_SUM_CLASS + 4].sum(-1) / self.count
+        for a in (words, sums, means):
+            a.flags.writeable = False
+        # blocks refreshed without their gradients leave the others' stale
+        self._state = (words, sums, means, with_grad or (state is not None and state[3]
+                                                         and stale.size == 0))
+        return self._state
+
+
+# ---- the forward product ----------------------------------------------------------------------
+
+cdef void _check_finite_parameter(const float *values, Py_ssize_t n, str name) except *:
+    if n and rbe_plan_count_beyond_f32(values, n, 3.4028234663852886e38):
+        raise ValueError(f"parameter {name!r} of the layer is not finite")
+
+
+@cython.auto_pickle(False)      # it holds pointers into its own arrays
+cdef class ForwardPlan:
+    """The forward product y = x W_eff^T + b of a fast-mode seed-block layer
+    (rbe_fused_forward in fused.h): rbe.fused builds one per layer, with its shape tables,
+    grouped-order permutation and BlockSums; ``forward`` reads the layer's parameters as they
+    are at each call and runs on the chosen SIMD path and family. ``tile_floats`` bounds each
+    thread's workspace (fused.h's default unless given)."""
+    cdef rbe_fused_plan plan
+    cdef object _keep
+    cdef readonly BlockSums sums
+    cdef readonly int64_t band_rows, tile_cols, vec_tile_cols
+
+    def __init__(self, int64_t in_features, int64_t out_features, block, tables, source,
+                 bint centred, BlockSums sums, int64_t tile_floats=RBE_FUSED_TILE_FLOATS):
+        h, w = block
+        rho, sin_phi, cos_phi = tables
+        cdef rbe_tables t = _shape_tables(rho, sin_phi, cos_phi, w)
+        if t.h != h:
+            raise ValueError(f"shape tables of {t.h} rows for blocks of {h}")
+        gr, gc = -(-out_features // h), -(-in_features // w)
+        _check_layer_grid(out_features, in_features, t.h, t.w, gr, gc)
+        if sums.out_features != out_features or sums.in_features != in_features \
+                or sums.precise:
+            raise ValueError("sums must be the fast-mode sums of a layer of this shape")
+        cdef const int64_t[::1] src = np.array(source, dtype=np.int64).ravel()
+        if src.shape[0] != gc * 4 * t.g:
+            raise ValueError(f"source must have {gc * 4 * t.g} entries, got {src.shape[0]}")
+        cdef Py_ssize_t k
+        for k in range(src.shape[0]):
+            if src[k] < -1 or src[k] >= in_features:
+                raise ValueError(f"grouped position {k} maps to column {src[k]}, outside "
+                                 f"[-1, {in_features})")
+        if gc * 4 * t.g > _INT_MAX or out_features > _INT_MAX:
+            raise ValueError("layer too large for the BLAS index type")
+        self._keep = (tables, np.asarray(src))
+        self.sums = sums
+        self.plan.in_features, self.plan.out_features = in_features, out_features
+        self.plan.grid_rows, self.plan.grid_cols = gr, gc
+        self.plan.t, self.plan.kp, self.plan.source = t, src.shape[0], &src[0]
+        self.plan.centred = centred
+        if tile_floats < 1:
+            raise ValueError(f"tile_floats must be positive, got {tile_floats}")
+        rbe_fused_plan_tiles(&self.plan, tile_floats)
+        self.band_rows, self.tile_cols = self.plan.band_rows, self.plan.tile_cols
+        self.vec_tile_cols = self.plan.vec_tile_cols
+
+    def forward(self, x, hi, scale, float alpha, float beta, bias=None, out=None):
+        """y = x W_eff^T + b for x of shape (in_features,) or (batch, in_features), float32 or
+        float64 and C-contiguous, into ``out`` (x's shape with out_features, x's dtype) or a
+        new array; hi, scale (or None), alpha, beta and bias (or None) are the layer's
+        parameters. Raises ValueError when x, a parameter or the result holds NaN or inf."""
+        cdef rbe_fused_plan *p = &self.plan
+        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) \
+                or x.ndim not in (1, 2) or x.shape[x.ndim - 1] != p.in_features \
+                or x.size == 0 or not x.flags.c_contiguous:
+            raise ValueError(f"x must be a C-contiguous float32 or float64 array of shape "
+                             f"({p.in_features},) or (batch, {p.in_features})")
+        cdef int64_t nb = x.size // p.in_features
+        if nb > _INT_MAX:
+            raise ValueError(f"batch of {nb} is too large for the BLAS index type")
+        shape = x.shape[:x.ndim - 1] + (p.out_features,)
+        if out is None:
+            out = np.empty(shape, x.dtype)
+        elif not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != shape \
+                or not (out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape "
+                             f"{shape}")
+        cdef rbe_fused_forward_job job
+        job.plan, job.batch, job.f64 = p, nb, x.dtype == np.float64
+        cdef const float[:, ::1] x32
+        cdef const double[:, ::1] x64
+        cdef float[:, ::1] y32
+        cdef double[:, ::1] y64
+        if job.f64:
+            x64, y64 = x.reshape(nb, p.in_features), out.reshape(nb, p.out_features)
+            job.x, job.y = &x64[0, 0], &y64[0, 0]
+        else:
+            x32, y32 = x.reshape(nb, p.in_features), out.reshape(nb, p.out_features)
+            job.x, job.y = &x32[0, 0], &y32[0, 0]
+        cdef const uint64_t[:, ::1] w
+        cdef const double[:, ::1] means
+        job.mean = NULL
+        if p.centred:       # the words and the block means derived from them
+            words, _, means_array, _ = self.sums._current(hi, False)
+            means = means_array
+            job.mean = &means[0, 0]
+        else:
+            words = np.ascontiguousarray(hi)
+        w = words
+        if w.shape[0] != p.grid_rows or w.shape[1] != p.grid_cols:
+            raise ValueError(f"hi must have the grid's shape ({p.grid_rows}, {p.grid_cols}), "
+                             f"got ({w.shape[0]}, {w.shape[1]})")
+        job.hi = &w[0, 0]
+        cdef const float[:, ::1] s
+        job.scale = NULL
+        if scale is not None:
+            s = scale
+            if s.shape[0] != p.grid_rows or s.shape[1] != p.grid_cols:
+                raise ValueError(f"scale must have the grid's shape ({p.grid_rows}, "
+                                 f"{p.grid_cols})")
+            _check_finite_parameter(&s[0, 0], s.shape[0] * s.shape[1], "scale")
+            job.scale = &s[0, 0]
+        job.alpha, job.beta = alpha, beta
+        _check_finite_parameter(&job.alpha, 1, "alpha")
+        _check_finite_parameter(&job.beta, 1, "beta")
+        cdef const float[::1] b
+        job.bias = NULL
+        if bias is not None:
+            b = bias
+            if b.shape[0] != p.out_features:
+                raise ValueError(f"bias must have {p.out_features} entries")
+            _check_finite_parameter(&b[0], b.shape[0], "bias")
+            job.bias = &b[0]
+        cdef int simd = _chosen_simd(), family = _chosen_family()
+        _check_kernel_choice(simd, family)
+        job.ops, job.sgemm = rbe_fused_select(simd, family), sgemm
+        cdef int threads = _fused_threads(p.grid_rows, p.out_features * p.kp * nb), team, status
+        cdef float[::1] work
+        with nogil:
+            team = _team(threads)
+        try:
+            work = workspace("fused.forward", rbe_fused_work_floats(p, nb, job.f64, team),
+                             np.float32)
+            job.work = &work[0]
+            with nogil:
+                status = rbe_fused_forward(&job, team)
+        finally:
+            with nogil:
+                _end_team(team)
+        _check_plan_status(status)
+        return out

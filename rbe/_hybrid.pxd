@@ -1,11 +1,8 @@
-# Declarations of rbe/include/rbe/hybrid.h (the sparse products of hybrid blocks), pool.h
-# (the helper pool) and their selection in dispatch.h.
+# Declarations of rbe/include/rbe/hybrid.h (the sparse products and the forward plan of hybrid
+# blocks) and of their selection in dispatch.h.
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
-cdef extern from "rbe/pool.h":
-    ctypedef void (*rbe_item_fn)(void *ctx, int64_t item) noexcept nogil
-    void rbe_parallel_phases(int64_t n_first, rbe_item_fn first, int64_t n_second,
-                             rbe_item_fn second, int threads, void *ctx) nogil
+from rbe._kernels cimport rbe_dgemm_fn, rbe_sgemm_fn
 
 cdef extern from "rbe/hybrid.h":
     ctypedef struct rbe_hybrid_grid:
@@ -15,12 +12,6 @@ cdef extern from "rbe/hybrid.h":
         const int64_t *offsets
         const uint16_t *index
         const float *values
-    ctypedef void rbe_sgemm_fn(char *ta, char *tb, int *m, int *n, int *k, float *alpha,
-                               float *a, int *lda, float *b, int *ldb, float *beta, float *c,
-                               int *ldc) noexcept nogil
-    ctypedef void rbe_dgemm_fn(char *ta, char *tb, int *m, int *n, int *k, double *alpha,
-                               double *a, int *lda, double *b, int *ldb, double *beta,
-                               double *c, int *ldc) noexcept nogil
     ctypedef struct rbe_hybrid_plan:
         int64_t in_features, out_features, z_rows, u_rows, ncols, nrows
         const int64_t *col_x0
@@ -56,19 +47,24 @@ cdef extern from "rbe/hybrid.h":
         int64_t batch
         const int64_t *col_runs
         const int64_t *row_runs
+        int64_t n_col_runs, n_row_runs
         const float *values
+        const float *coef
         const float *bias
-        const void *coef
+        int64_t n_coef, rank
+        const float *factor_in
+        const float *factor_out
         const void *x
         void *z
         void *u
         void *y
+        void *projections
+        void *converted
         rbe_sgemm_fn *sgemm
         rbe_dgemm_fn *dgemm
         rbe_hybrid_rows_f32_fn rows_f32
         rbe_hybrid_rows_f64_fn rows_f64
-    void rbe_hybrid_columns_item(void *ctx, int64_t item) nogil
-    void rbe_hybrid_rows_item(void *ctx, int64_t item) nogil
+    int rbe_hybrid_forward(const rbe_hybrid_forward_job *job, int threads) nogil
     uint64_t rbe_hybrid_magic(int64_t w) nogil
     void rbe_hybrid_cols_backward_f32(const rbe_hybrid_grid *g, const float *a, float *dz,
                                       int64_t bj) nogil

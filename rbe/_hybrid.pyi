@@ -40,6 +40,7 @@ class ForwardPlan:
                  term_count: NDArray[np.int64], term_proj: NDArray[np.int64],
                  term_rank: NDArray[np.int64], term_sums: NDArray[np.int64], n_coef: int,
                  col_runs: NDArray[np.int64], row_runs: NDArray[np.int64]) -> None: ...
-    def forward(self, values: NDArray[np.float32], coef: NDArray[np.floating],
-                x: NDArray[np.floating], y: NDArray[np.floating], z: NDArray[np.floating],
-                u: NDArray[np.floating], bias: NDArray[np.float32] | None = None) -> None: ...
+    def forward(self, x: NDArray[np.floating], values: NDArray[np.float32],
+                coef: NDArray[np.float32], bias: NDArray[np.float32] | None = None,
+                factors: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
+                out: NDArray[np.floating] | None = None) -> NDArray[np.floating]: ...

@@ -14,7 +14,11 @@ from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 import numpy as np
 
-from rbe._core cimport _threads
+from rbe._cache import workspace
+from rbe._core cimport (
+    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _threads,
+)
+from rbe._kernels cimport RBE_POOL_MIN_WORK
 
 ctypedef fused real:
     float
@@ -63,7 +67,7 @@ cdef rbe_hybrid_grid _hybrid_grid(shape, block, const uint8_t[::1] slot,
 # threads keep spinning for a while and hold the cores the team needs: they start one only for
 # work that outlasts that contention.
 cdef int64_t _HYBRID_BACKWARD_PARALLEL_MIN = 1 << 26
-cdef int _HYBRID_SIMD = rbe_kernel_init()   # the best SIMD path of this CPU
+rbe_kernel_init()   # this module's copy of the CPU's capabilities
 
 
 cdef inline int _hybrid_threads(const rbe_hybrid_grid *g, int64_t items,
@@ -122,10 +126,6 @@ def hybrid_value_grads(shape, block, const uint8_t[::1] slot, const int64_t[::1]
                 rbe_hybrid_value_grads_f64(&g, &a[0, 0, 0], &z[0, 0, 0], &grad[0], bi)
 
 
-# Below this many multiply-adds per forward product it runs on the calling thread: waking a
-# helper costs more than it saves. rbe_parallel_for (pool.h) never waits for a helper that has
-# not started, so the threshold is low.
-cdef int64_t _HYBRID_FORWARD_PARALLEL_MIN = 1 << 19
 cdef int64_t _BLAS_INT_MAX = 2147483647
 
 
@@ -342,68 +342,86 @@ cdef class ForwardPlan:
                 or (i * p.ncols + j0 + count) * 8 > self.n_coef:
             raise ValueError(f"basis term {t} addresses elements outside the arrays")
 
-    def forward(self, const float[::1] values, const real[::1] coef, const real[:, ::1] x,
-                real[:, ::1] y, real[::1] z, real[::1] u, bias=None):
-        """y = W x + b for the rows of x (batch, in_features) into y (batch, out_features);
-        z and u are work arrays of at least z_rows * batch and u_rows * batch elements. Raises
-        ValueError when x or the result holds NaN or inf."""
-        cdef int64_t nb = x.shape[0]
-        cdef bint single = real is float
-        if single != (self.dtype == np.float32):
-            raise ValueError(f"x must have the plan's dtype {self.dtype}")
-        if values.shape[0] != self.n_values or coef.shape[0] != self.n_coef:
-            raise ValueError(f"expected {self.n_values} values and {self.n_coef} coefficients, "
-                             f"got {values.shape[0]} and {coef.shape[0]}")
-        if x.shape[1] != self.plan.in_features or y.shape[0] != nb \
-                or y.shape[1] != self.plan.out_features:
-            raise ValueError(f"x {(x.shape[0], x.shape[1])} and y {(y.shape[0], y.shape[1])} "
-                             f"do not match the layer")
-        if nb < 1 or max(self.z_rows, self.u_rows, self.plan.out_features) * nb > _BLAS_INT_MAX:
-            raise ValueError(f"batch of {nb} is empty or too large for the BLAS index type")
-        if z.shape[0] < self.z_rows * nb or u.shape[0] < self.u_rows * nb:
-            raise ValueError("work arrays z and u are too small")
-        cdef const float[::1] b
+    def forward(self, x, values, coef, bias=None, factors=None, out=None):
+        """y = W x + b for x of shape (in_features,) or (batch, in_features), C-contiguous of
+        the plan's dtype, into ``out`` (x's shape with out_features) or a new array. values,
+        coef, bias (or None) and factors ((factor_out, factor_in) of the low-rank term, or
+        None) are the layer's float32 parameters, read as they are at each call; the sparse
+        rows run on the chosen SIMD path. Raises ValueError when x or the result holds NaN
+        or inf, or x values beyond float32's range."""
+        cdef rbe_hybrid_plan *p = &self.plan
+        if not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim not in (1, 2) \
+                or x.shape[x.ndim - 1] != p.in_features or x.size == 0 \
+                or not x.flags.c_contiguous:
+            raise ValueError(f"x must be a C-contiguous {self.dtype} array of shape "
+                             f"({p.in_features},) or (batch, {p.in_features})")
+        cdef int64_t nb = x.size // p.in_features
+        if max(self.z_rows, self.u_rows, p.out_features) * nb > _BLAS_INT_MAX:
+            raise ValueError(f"batch of {nb} is too large for the BLAS index type")
+        shape = x.shape[:x.ndim - 1] + (p.out_features,)
+        if out is None:
+            out = np.empty(shape, self.dtype)
+        elif not isinstance(out, np.ndarray) or out.dtype != self.dtype \
+                or out.shape != shape or not (out.flags.c_contiguous and out.flags.writeable):
+            raise ValueError(f"out must be a writeable C-contiguous {self.dtype} array of "
+                             f"shape {shape}")
         cdef rbe_hybrid_forward_job job
+        job.plan, job.batch = &self.plan, nb
+        cdef const float[::1] v = values, c = coef.reshape(-1), b, f_in, f_out
+        if v.shape[0] != self.n_values or c.shape[0] != self.n_coef:
+            raise ValueError(f"expected {self.n_values} values and {self.n_coef} coefficients, "
+                             f"got {v.shape[0]} and {c.shape[0]}")
+        job.values = &v[0] if v.shape[0] else NULL
+        job.coef = &c[0] if c.shape[0] else NULL
+        job.n_coef = c.shape[0]
         job.bias = NULL
         if bias is not None:
             b = bias
-            if b.shape[0] != self.plan.out_features:
-                raise ValueError(f"bias must have {self.plan.out_features} entries")
+            if b.shape[0] != p.out_features:
+                raise ValueError(f"bias must have {p.out_features} entries")
             job.bias = &b[0]
-        job.plan, job.batch = &self.plan, nb
-        job.values = &values[0] if values.shape[0] else NULL
-        job.coef = &coef[0] if coef.shape[0] else NULL
-        job.x, job.y, job.z, job.u = &x[0, 0], &y[0, 0], &z[0], &u[0]
+        job.rank, job.factor_in, job.factor_out = 0, NULL, NULL
+        if factors is not None:
+            f_out, f_in = factors[0].reshape(-1), factors[1].reshape(-1)
+            job.rank = f_in.shape[0] // p.in_features
+            if job.rank < 1 or f_in.shape[0] != p.in_features * job.rank \
+                    or f_out.shape[0] != p.out_features * job.rank:
+                raise ValueError(f"factors must be ({p.out_features}, rank) and "
+                                 f"({p.in_features}, rank) with the same rank >= 1")
+            job.factor_in, job.factor_out = &f_in[0], &f_out[0]
+        cdef int simd = _chosen_simd()
+        _check_kernel_choice(simd, _chosen_family())
+        cdef rbe_hybrid_rows_ops rows_ops = rbe_hybrid_select(simd)
+        cdef bint single = self.dtype == np.float32
+        cdef int64_t size = 4 if single else 8
         job.sgemm, job.dgemm, job.rows_f32, job.rows_f64 = NULL, NULL, NULL, NULL
-        if real is float:
-            job.sgemm, job.rows_f32 = sgemm, rbe_hybrid_select(_HYBRID_SIMD).f32
+        if single:
+            job.sgemm, job.rows_f32 = sgemm, rows_ops.f32
         else:
-            job.dgemm, job.rows_f64 = dgemm, rbe_hybrid_select(_HYBRID_SIMD).f64
+            job.dgemm, job.rows_f64 = dgemm, rows_ops.f64
         cdef const int64_t[::1] cols = self._one_col_runs if nb == 1 else self._col_items
         cdef const int64_t[::1] rows = self._one_row_runs if nb == 1 else self._row_items
         job.col_runs, job.row_runs = &cols[0], &rows[0]
-        cdef int threads = 1 if self.work * nb < _HYBRID_FORWARD_PARALLEL_MIN else _threads()
-        cdef bint finite
+        job.n_col_runs, job.n_row_runs = cols.shape[0] - 1, rows.shape[0] - 1
+        cdef const unsigned char[::1] x_bytes = x.reshape(-1).view(np.uint8)
+        cdef unsigned char[::1] y_bytes = out.reshape(-1).view(np.uint8)
+        cdef unsigned char[::1] z = workspace("hybrid.z", self.z_rows * nb * size, np.uint8)
+        cdef unsigned char[::1] u = workspace("hybrid.u", self.u_rows * nb * size, np.uint8)
+        # the projections x F_in, then (float64) the parameters converted
+        cdef int64_t converted = 0 if single else \
+            self.n_coef + (p.in_features + p.out_features) * job.rank
+        cdef unsigned char[::1] low_rank = workspace(
+            "hybrid.low_rank", (nb * job.rank + converted) * size + 8, np.uint8)
+        job.x, job.y = &x_bytes[0], &y_bytes[0]
+        job.z, job.u = &z[0], &u[0]
+        job.projections = &low_rank[0]
+        job.converted = &low_rank[nb * job.rank * size]
+        cdef int64_t work = (self.work + (p.in_features + p.out_features) * job.rank) * nb
+        cdef int threads = 1 if work < RBE_POOL_MIN_WORK else _threads(), status
         with nogil:
-            finite = _finite(&x[0, 0], x.shape[0] * x.shape[1])
-        if not finite:
-            raise ValueError("X must be finite (got NaN or inf)")
-        with nogil:
-            rbe_parallel_phases(cols.shape[0] - 1, rbe_hybrid_columns_item, rows.shape[0] - 1,
-                                rbe_hybrid_rows_item, threads, &job)
-            finite = _finite(&y[0, 0], y.shape[0] * y.shape[1])
-        if not finite:
-            raise ValueError("forward overflows: the result is not finite (inputs or parameters "
-                             "too large)")
-
-
-cdef bint _finite(const real *a, int64_t n) noexcept nogil:
-    """No NaN or inf among a[:n]: x - x is 0 for every finite x, NaN otherwise."""
-    cdef real sum = 0
-    cdef int64_t i
-    for i in range(n):
-        sum += a[i] - a[i]
-    return sum == 0
+            status = rbe_hybrid_forward(&job, threads)
+        _check_plan_status(status)
+        return out
 
 
 cdef const int64_t *_data(array) except? NULL:

@@ -14,9 +14,8 @@ from typing import Callable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _code, _core, kernel
+from . import _code
 from . import trellis as tr
-from ._cache import workspace
 from ._checks import (
     MAX_FEATURES,
     finite_output,
@@ -214,23 +213,10 @@ class CodeLinear:
     # -- products -------------------------------------------------------------------------------
 
     def forward(self, X: ArrayLike) -> np.ndarray:
-        """Y = X W^T + b for X of shape (in_features,) or (batch, in_features), float32 (float64
-        is computed in float32 and returned as float64)."""
-        X = np.asarray(X)
-        X2 = layer_input("X", X, self.in_features, values=False).reshape(-1, self.in_features)
-        if X2.dtype != np.float32:
-            X2 = layer_input("X", X2, self.in_features).astype(np.float32)
-        X2 = np.ascontiguousarray(X2)
-        batch = X2.shape[0]
-        Y = np.empty((batch, self.out_features), np.float32)
-        plan = self._plan
-        threads = plan.threads(batch)
-        _, xr, raw, yr = plan.work_sizes(batch, threads)
-        plan.forward(X2, Y, self._factors(), self.bias,
-                     workspace("code.xr", xr, np.float32), workspace("code.raw", raw, np.float32),
-                     workspace("code.yr", yr, np.float32),
-                     _core.SIMD_PATHS[kernel.current_simd()], threads)
-        return Y.reshape(X.shape[:-1] + (self.out_features,)).astype(X.dtype, copy=False)
+        """Y = X W^T + b for X of shape (in_features,) or (batch, in_features), float32 or
+        float64 (computed in float32, returned in X's type)."""
+        X = layer_input("X", X, self.in_features, values=False)    # the plan checks elements
+        return self._plan.forward(X, self._factors(), self.bias)
 
     def backward(self, X: ArrayLike, dY: ArrayLike) -> np.ndarray:
         """dX for upstream gradient dY; overwrites ``grads`` (scale and bias)."""

@@ -411,7 +411,31 @@ def count_bytes(grid: BlockGrid) -> int:
     return index_bytes(grid)
 
 
-class HybridMatrix:
+class HybridBlocks:
+    """What a hybrid matrix and a hybrid layer (rbe.HybridLinear) read the same way from their
+    ``grid``, ``offsets`` and ``factors``."""
+
+    grid: BlockGrid
+    offsets: np.ndarray
+    factors: tuple[np.ndarray, np.ndarray] | None
+
+    @property
+    def block(self) -> tuple[int, int]:
+        """Block shape (h, w); edge blocks are smaller."""
+        return self.grid.block
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Transform coefficients of each block."""
+        return np.diff(self.offsets)
+
+    @property
+    def rank(self) -> int:
+        """Rank of the low-rank term (0 without one)."""
+        return 0 if self.factors is None else self.factors[0].shape[1]
+
+
+class HybridMatrix(HybridBlocks):
     """A matrix stored as hybrid blocks (row-major block order), plus an optional low-rank term.
 
     Per block: ``coef`` (8 basis coefficients, or none), ``transform`` (uint8 id: 0 DCT,
@@ -454,21 +478,6 @@ class HybridMatrix:
     def shape(self) -> tuple[int, int]:
         """(rows, cols) of the matrix."""
         return self.grid.shape
-
-    @property
-    def block(self) -> tuple[int, int]:
-        """Block shape (h, w)."""
-        return self.grid.block
-
-    @property
-    def counts(self) -> np.ndarray:
-        """Coefficients of each block."""
-        return np.diff(self.offsets)
-
-    @property
-    def rank(self) -> int:
-        """Rank of the low-rank term (0 without one)."""
-        return 0 if self.factors is None else self.factors[0].shape[1]
 
     @property
     def nbytes(self) -> int:

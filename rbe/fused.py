@@ -10,15 +10,17 @@ with W the generated block, s its scale (1 without block scales) and c = 1 when 
 centres its blocks (docs/fused.md, "Parameterisation"). It computes and trains without ever
 storing the weight matrix:
 
-- ``mode="fast"``: the C kernels of ``rbe/include/rbe/fused.h``. A matrix-vector product
-  generates each weight group and dots it with the input in registers; a batch generates one
-  block row's weights at a time into a thread-local buffer and multiplies it with BLAS sgemm.
-  Inputs are permuted once into the kernels' class-grouped column order, so no weight is moved.
+- ``mode="fast"``: the C kernels of ``rbe/include/rbe/fused.h``. The forward product is one
+  call of the layer's plan (``rbe._fused.ForwardPlan``): a matrix-vector product generates
+  each weight group and dots it with the input in registers; a batch generates tiles of a
+  block row's weights into a thread-local panel and multiplies them with BLAS sgemm. Inputs are
+  permuted into the kernels' class-grouped column order, so no weight is moved.
 - ``mode="precise"``: float64 with libm, one block row at a time in NumPy; the oracle.
 
 The kernels compute with the generated W, each block times its scale; the centring and beta
 terms are per-block offsets, added from the inputs' block sums. The block means (and the means
-of dW/dr, dW/dtheta) are derived from the seeds and cached until ``hi`` changes.
+of W^2, dW/dr, dW/dtheta) come from per-block sums of the seeds (``rbe._fused.BlockSums``), kept
+current block by block as ``hi`` changes.
 
 Training: ``backward`` computes dX and the gradients of the trained parameters, and adds to
 :attr:`FusedLinear.transition_stats` the linearised loss change of moving each position class
@@ -53,11 +55,11 @@ from ._checks import (
 STATS = _fused.FUSED_STATS
 #: Defaults of the transition rule (measured in docs/fused.md, "State transitions").
 TAU, TRANSITION_EVERY, MAX_MOVES = 1.0, 100, 0.02
+SUMS = _fused.BLOCK_SUMS
+_CLASS_SUMS = slice(SUMS["class"], SUMS["class"] + seeds_mod.N_CLASSES)
 # transition_stats[..., c, k]: k = 0, 1 the linearised loss change of the pos / neg candidate
 # (before the centring term), 2 sum |G W_eff|, 3 sum G over the block times its scale
 _GAIN_POS, _GAIN_NEG, _ABS, _GSUM = range(4)
-# weights generated at once for the per-block sums (bounds their temporary memory)
-_CHUNK_WEIGHTS = 1 << 20
 
 
 class _SingleThreadedBlas:
@@ -92,16 +94,11 @@ class _SingleThreadedBlas:
 
 _single_threaded_blas = _SingleThreadedBlas()
 
-# OpenBLAS runs a product of up to 2^18 multiply-adds on the calling thread, so the kernels'
-# sgemm calls need no limit when they are that small (which skips the limit's cost, noticeable
-# on one-vector calls).
-_SERIAL_BLAS_WORK = 1 << 18
-
 
 def _blas_guard(sgemm_work: int):
     """The BLAS limit, unless every sgemm call of the kernel (sgemm_work multiply-adds) stays
-    on the calling thread anyway."""
-    small = sgemm_work <= _SERIAL_BLAS_WORK
+    on the calling thread anyway (which skips the limit's cost, noticeable on small calls)."""
+    small = sgemm_work <= _core.SERIAL_BLAS_WORK
     return contextlib.nullcontext() if small else _single_threaded_blas
 
 
@@ -121,7 +118,7 @@ def _block_row(blocks: np.ndarray) -> np.ndarray:
 
 
 class _BlockMoments(NamedTuple):
-    """Per-block sums over a layer's valid positions, derived from the seeds."""
+    """Per-block means over a layer's valid positions, derived from the seeds."""
 
     count: np.ndarray      #: positions of each block inside the layer
     mean: np.ndarray       #: mean W
@@ -237,12 +234,12 @@ class FusedLinear:
         self.grads: dict[str, np.ndarray] = {}
         self.transition_stats = None
         self._steps = 0
-        self._moments_cache = self._terms_cache = (None, None)
         self._build_permutation()
+        self._build_plan()
 
     def _standardise(self) -> None:
         """alpha and beta giving W_eff mean 0 and variance 1 / in_features."""
-        m = self._moments()
+        m = self._moments(with_grad=False)
         s = self._signs()
         c = float(self.center)
         # per block: sum and sum of squares of s (W - c mean)
@@ -317,8 +314,8 @@ class FusedLinear:
         self._check_parameters(masters=True)
         seeds_mod.requantize(self._seeds)
         self._steps += 1
-        if self.transition_every and self._steps % self.transition_every == 0 \
-                and self.transition_stats is not None:
+        due = self.transition_every and self._steps % self.transition_every == 0
+        if due and self.transition_stats is not None:
             self._transition(loss)
 
     def step_statistics(self) -> list[np.ndarray]:
@@ -411,64 +408,29 @@ class FusedLinear:
 
     def _block_terms(self) -> _BlockTerms:
         """Per block, the factor alpha s the kernels multiply W by and the offset
-        beta - c alpha s mean(W), the constant part of W_eff; recomputed only when ``hi``, the
-        scales, alpha or beta change (they are read on every call)."""
-        key = (self._seeds["hi"].tobytes(), None if self._scale is None else
-               self._scale.tobytes(), float(self._alpha), float(self._beta))
-        cached_key, terms = self._terms_cache
-        if cached_key == key:
-            return terms
+        beta - c alpha s mean(W), the constant part of W_eff."""
         factor = self._signs() * float(self._alpha)
         offset = np.full(self.grid, float(self._beta))
         if self.center:
-            offset -= factor * self._moments().mean
-        terms = _BlockTerms(factor, offset, np.ascontiguousarray(factor, np.float32),
-                            np.ascontiguousarray(offset, np.float32))
-        self._terms_cache = (key, terms)
-        return terms
+            offset -= factor * self._sums.means(self._seeds["hi"])
+        return _BlockTerms(factor, offset, np.ascontiguousarray(factor, np.float32),
+                           np.ascontiguousarray(offset, np.float32))
 
-    def _moments(self) -> _BlockMoments:
+    def _moments(self, with_grad: bool = True) -> _BlockMoments:
         """The per-block means of W, W^2, dW/dr, dW/dtheta over valid positions, for the
-        current ``hi`` (recomputed only when it changes)."""
-        key, moments = self._moments_cache
-        hi = self._seeds["hi"].tobytes()
-        if key == hi:
-            return moments
-        rows, cols = self._valid_masks()
-        count = rows.sum(1)[:, None] * cols.sum(1)[None, :]
-        sums = np.empty((4,) + self.grid)
-        for chunk in self._row_chunks():
-            W, dr, dth = kernel.generate_with_grad(self._seeds[chunk], self.block, self.mode)
-            for k, a in enumerate((W, W * W, dr, dth)):
-                sums[k, chunk] = np.einsum("bkij,bi,kj->bk", a, rows[chunk], cols)
-        moments = _BlockMoments(count, *(sums / count))
-        self._moments_cache = (hi, moments)
-        return moments
-
-    def _row_chunks(self):
-        """Slices of block rows whose weights, generated at once, stay small."""
-        step = max(1, _CHUNK_WEIGHTS // (self.grid[1] * self.block[0] * self.block[1]))
-        return [slice(i, i + step) for i in range(0, self.grid[0], step)]
-
-    def _valid_masks(self) -> tuple[np.ndarray, np.ndarray]:
-        """Which rows of each block row and columns of each block column are in the layer:
-        (grid rows, h) and (grid columns, w) float64 masks."""
-        h, w = self.block
-        rows = (np.arange(self.grid[0])[:, None] * h + np.arange(h)) < self.out_features
-        cols = (np.arange(self.grid[1])[:, None] * w + np.arange(w)) < self.in_features
-        return rows.astype(np.float64), cols.astype(np.float64)
+        current ``hi`` (those of the gradients 0 without ``with_grad``)."""
+        hi = self._seeds["hi"]
+        sums, count = self._sums.current(hi, with_grad), self._sums.count
+        return _BlockMoments(count, self._sums.means(hi),
+                             *(sums[..., SUMS[k]] / count for k in ("sq", "dr", "dtheta")))
 
     def _class_sums(self, seeds: np.ndarray) -> np.ndarray:
         """Sum of W over the valid positions of each position class: grid + (4,)."""
-        h, w = self.block
-        i, j = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        classes = (((j - i) % 4)[None] == np.arange(4)[:, None, None]).astype(np.float64)
-        rows, cols = self._valid_masks()
-        out = np.empty(self.grid + (4,))
-        for chunk in self._row_chunks():
-            W = kernel.generate(seeds[chunk], self.block, self.mode)
-            out[chunk] = np.einsum("bkij,cij,bi,kj->bkc", W, classes, rows[chunk], cols)
-        return out
+        sums = np.empty(self.grid + (SUMS["n"],))
+        _fused.block_sums(np.ascontiguousarray(seeds["hi"]), *kernel.shape_tables(self.block),
+                          self.block[1], self.out_features, self.in_features, sums,
+                          precise=self.mode == "precise", with_grad=False)
+        return sums[..., _CLASS_SUMS]
 
 
     # ---- forward and backward --------------------------------------------------------------
@@ -478,23 +440,15 @@ class FusedLinear:
 
         float32 input gives float32, float64 gives float64 (fast mode computes in float32).
         """
-        X = layer_input("X", X, self.in_features)
-        self._check_parameters()
-        X2 = X.reshape(-1, self.in_features)
-        terms = self._block_terms()
-        if self.mode == "fast":
-            Z = self._forward_fast(np.ascontiguousarray(X2, np.float32), terms.factor32)
-        else:
-            Z = self._forward_precise(X2.astype(np.float64, copy=False), terms.factor)
-        offset = terms.offset
-        if offset.any():
-            Xs = _block_sums(X2, self.block[1])
-            Z += np.repeat(Xs @ offset.T, self.block[0], axis=1)[:, :self.out_features] \
-                .astype(Z.dtype)
-        if self.bias is not None:
-            Z += self.bias
-        Y = Z.astype(X.dtype, copy=False)
-        return finite_output("forward", Y).reshape(X.shape[:-1] + (self.out_features,))
+        # the plan checks the elements in its C loop; precise mode computes in NumPy
+        X = layer_input("X", X, self.in_features, values=self.mode == "precise")
+        if self.mode == "precise":
+            return self._forward_precise(X)
+        # the batch's sgemm calls: (band x tile of grouped columns) times the batch
+        batch = X.shape[0] if X.ndim == 2 else 0
+        with _blas_guard(self.block[0] * self._source.size * batch):
+            return self._plan.forward(X, self._seeds["hi"], self._scale, self._alpha,
+                                      self._beta, self.bias)
 
     def backward(self, X: ArrayLike, dY: ArrayLike) -> np.ndarray:
         """dX = dY W_eff; fills :attr:`grads` and adds to :attr:`transition_stats`.
@@ -528,16 +482,15 @@ class FusedLinear:
         if offset.any():
             dZ += np.repeat(dYs @ offset, self.block[1], axis=1)[:, :self.in_features] \
                 .astype(dZ.dtype)
-        self._fill_grads(stats, dYs.T @ Xs, dY2)
+        self._fill_grads(stats, dYs.T @ Xs, dY2, terms.factor)
         return finite_output("backward", dZ.astype(X.dtype, copy=False)).reshape(X.shape)
 
     __call__ = forward
 
-    def _fill_grads(self, stats, gsum, dY2) -> None:
+    def _fill_grads(self, stats, gsum, dY2, factor) -> None:
         """Gradients from the kernels' sums of G = dY^T X and gsum, G summed per block."""
         m = self._moments()
         c = float(self.center)
-        factor = self._block_terms().factor
         # dW_eff/dp = alpha s (dW/dp - c mean(dW/dp)) for p = r, theta, and
         # dL/d(alpha s) = sum G (W - c mean W)
         g_scaled = stats[..., STATS["gw"]] - c * m.mean * gsum
@@ -586,8 +539,8 @@ class FusedLinear:
         candidates = seeds_mod.candidates(sel)
         gain = stats[..., [_GAIN_POS, _GAIN_NEG]].copy()
         if self.center:
-            current = self._class_sums(self._seeds)
-            count = self._moments().count[..., None]
+            current = self._sums.current(self._seeds["hi"], with_grad=False)[..., _CLASS_SUMS]
+            count = self._sums.count[..., None]
             for k in range(2):
                 moved = self._seeds.copy()
                 moved["hi"] = seeds_mod.with_states(moved["hi"], candidates[..., k])
@@ -630,6 +583,24 @@ class FusedLinear:
         valid = (((4 * q + p) < w).reshape(-1)) & (column < self.in_features)
         self._source = np.where(valid, column, -1).astype(np.intp)
 
+    def _build_plan(self) -> None:
+        """The per-block sums of the seeds and, in fast mode, the forward product's plan (both
+        follow ``hi`` and read the other parameters at each call: built once per layer)."""
+        tables = kernel.shape_tables(self.block)
+        self._sums = _fused.BlockSums(self.out_features, self.in_features, self.block, tables,
+                                      self.mode == "precise")
+        self._plan = None if self.mode == "precise" else _fused.ForwardPlan(
+            self.in_features, self.out_features, self.block, tables, self._source, self.center,
+            self._sums)
+
+    def __getstate__(self):
+        # the plan holds C pointers; a copy (or an unpickled layer) builds its own
+        return {k: v for k, v in self.__dict__.items() if k not in ("_sums", "_plan")}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._build_plan()
+
     def _grouped(self, X2: np.ndarray) -> np.ndarray:
         Xp = np.empty((X2.shape[0], self._source.size), np.float32)
         _fused.fused_group(X2, self._source, Xp)
@@ -642,21 +613,8 @@ class FusedLinear:
         return (self._hi(), *kernel.shape_tables(self.block), self.block[1])
 
     def _kernel_select(self) -> dict:
-        return {"simd": _core.SIMD_PATHS[kernel.current_simd()],
-                "family": _core.APPROX_FAMILIES[kernel.default_approx()]}
-
-    def _forward_fast(self, X2: np.ndarray, factor: np.ndarray) -> np.ndarray:
-        """The kernels' product with each block times ``factor`` (float32)."""
-        Xp = self._grouped(X2)
-        Y = np.empty((X2.shape[0], self.out_features), np.float32)
-        if X2.shape[0] == 1:
-            _fused.fused_gemv(*self._kernel_args(), Xp[0], Y[0], factor, **self._kernel_select())
-        else:
-            # one sgemm per block row: (h x grouped width) times the batch
-            with _blas_guard(self.block[0] * Xp.shape[1] * X2.shape[0]):
-                _fused.fused_forward_batch(*self._kernel_args(), Xp, Y, factor,
-                                           **self._kernel_select())
-        return Y
+        simd, family = _core.kernel_choice()
+        return {"simd": simd, "family": family}
 
     def _backward_fast(self, X2: np.ndarray, dY2: np.ndarray, terms: _BlockTerms):
         Xp = self._grouped(X2)
@@ -673,16 +631,24 @@ class FusedLinear:
 
     # ---- precise mode (float64, one block row at a time) -------------------------------------
 
-    def _forward_precise(self, X2: np.ndarray, factor) -> np.ndarray:
+    def _forward_precise(self, X: np.ndarray) -> np.ndarray:
+        self._check_parameters()
         h, w = self.block
-        Xpad = _padded(X2, self.grid[1] * w)
+        X2 = X.reshape(-1, self.in_features)
+        terms = self._block_terms()
+        Xpad = _padded(X2.astype(np.float64, copy=False), self.grid[1] * w)
         Z = np.empty((X2.shape[0], self.out_features))
         for bi in range(self.grid[0]):
             n = min(h, self.out_features - bi * h)
             W = _block_row(kernel.generate(self._seeds[bi], self.block, "precise")
-                           * factor[bi][:, None, None])
+                           * terms.factor[bi][:, None, None])
             Z[:, bi * h:bi * h + n] = Xpad @ W[:n].T
-        return Z
+        Xs = _block_sums(X2, w)
+        Z += np.repeat(Xs @ terms.offset.T, h, axis=1)[:, :self.out_features]
+        if self.bias is not None:
+            Z += self.bias
+        Y = Z.astype(X.dtype, copy=False)
+        return finite_output("forward", Y).reshape(X.shape[:-1] + (self.out_features,))
 
     def _backward_precise(self, X2: np.ndarray, dY2: np.ndarray, factor, offset):
         h, w = self.block

@@ -24,12 +24,12 @@ from typing import Callable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import _hybrid
+from . import _core, _hybrid
 from . import transforms as tf
-from ._cache import workspace
 from ._checks import finite_output, layer_input, positive_int
 from .encoder import (
     BlockGrid,
+    HybridBlocks,
     HybridMatrix,
     check_matrix,
     check_rank,
@@ -39,7 +39,6 @@ from .encoder import (
 )
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-_SERIAL_GEMM = 1 << 18      # OpenBLAS runs a GEMM of up to 2^18 multiply-adds on one thread
 _SMALL_GEMM = 1 << 22       # larger products gain from the BLAS threads
 
 
@@ -52,11 +51,11 @@ def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.n
     """
     m, k = a.shape
     size = m * k * b.shape[1]
-    if size > _SMALL_GEMM or size <= _SERIAL_GEMM:
+    if size > _SMALL_GEMM or size <= _core.SERIAL_BLAS_WORK:
         return np.matmul(a, b, out=out)
     if out is None:
         out = np.empty((m, b.shape[1]), np.result_type(a, b))
-    step = max(1, _SERIAL_GEMM // (k * b.shape[1]))
+    step = max(1, _core.SERIAL_BLAS_WORK // (k * b.shape[1]))
     for start in range(0, m, step):
         np.matmul(a[start:start + step], b, out=out[start:start + step])
     return out
@@ -75,7 +74,7 @@ def _random_positions(rng, n_blocks, size, count):
     return np.sort(rng.random((n_blocks, size)).argsort(axis=1)[:, :count], axis=1)
 
 
-class HybridLinear:
+class HybridLinear(HybridBlocks):
     """y = W x + b with W (out_features x in_features) stored as hybrid blocks.
 
     Parameters
@@ -241,7 +240,7 @@ class HybridLinear:
                                  .values())
         self._kinds = kinds
         self._operators = {dtype: self._stacked_operators(kinds, dtype) for dtype in _FLOATS}
-        self._plans = {}
+        self._plans = None
         self.grads = {name: np.zeros_like(p) for name, p in self.parameters().items()}
         self.steps = 0
 
@@ -264,14 +263,14 @@ class HybridLinear:
         """The synthesis matrices G (n x n) of the transforms in use, in slot order."""
         return [tf.operator(n, kind, self.wavelet, dtype).synthesis for kind in kinds]
 
-    def _plan(self, dtype: np.dtype) -> _hybrid.ForwardPlan:
-        """The forward product's plan for ``dtype``, built on first use and again after
-        positions move (``regrow``)."""
-        plan = self._plans.get(dtype)
-        if plan is None:
-            plan = self._plans[dtype] = _hybrid.ForwardPlan(
-                self.in_features, self.out_features, dtype, **self._plan_arrays(dtype))
-        return plan
+    def _forward_plans(self) -> dict[np.dtype, _hybrid.ForwardPlan]:
+        """The forward product's plans for float32 and float64 inputs, built on first use and
+        again after positions move (``regrow``)."""
+        if self._plans is None:
+            self._plans = {dtype: _hybrid.ForwardPlan(self.in_features, self.out_features, dtype,
+                                                      **self._plan_arrays(dtype))
+                           for dtype in _FLOATS}
+        return self._plans
 
     def _plan_arrays(self, dtype):
         """Operators, layout and sparse rows of ``_hybrid.ForwardPlan`` (rbe/hybrid.h).
@@ -361,24 +360,9 @@ class HybridLinear:
         return self.grid.shape[0]
 
     @property
-    def block(self) -> tuple[int, int]:
-        """Block shape (h, w); edge blocks are smaller."""
-        return self.grid.block
-
-    @property
-    def counts(self) -> np.ndarray:
-        """Transform coefficients of each block."""
-        return np.diff(self.offsets)
-
-    @property
     def has_basis(self) -> bool:
         """Whether blocks keep the 8 smooth basis coefficients."""
         return self.coef.shape[1] > 0
-
-    @property
-    def rank(self) -> int:
-        """Rank of the low-rank term (0 without one)."""
-        return 0 if self.factors is None else self.factors[0].shape[1]
 
     @property
     def factors(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -483,7 +467,7 @@ class HybridLinear:
             self.values[prune[better]] = 0.0
             swaps += int(better.sum())
         _overwrite(self.index, index)     # in place: the array may be shared (rbe.torch)
-        self._plans.clear()
+        self._plans = None
         return swaps
 
     def _accumulate_grow_grads(self, a, z):
@@ -499,32 +483,22 @@ class HybridLinear:
 
     # -- products -------------------------------------------------------------------------------
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """Y = X W^T + b for X of shape (in_features,) or (batch, in_features)."""
-        X2 = self._batch_major(X, self.in_features, "X", values=False)
-        if X2.dtype != np.float32:      # the plan checks that elements are finite, not ranges
-            layer_input("X", X2, self.in_features)
-        plan = self._plan(X2.dtype)
-        batch = X2.shape[0]
-        Y = np.empty((batch, self.out_features), X2.dtype)
-        coef = self.coef.reshape(-1)
-        plan.forward(self.values, coef if coef.dtype == X2.dtype else coef.astype(X2.dtype), X2,
-                     Y, workspace("hybrid.z", plan.z_rows * batch, X2.dtype),
-                     workspace("hybrid.u", plan.u_rows * batch, X2.dtype), self.bias)
-        if self.factors is not None:
-            factor_out, factor_in = (f.astype(X2.dtype) for f in self.factors)
-            Y += (X2 @ factor_in) @ factor_out.T
-            finite_output("forward", Y)
-        return Y.reshape(X.shape[:-1] + (self.out_features,))
+    def forward(self, X: ArrayLike) -> np.ndarray:
+        """Y = X W^T + b for X of shape (in_features,) or (batch, in_features), float32 or
+        float64 (computed in that type)."""
+        X = layer_input("X", X, self.in_features, values=False)    # the plan checks elements
+        plan = self._forward_plans()[X.dtype]
+        return plan.forward(X, self.values, self.coef, self.bias, self.factors)
 
-    def backward(self, X: np.ndarray, dY: np.ndarray) -> np.ndarray:
+    def backward(self, X: ArrayLike, dY: ArrayLike) -> np.ndarray:
         """dX for upstream gradient dY; overwrites ``grads`` with the parameter gradients (and
         adds to ``grow_grads`` before a step that moves positions)."""
-        xt = self._features_major(X, self.in_features, "X")
-        dyt = self._features_major(dY, self.out_features, "dY")
+        X, dY = layer_input("X", X, self.in_features), layer_input("dY", dY, self.out_features)
         if dY.dtype != X.dtype or dY.shape[:-1] != X.shape[:-1]:
             raise ValueError(f"dY must have dtype {X.dtype} and shape "
                              f"{X.shape[:-1] + (self.out_features,)}, got {dY.dtype} {dY.shape}")
+        xt = np.ascontiguousarray(X.reshape(-1, self.in_features).T)
+        dyt = np.ascontiguousarray(dY.reshape(-1, self.out_features).T)
         inputs, outputs = self._operators[xt.dtype]
         z = self._apply(inputs, self._col_classes, xt, self._nslots)
         a = self._apply({h: m.T for h, m in outputs.items()}, self._row_classes, dyt,
@@ -598,21 +572,6 @@ class HybridLinear:
         coef = self.coef[sel].reshape(nr, nc, tf.NUM_BASIS)
         return np.ascontiguousarray(coef.transpose(1, 0, 2), dtype).reshape(nc, -1)
 
-    @staticmethod
-    def _batch_major(X, features, name, values=True):
-        """Validate X (features,) or (batch, features) (its elements too with ``values``);
-        return it as (batch, features)."""
-        if not isinstance(X, np.ndarray):
-            raise ValueError(f"{name} must be a numpy array, got {type(X).__name__}")
-        if not X.flags.c_contiguous:
-            raise ValueError(f"{name} must be C-contiguous (use numpy.ascontiguousarray)")
-        return layer_input(name, X, features, values).reshape(-1, features)
-
-    @staticmethod
-    def _features_major(X, features, name):
-        """Validate X (features,) or (batch, features); return it as (features, batch)."""
-        return np.ascontiguousarray(HybridLinear._batch_major(X, features, name).T)
-
     # -- dense view and storage -----------------------------------------------------------------
 
     @property
@@ -666,7 +625,7 @@ class HybridLinear:
 
     def __getstate__(self):
         # forward plans hold C pointers; a copy (or an unpickled layer) builds its own
-        return {**self.__dict__, "_plans": {}}
+        return {**self.__dict__, "_plans": None}
 
     def __repr__(self):
         return (f"HybridLinear(in_features={self.in_features}, "

@@ -9,7 +9,8 @@ block for an array of Packed128 seeds. Two modes:
   code compiled for AVX-512VL's 32 vector registers: same results, fewer register spills;
   formerly named ``"avx512"``, which is still accepted), ``"avx2"`` or ``"scalar"``. Both can
   be overridden with the ``RBE_APPROX`` and ``RBE_SIMD`` environment variables (read at
-  import) or :func:`use_simd` / the ``approx=`` argument.
+  import) or :func:`use_approx` / :func:`use_simd` (and ``approx=`` here). The choice holds for
+  every kernel with such variants: the weight generation here, and the layers' products.
 - ``"precise"``: float64 with libm, straight from the formula; the oracle for everything else.
 """
 from __future__ import annotations
@@ -38,9 +39,8 @@ _TABLE_CHUNK = 1 << 16          # weights whose tables are computed at once
 
 
 def simd_paths() -> tuple[str, ...]:
-    """SIMD paths this CPU can run, best last."""
-    paths = tuple(_core.SIMD_PATHS)
-    return paths[:paths.index(_core.BEST_SIMD) + 1]
+    """SIMD paths this CPU can run, in order of preference (the default last)."""
+    return _core.RUNNABLE_SIMD
 
 
 #: Former names of SIMD paths, still accepted as arguments.
@@ -62,29 +62,48 @@ def _check_approx(name: str) -> str:
     return name
 
 
-_simd = _check_simd(os.environ.get("RBE_SIMD", _core.BEST_SIMD))
-_approx = _check_approx(os.environ.get("RBE_APPROX", DEFAULT_APPROX))
+def _choose(simd: str, approx: str) -> None:
+    """Make every kernel run a SIMD path and approximation family (rbe._core holds the choice,
+    which the layers' plans read)."""
+    _core.set_kernel_choice(_core.SIMD_PATHS[simd], _core.APPROX_FAMILIES[approx])
+
+
+_choose(_check_simd(os.environ.get("RBE_SIMD", _core.BEST_SIMD)),
+        _check_approx(os.environ.get("RBE_APPROX", DEFAULT_APPROX)))
 
 
 def current_simd() -> str:
     """The SIMD path the fast kernels use now."""
-    return _simd
+    simd = _core.kernel_choice()[0]
+    return next(name for name, k in _core.SIMD_PATHS.items() if k == simd)
 
 
 def default_approx() -> str:
     """The approximation family used when ``approx=None``."""
-    return _approx
+    family = _core.kernel_choice()[1]
+    return next(name for name, k in _core.APPROX_FAMILIES.items() if k == family)
 
 
 @contextlib.contextmanager
-def use_simd(name: str) -> Iterator[None]:
-    """Temporarily force a SIMD path (one of :func:`simd_paths`), e.g. in tests."""
-    global _simd
-    previous, _simd = _simd, _check_simd(name)
+def _chosen(simd: str, approx: str) -> Iterator[None]:
+    previous = current_simd(), default_approx()
+    _choose(simd, approx)
     try:
         yield
     finally:
-        _simd = previous
+        _choose(*previous)
+
+
+def use_simd(name: str) -> contextlib.AbstractContextManager[None]:
+    """Temporarily force a SIMD path (one of :func:`simd_paths`) for every kernel, e.g. in
+    tests. The choice is process-wide, like the ``RBE_SIMD`` variable."""
+    return _chosen(_check_simd(name), default_approx())
+
+
+def use_approx(name: str) -> contextlib.AbstractContextManager[None]:
+    """Temporarily choose the approximation family of every fast kernel, process-wide, like
+    the ``RBE_APPROX`` variable."""
+    return _chosen(current_simd(), _check_approx(name))
 
 
 class ShapeTables(NamedTuple):
@@ -170,10 +189,11 @@ def _run(seeds, shape, mode, approx, out, with_grad):
     outs = _outputs(out, 3 if with_grad else 1, seeds.shape + shape, dtype)
     outs = [o.reshape((hi.size,) + shape) for o in outs]
     if mode == "fast":
-        family = _core.APPROX_FAMILIES[_check_approx(approx or _approx)]
+        simd, family = _core.kernel_choice()
+        if approx is not None:
+            family = _core.APPROX_FAMILIES[_check_approx(approx)]
         tables = shape_tables(shape)
-        _core.generate_fast(np.ascontiguousarray(hi), *tables, *outs,
-                            simd=_core.SIMD_PATHS[_simd], family=family)
+        _core.generate_fast(np.ascontiguousarray(hi), *tables, *outs, simd=simd, family=family)
     else:
         if approx is not None:
             raise ValueError("approx= applies to mode='fast' only")
@@ -223,9 +243,9 @@ def generate_with_grad(seeds: np.ndarray, shape: tuple[int, int], mode: str = "f
 def kernel_info() -> dict[str, object]:
     """What the fast kernels run on: SIMD path, approximation, OpenMP and threads."""
     return {
-        "simd": _simd,
+        "simd": current_simd(),
         "simd_available": simd_paths(),
-        "approx": _approx,
+        "approx": default_approx(),
         "approx_available": APPROX_FAMILIES,
         "openmp": _core.openmp_enabled(),
         "threads": _core.get_num_threads(),

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Callable, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 __all__ = ["Trainable", "Stored", "Layer"]
 
@@ -82,10 +83,11 @@ class Layer(Trainable, Stored, Protocol):
     def out_features(self) -> int:
         """Output width."""
 
-    def forward(self, X: np.ndarray) -> np.ndarray:
-        """Y for X of shape (in_features,) or (batch, in_features), float32 or float64."""
+    def forward(self, X: ArrayLike) -> np.ndarray:
+        """Y for X of shape (in_features,) or (batch, in_features), float32 or float64: any
+        array-like that ``rbe._checks.layer_input`` accepts (the contract of every kind)."""
 
-    def backward(self, X: np.ndarray, dY: np.ndarray) -> np.ndarray:
+    def backward(self, X: ArrayLike, dY: ArrayLike) -> np.ndarray:
         """dX for the forward input X and dL/dY; fills ``grads``."""
 
     def to_dense(self) -> np.ndarray:

@@ -383,7 +383,9 @@ def test_plan_checks_its_arrays():
     with pytest.raises(ValueError, match="fit"):
         _code.CodePlan(40, 20, 2, 8, codes, ones, ones)
     plan = _code.CodePlan(20, 20, 2, 8, codes, ones, ones)
-    with pytest.raises(ValueError, match="too small"):
-        plan.forward(np.ones((1, 20), np.float32), np.empty((1, 20), np.float32),
-                     np.ones(32, np.float32), None, np.empty(1, np.float32),
-                     np.empty(1, np.float32), np.empty(1, np.float32), 0, 1)
+    x = np.ones((1, 20), np.float32)
+    for args, message in [((x[:, :10], ones), "x must"), ((x.T, ones), "x must"),
+                          ((x, ones[:-1]), "factor"), ((x, ones, ones[:3]), "bias"),
+                          ((x, ones, None, np.empty((1, 20))), "out must")]:
+        with pytest.raises(ValueError, match=message):
+            plan.forward(*args)

@@ -1,6 +1,9 @@
 """rbe.fused.FusedLinear: forward/backward against dense products, gradients against finite
 differences, state transitions, thread independence and input validation, for every
 parameterisation (centred blocks and block scales, each on or off)."""
+import copy
+import pickle
+import tracemalloc
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -59,6 +62,17 @@ def test_forward_backward_match_dense(mode, n_in, n_out, batch, dtype, kw):
     assert rel_err(dX, dY.astype(np.float64) @ dense) <= 2e-5
 
 
+@pytest.mark.parametrize("batch", BATCHES)
+def test_forward_without_offsets(batch):
+    # without centring and with beta = 0 W_eff has no per-block constant: the forward skips
+    # the block sums of the inputs
+    layer = make_layer(200, 130, center=False)
+    layer.beta = 0.0
+    X = inputs(200, batch)
+    expected = X @ layer.to_dense().astype(np.float64).T + layer.bias
+    assert rel_err(layer.forward(X), expected) <= 2e-5
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("block", [(1, 1), (3, 1), (5, 7), (33, 65), (128, 128)])
 @pytest.mark.parametrize("batch", [None, 9, 33])     # GEMV; sgemm paths (9 > small batch)
@@ -72,14 +86,14 @@ def test_odd_block_shapes(mode, block, batch):
 
 
 @pytest.mark.parametrize("approx", ["lut", "cordic"])
-def test_other_approximations(monkeypatch, approx):
-    monkeypatch.setattr(kernel, "_approx", approx)
+def test_other_approximations(approx):
     layer = make_layer(200, 130)
-    dense = layer.to_dense().astype(np.float64)
-    for batch in (None, 33):
-        X, dY = inputs(200, batch), inputs(130, batch, seed=2)
-        assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 2e-5
-        assert rel_err(layer.backward(X, dY), dY @ dense) <= 2e-5
+    with kernel.use_approx(approx):
+        dense = layer.to_dense().astype(np.float64)
+        for batch in (None, 33):
+            X, dY = inputs(200, batch), inputs(130, batch, seed=2)
+            assert rel_err(layer.forward(X), X @ dense.T + layer.bias) <= 2e-5
+            assert rel_err(layer.backward(X, dY), dY @ dense) <= 2e-5
 
 
 def test_concurrent_calls_from_python_threads():
@@ -385,6 +399,28 @@ def test_results_independent_of_thread_count(threads, batch):
         assert rel_err(a, b) <= 1e-6
 
 
+def test_batch_workspace_does_not_grow_with_the_layer_width(threads):
+    """A batch's weights are generated in tiles: a forward allocates the grouped inputs, their
+    block-column sums, the output and at most 4 MiB of panel per thread, where a whole block row
+    per thread (64 x 2^20 floats, 256 MiB, here) was allocated before. Numpy's allocations are
+    traced, the plan's work arrays among them (benchmarks/bench_memory.py measures the resident
+    set of a 4096 x 2^20 layer)."""
+    threads(2)
+    n_in = 1 << 20
+    layer = FusedLinear(n_in, 64, seed=0)
+    X = inputs(n_in, 3)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        Y = layer.forward(X)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert np.isfinite(Y).all()
+    grouped, sums = X.nbytes, 3 * layer.grid[1] * 8
+    assert peak <= grouped + sums + Y.nbytes + 2 * (4 << 20) + (1 << 20)
+
+
 # ---- storage and validation ------------------------------------------------------------------
 
 def test_storage_and_parameters():
@@ -404,6 +440,19 @@ def test_storage_and_parameters():
     assert "bias" not in FusedLinear(64, 64, bias=False).parameters()
     ragged = FusedLinear(200, 130, seed=0)
     assert ragged.seeds.shape == (3, 4) and ragged.to_dense().shape == (130, 200)
+
+
+def test_copies_build_their_own_plan():
+    # the plan and the block sums hold C pointers: pickles and copies leave them out
+    layer = make_layer(200, 130)
+    X = inputs(200, 5)
+    expected = layer.forward(X)
+    for twin in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert twin._plan is not layer._plan
+        np.testing.assert_array_equal(twin.forward(X), expected)
+        twin.scale[...] *= 2                         # its own parameters, read at each call
+        assert not np.array_equal(twin.forward(X), expected)
+    np.testing.assert_array_equal(layer.forward(X), expected)
 
 
 def test_same_seed_same_layer():
@@ -466,26 +515,47 @@ def test_non_finite_masters_raise_in_after_step():
 
 def test_core_entry_points_check_sizes():
     layer = make_layer(200, 130)
+    plan, hi = layer._plan, layer.seeds["hi"]
+    params = (layer.scale, layer.alpha, layer.beta, layer.bias)
+    x = inputs(200, 2)
+    for bad, match in (({"x": x[:, :-1]}, "x must be"), ({"x": x.astype(np.float16)}, "x must be"),
+                       ({"x": np.asfortranarray(x)}, "x must be a C-contiguous"),
+                       ({"hi": hi[:, :-1]}, "hi must have the grid's shape"),
+                       ({"scale": layer.scale[:, :-1].copy()}, "scale must have the grid's"),
+                       ({"bias": layer.bias[:-1]}, "bias must have 130"),
+                       ({"out": np.empty((2, 129), np.float32)}, "out must be"),
+                       ({"out": np.empty((2, 130))}, "out must be")):
+        arguments = {"x": x, "hi": hi, "scale": params[0], "alpha": params[1],
+                     "beta": params[2], "bias": params[3], **bad}
+        with pytest.raises(ValueError, match=match):
+            plan.forward(**arguments)
+    tables, sums = kernel.shape_tables(layer.block), layer._sums
+    source = layer._source.copy()
+    source[3] = 200                                  # one column past the input
+    with pytest.raises(ValueError, match="outside"):
+        _fused.ForwardPlan(200, 130, layer.block, tables, source, True, sums)
+    with pytest.raises(ValueError, match="source must have"):
+        _fused.ForwardPlan(200, 130, layer.block, tables, source[:-1], True, sums)
+    with pytest.raises(ValueError, match="sums must be"):
+        _fused.ForwardPlan(201, 130, layer.block, tables, layer._source, True, sums)
+    with pytest.raises(ValueError, match="does not tile"):
+        _fused.block_sums(np.ascontiguousarray(hi), *tables, 64, 200, 130,
+                          np.empty((3, 4, rbe.fused.SUMS["n"])))
+    with pytest.raises(ValueError, match="out must have shape"):
+        _fused.block_sums(np.ascontiguousarray(hi), *tables, 64, 130, 200,
+                          np.empty((3, 4, rbe.fused.SUMS["n"] - 1)))
     args, select = layer._kernel_args(), layer._kernel_select()
     factor = layer._block_terms().factor32
     xp = layer._grouped(inputs(200, 1))
-    with pytest.raises(ValueError, match="outputs do not fit"):
-        _fused.fused_gemv(*args, xp[0], np.empty(100, np.float32), factor,
-                          **select)
-    with pytest.raises(ValueError, match="grouped inputs have width"):
-        _fused.fused_gemv(*args, xp[0, :-8], np.empty(130, np.float32), factor,
-                          **select)
-    source = layer._source.copy()
-    source[3] = 200                                  # one column past the input
     with pytest.raises(ValueError, match="outside"):
         _fused.fused_group(inputs(200, 1), source, np.empty_like(xp))
     with pytest.raises(ValueError, match="grouped inputs must have shape"):
         _fused.fused_ungroup(xp[:, :-1], layer._source, np.empty((1, 200), np.float32))
-    with pytest.raises(ValueError, match="scale must have the seed grid's shape"):
-        _fused.fused_gemv(*args, xp[0], np.empty(130, np.float32), factor[:, :-1].copy(),
-                          **select)
     stats = np.zeros(layer.seeds.shape + (rbe.fused.STATS["n"],))
     dy = np.zeros((1, 130), np.float32)
+    with pytest.raises(ValueError, match="outputs do not fit"):
+        _fused.fused_backward(*args, xp, np.zeros((1, 100), np.float32), np.empty_like(xp),
+                              stats, factor, factor, **select)
     with pytest.raises(ValueError, match="stats must have shape"):
         _fused.fused_backward(*args, xp, dy, np.empty_like(xp), stats[:, :-1].copy(), factor,
                               factor, **select)

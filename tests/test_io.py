@@ -275,7 +275,7 @@ def set_kind(value):
 
 
 MALFORMED = {
-    # each finding of the fuzzing campaign (benchmarks/fuzz_load.py), then the older cases
+    # each finding of the fuzzing campaign (tests/fuzz_load.py), then the older cases
     "deeply nested header": (lambda d: edit_rbe_text(d, lambda t: t.replace(
         '"version": 2', '"version": ' + "[" * 100_000 + "]" * 100_000)), "nested deeper"),
     "unbalanced nesting": (lambda d: edit_rbe_text(d, lambda t: t.replace(

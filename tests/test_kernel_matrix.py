@@ -1,7 +1,19 @@
-"""Every fast kernel x every SIMD path this CPU runs x every approximation family x shapes,
-against its scalar twin (same family, portable C) and its precise twin (float64 libm oracle
-built here from rbe.generate(mode="precise")), with a tolerance per operation; and the
-approximation errors quoted in rbe/include/rbe/approx.h.
+"""Every kernel of rbe/src/dispatch.c's tables x every SIMD path this CPU runs x every
+approximation family (or element type) x shapes, against its scalar twin (same family, portable
+C) and a float64 oracle (precise weights, dense products), with guard elements after every
+output that must come back untouched; and the approximation errors quoted in
+rbe/include/rbe/approx.h. A test fails when dispatch.c names a kernel no case here runs.
+
+The kernels and what runs them here:
+
+    rbe_block_<family>_<simd>               rbe.generate, rbe.generate_with_grad
+    rbe_fused_gemv_<family>_<simd>          _fused.ForwardPlan.forward, one vector
+    rbe_fused_panel_<family>_<simd>         _fused.ForwardPlan.forward, a batch (whole block
+                                            rows, and bands and tiles of them)
+    rbe_fused_backward_<family>_<simd>      _fused.fused_backward, a batch
+    rbe_fused_backward_vec_<family>_<simd>  _fused.fused_backward, one vector
+    rbe_hybrid_rows_<f32|f64>_<simd>        _hybrid.ForwardPlan.forward: one vector (the dot
+                                            products), batches of whole and partial tiles
 
 Shapes cover the special cases of the AVX2 kernels (rbe/src/block_avx2.c, fused_avx2.c):
 ragged edge blocks (layer sizes that are not multiples of the block), the paired rows of a
@@ -33,6 +45,9 @@ LAYERS = {
     "odd": ((5, 7), 11, 16),                         # g = 8 > w / 4: padding lanes
 }
 BLOCKS = [(64, 64), (37, 64), (20, 32), (7, 13), (1, 9), (16, 1), (9, 300)]
+#: per-thread workspace of the forward plan, floats: whole block rows, and tiles small enough
+#: that every layer above is cut into bands of 8 rows and tiles of one block column
+TILES = {"rows": 1 << 20, "tiles": 64}
 
 # Tolerances per operation, about 10x the largest difference seen on an AVX-512 machine. Twins:
 # the SIMD paths run the scalar algorithm with fused multiply-adds and a reciprocal estimate
@@ -44,11 +59,76 @@ PRECISE_GRAD = 1e-5         # relative norm of the gradient difference
 TWIN_SUM = 5e-6             # relative norm, fused products and their per-block sums
 PRECISE_SUM = 5e-6          # relative norm, fused products
 PRECISE_STATS = 1e-5        # relative norm, per-block sums of the backward kernels
+# Hybrid products: the sparse rows differ between paths only in the order of their sums; the
+# float32 plan truncates each block shape's basis at float32 precision (docs/design.md)
+HYBRID_TWIN = {np.float32: 1e-6, np.float64: 1e-14}
+HYBRID_ORACLE = {np.float32: 1e-5, np.float64: 1e-12}
+
+GUARD = 16                  # elements after every output
+SENTINEL = -1234.5
 
 
 def rel(a, b):
     b = np.asarray(b, np.float64)
     return np.linalg.norm(np.asarray(a, np.float64) - b) / max(np.linalg.norm(b), 1e-30)
+
+
+def guarded(shape, dtype=np.float32):
+    """An uninitialised-looking output array (filled with SENTINEL) followed, in the same
+    buffer, by GUARD elements of SENTINEL; check them with ``untouched``."""
+    size = int(np.prod(shape))
+    buffer = np.full(size + GUARD, SENTINEL, dtype)
+    return buffer[:size].reshape(shape)
+
+
+def untouched(out):
+    """Whether the GUARD elements after ``guarded``'s array still hold SENTINEL."""
+    after = out.base[out.size:]
+    return after.size == GUARD and np.all(after == SENTINEL)
+
+
+# ---- every kernel has a case -------------------------------------------------------------------
+
+#: The kernel operations the cases below run, with the variants (approximation families or
+#: element types; None: the operation has one per SIMD path) each is defined for.
+COVERED = {"block": FAMILIES, "fused_gemv": FAMILIES, "fused_panel": FAMILIES,
+           "fused_backward": FAMILIES, "fused_backward_vec": FAMILIES,
+           "hybrid_rows": ("f32", "f64"), "code_viterbi": None, "code_gemv": None,
+           "code_gemm": None}
+
+
+def dispatched_kernels():
+    """Every kernel named in rbe/src/dispatch.c's tables."""
+    source = Path(__file__).parents[1] / "rbe" / "src" / "dispatch.c"
+    return set(re.findall(r"=\s*(rbe_\w+)\s*[,}]", source.read_text()))
+
+
+def covered_name(name):
+    """The (operation, variant) of COVERED that kernel ``name`` is
+    (rbe_<operation>[_<variant>]_<simd path>), or None."""
+    for operation, variants in COVERED.items():
+        for variant in variants or (None,):
+            stem = f"rbe_{operation}" + (f"_{variant}" if variant else "")
+            if any(name == f"{stem}_{simd}" for simd in _core.SIMD_PATHS):
+                return operation, variant
+    return None
+
+
+def test_every_dispatched_kernel_has_a_case():
+    found = set()
+    for name in dispatched_kernels():
+        case = covered_name(name)
+        assert case is not None, f"no kernel-matrix case runs {name} (add it to COVERED)"
+        found.add(case[0])
+    assert found == set(COVERED)      # the parse found every table
+
+
+def test_no_kernel_table_has_a_hole():
+    # whatever this CPU runs: a path with some kernels but not all would be refused by name
+    # (rbe_simd_missing) where a CPU runs it
+    assert {name: _core.missing_kernels(k) for name, k in _core.SIMD_PATHS.items()} == \
+        dict.fromkeys(_core.SIMD_PATHS)
+    assert _core.missing_kernels(len(_core.SIMD_PATHS)) == "any"
 
 
 def test_selectors_refuse_what_they_cannot_run():
@@ -58,13 +138,20 @@ def test_selectors_refuse_what_they_cannot_run():
     for simd in set(_core.SIMD_PATHS.values()) - {_core.SIMD_PATHS[s] for s in SIMD}:
         with pytest.raises(ValueError, match="not supported by this CPU"):
             _core.generate_fast(hi, *tables, out, simd=simd)
+        with pytest.raises(ValueError, match="not supported by this CPU"):
+            _core.set_kernel_choice(simd, 0)
     for simd, family in ((len(_core.SIMD_PATHS), 0), (-1, 0), (0, len(FAMILIES)), (0, -1)):
         with pytest.raises(ValueError, match="simd|family"):
             _core.generate_fast(hi, *tables, out, simd=simd, family=family)
         with pytest.raises(ValueError, match="simd|family"):
-            _fused.fused_gemv(hi.reshape(1, 1), *tables, 8, np.zeros(32, np.float32),
-                              np.empty(8, np.float32), np.ones((1, 1), np.float32), simd,
-                              family)
+            _core.set_kernel_choice(simd, family)
+        with pytest.raises(ValueError, match="simd|family"):
+            _fused.fused_backward(hi.reshape(1, 1), *tables, 8, np.zeros((1, 32), np.float32),
+                                  np.zeros((1, 8), np.float32), np.zeros((1, 32), np.float32),
+                                  np.zeros((1, 1, STATS["n"])), np.ones((1, 1), np.float32),
+                                  np.zeros((1, 1), np.float32), simd, family)
+    assert _core.kernel_choice() == (_core.SIMD_PATHS[kernel.current_simd()],
+                                     _core.APPROX_FAMILIES[kernel.default_approx()])
 
 
 # ---- the approximations ----------------------------------------------------------------------
@@ -113,8 +200,11 @@ def block_precise(shape):
 
 
 def block_fast(shape, simd, family):
+    outs = tuple(guarded((len(block_seeds()),) + shape) for _ in range(3))
     with kernel.use_simd(simd):
-        return rbe.generate_with_grad(block_seeds(), shape, approx=family)
+        rbe.generate_with_grad(block_seeds(), shape, approx=family, out=outs)
+    assert all(untouched(o) for o in outs)
+    return outs
 
 
 @pytest.mark.parametrize("shape", BLOCKS)
@@ -122,8 +212,11 @@ def block_fast(shape, simd, family):
 @pytest.mark.parametrize("simd", SIMD)
 def test_block_kernel(simd, family, shape):
     fast = block_fast(shape, simd, family)
+    W = guarded(fast[0].shape)
     with kernel.use_simd(simd):
-        np.testing.assert_array_equal(rbe.generate(block_seeds(), shape, approx=family), fast[0])
+        rbe.generate(block_seeds(), shape, approx=family, out=W)
+    assert untouched(W)
+    np.testing.assert_array_equal(W, fast[0])
     for a, b in zip(fast, block_fast(shape, "scalar", family)):
         assert np.abs(a - b).max() <= TWIN_WEIGHT
     W, dr, dth = block_precise(shape)
@@ -149,6 +242,8 @@ class Layer:
         self.tables = kernel.shape_tables(block)
         self.scale = rng.uniform(0.5, 1.5, self.grid).astype(np.float32)
         self.offset = rng.uniform(-0.1, 0.1, self.grid).astype(np.float32)
+        self.alpha, self.beta = np.float32(0.75), np.float32(-0.02)
+        self.bias = rng.uniform(-1, 1, n_out).astype(np.float32)
         g = self.tables.rho.shape[2]
         bj, p, q = np.meshgrid(np.arange(self.grid[1]), np.arange(4), np.arange(g),
                                indexing="ij")
@@ -192,7 +287,9 @@ def layer(name):
 
 @cache
 def precise(name):
-    """Oracle outputs of every fused operation: y, Y, dX (batch and one vector), stats."""
+    """Oracle outputs of every fused operation: the forward product (one vector and the
+    batch, W_eff = alpha s (W - mean W) + beta per block plus the bias), the backward
+    kernels' dX and per-block sums (batch and one vector)."""
     L = layer(name)
     W, dr, dth = L.dense(L.seeds, with_grad=True)
     scale = L.expand(L.scale.astype(np.float64))
@@ -224,28 +321,39 @@ def precise(name):
             out[..., at + STATS["abs"]] = L.per_block(np.abs(G * (scale * W + offset)) * mask)
         return out
 
+    factor = L.expand(float(L.alpha) * L.scale.astype(np.float64))
+    mean = L.expand(L.per_block(W) / L.per_block(np.ones_like(W)))
+    W_forward = factor * (W - mean) + float(L.beta)
     W_eff = scale * W
-    return {"gemv": W_eff @ X[0], "forward_batch": X @ W_eff.T,
+    return {"forward_vec": W_forward @ X[0] + L.bias, "forward_batch": X @ W_forward.T + L.bias,
             "backward_batch": (dY @ W_eff, stats(X, dY)),
             "backward_vec": (dY[:1] @ W_eff, stats(X[:1], dY[:1]))}
 
 
-def fused_outputs(name, simd, family):
+def forward_plan(L, tiles):
+    sums = _fused.BlockSums(L.n_out, L.n_in, L.block, L.tables, False)
+    return _fused.ForwardPlan(L.n_in, L.n_out, L.block, L.tables, L.source, True, sums,
+                              TILES[tiles])
+
+
+def fused_outputs(name, simd, family, tiles="rows"):
     """Every fused operation on one SIMD path and family, in the oracle's layout."""
     L = layer(name)
+    plan = forward_plan(L, tiles)
     s, f = _core.SIMD_PATHS[simd], _core.APPROX_FAMILIES[family]
-    Xp = L.grouped(L.X)
-    y = np.empty(L.n_out, np.float32)
-    _fused.fused_gemv(*L.args(), Xp[0], y, L.scale, s, f)
-    Y = np.empty((3, L.n_out), np.float32)
-    out = {"gemv": y, "forward_batch": Y}
-    with threadpoolctl.threadpool_limits(1):
-        _fused.fused_forward_batch(*L.args(), Xp, Y, L.scale, s, f)
+    out = {}
+    with kernel.use_simd(simd), kernel.use_approx(family), threadpoolctl.threadpool_limits(1):
+        for op, X in (("forward_vec", L.X[0]), ("forward_batch", L.X)):
+            out[op] = guarded(X.shape[:-1] + (L.n_out,))
+            plan.forward(X, L.hi, L.scale, L.alpha, L.beta, L.bias, out=out[op])
+            assert untouched(out[op]), op
+        Xp = L.grouped(L.X)
         for op, rows in (("backward_batch", slice(0, 3)), ("backward_vec", slice(0, 1))):
-            dXp = np.empty_like(Xp[rows])
-            stats = np.empty(L.grid + (STATS["n"],), np.float64)
+            dXp = guarded(Xp[rows].shape)
+            stats = guarded(L.grid + (STATS["n"],), np.float64)
             _fused.fused_backward(*L.args(), Xp[rows], L.dY[rows], dXp, stats, L.scale,
                                   L.offset, s, f)
+            assert untouched(dXp) and untouched(stats), op
             dX = np.empty((dXp.shape[0], L.n_in), np.float32)
             _fused.fused_ungroup(dXp, L.source, dX)
             out[op] = (dX, stats)
@@ -283,6 +391,59 @@ def test_fused_kernels(simd, family, name):
         assert_close(got[op], oracle[op], tol, f"{op} vs precise")
 
 
+@pytest.mark.parametrize("name", LAYERS)
+@pytest.mark.parametrize("simd", SIMD)
+def test_fused_forward_in_bands_and_tiles(simd, name):
+    """The panels of row bands (row0 > 0, no rotation pairs inside a band) and the column
+    tiles of both forward paths, against the whole block rows and the oracle."""
+    L = layer(name)
+    plan = forward_plan(L, "tiles")
+    assert plan.band_rows == min(8, L.block[0]) and plan.tile_cols == plan.vec_tile_cols == 1
+    got = fused_outputs(name, simd, "poly", "tiles")
+    whole, oracle = fused_outputs(name, simd, "poly"), precise(name)
+    for op in ("forward_vec", "forward_batch"):
+        assert rel(got[op], whole[op]) <= TWIN_SUM and rel(got[op], oracle[op]) <= PRECISE_SUM
+
+
+# ---- the hybrid sparse rows --------------------------------------------------------------------
+
+#: batches: one vector (the dot products), whole tiles of 64 float32 (32 float64) lanes, a
+#: partial tile alone and after whole ones
+HYBRID_BATCHES = [1, 13, 64, 77]
+
+
+@cache
+def hybrid_layer():
+    """Ragged blocks with both transforms, the basis and a low-rank term."""
+    rng = np.random.default_rng(5)
+    W = rng.standard_normal((150, 110))
+    return rbe.HybridLinear.from_dense(W, bias=rng.standard_normal(150), block=(32, 32), k=24,
+                                       rank=3)
+
+
+def hybrid_forward(simd, dtype, batch):
+    layer = hybrid_layer()
+    X = np.random.default_rng(batch).standard_normal((batch, layer.in_features)).astype(dtype)
+    Y = guarded((batch, layer.out_features), dtype)
+    with kernel.use_simd(simd):
+        layer._forward_plans()[np.dtype(dtype)].forward(X, layer.values, layer.coef, layer.bias,
+                                                        layer.factors, out=Y)
+    assert untouched(Y)
+    return X, Y
+
+
+@pytest.mark.parametrize("batch", HYBRID_BATCHES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("simd", SIMD)
+def test_hybrid_rows(simd, dtype, batch):
+    X, Y = hybrid_forward(simd, dtype, batch)
+    _, twin = hybrid_forward("scalar", dtype, batch)
+    layer = hybrid_layer()
+    oracle = X.astype(np.float64) @ layer.matrix.decode(np.float64).T + layer.bias
+    assert rel(Y, twin) <= HYBRID_TWIN[dtype]
+    assert rel(Y, oracle) <= HYBRID_ORACLE[dtype]
+
+
 # ---- code blocks (rbe/src/code*.c) --------------------------------------------------------------
 
 #: (in_features, out_features, bits): rotated sides with odd factors 1, 3, 5, 7; a partial
@@ -292,7 +453,6 @@ CODE_LAYERS = {"power of two, k = 2": (256, 128, 2), "odd factors, k = 3": (100,
 #: rows of x: one vector (gemv, its columns split in parts on two threads), batches below,
 #: at and above one panel pass (RBE_CODE_GEMM_ROWS = 48) and a partial tile of six rows
 CODE_BATCHES = [1, 2, 7, 48, 50]
-GUARD = 64
 
 
 @cache
@@ -302,25 +462,21 @@ def code_layer(name):
 
 
 def code_forward(layer, X, simd, threads):
-    """y from the layer's plan on one SIMD path, written into an array followed by guard
-    floats: (y, whether the guard is intact)."""
-    plan, batch = layer._plan, X.shape[0]
-    buffer = np.full(batch * layer.out_features + GUARD, 1234.5, np.float32)
-    y = buffer[:batch * layer.out_features].reshape(batch, layer.out_features)
-    _, xr, raw, yr = plan.work_sizes(batch, threads)
-    with rbe.threads(threads):
-        plan.forward(X, y, layer._factors(), layer.bias, np.empty(xr, np.float32),
-                     np.empty(raw, np.float32), np.empty(yr, np.float32),
-                     _core.SIMD_PATHS[simd], threads)
-    return y, bool((buffer[-GUARD:] == 1234.5).all())
+    """y from the layer's plan on one SIMD path, into a guarded array: (y, whether the guard
+    is untouched)."""
+    y = guarded((X.shape[0], layer.out_features), X.dtype)
+    with kernel.use_simd(simd), rbe.threads(threads):
+        layer._plan.forward(X, layer._factors(), layer.bias, out=y)
+    return y, untouched(y)
 
 
 @pytest.mark.parametrize("name", CODE_LAYERS)
 @pytest.mark.parametrize("batch", CODE_BATCHES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("simd", SIMD)
-def test_code_products(simd, batch, name):
+def test_code_products(simd, dtype, batch, name):
     layer = code_layer(name)
-    X = np.random.default_rng(batch).standard_normal((batch, layer.in_features), np.float32)
+    X = np.random.default_rng(batch).standard_normal((batch, layer.in_features)).astype(dtype)
     oracle = X.astype(np.float64) @ layer.to_dense().astype(np.float64).T + layer.bias
     for threads in (1, 2):
         y, guard = code_forward(layer, X, simd, threads)

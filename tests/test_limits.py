@@ -128,14 +128,45 @@ def test_encode_keeps_large_values_below_the_limit_finite():
     assert np.isfinite(matrix.coef).all() and np.isfinite(matrix.values).all()
 
 
+KINDS = ["fused", "fused-precise", "hybrid", "code"]
+
+
 def layers():
     W = np.random.default_rng(0).standard_normal((32, 48)).astype(np.float32)
     return [rbe.FusedLinear(48, 32, block=(16, 16), seed=0),
             rbe.FusedLinear(48, 32, block=(16, 16), seed=0, mode="precise"),
-            rbe.HybridLinear.from_dense(W, block=(16, 16), k=8)]
+            rbe.HybridLinear.from_dense(W, block=(16, 16), k=8),
+            rbe.CodeLinear.from_dense(W, bits=3, state_bits=8)]
 
 
-@pytest.mark.parametrize("layer", layers(), ids=["fused", "fused-precise", "hybrid"])
+@pytest.mark.parametrize("layer", layers(), ids=KINDS)
+def test_every_kind_takes_inputs_by_one_contract(layer):
+    """rbe._checks.layer_input: any array-like of float32 or float64, one vector or a batch,
+    contiguous or not; results as for the C-contiguous array of the same values."""
+    n, m = layer.in_features, layer.out_features
+    X = np.random.default_rng(3).standard_normal((n, 5))
+    for dtype in (np.float32, np.float64):
+        rows = np.ascontiguousarray(X.T, dtype)
+        expected = layer.forward(rows)
+        assert expected.dtype == dtype and expected.shape == (5, m)
+        np.testing.assert_array_equal(layer.forward(X.T.astype(dtype)), expected)
+        np.testing.assert_array_equal(layer.forward(rows[:, ::-1][:, ::-1]), expected)
+        # one vector may take another path (a GEMV): the same sums in another order
+        np.testing.assert_allclose(layer.forward(rows[2]), expected[2], rtol=0,
+                                   atol=1e-5 * np.abs(expected).max())
+        np.testing.assert_array_equal(layer.backward(X.T.astype(dtype), np.ones((5, m), dtype)),
+                                      layer.backward(rows, np.ones((5, m), dtype)))
+    np.testing.assert_array_equal(layer.forward(X.T.tolist()), layer.forward(X.T.copy()))
+    for bad, match in ((np.ones(n, np.int64), "X must be float32 or float64"),
+                       (np.ones((2, n - 1)), rf"X must have shape \({n},\) or \(batch, {n}\)"),
+                       (np.ones((2, 2, n)), "X must have shape"), (np.ones((0, n)), "shape"),
+                       (np.full(n, np.nan), r"X must be finite \(got NaN or inf\)"),
+                       (np.float32(1.0), "X must have shape")):
+        with pytest.raises(ValueError, match=match):
+            layer.forward(bad)
+
+
+@pytest.mark.parametrize("layer", layers(), ids=KINDS)
 def test_inputs_beyond_float32_are_refused(layer):
     x = np.ones(48)
     x[5] = 1e300
@@ -146,7 +177,7 @@ def test_inputs_beyond_float32_are_refused(layer):
 
 
 @pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
-@pytest.mark.parametrize("layer", layers(), ids=["fused", "fused-precise", "hybrid"])
+@pytest.mark.parametrize("layer", layers(), ids=KINDS)
 def test_overflowing_results_raise(layer):
     x = np.full((2, 48), 3e38, np.float32)
     with pytest.raises(ValueError, match="forward overflows"):

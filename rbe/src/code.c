@@ -5,6 +5,8 @@
 
 #include "code_private.h"
 #include "kernel_common.h"
+#include "rbe/plan.h"
+#include "rbe/pool.h"
 
 void rbe_code_rotate(const rbe_rotation *r, float *v, int transpose)
 {
@@ -97,18 +99,23 @@ void rbe_code_gemm_scalar(const rbe_code_plan *p, int64_t group, const float *x,
 
 /* ---- the stages of the forward product ---------------------------------------------------- */
 
-void rbe_code_inputs_item(void *ctx, int64_t b)
+static void rbe_code_inputs_item(void *ctx, int64_t b)
 {
     const rbe_code_forward_job *job = (const rbe_code_forward_job *)ctx;
     const rbe_code_plan *p = job->plan;
-    const float *x = job->x + b * p->in_features;
     float *xr = job->xr + b * p->in_padded;
-    for (int64_t j = 0; j < p->in_features; ++j) xr[j] = p->in_signs[j] * x[j];
+    if (job->f64) {
+        const double *x = (const double *)job->x + b * p->in_features;
+        for (int64_t j = 0; j < p->in_features; ++j) xr[j] = p->in_signs[j] * (float)x[j];
+    } else {
+        const float *x = (const float *)job->x + b * p->in_features;
+        for (int64_t j = 0; j < p->in_features; ++j) xr[j] = p->in_signs[j] * x[j];
+    }
     for (int64_t j = p->in_features; j < p->in_padded; ++j) xr[j] = 0;
     rbe_code_rotate(&p->in_rotation, xr, 0);
 }
 
-void rbe_code_products_item(void *ctx, int64_t item)
+static void rbe_code_products_item(void *ctx, int64_t item)
 {
     const rbe_code_forward_job *job = (const rbe_code_forward_job *)ctx;
     const rbe_code_plan *p = job->plan;
@@ -127,19 +134,38 @@ void rbe_code_products_item(void *ctx, int64_t item)
                   job->raw + b0 * ldr + group * RBE_CODE_GROUP, ldr);
 }
 
-void rbe_code_outputs_item(void *ctx, int64_t b)
+static void rbe_code_outputs_item(void *ctx, int64_t b)
 {
     const rbe_code_forward_job *job = (const rbe_code_forward_job *)ctx;
     const rbe_code_plan *p = job->plan;
     const int64_t ldr = p->groups * RBE_CODE_GROUP;
     const float *raw = job->raw + b * ldr;
-    float *yr = job->yr + b * p->out_padded, *y = job->y + b * p->out_features;
+    float *yr = job->yr + b * p->out_padded;
     for (int64_t i = 0; i < p->out_padded; ++i) {
         float sum = raw[i];
         for (int64_t part = 1; part < job->parts; ++part) sum += raw[part * job->batch * ldr + i];
         yr[i] = job->factor[i] * sum;
     }
     rbe_code_rotate(&p->out_rotation, yr, 1);
-    for (int64_t i = 0; i < p->out_features; ++i)
-        y[i] = p->out_signs[i] * yr[i] + (job->bias ? job->bias[i] : 0.0f);
+    for (int64_t i = 0; i < p->out_features; ++i) {
+        const float y = p->out_signs[i] * yr[i] + (job->bias ? job->bias[i] : 0.0f);
+        if (job->f64) ((double *)job->y)[b * p->out_features + i] = y;
+        else ((float *)job->y)[b * p->out_features + i] = y;
+    }
+}
+
+int rbe_code_forward(const rbe_code_forward_job *job, int threads)
+{
+    const rbe_code_plan *p = job->plan;
+    const int64_t nx = job->batch * p->in_features, ny = job->batch * p->out_features;
+    const int input = job->f64 ? rbe_plan_check_input_f64((const double *)job->x, nx)
+                               : rbe_plan_check_input_f32((const float *)job->x, nx);
+    if (input != RBE_PLAN_OK) return input;
+    const int64_t chunks = (job->batch + job->chunk - 1) / job->chunk;
+    const int64_t counts[3] = {job->batch, p->groups * (job->batch == 1 ? job->parts : chunks),
+                               job->batch};
+    const rbe_item_fn stages[3] = {rbe_code_inputs_item, rbe_code_products_item,
+                                   rbe_code_outputs_item};
+    rbe_parallel_stages(3, counts, stages, threads, (void *)job);
+    return rbe_plan_check_output(job->y, ny, job->f64);
 }

@@ -24,25 +24,27 @@ static unsigned long long xgetbv0(void)
 #endif
 
 /* AVX2 and FMA in the CPU with YMM state enabled by the OS (OSXSAVE, XCR0 bits 1, 2);
- * AVX-512F and VL on top, with opmask and ZMM state enabled (XCR0 bits 5-7). */
-int rbe_cpu_best_simd(void)
+ * AVX-512F and VL with opmask and ZMM state enabled (XCR0 bits 5-7). */
+unsigned rbe_cpu_caps(void)
 {
     int r[4];
     cpuid(0, 0, r);
-    if (r[0] < 7) return RBE_SIMD_SCALAR;
+    if (r[0] < 7) return 0;
     cpuid(1, 0, r);
     int fma = (r[2] >> 12) & 1, osxsave = (r[2] >> 27) & 1, avx = (r[2] >> 28) & 1;
-    if (!(fma && osxsave && avx)) return RBE_SIMD_SCALAR;
+    if (!(osxsave && avx)) return 0;
     unsigned long long xcr0 = xgetbv0();
-    if ((xcr0 & 0x6) != 0x6) return RBE_SIMD_SCALAR;
+    if ((xcr0 & 0x6) != 0x6) return 0;
     cpuid(7, 0, r);
-    if (!((r[1] >> 5) & 1)) return RBE_SIMD_SCALAR;
-    int avx512vl = ((r[1] >> 16) & 1) && ((r[1] >> 31) & 1) && (xcr0 & 0xE0) == 0xE0;
-    return avx512vl ? RBE_SIMD_AVX2_VL : RBE_SIMD_AVX2;
+    unsigned caps = 0;
+    if (fma && ((r[1] >> 5) & 1)) caps |= RBE_CPU_AVX2_FMA;
+    if (((r[1] >> 16) & 1) && ((r[1] >> 31) & 1) && (xcr0 & 0xE0) == 0xE0)
+        caps |= RBE_CPU_AVX512VL;
+    return caps;
 }
 
 #else
 
-int rbe_cpu_best_simd(void) { return RBE_SIMD_SCALAR; }
+unsigned rbe_cpu_caps(void) { return 0; }
 
 #endif

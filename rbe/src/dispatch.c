@@ -1,6 +1,19 @@
-/* Every kernel table, indexed by SIMD path and approximation family; the selectors return
- * only what this build compiled and this CPU runs. */
+/* Every kernel table, indexed by SIMD path and approximation family, and the table of the
+ * SIMD paths themselves; the selectors return only what this build compiled and this CPU
+ * runs. */
 #include "rbe/dispatch.h"
+
+/* Each SIMD path's name and the CPU capabilities it needs (rbe/cpu.h). A new path is one
+ * entry here, its capability bit in rbe/cpu.h and rbe/src/cpu.c, and its kernels' entries in
+ * the tables below. */
+static const struct {
+    const char *name;
+    unsigned needs;
+} simd_paths[RBE_N_SIMD] = {
+    [RBE_SIMD_SCALAR] = {"scalar", 0},
+    [RBE_SIMD_AVX2] = {"avx2", RBE_CPU_AVX2_FMA},
+    [RBE_SIMD_AVX2_VL] = {"avx2_vl", RBE_CPU_AVX2_FMA | RBE_CPU_AVX512VL},
+};
 
 static const rbe_block_fn block_kernels[RBE_N_SIMD][RBE_N_APPROX] = {
     [RBE_SIMD_SCALAR] = {
@@ -108,41 +121,75 @@ static const rbe_code_ops code_kernels[RBE_N_SIMD] = {
 #endif
 };
 
-static int best_simd = RBE_SIMD_SCALAR;
+static unsigned cpu_caps = 0;
 
 int rbe_kernel_init(void)
 {
     rbe_approx_init();
-    best_simd = rbe_cpu_best_simd();
-    return best_simd;
+    cpu_caps = rbe_cpu_caps();
+    int best = RBE_SIMD_SCALAR;
+    for (int simd = 0; simd < RBE_N_SIMD; simd++)
+        if (rbe_simd_runnable(simd)) best = simd;
+    return best;
 }
 
-int rbe_best_simd(void) { return best_simd; }
+const char *rbe_simd_name(int simd)
+{
+    return simd >= 0 && simd < RBE_N_SIMD ? simd_paths[simd].name : NULL;
+}
 
-/* A SIMD path this build compiled and this CPU runs. */
-static int runnable(int simd) { return simd >= 0 && simd <= best_simd; }
+int rbe_simd_runnable(int simd)
+{
+    return simd >= 0 && simd < RBE_N_SIMD
+           && (simd_paths[simd].needs & cpu_caps) == simd_paths[simd].needs;
+}
 
 static int known_family(int family) { return family >= 0 && family < RBE_N_APPROX; }
 
+const char *rbe_simd_missing(int simd)
+{
+    if (simd < 0 || simd >= RBE_N_SIMD) return "any";
+    const char *missing = NULL;
+    int present = 0;
+    for (int family = 0; family < RBE_N_APPROX; family++) {
+        const rbe_fused_ops *fused = &fused_kernels[simd][family];
+        const void *kernels[] = {(const void *)block_kernels[simd][family],
+                                 (const void *)fused->gemv, (const void *)fused->panel,
+                                 (const void *)fused->backward,
+                                 (const void *)fused->backward_vec};
+        for (int k = 0; k < 5; k++) {
+            present += kernels[k] != NULL;
+            if (!kernels[k] && !missing) missing = k == 0 ? "block" : "fused-layer";
+        }
+    }
+    const rbe_hybrid_rows_ops *rows = &hybrid_rows_kernels[simd];
+    present += (rows->f32 != NULL) + (rows->f64 != NULL);
+    if ((!rows->f32 || !rows->f64) && !missing) missing = "hybrid rows";
+    const rbe_code_ops *code = &code_kernels[simd];
+    present += (code->viterbi != NULL) + (code->gemv != NULL) + (code->gemm != NULL);
+    if ((!code->viterbi || !code->gemv || !code->gemm) && !missing) missing = "code-block";
+    return present > 0 ? missing : NULL;     /* a path this build does not compile has none */
+}
+
 rbe_block_fn rbe_block_select(int simd, int family)
 {
-    return runnable(simd) && known_family(family) ? block_kernels[simd][family] : NULL;
+    return rbe_simd_runnable(simd) && known_family(family) ? block_kernels[simd][family] : NULL;
 }
 
 rbe_fused_ops rbe_fused_select(int simd, int family)
 {
     static const rbe_fused_ops none = {NULL, NULL, NULL, NULL};
-    return runnable(simd) && known_family(family) ? fused_kernels[simd][family] : none;
+    return rbe_simd_runnable(simd) && known_family(family) ? fused_kernels[simd][family] : none;
 }
 
 rbe_hybrid_rows_ops rbe_hybrid_select(int simd)
 {
     static const rbe_hybrid_rows_ops none = {NULL, NULL};
-    return runnable(simd) ? hybrid_rows_kernels[simd] : none;
+    return rbe_simd_runnable(simd) ? hybrid_rows_kernels[simd] : none;
 }
 
 rbe_code_ops rbe_code_select(int simd)
 {
     static const rbe_code_ops none = {NULL, NULL, NULL};
-    return runnable(simd) ? code_kernels[simd] : none;
+    return rbe_simd_runnable(simd) ? code_kernels[simd] : none;
 }

@@ -149,20 +149,21 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_gemv_row_avx2_body(int family, const u
     for (int i = 0; i < rows; i++) y[i] = rbe_hsum8(_mm256_loadu_ps(acc + 8 * (ptrdiff_t)i));
 }
 
-/* Class-c weights of rows [0, end) into a grouped panel (row i at panel + i * ld); with
- * `mirror`, row h-1-i's group 3-p receives row i's group p reversed (see above). */
+/* Class-c weights of rows [i0, end) into a grouped panel (row i at panel + (i - i0) * ld);
+ * with `mirror` (and i0 = 0), row h-1-i's group 3-p receives row i's group p reversed (see
+ * above). */
 RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grouped_class8(int state, int family, int c,
                                                          const rbe_seed_v8 *sv,
-                                                         const rbe_tables *t, int end,
+                                                         const rbe_tables *t, int i0, int end,
                                                          int mirror, float *panel,
                                                          ptrdiff_t ld)
 {
     const int g = t->g;
     __m256 unused;
-    for (int i = 0; i < end; i++) {
+    for (int i = i0; i < end; i++) {
         int p = (c + i) & 3;
         ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
-        float *dst = panel + (ptrdiff_t)i * ld + (ptrdiff_t)p * g;
+        float *dst = panel + (ptrdiff_t)(i - i0) * ld + (ptrdiff_t)p * g;
         float *rot = panel + (ptrdiff_t)(t->h - 1 - i) * ld + (ptrdiff_t)(4 - p) * g - 8;
         for (int q0 = 0; q0 < g; q0 += 8) {
             __m256 w = rbe_weight8(family, state, 0, sv, RBE_LOAD_TABLES(t, off + q0),
@@ -175,10 +176,11 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_grouped_class8(int state, int family, 
 
 RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_panel_row_avx2_body(int family, const uint64_t *hi,
                                                               int gc, const rbe_tables *t,
-                                                              int rows, float *panel,
+                                                              int row0, int rows, float *panel,
                                                               ptrdiff_t ld)
 {
-    const int pairs = rbe_fused_rotation_pairs(t, rows);
+    /* a band of rows has no rotation partner inside it */
+    const int pairs = row0 == 0 && rbe_fused_rotation_pairs(t, rows);
     for (int bj = 0; bj < gc; bj++) {
         rbe_seed32 s;
         rbe_seed_v8 sv;
@@ -187,9 +189,9 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_fused_panel_row_avx2_body(int family, const 
         float *dst = panel + (ptrdiff_t)bj * 4 * t->g;
         for (int c = 0; c < RBE_N_CLASSES; c++) {
             int mirror = pairs && rbe_fused_rotation_class(c);
-            int end = mirror ? rows / 2 : rows;
-            RBE_WITH_STATE(s.sel[c], rbe_fused_grouped_class8, family, c, &sv, t, end, mirror,
-                           dst, ld);
+            int end = mirror ? rows / 2 : row0 + rows;
+            RBE_WITH_STATE(s.sel[c], rbe_fused_grouped_class8, family, c, &sv, t, row0, end,
+                           mirror, dst, ld);
         }
     }
 }
@@ -358,9 +360,9 @@ RBE_TARGET_AVX2 void rbe_fused_gemv_poly_avx2(const uint64_t *hi, int gc, const 
 }
 
 RBE_TARGET_AVX2 void rbe_fused_panel_poly_avx2(const uint64_t *hi, int gc, const rbe_tables *t,
-                                               int rows, float *panel, ptrdiff_t ld)
+                                               int row0, int rows, float *panel, ptrdiff_t ld)
 {
-    rbe_fused_panel_row_avx2_body(RBE_APPROX_POLY, hi, gc, t, rows, panel, ld);
+    rbe_fused_panel_row_avx2_body(RBE_APPROX_POLY, hi, gc, t, row0, rows, panel, ld);
 }
 
 RBE_TARGET_AVX2 void rbe_fused_backward_poly_avx2(uint64_t hi, const rbe_tables *t, int rows,
@@ -387,10 +389,10 @@ RBE_TARGET_AVX2_VL void rbe_fused_gemv_poly_avx2_vl(const uint64_t *hi, int gc, 
 }
 
 RBE_TARGET_AVX2_VL void rbe_fused_panel_poly_avx2_vl(const uint64_t *hi, int gc,
-                                                     const rbe_tables *t, int rows, float *panel,
-                                                     ptrdiff_t ld)
+                                                     const rbe_tables *t, int row0, int rows,
+                                                     float *panel, ptrdiff_t ld)
 {
-    rbe_fused_panel_row_avx2_body(RBE_APPROX_POLY, hi, gc, t, rows, panel, ld);
+    rbe_fused_panel_row_avx2_body(RBE_APPROX_POLY, hi, gc, t, row0, rows, panel, ld);
 }
 
 RBE_TARGET_AVX2_VL void rbe_fused_backward_poly_avx2_vl(uint64_t hi, const rbe_tables *t, int rows,
@@ -418,9 +420,9 @@ RBE_TARGET_AVX2 void rbe_fused_gemv_lut_avx2(const uint64_t *hi, int gc, const r
 }
 
 RBE_TARGET_AVX2 void rbe_fused_panel_lut_avx2(const uint64_t *hi, int gc, const rbe_tables *t,
-                                              int rows, float *panel, ptrdiff_t ld)
+                                              int row0, int rows, float *panel, ptrdiff_t ld)
 {
-    rbe_fused_panel_row_avx2_body(RBE_APPROX_LUT, hi, gc, t, rows, panel, ld);
+    rbe_fused_panel_row_avx2_body(RBE_APPROX_LUT, hi, gc, t, row0, rows, panel, ld);
 }
 
 RBE_TARGET_AVX2 void rbe_fused_backward_lut_avx2(uint64_t hi, const rbe_tables *t, int rows,
@@ -447,9 +449,9 @@ RBE_TARGET_AVX2_VL void rbe_fused_gemv_lut_avx2_vl(const uint64_t *hi, int gc, c
 }
 
 RBE_TARGET_AVX2_VL void rbe_fused_panel_lut_avx2_vl(const uint64_t *hi, int gc, const rbe_tables *t,
-                                                    int rows, float *panel, ptrdiff_t ld)
+                                                    int row0, int rows, float *panel, ptrdiff_t ld)
 {
-    rbe_fused_panel_row_avx2_body(RBE_APPROX_LUT, hi, gc, t, rows, panel, ld);
+    rbe_fused_panel_row_avx2_body(RBE_APPROX_LUT, hi, gc, t, row0, rows, panel, ld);
 }
 
 RBE_TARGET_AVX2_VL void rbe_fused_backward_lut_avx2_vl(uint64_t hi, const rbe_tables *t, int rows,
@@ -477,9 +479,9 @@ RBE_TARGET_AVX2 void rbe_fused_gemv_cordic_avx2(const uint64_t *hi, int gc, cons
 }
 
 RBE_TARGET_AVX2 void rbe_fused_panel_cordic_avx2(const uint64_t *hi, int gc, const rbe_tables *t,
-                                                 int rows, float *panel, ptrdiff_t ld)
+                                                 int row0, int rows, float *panel, ptrdiff_t ld)
 {
-    rbe_fused_panel_row_avx2_body(RBE_APPROX_CORDIC, hi, gc, t, rows, panel, ld);
+    rbe_fused_panel_row_avx2_body(RBE_APPROX_CORDIC, hi, gc, t, row0, rows, panel, ld);
 }
 
 RBE_TARGET_AVX2 void rbe_fused_backward_cordic_avx2(uint64_t hi, const rbe_tables *t, int rows,
@@ -507,10 +509,10 @@ RBE_TARGET_AVX2_VL void rbe_fused_gemv_cordic_avx2_vl(const uint64_t *hi, int gc
 }
 
 RBE_TARGET_AVX2_VL void rbe_fused_panel_cordic_avx2_vl(const uint64_t *hi, int gc,
-                                                       const rbe_tables *t, int rows, float *panel,
-                                                       ptrdiff_t ld)
+                                                       const rbe_tables *t, int row0, int rows,
+                                                       float *panel, ptrdiff_t ld)
 {
-    rbe_fused_panel_row_avx2_body(RBE_APPROX_CORDIC, hi, gc, t, rows, panel, ld);
+    rbe_fused_panel_row_avx2_body(RBE_APPROX_CORDIC, hi, gc, t, row0, rows, panel, ld);
 }
 
 RBE_TARGET_AVX2_VL void rbe_fused_backward_cordic_avx2_vl(uint64_t hi, const rbe_tables *t,

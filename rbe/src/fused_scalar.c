@@ -34,18 +34,18 @@ RBE_INLINE void gemv_row_scalar(int family, const uint64_t *hi, int gc,
 }
 
 RBE_INLINE void panel_row_scalar(int family, const uint64_t *hi, int gc,
-                                 const rbe_tables *t, int rows, float *panel,
+                                 const rbe_tables *t, int row0, int rows, float *panel,
                                  ptrdiff_t ld)
 {
     const int g = t->g;
     for (int bj = 0; bj < gc; bj++) {
         rbe_seed32 s;
         rbe_seed32_init(hi[bj], family, &s);
-        for (int i = 0; i < rows; i++)
+        for (int i = row0; i < row0 + rows; i++)
             for (int p = 0; p < 4; p++) {
                 int state = s.sel[(p - i) & 3];
                 ptrdiff_t off = ((ptrdiff_t)i * 4 + p) * g;
-                float *dst = panel + (ptrdiff_t)i * ld + ((ptrdiff_t)bj * 4 + p) * g;
+                float *dst = panel + (ptrdiff_t)(i - row0) * ld + ((ptrdiff_t)bj * 4 + p) * g;
                 for (int q = 0; q < g; q++)
                     dst[q] = rbe_weight_fast(family, state, 0, &s, t->rho[off + q],
                                              t->sin_phi[off + q], t->cos_phi[off + q], NULL, NULL);
@@ -110,10 +110,10 @@ void rbe_fused_gemv_poly_scalar(const uint64_t *hi, int gc, const rbe_tables *t,
     gemv_row_scalar(RBE_APPROX_POLY, hi, gc, t, rows, xp, xpr, y, acc);
 }
 
-void rbe_fused_panel_poly_scalar(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
-                                 float *panel, ptrdiff_t ld)
+void rbe_fused_panel_poly_scalar(const uint64_t *hi, int gc, const rbe_tables *t, int row0,
+                                 int rows, float *panel, ptrdiff_t ld)
 {
-    panel_row_scalar(RBE_APPROX_POLY, hi, gc, t, rows, panel, ld);
+    panel_row_scalar(RBE_APPROX_POLY, hi, gc, t, row0, rows, panel, ld);
 }
 
 void rbe_fused_backward_poly_scalar(uint64_t hi, const rbe_tables *t, int rows, const float *G,
@@ -136,10 +136,10 @@ void rbe_fused_gemv_lut_scalar(const uint64_t *hi, int gc, const rbe_tables *t, 
     gemv_row_scalar(RBE_APPROX_LUT, hi, gc, t, rows, xp, xpr, y, acc);
 }
 
-void rbe_fused_panel_lut_scalar(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
-                                float *panel, ptrdiff_t ld)
+void rbe_fused_panel_lut_scalar(const uint64_t *hi, int gc, const rbe_tables *t, int row0,
+                                int rows, float *panel, ptrdiff_t ld)
 {
-    panel_row_scalar(RBE_APPROX_LUT, hi, gc, t, rows, panel, ld);
+    panel_row_scalar(RBE_APPROX_LUT, hi, gc, t, row0, rows, panel, ld);
 }
 
 void rbe_fused_backward_lut_scalar(uint64_t hi, const rbe_tables *t, int rows, const float *G,
@@ -162,10 +162,10 @@ void rbe_fused_gemv_cordic_scalar(const uint64_t *hi, int gc, const rbe_tables *
     gemv_row_scalar(RBE_APPROX_CORDIC, hi, gc, t, rows, xp, xpr, y, acc);
 }
 
-void rbe_fused_panel_cordic_scalar(const uint64_t *hi, int gc, const rbe_tables *t, int rows,
-                                   float *panel, ptrdiff_t ld)
+void rbe_fused_panel_cordic_scalar(const uint64_t *hi, int gc, const rbe_tables *t, int row0,
+                                   int rows, float *panel, ptrdiff_t ld)
 {
-    panel_row_scalar(RBE_APPROX_CORDIC, hi, gc, t, rows, panel, ld);
+    panel_row_scalar(RBE_APPROX_CORDIC, hi, gc, t, row0, rows, panel, ld);
 }
 
 void rbe_fused_backward_cordic_scalar(uint64_t hi, const rbe_tables *t, int rows, const float *G,

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "rbe/hybrid.h"
+#include "rbe/pool.h"
 #include "kernel_common.h"
 
 /* One block: where its rows and columns start and how to split its flat indices. */
@@ -195,54 +196,73 @@ RBE_INLINE void rows(const rbe_hybrid_plan *p, const float *values, const T *z, 
 RBE_HYBRID_ROWS(float, row_dots_f32, row_tile_f32, row_part_f32, sparse_rows_f32)
 RBE_HYBRID_ROWS(double, row_dots_f64, row_tile_f64, row_part_f64, sparse_rows_f64)
 
-/* Multiply-adds up to which OpenBLAS computes a GEMM on the calling thread (its threading
- * threshold). The forward product's GEMMs are cut into pieces this small, so that it never
- * wakes BLAS threads, which keep spinning afterwards on the cores the next call needs. */
-#define RBE_SERIAL_GEMM (INT64_C(1) << 18)
+/* One forward product as its items see it: the job, and the layer's float32 parameters in
+ * the compute type (the job's own for float32, converted copies for float64). */
+typedef struct {
+    rbe_hybrid_forward_job job;
+    const void *coef, *factor_in, *factor_out;
+} rbe_hybrid_run;
 
 /* The phases of the forward product (rbe_hybrid_plan) for element type T. gemm computes the
- * column-major C (m x n) = op(A) op(B) in pieces of columns of C. */
+ * column-major C (m x n) = op(A) op(B) (+ C with `accumulate`) in pieces of at most
+ * RBE_SERIAL_BLAS_WORK multiply-adds: pieces of C's columns, and of the inner dimension
+ * where one column alone is more. */
 #define RBE_HYBRID_PHASES(T, gemm_fn, gemm, columns, rows_phase, job_gemm, job_rows)               \
 static void gemm(gemm_fn *blas, char ta, char tb, int64_t m, int64_t n, int64_t k, const T *a,     \
-                 int64_t lda, const T *b, int64_t ldb, T *c, int64_t ldc) {                        \
-    int64_t step = m * k > 0 ? RBE_SERIAL_GEMM / (m * k) : n;                                      \
+                 int64_t lda, const T *b, int64_t ldb, int accumulate, T *c, int64_t ldc) {        \
+    int64_t kc = m > 0 ? RBE_SERIAL_BLAS_WORK / m : k;                                             \
+    kc = kc < 1 ? 1 : kc > k ? k : kc;                                                             \
+    int64_t step = m * kc > 0 ? RBE_SERIAL_BLAS_WORK / (m * kc) : n;                               \
     step = step < 1 ? 1 : step;                                                                    \
     T one = 1, zero = 0;                                                                           \
-    int im = (int)m, ik = (int)k, ilda = (int)lda, ildb = (int)ldb, ildc = (int)ldc;               \
-    for (int64_t j = 0; j < n; j += step) {                                                        \
-        int in = (int)(n - j < step ? n - j : step);                                               \
-        T *bj = (T *)b + (tb == 'N' ? j * ldb : j);                                                \
-        blas(&ta, &tb, &im, &in, &ik, &one, (T *)a, &ilda, bj, &ildb, &zero, c + j * ldc,          \
-             &ildc);                                                                               \
+    int im = (int)m, ilda = (int)lda, ildb = (int)ldb, ildc = (int)ldc;                            \
+    for (int64_t k0 = 0; k0 < k; k0 += kc) {                                                       \
+        int ik = (int)(k - k0 < kc ? k - k0 : kc);                                                 \
+        T *ak = (T *)a + (ta == 'N' ? k0 * lda : k0);                                              \
+        T *beta = accumulate || k0 > 0 ? &one : &zero;                                             \
+        for (int64_t j = 0; j < n; j += step) {                                                    \
+            int in = (int)(n - j < step ? n - j : step);                                           \
+            T *bj = (T *)b + (tb == 'N' ? k0 + j * ldb : j + k0 * ldb);                            \
+            blas(&ta, &tb, &im, &in, &ik, &one, ak, &ilda, bj, &ildb, beta, c + j * ldc, &ildc);   \
+        }                                                                                          \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
 /* z of a run of block columns: one GEMM for one vector (Z = X M^T over the run), one per          \
- * block column for a batch (Z_j = M X_j^T, batch contiguous). */                                  \
-static void columns(const rbe_hybrid_forward_job *job, int64_t item) {                             \
+ * block column for a batch (Z_j = M X_j^T, batch contiguous); the item after the runs: the        \
+ * low-rank projections p = x F_in (P^T = F_in^T X^T). */                                          \
+static void columns(const rbe_hybrid_run *run, int64_t item) {                                     \
+    const rbe_hybrid_forward_job *job = &run->job;                                                 \
     const rbe_hybrid_plan *p = job->plan;                                                          \
-    const int64_t nb = job->batch, j1 = job->col_runs[item + 1];                                   \
+    const int64_t nb = job->batch;                                                                 \
     const T *x = (const T *)job->x;                                                                \
     T *z = (T *)job->z;                                                                            \
+    if (item == job->n_col_runs) {                                                                 \
+        gemm(job->job_gemm, 'N', 'N', job->rank, nb, p->in_features, (const T *)run->factor_in,    \
+             job->rank, x, p->in_features, 0, (T *)job->projections, job->rank);                   \
+        return;                                                                                    \
+    }                                                                                              \
+    const int64_t j1 = job->col_runs[item + 1];                                                    \
     for (int64_t j = job->col_runs[item]; j < j1; ++j) {                                           \
         const int64_t cls = p->col_class[j], n = p->col_n[cls], zw = p->col_zw[cls];               \
         const T *m = (const T *)p->col_matrix[cls];                                                \
         if (nb == 1) {                                                                             \
-            gemm(job->job_gemm, 'T', 'N', zw, j1 - j, n, m, n, x + p->col_x0[j], n,                \
+            gemm(job->job_gemm, 'T', 'N', zw, j1 - j, n, m, n, x + p->col_x0[j], n, 0,             \
                  z + p->col_z0[j], zw);                                                            \
             return;                                                                                \
         }                                                                                          \
-        gemm(job->job_gemm, 'T', 'N', nb, zw, n, x + p->col_x0[j], p->in_features, m, n,           \
+        gemm(job->job_gemm, 'T', 'N', nb, zw, n, x + p->col_x0[j], p->in_features, m, n, 0,        \
              z + p->col_z0[j] * nb, nb);                                                           \
     }                                                                                              \
 }                                                                                                  \
                                                                                                    \
 /* y of a run of block rows: sparse rows, basis sums (C_t^T P_t per term), outputs y_i = M u_i     \
- * (one GEMM over the run for one vector), bias. */                                                \
-static void rows_phase(const rbe_hybrid_forward_job *job, int64_t item) {                          \
+ * (one GEMM over the run for one vector), bias, low-rank term (Y^T += F_out P^T). */              \
+static void rows_phase(const rbe_hybrid_run *run, int64_t item) {                                  \
+    const rbe_hybrid_forward_job *job = &run->job;                                                 \
     const rbe_hybrid_plan *p = job->plan;                                                          \
     const int64_t nb = job->batch, i0 = job->row_runs[item], i1 = job->row_runs[item + 1];         \
-    const T *z = (const T *)job->z, *coef = (const T *)job->coef;                                  \
+    const T *z = (const T *)job->z, *coef = (const T *)run->coef;                                  \
     T *u = (T *)job->u, *y = (T *)job->y;                                                          \
     const int64_t last = p->row_class[i1 - 1];                                                     \
     for (int64_t i = i0; i < i1; ++i) {                                                            \
@@ -253,24 +273,28 @@ static void rows_phase(const rbe_hybrid_forward_job *job, int64_t item) {       
             const int64_t j = p->term_col[t], r = p->term_rank[t];                                 \
             gemm(job->job_gemm, 'N', 'T', r * nb, 8, p->term_count[t],                             \
                  z + (p->col_z0[j] + p->term_proj[t]) * nb, p->col_zw[p->col_class[j]] * nb,       \
-                 coef + (i * p->ncols + j) * 8, 8, u + (q + p->term_sums[t]) * nb, r * nb);        \
+                 coef + (i * p->ncols + j) * 8, 8, 0, u + (q + p->term_sums[t]) * nb, r * nb);     \
         }                                                                                          \
     }                                                                                              \
     for (int64_t i = i0; i < i1; ++i) {                                                            \
         const int64_t cls = p->row_class[i], h = p->row_h[cls], uw = p->row_uw[cls];               \
         const T *m = (const T *)p->row_matrix[cls];                                                \
         if (nb == 1) {                                                                             \
-            gemm(job->job_gemm, 'T', 'N', h, i1 - i, uw, m, uw, u + p->row_u0[i], uw,              \
+            gemm(job->job_gemm, 'T', 'N', h, i1 - i, uw, m, uw, u + p->row_u0[i], uw, 0,           \
                  y + p->row_y0[i], h);                                                             \
             break;                                                                                 \
         }                                                                                          \
-        gemm(job->job_gemm, 'T', 'T', h, nb, uw, m, uw, u + p->row_u0[i] * nb, nb,                 \
+        gemm(job->job_gemm, 'T', 'T', h, nb, uw, m, uw, u + p->row_u0[i] * nb, nb, 0,              \
              y + p->row_y0[i], p->out_features);                                                   \
     }                                                                                              \
-    if (job->bias == NULL) return;                                                                 \
     const int64_t y0 = p->row_y0[i0], y1 = p->row_y0[i1 - 1] + p->row_h[last];                     \
-    for (int64_t b = 0; b < nb; ++b)                                                               \
-        for (int64_t o = y0; o < y1; ++o) y[b * p->out_features + o] += (T)job->bias[o];           \
+    if (job->bias != NULL)                                                                         \
+        for (int64_t b = 0; b < nb; ++b)                                                           \
+            for (int64_t o = y0; o < y1; ++o) y[b * p->out_features + o] += (T)job->bias[o];       \
+    if (job->rank > 0)                                                                             \
+        gemm(job->job_gemm, 'T', 'N', y1 - y0, nb, job->rank,                                      \
+             (const T *)run->factor_out + y0 * job->rank, job->rank,                               \
+             (const T *)job->projections, job->rank, 1, y + y0, p->out_features);                  \
 }
 
 RBE_HYBRID_PHASES(float, rbe_sgemm_fn, gemm_f32, columns_f32, rows_phase_f32, sgemm, rows_f32)
@@ -338,14 +362,42 @@ RBE_TARGET_AVX2 RBE_TILE_LOOPS void rbe_hybrid_rows_f64_avx2(const rbe_hybrid_pl
 }
 #endif
 
-void rbe_hybrid_columns_item(void *ctx, int64_t item) {
-    const rbe_hybrid_forward_job *job = (const rbe_hybrid_forward_job *)ctx;
-    if (job->sgemm) columns_f32(job, item);
-    else columns_f64(job, item);
+static void columns_item(void *ctx, int64_t item) {
+    const rbe_hybrid_run *run = (const rbe_hybrid_run *)ctx;
+    if (run->job.sgemm) columns_f32(run, item);
+    else columns_f64(run, item);
 }
 
-void rbe_hybrid_rows_item(void *ctx, int64_t item) {
-    const rbe_hybrid_forward_job *job = (const rbe_hybrid_forward_job *)ctx;
-    if (job->sgemm) rows_phase_f32(job, item);
-    else rows_phase_f64(job, item);
+static void rows_item(void *ctx, int64_t item) {
+    const rbe_hybrid_run *run = (const rbe_hybrid_run *)ctx;
+    if (run->job.sgemm) rows_phase_f32(run, item);
+    else rows_phase_f64(run, item);
+}
+
+/* a[0 .. n) as doubles into out; returns the end of out. */
+static double *widened(const float *a, int64_t n, double *out) {
+    for (int64_t i = 0; i < n; ++i) out[i] = a[i];
+    return out + n;
+}
+
+int rbe_hybrid_forward(const rbe_hybrid_forward_job *job, int threads) {
+    const rbe_hybrid_plan *p = job->plan;
+    const int f64 = job->sgemm == NULL;
+    const int64_t nx = job->batch * p->in_features;
+    const int status = f64 ? rbe_plan_check_input_f64((const double *)job->x, nx)
+                           : rbe_plan_check_input_f32((const float *)job->x, nx);
+    if (status != RBE_PLAN_OK) return status;
+    rbe_hybrid_run run = {*job, job->coef, job->factor_in, job->factor_out};
+    if (f64) {
+        double *at = (double *)job->converted;
+        run.coef = at;
+        at = widened(job->coef, job->n_coef, at);
+        run.factor_in = at;
+        at = widened(job->factor_in, p->in_features * job->rank, at);
+        run.factor_out = at;
+        widened(job->factor_out, p->out_features * job->rank, at);
+    }
+    rbe_parallel_phases(job->n_col_runs + (job->rank > 0), columns_item, job->n_row_runs,
+                        rows_item, threads, &run);
+    return rbe_plan_check_output(job->y, job->batch * p->out_features, f64);
 }

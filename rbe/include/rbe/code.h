@@ -26,7 +26,6 @@
 #include <stdint.h>
 
 #include "rbe/cpu.h"
-#include "rbe/hybrid.h"     /* rbe_sgemm_fn */
 
 #define RBE_CODE_TILE 16                      /* tile side */
 #define RBE_CODE_STEPS 256                    /* weights per tile, one stream */
@@ -163,27 +162,30 @@ typedef struct {
 void rbe_code_decode_group(const rbe_code_plan *p, int64_t group, int64_t tj0, int64_t tj1,
                            float *out, int64_t ld);
 
-/* One forward product y = W x + b for a batch, as the three stages of rbe_parallel_stages:
- *   inputs:   row b of xr = H_in (s_in * pad(x_b)) (one item per row);
- *   products: raw sums of a group for one part of the columns (one vector: parts ranges of tile
- *             columns per group) or for a chunk of `chunk` rows of the batch;
- *   outputs:  y_b = (s_out * H_out^T (factor * (the sum of the parts of raw_b)))[:m] + bias,
- *             rotated in yr (one item per row). */
+/* One forward product y = W x + b for a batch of float32 or float64 rows (computed in float32,
+ * returned in the input's type). */
 typedef struct {
     const rbe_code_plan *plan;
     rbe_code_ops ops;
     int64_t batch, parts, chunk;
-    const float *x;             /* (batch, in_features) */
+    int f64;                    /* x and y are double, else float */
+    const void *x;              /* (batch, in_features) */
     const float *factor;        /* (out_padded): each row's scale / RBE_CODE_SPREAD */
     const float *bias;          /* (out_features) or NULL */
     float *xr;                  /* (batch, in_padded) */
     float *raw;                 /* (parts, batch, groups * RBE_CODE_GROUP) */
     float *yr;                  /* (batch, out_padded) */
-    float *y;                   /* (batch, out_features) */
+    void *y;                    /* (batch, out_features) */
 } rbe_code_forward_job;
 
-void rbe_code_inputs_item(void *ctx, int64_t item);
-void rbe_code_products_item(void *ctx, int64_t item);
-void rbe_code_outputs_item(void *ctx, int64_t item);
+/* The product, a status of rbe/plan.h: x checked (finite, float64 within float32's range),
+ * then three stages of rbe_parallel_stages on `threads` threads,
+ *   inputs:   row b of xr = H_in (s_in * pad(x_b)) (one item per row);
+ *   products: raw sums of a group for one part of the columns (one vector: parts ranges of tile
+ *             columns per group) or for a chunk of `chunk` rows of the batch;
+ *   outputs:  y_b = (s_out * H_out^T (factor * (the sum of the parts of raw_b)))[:m] + bias,
+ *             rotated in yr (one item per row),
+ * and the result checked (finite). */
+int rbe_code_forward(const rbe_code_forward_job *job, int threads);
 
 #endif

@@ -12,12 +12,20 @@
 #ifndef RBE_CPU_H
 #define RBE_CPU_H
 
-/* The SIMD paths, each a superset of the one before. */
+/* The SIMD paths, in order of preference: the default is the last one the CPU runs. What
+ * each needs from the CPU is its entry in rbe/src/dispatch.c's table of paths. */
 enum {
     RBE_SIMD_SCALAR = 0,   /* portable C */
     RBE_SIMD_AVX2 = 1,     /* AVX2 + FMA, 16 vector registers */
     RBE_SIMD_AVX2_VL = 2,  /* the AVX2 code with AVX-512VL's 32 vector registers */
     RBE_N_SIMD = 3
+};
+
+/* CPU capabilities, the bits of rbe_cpu_caps(): a SIMD path runs where the CPU has every
+ * capability the path needs. */
+enum {
+    RBE_CPU_AVX2_FMA = 1u << 0,   /* AVX2 and FMA, with the YMM state enabled by the OS */
+    RBE_CPU_AVX512VL = 1u << 1    /* AVX-512F and VL, with the opmask and ZMM state enabled */
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -32,7 +40,7 @@ enum {
 #endif
 #endif
 
-/* The best SIMD path this CPU and OS support (RBE_SIMD_SCALAR off x86-64). */
-int rbe_cpu_best_simd(void);
+/* The capabilities this CPU and OS support (none off x86-64). */
+unsigned rbe_cpu_caps(void);
 
 #endif

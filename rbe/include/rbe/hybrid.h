@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "rbe/cpu.h"
+#include "rbe/plan.h"
 
 typedef struct {
     int64_t rows, cols;            /* matrix shape */
@@ -64,7 +65,10 @@ void rbe_hybrid_value_grads_f64(const rbe_hybrid_grid *g, const double *a, const
  *   columns: z rows z0[j] .. z0[j] + zw of block column j = M_j x_j: its transform-domain
  *            values (one group of rows per transform in use) and its basis projections;
  *   rows:    u = S z row by row (the sparse rows), the basis sums of block row i, and
- *            y_i = M_i u_i + b_i, the outputs of block row i.
+ *            y_i = M_i u_i + b_i + p F_out,i^T, the outputs of block row i.
+ *
+ * With a low-rank term F_out F_in^T (rank > 0), the columns phase has one more item, the
+ * projections p = x F_in (batch, rank), which the rows phase then reads.
  *
  * z and u are feature-major with the batch contiguous: row q is elements q * batch ...
  * The first row_sparse rows of a block row's u are sparse rows, the others its basis sums
@@ -78,14 +82,6 @@ void rbe_hybrid_value_grads_f64(const rbe_hybrid_grid *g, const double *a, const
  * consecutive in x and z (y and u), so that one vector's run is a single GEMM (a batch's runs
  * are single block columns or rows). Every item writes only its own rows of z (u, y): results
  * do not depend on the thread count. The two phases run as one rbe_parallel_phases loop. */
-
-/* BLAS gemm as scipy.linalg.cython_blas exports it (Fortran conventions: column-major,
- * arguments by reference); the caller hands the kernels the BLAS numpy and scipy use. */
-typedef void rbe_sgemm_fn(char *ta, char *tb, int *m, int *n, int *k, float *alpha, float *a,
-                          int *lda, float *b, int *ldb, float *beta, float *c, int *ldc);
-typedef void rbe_dgemm_fn(char *ta, char *tb, int *m, int *n, int *k, double *alpha,
-                          double *a, int *lda, double *b, int *ldb, double *beta, double *c,
-                          int *ldc);
 
 typedef struct {
     int64_t in_features, out_features;
@@ -127,24 +123,30 @@ typedef struct {
     rbe_hybrid_rows_f64_fn f64;
 } rbe_hybrid_rows_ops;
 
-/* One forward product: the float32 members (sgemm, rows_f32) or the float64 ones are set;
- * x is (batch, in_features) and y (batch, out_features), row-major; coef (nrows * ncols * 8)
- * in the compute type; bias float32 (out_features) or NULL. */
+/* One forward product: the float32 members (sgemm, rows_f32) or the float64 ones are set,
+ * and x, y, z, u and projections are of that type; x is (batch, in_features) and y (batch,
+ * out_features), row-major. The layer's parameters are float32: values, coef (nrows * ncols
+ * * 8), bias (out_features) or NULL, factor_in (in_features, rank) and factor_out
+ * (out_features, rank), row-major. A float64 product converts coef and the factors into
+ * `converted` (n_coef + (in_features + out_features) * rank doubles). */
 typedef struct {
     const rbe_hybrid_plan *plan;
     int64_t batch;
     const int64_t *col_runs, *row_runs;   /* item t: block columns (rows) runs[t] .. runs[t+1]-1 */
-    const float *values, *bias;
-    const void *coef, *x;
-    void *z, *u, *y;
+    int64_t n_col_runs, n_row_runs;
+    const float *values, *coef, *bias;
+    int64_t n_coef, rank;
+    const float *factor_in, *factor_out;
+    const void *x;
+    void *z, *u, *y, *projections, *converted;
     rbe_sgemm_fn *sgemm;
     rbe_dgemm_fn *dgemm;
     rbe_hybrid_rows_f32_fn rows_f32;
     rbe_hybrid_rows_f64_fn rows_f64;
 } rbe_hybrid_forward_job;
 
-/* The two phases as items of rbe_parallel_phases: runs of block columns, then of rows. */
-void rbe_hybrid_columns_item(void *ctx, int64_t item);
-void rbe_hybrid_rows_item(void *ctx, int64_t item);
+/* The forward product: checks x, runs the two phases as one rbe_parallel_phases loop on up
+ * to `threads` threads, checks y; returns an RBE_PLAN_ status (rbe/plan.h). */
+int rbe_hybrid_forward(const rbe_hybrid_forward_job *job, int threads);
 
 #endif

@@ -7,10 +7,12 @@
 static inline int rbe_openmp_enabled(void) { return 1; }
 static inline int rbe_max_threads(void) { return omp_get_max_threads(); }
 static inline int rbe_thread_limit(void) { return omp_get_thread_limit(); }
+static inline int rbe_thread_index(void) { return omp_get_thread_num(); }
 #else
 static inline int rbe_openmp_enabled(void) { return 0; }
 static inline int rbe_max_threads(void) { return 1; }
 static inline int rbe_thread_limit(void) { return 1 << 30; }
+static inline int rbe_thread_index(void) { return 0; }
 #endif
 
 /* The calling thread's own limit (0: none), set by rbe.threads(); it takes precedence over the

@@ -2,7 +2,9 @@
 
 Run with rbe importable (installed, or built in place and on PYTHONPATH)::
 
-    python benchmarks/fuzz_load.py --cases 5000 --seed 1
+    python tests/fuzz_load.py --cases 5000 --seed 1
+
+tests/test_fuzz.py runs a short campaign of it in the test suite.
 
 Valid files of every entry kind are written by ``rbe.save``; each case mutates one of them
 (byte flips, truncation, container edits, rbe-header JSON edits with hostile values and raw
