@@ -36,6 +36,7 @@ from .encoder import (
     encode,
     index_bytes,
     ragged_arrays,
+    rounded,
 )
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -125,7 +126,9 @@ class HybridLinear:
     rank : int
         Rank of a layer-level low-rank term factor_out @ factor_in.T added to the blocks.
     precision : {"float32", "float16"}
-        Storage precision of values, basis coefficients and factors (training keeps float32).
+        Storage precision of values, basis coefficients and factors. Training updates float32
+        copies; the products compute with them rounded to ``precision``, as a file stores them
+        (gradients pass straight through the rounding).
     regrow_every, regrow_fraction, regrow_stop :
         Moving positions (see ``set_regrow``); on by default for a layer built here.
 
@@ -241,6 +244,7 @@ class HybridLinear:
         self.values = matrix.values.copy()
         self._factors = None if matrix.factors is None else tuple(f.copy() for f in matrix.factors)
         self.bias = None if bias is None else self._check_bias(bias)
+        self._round_parameters()
         # Transforms in use, numbered 0.. as "slots" of the transform-domain arrays.
         kinds = [kind for kind, t in tf.TRANSFORM_IDS.items() if (self.transform == t).any()]
         slot_of = np.zeros(len(tf.TRANSFORMS), np.uint8)
@@ -404,6 +408,10 @@ class HybridLinear:
         """(factor_out, factor_in) of the low-rank term, or None."""
         return self._factors
 
+    @property
+    def _computed_factors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._computed["factor_out"], self._computed["factor_in"]
+
     # -- optimiser protocol -------------------------------------------------------------------
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -416,6 +424,20 @@ class HybridLinear:
             params["bias"] = self.bias
         return params
 
+    def _round_parameters(self) -> None:
+        """Refresh ``_computed``: the parameters as the products use them, rounded to
+        ``precision``.
+
+        A float16 layer computes with its parameters as a file stores them, so that what is
+        measured before saving is what loads (no output bit changes); training updates the
+        float32 arrays, and gradients pass straight through the rounding. The copies are
+        refreshed where the parameters change in a step (``after_step``, ``regrow``); a float32
+        layer computes with the arrays themselves.
+        """
+        params = {name: p for name, p in self.parameters().items() if name != "bias"}
+        self._computed = params if self.precision == "float32" else \
+            {name: rounded(p, self.precision) for name, p in params.items()}
+
     def after_step(self, loss: Callable[[], float] | None = None) -> None:
         """Count the optimiser step; on a regrow step, move positions (``regrow``) and clear
         ``grow_grads``. ``loss`` (the optimisers' closure) is not used by hybrid layers."""
@@ -424,6 +446,7 @@ class HybridLinear:
         if fraction > 0:
             self.regrow(fraction)
             self.grow_grads[...] = 0
+        self._round_parameters()
 
     def step_statistics(self) -> list[np.ndarray]:
         """The arrays the next ``after_step`` decides from, if it moves positions (else none).
@@ -503,6 +526,7 @@ class HybridLinear:
             swaps += int(better.sum())
         _overwrite(self.index, index)     # in place: the array may be shared (rbe.torch)
         self._plans.clear()
+        self._round_parameters()
         return swaps
 
     def _accumulate_grow_grads(self, a, z):
@@ -526,12 +550,13 @@ class HybridLinear:
         plan = self._plan(X2.dtype)
         batch = X2.shape[0]
         Y = np.empty((batch, self.out_features), X2.dtype)
-        coef = self.coef.reshape(-1)
-        plan.forward(self.values, coef if coef.dtype == X2.dtype else coef.astype(X2.dtype), X2,
+        coef = self._computed.get("coef", self.coef).reshape(-1)
+        plan.forward(self._computed["values"],
+                     coef if coef.dtype == X2.dtype else coef.astype(X2.dtype), X2,
                      Y, _work("z", plan.z_rows * batch, X2.dtype),
                      _work("u", plan.u_rows * batch, X2.dtype), self.bias)
         if self.factors is not None:
-            factor_out, factor_in = (f.astype(X2.dtype) for f in self.factors)
+            factor_out, factor_in = (f.astype(X2.dtype) for f in self._computed_factors)
             Y += (X2 @ factor_in) @ factor_out.T
             finite_output("forward", Y)
         return Y.reshape(X.shape[:-1] + (self.out_features,))
@@ -568,7 +593,7 @@ class HybridLinear:
 
     def _low_rank_backward(self, xt, dyt):
         """dX of the low-rank term, (in, batch); fills the factors' gradients."""
-        factor_out, factor_in = (f.astype(xt.dtype) for f in self.factors)
+        factor_out, factor_in = (f.astype(xt.dtype) for f in self._computed_factors)
         projected_x = factor_in.T @ xt              # (rank, batch)
         projected_dy = factor_out.T @ dyt
         self.grads["factor_out"][...] = dyt @ projected_x.T
@@ -577,7 +602,7 @@ class HybridLinear:
 
     def _kernel_args(self):
         return (self.grid.shape, self.grid.block, self._slots, self.offsets, self.index,
-                self.values)
+                self._computed["values"])
 
     @staticmethod
     def _apply(matrices, classes, source, slots_out):
@@ -614,7 +639,7 @@ class HybridLinear:
 
     def _coef_columns(self, sel, nr, nc, dtype):
         """Coefficients of a group as (nc, nr*8): row bj, column bi*8 + k."""
-        coef = self.coef[sel].reshape(nr, nc, tf.NUM_BASIS)
+        coef = self._computed["coef"][sel].reshape(nr, nc, tf.NUM_BASIS)
         return np.ascontiguousarray(coef.transpose(1, 0, 2), dtype).reshape(nc, -1)
 
     @staticmethod
@@ -645,8 +670,8 @@ class HybridLinear:
                             precision=self.precision)
 
     def to_dense(self) -> np.ndarray:
-        """The dense float32 weight matrix (out_features, in_features), as stored (values
-        rounded to ``precision``; ``forward`` computes with the float32 training values)."""
+        """The dense float32 weight matrix (out_features, in_features), as stored and as the
+        products compute with it (values rounded to ``precision``)."""
         return self.matrix.decode(np.float32)
 
     @property
