@@ -10,7 +10,7 @@ Three tables (``rbe bench --serving``, ``benchmarks/bench_serving.py``; needs to
 2. A 6-layer model, ``Linear(1024, 1024) -> LayerNorm -> GELU`` six times, under
    ``torch.inference_mode``, at batch 1 and 32: float32, int8 dynamic, and the ``rbe.torch``
    replacements of its linear layers (``compress``: hybrid blocks encoded from the float32
-   weights, or fresh seed blocks). Each in three settings: alone (back-to-back calls); right
+   weights in the layout of table 1, or fresh seed blocks). Each in three settings: alone (back-to-back calls); right
    after a numpy ``sgemm`` of 64 x 4096 x 4096 before every call (numpy's BLAS threads are
    still spinning when the call starts); four Python threads calling the model at once
    (throughput, and the latency each call sees). p50 and p99 of the per-call latency.
@@ -45,6 +45,8 @@ LAYER_KINDS = ("float32", "int8", "hybrid", "fused")
 MODEL_WIDTH, MODEL_DEPTH, MODEL_BATCHES = 1024, 6, (1, 32)
 NEIGHBOUR_SHAPE = (64, 4096, 4096)      # the numpy sgemm run before each call: m, k, n
 THREADS = 4
+#: ``compress`` options of the model's hybrid layers: the layout of the single hybrid layers.
+HYBRID_LAYOUT = {"block": (64, 64), "k": 64, "basis": True, "precision": "float32"}
 
 
 # -- contenders (built inside a worker process) ---------------------------------------------
@@ -98,7 +100,7 @@ def _model(kind: str):
         return _int8(model)
     if kind in ("hybrid", "fused"):
         import rbe.torch as rt
-        return rt.compress(model, kind=kind)
+        return rt.compress(model, kind=kind, **(HYBRID_LAYOUT if kind == "hybrid" else {}))
     return model
 
 

@@ -642,8 +642,15 @@ class RBELinear(nn.Module):
                 f"ratio={self._layer.compression_ratio:.1f}")
 
 
-def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int | None = None,
-             transform: str = "adaptive",
+#: The layout ``compress`` gives a kind when the call does not choose it. Hybrid: the best one
+#: measured, at equal bytes, on the MiniLM weights and on the quality benchmark's MLPs
+#: (docs/torch.md, "compress").
+COMPRESS_DEFAULTS = {"hybrid": {"block": (16, 16), "basis": False, "precision": "float16"},
+                     "fused": {"block": (64, 64)}}
+
+
+def compress(model: nn.Module, kind: str = "hybrid", block: tuple[int, int] | None = None,
+             k: int | None = None, transform: str = "adaptive",
              filter: Callable[[str, nn.Module], bool] | None = None,
              **hybrid_options) -> nn.Module:
     """Replace the model's ``nn.Linear`` layers by :class:`RBELinear`, in place.
@@ -658,43 +665,54 @@ def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int | No
         fresh seed-block layers of the same shapes, for training from scratch: seed blocks
         cannot encode a trained matrix, so the original weights are discarded.
     block, k, transform :
-        Block shape (clamped to the layer size) and, for "hybrid", the encoder's k and
-        transform ("dct", "dwt" or "adaptive").
+        Block shape (clamped to the layer size; by default the kind's ``COMPRESS_DEFAULTS``)
+        and, for "hybrid", the encoder's k and transform ("dct", "dwt" or "adaptive").
     filter : callable(name, module) -> bool, optional
         Replace only the layers it accepts (names as in ``model.named_modules()``).
     **hybrid_options :
-        For "hybrid", ``budget`` or ``ratio`` (per layer, instead of k), ``basis``, ``rank``
-        and ``precision`` of ``rbe.HybridLinear.from_dense``.
+        For "hybrid", ``budget`` or ``ratio`` (per layer, bias included, instead of k),
+        ``basis``, ``rank`` and ``precision`` of ``rbe.HybridLinear.from_dense``; ``basis``
+        and ``precision`` default to ``COMPRESS_DEFAULTS``.
+
+    Any of ``block``, ``k`` and the options may be a callable(name, module) returning the value
+    for each layer, e.g. ``ratio=lambda name, m: 4 if m.in_features == m.out_features else 8``.
 
     Returns
     -------
     The model (or the replacement of a bare ``nn.Linear``).
     """
     _check_kind(kind, hybrid_options)
+    options = {**COMPRESS_DEFAULTS[kind], **hybrid_options, "k": k, "transform": transform}
+    if block is not None:
+        options["block"] = block
 
     def accepts(name, m):
         return isinstance(m, nn.Linear) and (filter is None or filter(name, m))
 
     if accepts("", model):
-        return _replacement(model, kind, block, k, transform, hybrid_options)
+        return _replacement("", model, kind, options)
     # A layer used at several places is replaced once, by the same module everywhere.
     places = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
               if name and accepts(name, m)]
+    first_places = {}
+    for name, linear in places:
+        first_places.setdefault(id(linear), (name, linear))
     replacements = {}
-    for linear in tqdm(list({id(m): m for _, m in places}.values()), desc="rbe.compress",
-                       unit="layer", disable=None):
-        replacements[id(linear)] = _replacement(linear, kind, block, k, transform,
-                                                  hybrid_options)
+    for name, linear in tqdm(list(first_places.values()), desc="rbe.compress", unit="layer",
+                             disable=None):
+        replacements[id(linear)] = _replacement(name, linear, kind, options)
     for name, linear in places:
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name), attr, replacements[id(linear)])
     return model
 
 
-def _replacement(linear: nn.Linear, kind: str, block, k, transform: str,
-                 hybrid_options: dict) -> RBELinear:
+def _replacement(name: str, linear: nn.Linear, kind: str, options: dict) -> RBELinear:
     if linear.weight.device.type != "cpu":
         raise ValueError(f"rbe layers compute on the CPU; the model is on {linear.weight.device}")
+    options = {key: value(name, linear) if callable(value) else value
+               for key, value in options.items()}
+    block = options.pop("block")
     block = (min(block[0], linear.out_features), min(block[1], linear.in_features))
     has_bias = linear.bias is not None
     if kind == "fused":
@@ -702,6 +720,5 @@ def _replacement(linear: nn.Linear, kind: str, block, k, transform: str,
                          bias=has_bias)
     weight = linear.weight.detach().to(torch.float32).numpy()
     bias = linear.bias.detach().to(torch.float32).numpy() if has_bias else None
-    layer = HybridLinear.from_dense(weight, bias, block=block, k=k, transform=transform,
-                                    progress=False, **hybrid_options)
+    layer = HybridLinear.from_dense(weight, bias, block=block, progress=False, **options)
     return RBELinear.from_layer(layer)
