@@ -49,8 +49,9 @@ class RbeConfig(QuantizationConfigMixin):
         The ``rbe.torch`` kind of the compressed modules (``rbe.torch.KINDS``).
     modules_to_not_convert : list of str, optional
         Modules kept as they are (names or patterns, as transformers' quantisers take them).
-        None keeps transformers' default: tied weights, the output embeddings and the last
-        module; an empty list compresses every ``nn.Linear``.
+        None keeps transformers' default: the output embeddings and the last module; an empty
+        list compresses every other ``nn.Linear``. Modules whose weights are tied to others
+        (an output layer sharing the input embeddings) always stay dense.
     calibration : list of str, optional
         Texts for kinds that calibrate: tokenised with the model's tokenizer in batches of
         ``calibration_batch_size`` (at most ``calibration_max_length`` tokens) and passed to
@@ -146,9 +147,11 @@ class RbeHfQuantizer(HfQuantizer):
         options = dict(config.options)
         if config.calibration:
             options["calibration"] = self._calibration_batches(model)
+        tied = {key.rpartition(".")[0] for keys in rbe_torch._tied_tensors(model) for key in keys}
         return rbe_torch.compress(
             model, kind=config.kind,
-            filter=lambda name, m: should_convert_module(name, self.modules_to_not_convert),
+            filter=lambda name, m: name not in tied and should_convert_module(
+                name, self.modules_to_not_convert),
             **options)
 
     def _calibration_batches(self, model) -> list:

@@ -316,7 +316,7 @@ def _tensor_layout(container: dict, payload_bytes: int, dtypes: dict) -> dict:
         shape = tuple(_integers(info["shape"], f"{what} shape"))
         begin, end = _integers(info["data_offsets"], f"{what} data_offsets", length=2)
         name = dtypes[dtype]
-        size = math.prod(shape) * _ITEMSIZES.get(name, np.dtype(name).itemsize)
+        size = math.prod(shape) * (_ITEMSIZES.get(name) or np.dtype(name).itemsize)
         if end - begin != size:
             raise FormatError(f"{what}: {dtype}{list(shape)} needs {size} bytes, its data "
                               f"offsets span {end - begin}")

@@ -10,10 +10,11 @@ Three tables (``rbe bench --serving``, ``benchmarks/bench_serving.py``; needs to
 2. A 6-layer model, ``Linear(1024, 1024) -> LayerNorm -> GELU`` six times, under
    ``torch.inference_mode``, at batch 1 and 32: float32, int8 dynamic, and the ``rbe.torch``
    replacements of its linear layers (``compress``: hybrid blocks encoded from the float32
-   weights in the layout of table 1, or fresh seed blocks). Each in three settings: alone (back-to-back calls); right
-   after a numpy ``sgemm`` of 64 x 4096 x 4096 before every call (numpy's BLAS threads are
-   still spinning when the call starts); four Python threads calling the model at once
-   (throughput, and the latency each call sees). p50 and p99 of the per-call latency.
+   weights in the layout of table 1, or fresh seed blocks). Each in three settings: alone
+   (back-to-back calls); right after a numpy ``sgemm`` of 64 x 4096 x 4096 before every call
+   (numpy's BLAS threads are still spinning when the call starts); four Python threads calling
+   the model at once (throughput, and the latency each call sees). p50 and p99 of the per-call
+   latency.
 3. One 1024 x 1024 layer, one vector, alone and right after the sgemm: the latency that
    survives a spinning neighbour, as p99 after the sgemm over p50 alone.
 
