@@ -67,7 +67,7 @@ class RbeConfig(QuantizationConfigMixin):
     def __init__(self, kind: str = "hybrid", modules_to_not_convert: list[str] | None = None,
                  calibration: list[str] | None = None, calibration_batch_size: int = 8,
                  calibration_max_length: int = 128, options: dict | None = None,
-                 quant_method: str = METHOD, **kind_options):
+                 quant_method: str = METHOD, **kind_options: object):
         if quant_method != METHOD:
             raise ValueError(f"an RbeConfig has quant_method {METHOD!r}, got {quant_method!r}")
         if kind not in rbe_torch.KINDS:
@@ -101,7 +101,8 @@ class RbeHfQuantizer(HfQuantizer):
     requires_calibration = False
     quantization_config: RbeConfig
 
-    def validate_environment(self, *args, device_map=None, **kwargs) -> None:
+    def validate_environment(self, *args: object, device_map: dict | str | None = None,
+                             **kwargs: object) -> None:
         """rbe layers compute on the CPU: a device map that places modules elsewhere is an
         error."""
         places = device_map.values() if isinstance(device_map, dict) else [device_map]
@@ -163,7 +164,8 @@ class RbeHfQuantizer(HfQuantizer):
                                max_length=config.calibration_max_length, return_tensors="pt"))
                 for start in range(0, len(texts), size)]
 
-    def get_state_dict_and_metadata(self, model):
+    def get_state_dict_and_metadata(self, model: nn.Module
+                                    ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         """The model's other tensors and the stored parts of its rbe modules (``MODULE/PART``),
         with rbe's header as the safetensors metadata."""
         layers, state = rbe_torch._split_state(model)

@@ -7,7 +7,8 @@ A file is an ordinary safetensors file. Its metadata key ``"rbe"`` holds a JSON 
                         "config": {...},                       # shapes, block sizes, wavelet...
                         "tensors": {PART: {"dtype": "float32", "shape": [...],
                                            "sha256": "..."}}}},
-     "single": true}                                           # optional
+     "single": true,                                           # optional
+     "model": {KEY: {"dtype": ..., "shape": ..., "sha256": ...}} | true}    # optional
 
 and the tensor of part PART of entry NAME is stored as ``NAME/PART``. ``"single"`` marks a file
 that :func:`save` was given one object (not a dict) for: it holds one entry, ``"layer"``, and
@@ -29,6 +30,13 @@ part and problem at the first thing wrong:
 
 Version 2 stores hybrid blocks ragged and compact (see ``HybridMatrix._state``). Version-1 files
 still load: their parts are checked against the version-1 layout, then converted (``_upgraded``).
+
+A whole-model file (:func:`model_entries`, :func:`load_model`; ``rbe.torch.save``, ``rbe.hf``)
+has one layer entry per compressed module, named by the module's path, and ``"model"`` in the
+header: the model's other tensors are in the same file under their own names (state-dict keys,
+which have no ``/``), in any safetensors dtype, either described like parts (``{KEY: {"dtype",
+"shape", "sha256"}}``, checked on load) or, with ``"model": true``, left to the framework that
+reads them (transformers). :func:`load` refuses such files, :func:`load_model` any other.
 
 Nothing is executed or unpickled; memory stays within a small multiple of the file's size.
 :func:`layer_from_arrays` applies checks 2 and 3 to a config and arrays held in memory (how

@@ -145,12 +145,14 @@ def test_a_model_that_does_not_fit_the_checkpoint_is_named(dense, tmp_path):
 def test_a_corrupted_checkpoint_raises_format_error(dense, tmp_path):
     AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(ratio=4)) \
         .save_pretrained(tmp_path)
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
     path = tmp_path / "model.safetensors"
-    data = bytearray(path.read_bytes())
-    header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-    begin = header["pooler.dense/values"]["data_offsets"][0]
-    data[8 + int.from_bytes(data[:8], "little") + begin] ^= 1
-    path.write_bytes(bytes(data))
+    with safe_open(path, "pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(path)
+    tensors["pooler.dense/values"].view(-1).view(torch.uint8)[0].bitwise_xor_(1)
+    save_file(tensors, path, metadata=metadata)
     with pytest.raises(rbe.FormatError, match="'pooler.dense': tensor 'values' fails its checksum"):
         AutoModel.from_pretrained(tmp_path)
 
