@@ -127,6 +127,12 @@ def _label(config: dict) -> str:
 
 
 def compare(original: str, configs: list, rounds: int, threads: int) -> bool:
+    """Save and load the contenders, print the table and notes; whether the checks pass."""
+    with tempfile.TemporaryDirectory(prefix="bench_hf_") as work:
+        return _compare(original, configs, rounds, threads, work)
+
+
+def _compare(original, configs, rounds, threads, work):
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -135,7 +141,6 @@ def compare(original: str, configs: list, rounds: int, threads: int) -> bool:
     dense = SentenceTransformer(original, device="cpu")
     dense_bytes = sum(p.numel() * p.element_size() for p in dense.parameters())
     reference = dense.encode(SENTENCES, convert_to_numpy=True)
-    work = tempfile.mkdtemp(prefix="bench_hf_")
     folders, saves, before, notes = {}, {}, {}, {}
     folders["float32"] = os.path.join(work, "float32")
     saves["float32"] = [_timed(dense.save, folders["float32"]) for _ in range(rounds)]

@@ -29,6 +29,7 @@ try:
     from transformers.quantizers import HfQuantizer
     from transformers.quantizers.auto import register_quantization_config, register_quantizer
     from transformers.quantizers.quantizers_utils import should_convert_module
+    from transformers.utils import logging
     from transformers.utils.quantization_config import QuantizationConfigMixin
 except ImportError as exc:   # pragma: no cover - exercised only without transformers
     raise ImportError('rbe.hf needs PyTorch and transformers: pip install "rbe[hf]"') from exc
@@ -37,6 +38,7 @@ from . import torch as rbe_torch
 from .io import load_model, model_entries
 
 METHOD = "rbe"
+logger = logging.get_logger(__name__)
 
 
 @register_quantization_config(METHOD)
@@ -114,6 +116,9 @@ class RbeHfQuantizer(HfQuantizer):
     def update_dtype(self, dtype: torch.dtype) -> torch.dtype:
         """float32, the dtype rbe layers compute in (their inputs are the other modules'
         outputs)."""
+        if dtype not in (None, torch.float32):
+            logger.warning(f"rbe layers compute in float32: the model loads in float32, not "
+                           f"{dtype}")
         return torch.float32
 
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):

@@ -431,12 +431,16 @@ class HybridLinear:
         A float16 layer computes with its parameters as a file stores them, so that what is
         measured before saving is what loads (no output bit changes); training updates the
         float32 arrays, and gradients pass straight through the rounding. The copies are
-        refreshed where the parameters change in a step (``after_step``, ``regrow``); a float32
-        layer computes with the arrays themselves.
+        refreshed where the parameters change in a step (``after_step``, ``regrow``). Arrays
+        that hold their rounded values already (a float32 layer's, an encoded or loaded
+        layer's) are used themselves, so an inference model keeps no copy.
         """
-        params = {name: p for name, p in self.parameters().items() if name != "bias"}
-        self._computed = params if self.precision == "float32" else \
-            {name: rounded(p, self.precision) for name, p in params.items()}
+        self._computed = {name: p for name, p in self.parameters().items() if name != "bias"}
+        if self.precision != "float32":
+            for name, p in self._computed.items():
+                stored = rounded(p, self.precision)
+                if not np.array_equal(stored, p):
+                    self._computed[name] = stored
 
     def after_step(self, loss: Callable[[], float] | None = None) -> None:
         """Count the optimiser step; on a regrow step, move positions (``regrow``) and clear

@@ -131,6 +131,19 @@ def test_tied_and_chosen_modules_stay_dense(tmp_path):
                                    atol=0)
 
 
+def test_sharded_checkpoints_load(dense, tmp_path):
+    model = AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(ratio=4))
+    model.save_pretrained(tmp_path, max_shard_size="20KB")
+    from safetensors import safe_open
+    for shard in tmp_path.glob("model-*.safetensors"):     # the stored parts in every shard
+        with safe_open(shard, "pt") as f:
+            assert any("/" in key for key in f.keys())
+    assert len(list(tmp_path.glob("model-*.safetensors"))) == 2
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert compressed_modules(loaded) == compressed_modules(model)
+    torch.testing.assert_close(output(loaded), output(model), rtol=0, atol=0)
+
+
 def test_a_model_that_does_not_fit_the_checkpoint_is_named(dense, tmp_path):
     AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(ratio=4)) \
         .save_pretrained(tmp_path)
