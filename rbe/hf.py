@@ -124,9 +124,10 @@ class RbeHfQuantizer(HfQuantizer):
     def _process_model_before_weight_loading(self, model, checkpoint_files=None, **kwargs):
         """Compressing: note the modules to keep. Loading a compressed model: read its rbe
         layers from the checkpoint and put placeholders where they go."""
-        self.modules_to_not_convert = self.get_modules_to_not_convert(
-            model, self.quantization_config.modules_to_not_convert, model._keep_in_fp32_modules)
         if not self.pre_quantized:
+            self.modules_to_not_convert = self.get_modules_to_not_convert(
+                model, self.quantization_config.modules_to_not_convert,
+                model._keep_in_fp32_modules)
             return
         if not checkpoint_files:
             raise ValueError("loading an rbe-compressed model needs its checkpoint files")

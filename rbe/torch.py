@@ -1,4 +1,5 @@
-"""PyTorch modules over rbe layers: :class:`RBELinear` and :func:`compress`.
+"""PyTorch modules over rbe layers: :class:`RBELinear`, :func:`compress`, and whole-model files
+(:func:`save`, :func:`load`).
 
 Import explicitly (``import rbe.torch``); ``import rbe`` never imports PyTorch. Needs the
 ``torch`` extra (``pip install "rbe[torch]"``).
@@ -20,6 +21,10 @@ torch.distributed is initialised), and before the next eager forward or ``state_
 whenever a parameter's version counter has moved (any other in-place torch update). A written
 buffer rebuilds the layer from the module's tensors, validated. Changes that bypass both (writes
 through ``.data`` or through the numpy arrays) need an explicit :meth:`RBELinear.sync`.
+
+:func:`save` writes a model's rbe layers (rbe's checked format, one entry per module) and its
+other tensors to one safetensors file; :func:`load` rebuilds the model from it into a skeleton
+(the ``meta`` device will do) without encoding or allocating a dense weight.
 """
 from __future__ import annotations
 
