@@ -34,9 +34,10 @@ still load: their parts are checked against the version-1 layout, then converted
 A whole-model file (:func:`model_entries`, :func:`load_model`; ``rbe.torch.save``, ``rbe.hf``)
 has one layer entry per compressed module, named by the module's path, and ``"model"`` in the
 header: the model's other tensors are in the same file under their own names (state-dict keys,
-which have no ``/``), in rbe's dtypes or ``_MODEL_DTYPES``, either described like parts (``{KEY: {"dtype",
-"shape", "sha256"}}``, checked on load) or, with ``"model": true``, left to the framework that
-reads them (transformers). :func:`load` refuses such files, :func:`load_model` any other.
+which have no ``/``), in rbe's dtypes or ``_MODEL_DTYPES``, either described like parts
+(``{KEY: {"dtype", "shape", "sha256"}}``, checked on load) or, with ``"model": true``, left to
+the framework that reads them (transformers). :func:`load` refuses such files,
+:func:`load_model` any other.
 
 Nothing is executed or unpickled; memory stays within a small multiple of the file's size.
 :func:`layer_from_arrays` applies checks 2 and 3 to a config and arrays held in memory (how
