@@ -126,9 +126,12 @@ def test_tied_and_chosen_modules_stay_dense(tmp_path):
     model.save_pretrained(tmp_path / "saved")
     loaded = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "saved")
     assert loaded.cls.predictions.decoder.weight is loaded.bert.embeddings.word_embeddings.weight
+    loaded.save_pretrained(tmp_path / "again")                  # a loaded model saves again
+    again = transformers.AutoModelForMaskedLM.from_pretrained(tmp_path / "again")
     with torch.no_grad():
-        torch.testing.assert_close(loaded(tokens()).logits, model(tokens()).logits, rtol=0,
-                                   atol=0)
+        for other in (loaded, again):
+            torch.testing.assert_close(other(tokens()).logits, model(tokens()).logits, rtol=0,
+                                       atol=0)
 
 
 def test_sharded_checkpoints_load(dense, tmp_path):
