@@ -58,6 +58,7 @@ from typing import Callable, Union
 
 import numpy as np
 import pywt
+from tqdm.auto import tqdm
 
 from . import _checks, encoder, kernel
 from . import transforms as tf
@@ -878,7 +879,7 @@ def load_model(paths: str | os.PathLike | Sequence[str | os.PathLike], tensors: 
         parts = {key for plan in plans for key, _ in plan.parts.values()}
         others = _check_model_tensors(header["model"], layout, set(layout) - parts)
         layers = {plan.name: _build(plan, _read_entry(plan, lambda key: holder[key].read(key)))
-                  for plan in plans}
+                  for plan in tqdm(plans, desc="rbe layers", unit="layer", disable=None)}
         read = {}
         for key in sorted(others) if tensors else ():
             data = holder[key].read_bytes(key)
