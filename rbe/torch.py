@@ -754,6 +754,9 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         raise ValueError("the model is a single RBELinear: save its layer with "
                          "rbe.save(path, module.layer)")
     layers, others = _split_state(model)
+    objects = sorted(key for key, t in others.items() if not isinstance(t, torch.Tensor))
+    if objects:
+        raise ValueError(f"the model's state holds objects that are not tensors: {objects}")
     others = _once({**others, **_non_persistent_buffers(model)})
     header, parts = model_entries(layers, {key: _description(t) for key, t in others.items()})
     tensors = {**{key: torch.from_numpy(a) for key, a in parts.items()},
@@ -781,10 +784,11 @@ def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
     """
     layers, tensors = load_model(path)
     _check_modules(model, layers)
-    _install(model, {id(model.get_submodule(name)): RBELinear.from_layer(layer)
-                     for name, layer in layers.items()})
-    places = {name for name, m in model.named_modules(remove_duplicate=False)
-              if isinstance(m, RBELinear)}
+    loaded_modules = {id(model.get_submodule(name)): RBELinear.from_layer(layer)
+                      for name, layer in layers.items()}
+    _install(model, loaded_modules)
+    built = {id(m) for m in loaded_modules.values()}
+    places = {name for name, m in model.named_modules(remove_duplicate=False) if id(m) in built}
     ties = [[key for key in keys if key.rpartition(".")[0] not in places]
             for keys in _tied_tensors(model)]
     state = {key: _as_tensor(t) for key, t in tensors.items()}

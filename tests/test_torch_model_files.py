@@ -121,6 +121,11 @@ def test_models_that_do_not_fit_the_file_are_named(tmp_path):
                                          r"'extra\.bias'\]"):
         rt.load(path, other)
     other = skeleton()
+    other.extra = rt.RBELinear(16, 16, kind="hybrid", block=(8, 8), k=4)
+    with pytest.raises(ValueError, match=r"missing from the file \['extra\.coef', "
+                                         r"'extra\.values'"):
+        rt.load(path, other)
+    other = skeleton()
     del other.norm
     with pytest.raises(ValueError, match=r"the model does not have \['norm\.bias', "
                                          r"'norm\.weight'\]"):
@@ -193,3 +198,17 @@ def test_rbe_load_and_rbe_torch_load_refuse_each_other_s_files(tmp_path):
         rt.load(tmp_path / "layers.safetensors", skeleton())
     with pytest.raises(ValueError, match=r"rbe\.save\(path, module\.layer\)"):
         rt.save(model.blocks[0][0], tmp_path / "one.safetensors")
+
+
+def test_state_that_is_not_tensors_is_refused(tmp_path):
+    class Configured(nn.Module):
+        def get_extra_state(self):
+            return {"mode": "fast"}
+
+        def set_extra_state(self, state):
+            pass
+
+    model, _ = compressed()
+    model.configured = Configured()
+    with pytest.raises(ValueError, match=r"not tensors: \['configured\._extra_state'\]"):
+        rt.save(model, tmp_path / "model.safetensors")
