@@ -129,6 +129,7 @@ extensions = [
     extension("_core", "rbe_kernels"),          # seed-block weights and the thread setting
     extension("_fused", "rbe_kernels"),         # the fused seed-block layer
     extension("_hybrid", "rbe_kernels"),        # sparse transform-domain products
+    extension("_code", "rbe_kernels"),          # trellis-coded blocks: encoder and products
     extension("_reference", "rbe_reference"),   # the original algorithm
 ]
 

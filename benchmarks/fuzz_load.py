@@ -66,6 +66,9 @@ def base_files(directory: str) -> list:
         "mixed": {"a": rbe.FusedLinear(24, 16, block=(8, 8), seed=4),
                   "b": rbe.HybridLinear.from_dense(W[:16, :24], block=(8, 8), k=4),
                   "t": np.ones(3, np.uint16)},
+        "code": {"fc": rbe.CodeLinear.from_dense(W, bias=rng.standard_normal(40), bits=3,
+                                                 state_bits=9)},
+        "code_nobias": {"fc": rbe.CodeLinear(56, 40, bits=2, state_bits=8, bias=False, seed=7)},
         # ragged counts, uint8 positions, float16, no basis, a low-rank term, a regrow schedule
         "compact": {"fc": rbe.HybridLinear.from_dense(W, block=(16, 16), ratio=6, rank=2,
                                                       basis=False, precision="float16")},
@@ -154,6 +157,7 @@ def hostile_value(rng):
                [1], [16, 16], [0, 16], [-16, 16], [2**31, 2**31], [1, 1], [65535, 1],
                [1024, 64], [1, 2, 3], {"a": 1}, [[16, 16]], "fast", "precise", "dct", "db2",
                "haar", "float16", "tensor", "fused_linear", "hybrid_linear", "hybrid_matrix",
+               "code_linear",
                *(marker.strip('"') for marker in _RAW_VALUES)]
     return choices[int(rng.integers(len(choices)))]
 

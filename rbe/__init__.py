@@ -1,6 +1,7 @@
 """rbe: compressed weight blocks that compute without decompressing."""
-from . import layer, optim, reference, seeds
+from . import calibration, layer, optim, reference, seeds, trellis
 from ._core import get_num_threads, set_num_threads, threads
+from .code import CodeLinear
 from .encoder import HybridMatrix, encode
 from .fused import FusedLinear
 from .hybrid import HybridLinear
@@ -10,7 +11,8 @@ from .kernel import generate, generate_with_grad, kernel_info
 __version__ = "0.1.0"
 
 __all__ = [
-    "FusedLinear", "HybridLinear", "HybridMatrix", "encode", "save", "load", "FormatError",
-    "layer", "optim", "reference", "seeds", "generate", "generate_with_grad", "kernel_info",
+    "FusedLinear", "HybridLinear", "CodeLinear", "HybridMatrix", "encode", "save", "load",
+    "FormatError", "calibration", "layer", "optim", "reference", "seeds", "trellis", "generate",
+    "generate_with_grad", "kernel_info",
     "get_num_threads", "set_num_threads", "threads", "__version__",
 ]

@@ -46,6 +46,10 @@ def bench(args: argparse.Namespace) -> int:
         from rbe import serving
         serving.run(quick=args.quick, threads=args.threads, rounds=args.rounds)
         return 0
+    if args.real_model:
+        from rbe import real_model
+        real_model.run(calibration=args.calibration_sentences)
+        return 0
 
     rng = np.random.default_rng(0)
     packed = rbe.seeds.random(args.seeds, rng=0)
@@ -122,8 +126,37 @@ def _entry_names(weights: list, others: list) -> dict:
     return names
 
 
+def _layer_name(weight: str) -> str:
+    """The layer a weight tensor "x.weight" belongs to: "x" (the name of a model's module)."""
+    return weight[: -len(".weight")] if weight.endswith(".weight") else weight
+
+
+def _encoder(args: argparse.Namespace):
+    """encode(name, W, bias) -> layer, for the kind and options of ``rbe compress``."""
+    import rbe
+
+    if args.kind == "hybrid":
+        return lambda name, W, bias: rbe.HybridLinear.from_dense(
+            W, bias=bias, block=tuple(args.block), k=args.k, transform=args.transform,
+            wavelet=args.wavelet, ratio=args.ratio, rank=args.rank, basis=not args.no_basis,
+            precision=args.precision)
+    moments = rbe.calibration.load(args.calibration) if args.calibration else {}
+
+    def encode(name, W, bias):
+        m = moments.get(_layer_name(name))
+        if m is not None and m.mean.shape != (W.shape[1],):
+            raise ValueError(f"{args.calibration}: the input moments of {printable(name)!r} "
+                             f"have {m.mean.shape[0]} features, the weight {W.shape[1]}")
+        return rbe.CodeLinear.from_dense(
+            W, bias, bits=args.bits, state_bits=args.state_bits,
+            damping=rbe.trellis.DEFAULT_DAMPING if args.damping is None else args.damping,
+            hessian=None if m is None else m.second_moment,
+            input_mean=None if m is None else m.mean)
+    return encode
+
+
 def compress(args: argparse.Namespace) -> int:
-    """Compress the 2-D weights of a .safetensors/.npz file into hybrid blocks."""
+    """Compress the 2-D weights of a .safetensors/.npz file into hybrid or code blocks."""
     from tqdm import tqdm
 
     import rbe
@@ -135,18 +168,16 @@ def compress(args: argparse.Namespace) -> int:
     biases = {name: _bias_name(name, tensors) for name in weights}
     names = _entry_names(weights, [n for n in tensors
                                    if n not in weights and n not in biases.values()])
+    encode = _encoder(args)
     entries, report = {}, []
     for name in tqdm(weights, desc="compressing", unit="matrix", disable=None):
         W = tensors.pop(name)
         bias = tensors.pop(biases[name]) if biases[name] else None
-        layer = rbe.HybridLinear.from_dense(
-            W, bias=bias, block=tuple(args.block), k=args.k, transform=args.transform,
-            wavelet=args.wavelet, ratio=args.ratio, rank=args.rank, basis=not args.no_basis,
-            precision=args.precision)
+        layer = encode(name, W, bias)
         entries[names[name]] = layer
-        rel = layer.matrix.rmse(W) / max(float(np.std(W)), 1e-30)
+        rmse = np.sqrt(np.mean((layer.to_dense() - W.astype(np.float64)) ** 2))
         report.append((name, W.shape, W.nbytes + (0 if bias is None else bias.nbytes),
-                       layer.nbytes, rel))
+                       layer.nbytes, rmse / max(float(np.std(W)), 1e-30)))
     entries.update({names[name]: t for name, t in tensors.items()})
     rbe.save(args.output, entries)
     kept = sum(t.nbytes for t in tensors.values())
@@ -212,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="instead: latency and throughput as a service sees them, against torch "
                         "float32 and int8 dynamic quantisation (rbe.serving; needs torch; "
                         "about 10 minutes, 1 with --quick)")
+    p.add_argument("--real-model", action="store_true",
+                   help="instead: a pretrained sentence-embedding model (all-MiniLM-L6-v2) "
+                        "compressed by each method, scored against float32, and its latency "
+                        "(rbe.real_model; needs the real-model extra; about 15 minutes)")
+    p.add_argument("--calibration-sentences", type=int, default=1024,
+                   help="with --real-model: sentences the calibrated rows see")
     p.add_argument("--quick", action="store_true", help="with --serving: fewer sizes and calls")
     p.add_argument("--threads", type=int, help="with --serving: every contender's thread count "
                                                 "(torch, rbe, BLAS) instead of the defaults")
@@ -226,10 +263,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("compress", help=compress.__doc__.splitlines()[0])
     p.add_argument("input", help=".safetensors or .npz file of dense tensors")
     p.add_argument("-o", "--output", required=True, help="rbe file to write (.safetensors)")
-    p.add_argument("--kind", choices=["hybrid"], default="hybrid",
-                   help="block kind; seed blocks are trained, not encoded from a matrix")
+    p.add_argument("--kind", choices=["hybrid", "code"], default="hybrid",
+                   help="hybrid blocks, or code blocks (trellis-coded, for trained weights at "
+                        "2-4 bits per weight); seed blocks are trained, not encoded")
+    p.add_argument("--bits", type=int, choices=[2, 3, 4], default=3,
+                   help="with --kind code: stored bits per weight")
+    p.add_argument("--state-bits", type=int,
+                   help="with --kind code: trellis state bits, 8-16 (default per bits)")
+    p.add_argument("--calibration", metavar="FILE",
+                   help="with --kind code: input moments of the layers (rbe.calibration.save, "
+                        "e.g. of rbe.torch.calibrate); the layers they name minimise the "
+                        "error of their outputs, the others of their weights")
+    p.add_argument("--damping", type=float,
+                   help="with --calibration: fraction of the mean diagonal added to the second "
+                        "moments (default rbe.trellis.DEFAULT_DAMPING)")
     p.add_argument("--block", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
-    p.add_argument("--k", type=int, help="residual coefficients per block (default 64)")
+    p.add_argument("--k", type=int, help="hybrid: residual coefficients per block (default 64)")
     p.add_argument("--ratio", type=float,
                    help="instead of --k: stored bytes at most dense float32 bytes / RATIO per "
                         "layer, the largest coefficients of each matrix kept")

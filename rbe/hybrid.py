@@ -19,7 +19,6 @@ write contiguous batch rows and the dense transforms are plain GEMMs.
 """
 from __future__ import annotations
 
-import threading
 from typing import Callable
 
 import numpy as np
@@ -27,6 +26,7 @@ from numpy.typing import ArrayLike
 
 from . import _hybrid
 from . import transforms as tf
+from ._cache import workspace
 from ._checks import finite_output, layer_input, positive_int
 from .encoder import (
     BlockGrid,
@@ -61,25 +61,6 @@ def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.n
     for start in range(0, m, step):
         np.matmul(a[start:start + step], b, out=out[start:start + step])
     return out
-
-
-# Work arrays of the forward up to this many bytes each are kept per thread between calls: fresh
-# arrays of megabytes come from mmap or a trimmed heap, so every call would page-fault on them.
-_WORKSPACE_BYTES = 1 << 25
-_workspace = threading.local()
-
-
-def _work(slot: str, size: int, dtype: np.dtype) -> np.ndarray:
-    """A flat work array of ``size`` elements, the calling thread's own: reused by the next call
-    on this thread that asks for ``slot``, so callers must not keep it."""
-    nbytes = size * np.dtype(dtype).itemsize
-    if nbytes > _WORKSPACE_BYTES:
-        return np.empty(size, dtype)
-    arrays = _workspace.__dict__.setdefault("arrays", {})
-    buffer = arrays.get(slot)
-    if buffer is None or buffer.nbytes < nbytes:
-        buffer = arrays[slot] = np.empty(nbytes, np.uint8)
-    return buffer[:nbytes].view(dtype)
 
 
 def _left(matrix: np.ndarray, stack: np.ndarray) -> np.ndarray:
@@ -557,8 +538,8 @@ class HybridLinear:
         coef = self._computed.get("coef", self.coef).reshape(-1)
         plan.forward(self._computed["values"],
                      coef if coef.dtype == X2.dtype else coef.astype(X2.dtype), X2,
-                     Y, _work("z", plan.z_rows * batch, X2.dtype),
-                     _work("u", plan.u_rows * batch, X2.dtype), self.bias)
+                     Y, workspace("hybrid.z", plan.z_rows * batch, X2.dtype),
+                     workspace("hybrid.u", plan.u_rows * batch, X2.dtype), self.bias)
         if self.factors is not None:
             factor_out, factor_in = (f.astype(X2.dtype) for f in self._computed_factors)
             Y += (X2 @ factor_in) @ factor_out.T

@@ -3,7 +3,8 @@
 A file is an ordinary safetensors file. Its metadata key ``"rbe"`` holds a JSON header::
 
     {"format": "rbe", "version": 2,
-     "entries": {NAME: {"kind": "hybrid_linear" | "fused_linear" | "hybrid_matrix" | "tensor",
+     "entries": {NAME: {"kind": "hybrid_linear" | "fused_linear" | "code_linear" |
+                                "hybrid_matrix" | "tensor",
                         "config": {...},                       # shapes, block sizes, wavelet...
                         "tensors": {PART: {"dtype": "float32", "shape": [...],
                                            "sha256": "..."}}}},
@@ -60,8 +61,10 @@ import numpy as np
 import pywt
 from tqdm.auto import tqdm
 
-from . import _checks, encoder, kernel
+from . import _checks, encoder, kernel, trellis
 from . import transforms as tf
+from .code import MAX_EXPONENT as MAX_CODE_EXPONENT
+from .code import CodeLinear
 from .encoder import HybridMatrix
 from .fused import FusedLinear
 from .hybrid import HybridLinear
@@ -114,7 +117,8 @@ class FormatError(ValueError):
 
 
 _LAYER_KINDS: dict[str, type[Layer]] = {"hybrid_linear": HybridLinear,
-                                         "fused_linear": FusedLinear}
+                                         "fused_linear": FusedLinear,
+                                         "code_linear": CodeLinear}
 _ENTRY_KINDS: dict[str, type[Stored]] = {**_LAYER_KINDS, "hybrid_matrix": HybridMatrix}
 
 
@@ -596,6 +600,37 @@ def _fused_kind(version: int) -> _Kind:
     return _Kind(config, _fused_dims, parts, check=_check_masters)
 
 
+def _code_dims(config: dict) -> dict:
+    tile = trellis.TILE
+    rows = trellis.rotated_side(config["out_features"])
+    cols = trellis.rotated_side(config["in_features"])
+    return {"tile_rows": rows // tile, "tile_cols": cols // tile, "stream": 32 * config["bits"],
+            "rows": rows, "out": config["out_features"]}
+
+
+def _code_kind() -> _Kind:
+    """Tile streams, float16 row scales times 2^exponent (CodeLinear._state)."""
+    config = {"in_features": _count, "out_features": _count,
+              "bits": lambda value, what: _integer(value, min(trellis.BITS), max(trellis.BITS),
+                                                   what),
+              "state_bits": lambda value, what: _integer(value, trellis.MIN_STATE_BITS,
+                                                         trellis.MAX_STATE_BITS, what),
+              "seed": lambda value, what: _integer(value, 0, (1 << 62) - 1, what),
+              # 2^exponent * float16 scales of at most 1 stay within MAX_PARAMETER
+              "exponent": lambda value, what: _integer(value, -160, MAX_CODE_EXPONENT, what)}
+    parts = {"codes": _Part("uint8", ("tile_rows", "tile_cols", "stream")),
+             "scale": _Part("float16", ("rows",)),
+             "bias": _Part("float32", ("out",), optional=True)}
+    return _Kind(config, _code_dims, parts, check=_check_code_scale)
+
+
+def _check_code_scale(config: dict, arrays: dict) -> None:
+    """The stored scales are at most 1 in magnitude (the exponent carries the rest)."""
+    scale = arrays["scale"]
+    if scale.size and float(np.max(np.abs(scale.astype(np.float32)))) > 1:
+        raise FormatError("tensor 'scale' holds values beyond 1 in magnitude")
+
+
 def _tensor_kind() -> _Kind:
     return _Kind({}, lambda config: {}, {"data": _Part(None, None)}, bounded=False)
 
@@ -608,7 +643,8 @@ def _kind_table(version: int) -> dict:
                           f"{', '.join(map(str, SUPPORTED_VERSIONS))})")
     return {"hybrid_matrix": _hybrid_kind(version, bias=False),
             "hybrid_linear": _hybrid_kind(version, bias=True),
-            "fused_linear": _fused_kind(version), "tensor": _tensor_kind()}
+            "fused_linear": _fused_kind(version), "tensor": _tensor_kind(),
+            **({"code_linear": _code_kind()} if version >= 2 else {})}
 
 
 # ---- the rbe header -------------------------------------------------------------------------

@@ -6,15 +6,16 @@ Three tables (``rbe bench --serving``, ``benchmarks/bench_serving.py``; needs to
 1. Single layers, n x n, one vector (GEMV) and a batch of 64, steady state (the median of
    back-to-back calls after warm-up calls), at n = 4096 and 8192: numpy float32 (``x @ W.T``),
    torch int8 dynamic, ``HybridLinear`` (k = 64, 64 x 64 blocks, a mix of DCT and DWT blocks
-   as the adaptive encoder leaves them) and ``FusedLinear`` (seed blocks).
+   as the adaptive encoder leaves them), ``FusedLinear`` (seed blocks) and ``CodeLinear``
+   (code blocks, 2 bits per weight).
 2. A 6-layer model, ``Linear(1024, 1024) -> LayerNorm -> GELU`` six times, under
    ``torch.inference_mode``, at batch 1 and 32: float32, int8 dynamic, and the ``rbe.torch``
    replacements of its linear layers (``compress``: hybrid blocks encoded from the float32
-   weights in the layout of table 1, or fresh seed blocks). Each in three settings: alone
-   (back-to-back calls); right after a numpy ``sgemm`` of 64 x 4096 x 4096 before every call
-   (numpy's BLAS threads are still spinning when the call starts); four Python threads calling
-   the model at once (throughput, and the latency each call sees). p50 and p99 of the per-call
-   latency.
+   weights in the layout of table 1, code blocks coded from them at 2 bits per weight, or
+   fresh seed blocks). Each in three settings: alone (back-to-back calls); right after a numpy
+   ``sgemm`` of 64 x 4096 x 4096 before every call (numpy's BLAS threads are still spinning
+   when the call starts); four Python threads calling the model at once (throughput, and the
+   latency each call sees). p50 and p99 of the per-call latency.
 3. One 1024 x 1024 layer, one vector, alone and right after the sgemm: the latency that
    survives a spinning neighbour, as p99 after the sgemm over p50 alone.
 
@@ -42,7 +43,11 @@ from ._checks import positive_int
 from ._tables import print_table
 
 SIZES = (4096, 8192)
-LAYER_KINDS = ("float32", "int8", "hybrid", "fused")
+LAYER_KINDS = ("float32", "int8", "hybrid", "fused", "code")
+#: Bits per weight of the code contenders (their speed does not depend on the state bits; the
+#: model's layers are coded with few, to keep the workers' start short).
+CODE_BITS, CODE_STATE_BITS = 2, 10
+RBE_KINDS = LAYER_KINDS[2:]
 MODEL_WIDTH, MODEL_DEPTH, MODEL_BATCHES = 1024, 6, (1, 32)
 NEIGHBOUR_SHAPE = (64, 4096, 4096)      # the numpy sgemm run before each call: m, k, n
 THREADS = 4
@@ -79,6 +84,8 @@ def _layer_call(kind: str, n: int):
     if kind == "hybrid":
         return _hybrid_layer(n).forward
     import rbe
+    if kind == "code":
+        return rbe.CodeLinear(n, n, bits=CODE_BITS, seed=0).forward
     return rbe.FusedLinear(n, n, seed=0).forward
 
 
@@ -99,9 +106,11 @@ def _model(kind: str):
                              nn.GELU())]).eval()
     if kind == "int8":
         return _int8(model)
-    if kind in ("hybrid", "fused"):
+    if kind in RBE_KINDS:
         import rbe.torch as rt
-        return rt.compress(model, kind=kind, **(HYBRID_LAYOUT if kind == "hybrid" else {}))
+        options = {"hybrid": HYBRID_LAYOUT,
+                   "code": {"bits": CODE_BITS, "state_bits": CODE_STATE_BITS}}.get(kind, {})
+        return rt.compress(model, kind=kind, **options)
     return model
 
 
@@ -280,7 +289,7 @@ def run(quick: bool = False, threads: int | None = None, rounds: int | None = No
                           for n, b in (k.split("/") for k in keys)]
     rows = [[kind] + [_ms(layers[kind][k]) for k in keys] for kind in LAYER_KINDS]
     rows += [[f"{kind} vs int8"] + [f"{layers['int8'][k] / layers[kind][k]:.2f}x"
-                                    for k in keys] for kind in ("hybrid", "fused")]
+                                    for k in keys] for kind in RBE_KINDS]
     print_table(header, rows, log)
 
     serving = _in_turns({kind: {"task": "serving", "kind": kind, "calls": calls,
@@ -302,7 +311,7 @@ def run(quick: bool = False, threads: int | None = None, rounds: int | None = No
         base = serving["int8"][f"model/{batch}"]["alone"]["p50"]
         log(f"  batch {batch}: " + ", ".join(
             f"{kind} {base / serving[kind][f'model/{batch}']['alone']['p50']:.2f}x"
-            for kind in ("hybrid", "fused")) + " int8's speed (alone, p50)")
+            for kind in RBE_KINDS) + " int8's speed (alone, p50)")
 
     log(f"\n3. one {MODEL_WIDTH}^2 layer, one vector: alone, and right after a numpy sgemm "
         f"{'x'.join(map(str, NEIGHBOUR_SHAPE))}")

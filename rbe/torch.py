@@ -36,6 +36,7 @@ import json
 import os
 import threading
 import weakref
+from collections.abc import Iterable, Mapping
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -52,49 +53,70 @@ except ImportError as exc:   # pragma: no cover - exercised only without torch
 from tqdm.auto import tqdm
 
 from . import _core
+from .calibration import InputMoments
+from .code import CodeLinear, _stored_scale
 from .fused import FusedLinear
 from .hybrid import HybridLinear
 from .io import ModelTensor, layer_from_arrays, layer_kinds, load_model, model_entries
 
-KINDS = ("fused", "hybrid")
+KINDS = ("fused", "hybrid", "code")
+#: Options of CodeLinear that RBELinear and compress take with kind "code" (compress also takes
+#: the encoder's: calibration, damping and seed).
+_CODE_OPTIONS = ("bits", "state_bits")
+_CODE_ENCODER_OPTIONS = ("calibration", "damping", "seed")
 _EXTRA_STATE = "_extra_state"
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 #: Names that state dicts of earlier versions hold besides the current ones (still loaded).
 _EARLIER_NAMES = {"fused_linear": {"lo"}}
+#: Buffers that copy a config field (the config in the extra state has it too): optional in a
+#: state dict.
+_CONFIG_BUFFERS = {"code_linear": {"seed"}}
 
 
-def _check_kind(kind: str, hybrid_options: dict) -> None:
-    """``kind`` is one of KINDS, and options of HybridLinear come only with kind "hybrid"."""
+def _check_kind(kind: str, options: dict, code_options: tuple = _CODE_OPTIONS) -> None:
+    """``kind`` is one of KINDS, and the options are that kind's: those of HybridLinear with
+    kind "hybrid" (checked by it), ``code_options`` with kind "code", none with "fused"."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
-    if kind != "hybrid" and hybrid_options:
-        raise ValueError(f"options {sorted(hybrid_options)} apply to kind='hybrid' only")
+    if kind == "code" and set(options) - set(code_options):
+        raise ValueError(f"options {sorted(set(options) - set(code_options))} do not apply to "
+                         f"kind='code' (it takes {', '.join(code_options)})")
+    if kind == "fused" and options:
+        raise ValueError(f"options {sorted(options)} do not apply to kind='fused'")
 
 
 def _kind_name(layer) -> str:
-    """The rbe.io entry kind of a layer ("hybrid_linear", "fused_linear")."""
+    """The rbe.io entry kind of a layer ("hybrid_linear", "fused_linear", "code_linear")."""
     for name, cls in layer_kinds().items():
         if isinstance(layer, cls):
             return name
-    raise ValueError(f"{type(layer).__name__} is not an rbe layer (FusedLinear or HybridLinear)")
+    raise ValueError(f"{type(layer).__name__} is not an rbe layer (FusedLinear, HybridLinear "
+                     "or CodeLinear)")
 
 
 # -- the layer's state as torch tensors --------------------------------------------------------
 
 def _writable(frozen: np.ndarray) -> np.ndarray:
-    """The writable array behind a read-only layer array (``rbe.hybrid._frozen``)."""
+    """A writable array over the memory of a read-only layer array (a view of writable memory,
+    as ``rbe.hybrid._frozen`` and ``rbe.CodeLinear`` keep theirs), of its shape."""
     owner = frozen.base
-    if not (isinstance(owner, np.ndarray) and owner.flags.writeable
-            and owner.shape == frozen.shape and owner.dtype == frozen.dtype):
+    if not (isinstance(owner, np.ndarray) and owner.flags.writeable and owner.flags.c_contiguous
+            and frozen.flags.c_contiguous and owner.dtype == frozen.dtype
+            and owner.size == frozen.size and owner.ctypes.data == frozen.ctypes.data):
         raise ValueError("the layer's array is not backed by writable memory")
-    return owner
+    return owner.reshape(frozen.shape)
 
 
 def _live_buffers(layer) -> dict:
     """The layer's stored arrays that are not parameters, as views of the layer's own memory in
     dtypes every torch.distributed backend broadcasts (gloo and NCCL have no 16-bit or
     unsigned 64-bit integers): seed words as int64, hybrid positions as their two bytes.
-    Only per-block counts, which the layer keeps as offsets, are a derived copy."""
+    Only per-block counts, which the layer keeps as offsets, and a code layer's seed are
+    derived copies."""
+    if isinstance(layer, CodeLinear):
+        # the seed of the rotations' signs, in config, as a buffer too: processes that built
+        # their layers with other seeds get rank 0's with its codes
+        return {"codes": _writable(layer.codes), "seed": np.array([layer.seed], np.int64)}
     if isinstance(layer, FusedLinear):
         # The lo words are the r and theta parameters (float32 views); not a buffer too.
         buffers = {"hi": layer.seeds["hi"].view(np.int64)}
@@ -113,6 +135,18 @@ def _stored_form(kind: str, config: dict, arrays: dict) -> tuple[dict, dict]:
     """The config and arrays of rbe's stored form (``layer._state()``, as ``rbe.load`` checks
     them) from the module's tensors, or from those of state dicts of earlier versions."""
     arrays = dict(arrays)
+    if kind == "code_linear":
+        if not isinstance(config, dict):
+            return config, arrays
+        config = dict(config)
+        if "scale" in arrays:       # the float32 training scales
+            arrays["scale"], config["exponent"] = _stored_scale(arrays["scale"])
+        seed = arrays.pop("seed", None)
+        if seed is not None:
+            if seed.shape != (1,) or seed.dtype != np.int64:
+                raise ValueError(f"seed must hold one int64, got {seed.dtype} {seed.shape}")
+            config["seed"] = int(seed[0])
+        return config, arrays
     if kind == "fused_linear":
         if "r" in arrays and "theta" in arrays:     # the float32 halves of the lo words
             halves = np.stack([arrays.pop("theta"), arrays.pop("r")], axis=-1)
@@ -368,22 +402,24 @@ class RBELinear(nn.Module):
     ----------
     in_features, out_features : int
         Layer size.
-    kind : {"hybrid", "fused"}
+    kind : {"hybrid", "fused", "code"}
         "hybrid": ``rbe.HybridLinear`` (trainable coefficients of a smooth basis plus k transform
         coefficients per block). "fused": ``rbe.FusedLinear`` with its defaults (one 16-byte
         seed and one float32 scale per block, centred blocks, fan-in scaled initialisation).
+        "code": ``rbe.CodeLinear`` with random codes (frozen; the row scales and the bias
+        train); code layers for a trained model come from :func:`compress`.
     block : (int, int)
-        Block shape (rows = outputs, columns = inputs).
+        Block shape (rows = outputs, columns = inputs); not used by "code" (16 x 16 tiles).
     k, transform :
         Hybrid layers only: coefficients per block and their transform ("dct" or "dwt").
     bias : bool
         Add a trainable bias.
     seed : int or None
         Seed of the random initialisation.
-    **hybrid_options :
-        Hybrid layers only: ``budget``, ``ratio``, ``basis``, ``rank``, ``precision`` and the
+    **options :
+        Hybrid layers: ``budget``, ``ratio``, ``basis``, ``rank``, ``precision`` and the
         ``regrow_*`` settings of ``rbe.HybridLinear`` (positions move from the optimiser step
-        hook, through ``after_step``).
+        hook, through ``after_step``). Code layers: ``bits`` and ``state_bits``.
 
     Attributes
     ----------
@@ -407,12 +443,15 @@ class RBELinear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, kind: str = "hybrid",
                  block=(64, 64), k: int | None = None, transform: str = "dct",
-                 bias: bool = True, seed: int | None = None, **hybrid_options):
+                 bias: bool = True, seed: int | None = None, **options):
         super().__init__()
-        _check_kind(kind, hybrid_options)
+        _check_kind(kind, options)
         if kind == "hybrid":
             layer = HybridLinear(in_features, out_features, block=block, k=k,
-                                 transform=transform, bias=bias, seed=seed, **hybrid_options)
+                                 transform=transform, bias=bias, seed=seed, **options)
+        elif kind == "code":
+            layer = CodeLinear(in_features, out_features, bias=bias,
+                               seed=0 if seed is None else seed, **options)
         else:
             layer = FusedLinear(in_features, out_features, block=block, bias=bias, seed=seed)
         self._init_binding()
@@ -622,7 +661,8 @@ class RBELinear(nn.Module):
             # Arrays a layer stores only for some contents (hybrid: mixed transforms, ragged
             # blocks) are expected when present.
             optional = set(getattr(type(self._layer), "OPTIONAL_STATE", ()))
-            optional |= _EARLIER_NAMES.get(self._kind, set())
+            optional |= _EARLIER_NAMES.get(self._kind, set()) | _CONFIG_BUFFERS.get(self._kind,
+                                                                                  set())
             missing = [key for key in missing if key[len(prefix):] not in optional]
             if strict:
                 unexpected_keys.extend(prefix + n for n in sorted(mine - set(expected) - optional))
@@ -653,13 +693,13 @@ class RBELinear(nn.Module):
 #: measured, at equal bytes, on the MiniLM weights and on the quality benchmark's MLPs
 #: (docs/torch.md, "compress").
 COMPRESS_DEFAULTS = {"hybrid": {"block": (16, 16), "basis": False, "precision": "float16"},
-                     "fused": {"block": (64, 64)}}
+                     "fused": {"block": (64, 64)}, "code": {}}
 
 
 def compress(model: nn.Module, kind: str = "hybrid", block: tuple[int, int] | None = None,
              k: int | None = None, transform: str = "adaptive",
              filter: Callable[[str, nn.Module], bool] | None = None,
-             **hybrid_options) -> nn.Module:
+             **options) -> nn.Module:
     """Replace the model's ``nn.Linear`` layers by :class:`RBELinear`, in place.
 
     Parameters
@@ -667,47 +707,60 @@ def compress(model: nn.Module, kind: str = "hybrid", block: tuple[int, int] | No
     model : nn.Module
         On the CPU. A model that *is* an ``nn.Linear`` cannot be changed in place: its
         replacement is returned.
-    kind : {"hybrid", "fused"}
-        "hybrid" encodes every weight with ``rbe.HybridLinear.from_dense``. "fused" makes
-        fresh seed-block layers of the same shapes, for training from scratch: seed blocks
-        cannot encode a trained matrix, so the original weights are discarded.
+    kind : {"hybrid", "fused", "code"}
+        "hybrid" encodes every weight with ``rbe.HybridLinear.from_dense``. "code" codes every
+        weight with ``rbe.CodeLinear.from_dense`` (pretrained weights at 2-4 bits per weight,
+        docs/code.md). "fused" makes fresh seed-block layers of the same shapes, for training
+        from scratch: seed blocks cannot encode a trained matrix, so the original weights are
+        discarded.
     block, k, transform :
         Block shape (clamped to the layer size; by default the kind's ``COMPRESS_DEFAULTS``)
-        and, for "hybrid", the encoder's k and transform ("dct", "dwt" or "adaptive").
+        and, for "hybrid", the encoder's k and transform ("dct", "dwt" or "adaptive"). Not
+        used by "code".
     filter : callable(name, module) -> bool, optional
         Replace only the layers it accepts (names as in ``model.named_modules()``).
-    **hybrid_options :
+    **options :
         For "hybrid", ``budget`` or ``ratio`` (per layer, bias included, instead of k),
         ``basis``, ``rank`` and ``precision`` of ``rbe.HybridLinear.from_dense``; ``basis``
-        and ``precision`` default to ``COMPRESS_DEFAULTS``.
+        and ``precision`` default to ``COMPRESS_DEFAULTS``. For "code", ``bits`` (default
+        3), ``state_bits``, ``damping`` and ``seed`` of ``rbe.CodeLinear.from_dense``, and
+        ``calibration``: sample inputs of the model (an iterable of batches, as
+        :func:`calibrate` takes them) or the moments :func:`calibrate` returned; with it every
+        layer minimises the error of its outputs on those inputs and corrects its bias.
 
-    Any of ``block``, ``k`` and the options may be a callable(name, module) returning the value
-    for each layer, e.g. ``ratio=lambda name, m: 4 if m.in_features == m.out_features else 8``.
+    Any of ``block``, ``k`` and the options but ``calibration`` may be a callable(name,
+    module) returning the value for each layer, e.g. ``ratio=lambda name, m: 4 if
+    m.in_features == m.out_features else 8``.
 
     Returns
     -------
     The model (or the replacement of a bare ``nn.Linear``).
     """
-    _check_kind(kind, hybrid_options)
-    options = {**COMPRESS_DEFAULTS[kind], **hybrid_options, "k": k, "transform": transform}
-    if block is not None:
-        options["block"] = block
+    _check_kind(kind, options, _CODE_OPTIONS + _CODE_ENCODER_OPTIONS)
 
     def accepts(name, m):
         return isinstance(m, nn.Linear) and (filter is None or filter(name, m))
 
+    moments = {}
+    if kind == "code":
+        moments = _layer_moments(model, options.pop("calibration", None), accepts)
+    options = {**COMPRESS_DEFAULTS[kind], **options}
+    if kind == "hybrid":
+        options.update(k=k, transform=transform)
+    if block is not None and kind != "code":
+        options["block"] = block
     if accepts("", model):
-        return _replacement("", model, kind, options)
+        return _replacement("", model, kind, options, moments.get(""))
     # A layer used at several places is replaced once, by the same module everywhere.
     places = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
               if name and accepts(name, m)]
-    first_places = {}
+    first_places: dict = {}
     for name, linear in places:
         first_places.setdefault(id(linear), (name, linear))
     replacements = {}
     for name, linear in tqdm(list(first_places.values()), desc="rbe.compress", unit="layer",
                              disable=None):
-        replacements[id(linear)] = _replacement(name, linear, kind, options)
+        replacements[id(linear)] = _replacement(name, linear, kind, options, moments.get(name))
     _install(model, replacements)
     return model
 
@@ -720,21 +773,108 @@ def _install(model: nn.Module, replacements: dict[int, nn.Module]) -> None:
             setattr(model.get_submodule(parent), attr, replacements[id(module)])
 
 
-def _replacement(name: str, linear: nn.Linear, kind: str, options: dict) -> RBELinear:
+def _replacement(name: str, linear: nn.Linear, kind: str, options: dict,
+                 moments: InputMoments | None) -> RBELinear:
     if linear.weight.device.type != "cpu":
         raise ValueError(f"rbe layers compute on the CPU; the model is on {linear.weight.device}")
     options = {key: value(name, linear) if callable(value) else value
                for key, value in options.items()}
-    block = options.pop("block")
-    block = (min(block[0], linear.out_features), min(block[1], linear.in_features))
+    if "block" in options:
+        block = options["block"]
+        options["block"] = (min(block[0], linear.out_features), min(block[1], linear.in_features))
     has_bias = linear.bias is not None
     if kind == "fused":
-        return RBELinear(linear.in_features, linear.out_features, kind="fused", block=block,
-                         bias=has_bias)
+        return RBELinear(linear.in_features, linear.out_features, kind="fused",
+                         block=options["block"], bias=has_bias)
     weight = linear.weight.detach().to(torch.float32).numpy()
     bias = linear.bias.detach().to(torch.float32).numpy() if has_bias else None
-    layer = HybridLinear.from_dense(weight, bias, block=block, progress=False, **options)
+    if kind == "code":
+        layer = CodeLinear.from_dense(
+            weight, bias, hessian=None if moments is None else moments.second_moment,
+            input_mean=None if moments is None else moments.mean, progress=False, **options)
+    else:
+        layer = HybridLinear.from_dense(weight, bias, progress=False, **options)
     return RBELinear.from_layer(layer)
+
+
+# -- calibration -------------------------------------------------------------------------------
+
+def calibrate(model: nn.Module, batches: Iterable,
+              filter: Callable[[str, nn.Module], bool] | None = None,
+              progress: bool | None = None) -> dict[str, InputMoments]:
+    """The moments of the inputs of the model's ``nn.Linear`` layers over sample inputs.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Run on every batch, in inference mode (its outputs are discarded).
+    batches : iterable
+        Model inputs: tensors (``model(batch)``), tuples or lists of them
+        (``model(*batch)``) or mappings of keyword tensors (``model(**batch)``, as a tokenizer
+        returns them). When a mapping holds an ``attention_mask`` of shape (batch, sequence),
+        the positions it masks out (padding) are left out of every layer whose input has that
+        leading shape.
+    filter : callable(name, module) -> bool, optional
+        Only the layers it accepts.
+    progress : bool, optional
+        A progress bar over the batches (default: on a terminal).
+
+    Returns
+    -------
+    dict
+        Module name -> :class:`rbe.calibration.InputMoments` (mean and second moment E[x x^T]
+        in float64, and the number of inputs), for every accepted layer the batches reached;
+        ``rbe.calibration.save`` writes them to a file for ``rbe compress --calibration``.
+    """
+    linears = {id(m): (name, m) for name, m in model.named_modules()
+               if isinstance(m, nn.Linear) and (filter is None or filter(name, m))}
+    sums: dict = {}
+    mask: list = [None]
+
+    def hook(module, inputs):
+        x = inputs[0].detach()
+        if mask[0] is not None and x.dim() == 3 and x.shape[:2] == mask[0].shape:
+            x = x[mask[0].bool()]
+        x = x.reshape(-1, x.shape[-1]).to(torch.float64)
+        total, outer, count = sums.get(id(module), (0, 0, 0))
+        sums[id(module)] = (total + x.sum(0), outer + x.T @ x, count + x.shape[0])
+
+    handles = [m.register_forward_pre_hook(hook) for _, m in linears.values()]
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(batches, desc="rbe.calibrate", unit="batch",
+                              disable=None if progress is None else not progress):
+                if isinstance(batch, Mapping):
+                    attention = batch.get("attention_mask")
+                    mask[0] = attention if isinstance(attention, torch.Tensor) \
+                        and attention.dim() == 2 else None
+                    model(**batch)
+                else:
+                    mask[0] = None
+                    model(*batch) if isinstance(batch, (tuple, list)) else model(batch)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {linears[key][0]: InputMoments.accumulate(total.numpy(), outer.numpy(), count)
+            for key, (total, outer, count) in sums.items()}
+
+
+def _layer_moments(model: nn.Module, calibration, accepts) -> dict[str, InputMoments]:
+    """Moments by module name from compress's ``calibration`` option: sample inputs (run
+    through :func:`calibrate`) or moments; every accepted layer must have its own."""
+    if calibration is None:
+        return {}
+    if isinstance(calibration, Mapping) \
+            and all(isinstance(m, InputMoments) for m in calibration.values()):
+        moments = dict(calibration)
+    else:
+        moments = calibrate(model, calibration, filter=accepts)
+    names = {id(m): name for name, m in model.named_modules() if accepts(name, m)}
+    missing = sorted(name or "(the model)" for name in names.values() if name not in moments)
+    if missing:
+        raise ValueError(f"calibration has no input moments for layers {missing} (the "
+                         "batches did not reach them, or the moments are another model's)")
+    return moments
 
 
 # -- whole-model files ---------------------------------------------------------------------------

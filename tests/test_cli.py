@@ -52,6 +52,38 @@ def test_compress_to_a_ratio(dense_file, tmp_path):
     assert not fc1.has_basis and fc1.precision == "float16" and len(set(fc1.counts)) > 1
 
 
+def test_compress_to_code_blocks_with_calibration(dense_file, tmp_path, capsys):
+    path, tensors = dense_file
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((500, 128)) * np.logspace(0, -1.5, 128)
+    moments = {"fc1": rbe.calibration.InputMoments(X.mean(0), X.T @ X / 500, 500)}
+    rbe.calibration.save(tmp_path / "moments.safetensors", moments)
+    outputs = {}
+    for extra in ([], ["--calibration", str(tmp_path / "moments.safetensors")]):
+        out = tmp_path / f"code{len(extra)}.safetensors"
+        assert cli.main(["compress", str(path), "-o", str(out), "--kind", "code", "--bits", "2",
+                         "--state-bits", "9", *extra]) == 0
+        outputs[bool(extra)] = rbe.load(out)
+    plain, calibrated = outputs[False]["fc1"], outputs[True]["fc1"]
+    assert isinstance(plain, rbe.CodeLinear) and plain.bits == 2 and plain.state_bits == 9
+    assert isinstance(outputs[True]["head"], rbe.CodeLinear)      # coded without moments
+    W = tensors["fc1.weight"]
+
+    def output_error(layer):
+        return np.sum((X @ (layer.to_dense() - W).T) ** 2)
+    assert output_error(calibrated) < output_error(plain)
+    assert "fc1.weight" in capsys.readouterr().out
+
+
+def test_compress_refuses_moments_of_another_width(dense_file, tmp_path, capsys):
+    path, _ = dense_file
+    moments = {"fc1": rbe.calibration.InputMoments(np.zeros(64), np.eye(64), 10)}
+    rbe.calibration.save(tmp_path / "m.safetensors", moments)
+    assert cli.main(["compress", str(path), "-o", str(tmp_path / "o.safetensors"), "--kind",
+                     "code", "--calibration", str(tmp_path / "m.safetensors")]) == 1
+    assert "64 features" in capsys.readouterr().err
+
+
 def test_compress_npz(tmp_path):
     path = tmp_path / "dense.npz"
     np.savez(path, w=np.ones((40, 30), np.float32))
@@ -73,6 +105,7 @@ def test_info_lists_layers(dense_file, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("obj", [
+    rbe.CodeLinear(48, 32, bits=2, state_bits=8),
     rbe.FusedLinear(48, 32, block=(16, 8), seed=0),
     rbe.HybridLinear(48, 32, block=(16, 8), k=4, seed=0),
     rbe.encode(np.ones((32, 48)), block=(16, 8), k=2),
@@ -83,7 +116,8 @@ def test_info_lists_a_single_saved_object(obj, tmp_path, capsys):
     assert cli.main(["info", str(path)]) == 0
     line = capsys.readouterr().out.splitlines()[1]
     assert line.startswith("layer ") and type(obj).__name__ in line
-    assert "(32, 48)" in line and "16x8" in line and f"{obj.nbytes:,d}" in line
+    assert "(32, 48)" in line and "x".join(map(str, obj.block)) in line
+    assert f"{obj.nbytes:,d}" in line
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -19,7 +19,7 @@ import pytest
 import threadpoolctl
 
 import rbe
-from rbe import _core, _fused, kernel, seeds
+from rbe import _code, _core, _fused, kernel, seeds
 
 SIMD = kernel.simd_paths()
 FAMILIES = kernel.APPROX_FAMILIES
@@ -281,3 +281,62 @@ def test_fused_kernels(simd, family, name):
         assert_close(got[op], twin[op], TWIN_SUM, f"{op} vs scalar")
         tol = PRECISE_STATS if op.startswith("backward") else PRECISE_SUM
         assert_close(got[op], oracle[op], tol, f"{op} vs precise")
+
+
+# ---- code blocks (rbe/src/code*.c) --------------------------------------------------------------
+
+#: (in_features, out_features, bits): rotated sides with odd factors 1, 3, 5, 7; a partial
+#: group of tile rows; every k
+CODE_LAYERS = {"power of two, k = 2": (256, 128, 2), "odd factors, k = 3": (100, 300, 3),
+               "partial group, k = 4": (48, 200, 4)}
+#: rows of x: one vector (gemv, its columns split in parts on two threads), batches below,
+#: at and above one panel pass (RBE_CODE_GEMM_ROWS = 48) and a partial tile of six rows
+CODE_BATCHES = [1, 2, 7, 48, 50]
+GUARD = 64
+
+
+@cache
+def code_layer(name):
+    n, m, k = CODE_LAYERS[name]
+    return rbe.CodeLinear(n, m, bits=k, state_bits=11, seed=len(name))
+
+
+def code_forward(layer, X, simd, threads):
+    """y from the layer's plan on one SIMD path, written into an array followed by guard
+    floats: (y, whether the guard is intact)."""
+    plan, batch = layer._plan, X.shape[0]
+    buffer = np.full(batch * layer.out_features + GUARD, 1234.5, np.float32)
+    y = buffer[:batch * layer.out_features].reshape(batch, layer.out_features)
+    _, xr, raw, yr = plan.work_sizes(batch, threads)
+    with rbe.threads(threads):
+        plan.forward(X, y, layer._factors(), layer.bias, np.empty(xr, np.float32),
+                     np.empty(raw, np.float32), np.empty(yr, np.float32),
+                     _core.SIMD_PATHS[simd], threads)
+    return y, bool((buffer[-GUARD:] == 1234.5).all())
+
+
+@pytest.mark.parametrize("name", CODE_LAYERS)
+@pytest.mark.parametrize("batch", CODE_BATCHES)
+@pytest.mark.parametrize("simd", SIMD)
+def test_code_products(simd, batch, name):
+    layer = code_layer(name)
+    X = np.random.default_rng(batch).standard_normal((batch, layer.in_features), np.float32)
+    oracle = X.astype(np.float64) @ layer.to_dense().astype(np.float64).T + layer.bias
+    for threads in (1, 2):
+        y, guard = code_forward(layer, X, simd, threads)
+        twin, _ = code_forward(layer, X, "scalar", threads)
+        assert guard, "a product wrote past its output"
+        assert rel(y, twin) <= TWIN_SUM and rel(y, oracle) <= PRECISE_SUM
+
+
+@pytest.mark.parametrize("k", (2, 3, 4))
+@pytest.mark.parametrize("simd", SIMD)
+def test_code_viterbi_finds_the_scalar_twin_s_streams(simd, k):
+    L = 11
+    targets = np.random.default_rng(k).standard_normal((4, 256)).astype(np.float32)
+    streams = {}
+    for path in {simd, "scalar"}:
+        streams[path] = np.empty((4, 32 * k), np.uint8)
+        _code.encode_tiles(k, L, targets, streams[path], np.empty_like(targets),
+                           np.empty(4), _core.SIMD_PATHS[path])
+    np.testing.assert_array_equal(streams[simd], streams["scalar"])

@@ -11,11 +11,12 @@ from rbe.layer import Layer, Stored, Trainable
 def objects():
     return {"fused_linear": rbe.FusedLinear(32, 24, block=(8, 8), seed=0),
             "hybrid_linear": rbe.HybridLinear(32, 24, block=(8, 8), k=4, seed=0),
+            "code_linear": rbe.CodeLinear(32, 24, bits=2, state_bits=8),
             "hybrid_matrix": rbe.encode(np.ones((24, 32)), block=(8, 8), k=2)}
 
 
 def test_layers_keep_the_whole_contract_and_matrices_the_stored_part(objects):
-    for kind in ("fused_linear", "hybrid_linear"):
+    for kind in ("fused_linear", "hybrid_linear", "code_linear"):
         assert isinstance(objects[kind], Layer) and isinstance(objects[kind], Trainable)
     matrix = objects["hybrid_matrix"]
     assert isinstance(matrix, Stored)
@@ -24,12 +25,12 @@ def test_layers_keep_the_whole_contract_and_matrices_the_stored_part(objects):
 
 
 def test_every_layer_has_its_block_shape(objects):
-    for obj in objects.values():
-        assert obj.block == (8, 8)
+    for kind, obj in objects.items():
+        assert obj.block == ((16, 16) if kind == "code_linear" else (8, 8))    # code: tiles
 
 
 def test_the_registry_maps_kinds_to_classes_and_back(objects):
-    assert set(io.layer_kinds()) == {"fused_linear", "hybrid_linear"}
+    assert set(io.layer_kinds()) == {"fused_linear", "hybrid_linear", "code_linear"}
     assert set(io.entry_kinds()) == set(io.layer_kinds()) | {"hybrid_matrix"}
     for kind, obj in objects.items():
         assert io.kind_of(obj) == kind and type(obj) is io.entry_kinds()[kind]

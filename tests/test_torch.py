@@ -16,7 +16,7 @@ import rbe.torch as rt  # noqa: E402
 
 needs_fused = pytest.mark.skipif(not hasattr(rbe, "FusedLinear"),
                                  reason="rbe.FusedLinear is not part of this build")
-KINDS = ["hybrid", pytest.param("fused", marks=needs_fused)]
+KINDS = ["hybrid", pytest.param("fused", marks=needs_fused), "code"]
 
 
 def small(kind, seed=0, bias=True):
@@ -532,8 +532,8 @@ def test_torch_and_rbe_openmp_in_threads(run_python, imports):
 def test_buffers_have_dtypes_every_distributed_backend_broadcasts(kind):
     module = small(kind)
     names = {name for name, _ in module.named_buffers()}
-    assert names == ({"hi", "alpha", "beta"} if kind == "fused" else
-                     {"index", "transform", "counts"})
+    assert names == {"fused": {"hi", "alpha", "beta"}, "hybrid": {"index", "transform", "counts"},
+                     "code": {"codes", "seed"}}[kind]
     # gloo and NCCL have no uint16, int16, uint32 or uint64
     assert {b.dtype for b in module.buffers()} <= {torch.int64, torch.uint8, torch.float32}
 

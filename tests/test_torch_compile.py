@@ -12,7 +12,7 @@ from torch import nn  # noqa: E402
 import rbe  # noqa: E402
 import rbe.torch as rt  # noqa: E402
 
-KINDS = ["hybrid", "fused"]
+KINDS = ["hybrid", "fused", "code"]
 # torch 2.13 deprecates TorchScript, and its tracing paths say so.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 

@@ -29,9 +29,11 @@ WORKER = textwrap.dedent("""
 
     def build(kind, seed):
         # State moves every 5 steps: transitions (tau = 0) or regrowth, from summed statistics.
-        if kind == "compressed":     # of dense layers initialised differently on each rank
+        if kind.startswith("compressed"):  # of dense layers initialised differently per rank
             dense = nn.Sequential(nn.Linear(16, 12), nn.Tanh(), nn.Linear(12, 8), nn.Linear(8, 4))
-            return rt.compress(dense, block=(4, 4), k=4, filter=lambda name, m: name != "3")
+            options = dict(kind="code", bits=2, state_bits=8) if kind == "compressed code" \
+                else dict(block=(4, 4), k=4)
+            return rt.compress(dense, filter=lambda name, m: name != "3", **options)
         if kind == "fused":
             first = rt.RBELinear.from_layer(rbe.FusedLinear(16, 12, block=(4, 4), seed=seed,
                                                             transition_every=5, tau=0.0,
@@ -95,7 +97,7 @@ WORKER = textwrap.dedent("""
         return arrays
 
     out = {}
-    for kind in ("hybrid", "fused"):
+    for kind in ("hybrid", "fused", "code"):
         before = snapshot(build(kind, seed=0))
         for mode in ("union", "accumulated"):
             torch.manual_seed(rank)
@@ -105,10 +107,12 @@ WORKER = textwrap.dedent("""
         out.update({f"{kind}/initial/{k}": v for k, v in before.items()})
         fsdp = train_fsdp(build(kind, seed=0))      # FSDP broadcasts nothing: same seeds
         out.update({f"{kind}/fsdp/{k}": v for k, v in snapshot(fsdp).items()})
-    # compress(transform="adaptive") picks other transforms and positions on each rank
-    torch.manual_seed(rank)
-    arrays = snapshot(train(build("compressed", seed=None), accumulate=False))
-    out.update({f"compressed/union/{k}": v for k, v in arrays.items()})
+    # compress(transform="adaptive") picks other transforms and positions on each rank, the
+    # code kind other codes and scales
+    for kind in ("compressed", "compressed code"):
+        torch.manual_seed(rank)
+        arrays = snapshot(train(build(kind, seed=None), accumulate=False))
+        out.update({f"{kind}/union/{k}": v for k, v in arrays.items()})
     np.savez(f"rank{rank}.npz", **out)
     dist.destroy_process_group()
 """)
@@ -136,8 +140,9 @@ def runs(tmp_path_factory):
 
 
 @pytest.mark.parametrize("kind, mode", [
-    *((kind, mode) for kind in ("hybrid", "fused") for mode in ("union", "accumulated", "fsdp")),
-    ("compressed", "union")])
+    *((kind, mode) for kind in ("hybrid", "fused", "code")
+      for mode in ("union", "accumulated", "fsdp")),
+    ("compressed", "union"), ("compressed code", "union")])
 def test_ranks_stay_identical(runs, kind, mode):
     """Different data per rank, 20 Adam steps: every parameter, buffer and layer array and the
     forward on a common input are equal. DistributedDataParallel with default arguments, models

@@ -96,6 +96,18 @@ static const rbe_hybrid_rows_ops hybrid_rows_kernels[RBE_N_SIMD] = {
 #endif
 };
 
+/* The code-block kernels have no per-family code; AVX-512VL adds nothing to them. */
+static const rbe_code_ops code_kernels[RBE_N_SIMD] = {
+    [RBE_SIMD_SCALAR] = {.viterbi = rbe_code_viterbi_scalar, .gemv = rbe_code_gemv_scalar,
+                         .gemm = rbe_code_gemm_scalar},
+#ifdef RBE_HAVE_X86_SIMD
+    [RBE_SIMD_AVX2] = {.viterbi = rbe_code_viterbi_avx2, .gemv = rbe_code_gemv_avx2,
+                       .gemm = rbe_code_gemm_avx2},
+    [RBE_SIMD_AVX2_VL] = {.viterbi = rbe_code_viterbi_avx2, .gemv = rbe_code_gemv_avx2,
+                          .gemm = rbe_code_gemm_avx2},
+#endif
+};
+
 static int best_simd = RBE_SIMD_SCALAR;
 
 int rbe_kernel_init(void)
@@ -127,4 +139,10 @@ rbe_hybrid_rows_ops rbe_hybrid_select(int simd)
 {
     static const rbe_hybrid_rows_ops none = {NULL, NULL};
     return runnable(simd) ? hybrid_rows_kernels[simd] : none;
+}
+
+rbe_code_ops rbe_code_select(int simd)
+{
+    static const rbe_code_ops none = {NULL, NULL, NULL};
+    return runnable(simd) ? code_kernels[simd] : none;
 }

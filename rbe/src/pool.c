@@ -122,28 +122,38 @@ void rbe_parallel_for(int64_t n, int threads, rbe_item_fn fn, void *ctx) {
 }
 
 typedef struct {
-    int64_t n_first;
-    rbe_item_fn first, second;
+    int stages;
+    const int64_t *counts;
+    const rbe_item_fn *fns;
     void *ctx;
-    int64_t first_done;          /* items of the first phase that have ended (atomic) */
-} rbe_phases;
+    int64_t done;                /* items that have ended (atomic) */
+} rbe_stages;
 
-static void rbe_phases_item(void *arg, int64_t i) {
-    rbe_phases *job = (rbe_phases *)arg;
-    if (i < job->n_first) {
-        job->first(job->ctx, i);
-        __atomic_add_fetch(&job->first_done, 1, __ATOMIC_RELEASE);
-        return;
-    }
-    /* every first-phase item is claimed (items go in order) and ends without waiting */
-    while (__atomic_load_n(&job->first_done, __ATOMIC_ACQUIRE) < job->n_first) sched_yield();
-    job->second(job->ctx, i - job->n_first);
+static void rbe_stages_item(void *arg, int64_t i) {
+    rbe_stages *job = (rbe_stages *)arg;
+    int64_t before = 0;
+    int s = 0;
+    while (i - before >= job->counts[s]) before += job->counts[s++];
+    /* every item of the earlier stages is claimed (items go in order) and ends without
+     * waiting for this one */
+    while (__atomic_load_n(&job->done, __ATOMIC_ACQUIRE) < before) sched_yield();
+    job->fns[s](job->ctx, i - before);
+    __atomic_add_fetch(&job->done, 1, __ATOMIC_RELEASE);
+}
+
+void rbe_parallel_stages(int stages, const int64_t *counts, const rbe_item_fn *fns, int threads,
+                         void *ctx) {
+    rbe_stages job = {stages, counts, fns, ctx, 0};
+    int64_t total = 0;
+    for (int s = 0; s < stages; ++s) total += counts[s];
+    rbe_parallel_for(total, threads, rbe_stages_item, &job);
 }
 
 void rbe_parallel_phases(int64_t n_first, rbe_item_fn first, int64_t n_second,
                          rbe_item_fn second, int threads, void *ctx) {
-    rbe_phases job = {n_first, first, second, ctx, 0};
-    rbe_parallel_for(n_first + n_second, threads, rbe_phases_item, &job);
+    const int64_t counts[2] = {n_first, n_second};
+    const rbe_item_fn fns[2] = {first, second};
+    rbe_parallel_stages(2, counts, fns, threads, ctx);
 }
 
 #else
@@ -153,11 +163,18 @@ void rbe_parallel_for(int64_t n, int threads, rbe_item_fn fn, void *ctx) {
     for (int64_t i = 0; i < n; ++i) fn(ctx, i);
 }
 
+void rbe_parallel_stages(int stages, const int64_t *counts, const rbe_item_fn *fns, int threads,
+                         void *ctx) {
+    (void)threads;
+    for (int s = 0; s < stages; ++s)
+        for (int64_t i = 0; i < counts[s]; ++i) fns[s](ctx, i);
+}
+
 void rbe_parallel_phases(int64_t n_first, rbe_item_fn first, int64_t n_second,
                          rbe_item_fn second, int threads, void *ctx) {
-    (void)threads;
-    for (int64_t i = 0; i < n_first; ++i) first(ctx, i);
-    for (int64_t i = 0; i < n_second; ++i) second(ctx, i);
+    const int64_t counts[2] = {n_first, n_second};
+    const rbe_item_fn fns[2] = {first, second};
+    rbe_parallel_stages(2, counts, fns, threads, ctx);
 }
 
 #endif

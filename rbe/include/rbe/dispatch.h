@@ -4,6 +4,7 @@
 #ifndef RBE_DISPATCH_H
 #define RBE_DISPATCH_H
 
+#include "rbe/code.h"
 #include "rbe/cpu.h"
 #include "rbe/fused.h"
 #include "rbe/hybrid.h"
@@ -27,5 +28,8 @@ rbe_fused_ops rbe_fused_select(int simd, int family);
 /* The hybrid sparse-row kernels of a SIMD path; both NULL when rbe_block_select would refuse
  * it. */
 rbe_hybrid_rows_ops rbe_hybrid_select(int simd);
+
+/* The code-block kernels of a SIMD path; all NULL when rbe_block_select would refuse it. */
+rbe_code_ops rbe_code_select(int simd);
 
 #endif

@@ -31,4 +31,8 @@ void rbe_parallel_for(int64_t n, int threads, rbe_item_fn fn, void *ctx);
 void rbe_parallel_phases(int64_t n_first, rbe_item_fn first, int64_t n_second,
                          rbe_item_fn second, int threads, void *ctx);
 
+/* The same for any number of stages: fns[s](ctx, i) for i < counts[s], stage after stage. */
+void rbe_parallel_stages(int stages, const int64_t *counts, const rbe_item_fn *fns, int threads,
+                         void *ctx);
+
 #endif
