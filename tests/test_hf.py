@@ -15,7 +15,9 @@ import rbe.hf  # noqa: E402
 import rbe.torch as rt  # noqa: E402
 
 #: What each kind is compressed with (the options of its RbeConfig).
-OPTIONS = {"hybrid": {"ratio": 4}, "fused": {"block": [8, 8]}}
+OPTIONS = {"hybrid": {"ratio": 4}, "fused": {"block": [8, 8]}, "code": {"bits": 3}}
+#: The quickest config, for the tests of what every kind does alike.
+HYBRID = {"kind": "hybrid", "ratio": 4}
 WORDS = "the a man woman eats food weather is lovely today blocks store weights".split()
 
 
@@ -70,12 +72,15 @@ def test_compress_while_loading(kind, dense):
 RELOAD = """
 import json, sys
 import torch
-import rbe.encoder, rbe.hf, rbe.torch
+import rbe.encoder, rbe.hf, rbe.io, rbe.torch
 from transformers import AutoModel
 
 def no_encoding(*args, **kwargs):
     raise AssertionError("loading encoded a layer")
 rbe.encoder.encode = rbe.torch.compress = no_encoding
+for layer_class in rbe.io.layer_kinds().values():     # every kind's encoder
+    if hasattr(layer_class, "from_dense"):
+        layer_class.from_dense = no_encoding
 tokens = torch.tensor({tokens})
 report = {{}}
 for folder in sys.argv[1:]:
@@ -117,7 +122,7 @@ def test_tied_and_chosen_modules_stay_dense(tmp_path):
     BertForMaskedLM(bert_config()).save_pretrained(tmp_path / "mlm")
     model = transformers.AutoModelForMaskedLM.from_pretrained(
         tmp_path / "mlm", quantization_config=rbe.hf.RbeConfig(
-            ratio=4, modules_to_not_convert=["intermediate.dense"]))
+            **HYBRID, modules_to_not_convert=["intermediate.dense"]))
     decoder = model.cls.predictions.decoder
     assert type(decoder) is torch.nn.Linear        # tied to the word embeddings
     assert decoder.weight is model.bert.embeddings.word_embeddings.weight
@@ -135,7 +140,7 @@ def test_tied_and_chosen_modules_stay_dense(tmp_path):
 
 
 def test_sharded_checkpoints_load(dense, tmp_path):
-    model = AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(ratio=4))
+    model = AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(**HYBRID))
     model.save_pretrained(tmp_path, max_shard_size="20KB")
     from safetensors import safe_open
     for shard in tmp_path.glob("model-*.safetensors"):     # the stored parts in every shard
@@ -148,7 +153,7 @@ def test_sharded_checkpoints_load(dense, tmp_path):
 
 
 def test_a_model_that_does_not_fit_the_checkpoint_is_named(dense, tmp_path):
-    AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(ratio=4)) \
+    AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(**HYBRID)) \
         .save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["intermediate_size"] = 48
@@ -159,7 +164,7 @@ def test_a_model_that_does_not_fit_the_checkpoint_is_named(dense, tmp_path):
 
 
 def test_a_corrupted_checkpoint_raises_format_error(dense, tmp_path):
-    AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(ratio=4)) \
+    AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(**HYBRID)) \
         .save_pretrained(tmp_path)
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
@@ -182,13 +187,30 @@ def test_config_round_trip_and_checks():
     with pytest.raises(ValueError, match="kind must be one of"):
         rbe.hf.RbeConfig(kind="int4")
     with pytest.raises(ValueError, match="JSON values"):
-        rbe.hf.RbeConfig(ratio=np.float32(8))
+        rbe.hf.RbeConfig(kind="hybrid", ratio=np.float32(8))
     quantizer = rbe.hf.RbeHfQuantizer(config, pre_quantized=False)
     with pytest.raises(ValueError, match=r"on the CPU; the device map places modules on "
                                          r"\['cuda:0'\]"):
         quantizer.validate_environment(device_map={"": "cuda:0"})
     quantizer.validate_environment(device_map={"": "cpu"})
     assert quantizer.update_dtype(torch.bfloat16) == torch.float32
+
+
+def test_code_blocks_calibrated_on_texts(dense, tmp_path):
+    texts = ["the man eats food", "the weather is lovely today", "blocks store weights",
+             "a woman eats", "the food is lovely"]
+    config = rbe.hf.RbeConfig(kind="code", bits=3, calibration=texts, calibration_batch_size=2)
+    calibrated = AutoModel.from_pretrained(dense, quantization_config=config)
+    plain = AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(
+        kind="code", bits=3))
+    reference = output(AutoModel.from_pretrained(dense))
+    # Calibrated on inputs like the test's, the outputs are closer to the float32 model's.
+    assert (output(calibrated) - reference).norm() < (output(plain) - reference).norm()
+    calibrated.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["quantization_config"]
+    assert saved["calibration"] is None and saved["options"] == {"bits": 3}
+    loaded = AutoModel.from_pretrained(tmp_path)
+    torch.testing.assert_close(output(loaded), output(calibrated), rtol=0, atol=0)
 
 
 def test_calibration_texts_reach_compress_as_tokenised_batches(dense, monkeypatch):
@@ -200,8 +222,8 @@ def test_calibration_texts_reach_compress_as_tokenised_batches(dense, monkeypatc
     monkeypatch.setattr(rt, "compress", compress)
     texts = ["the man eats food", "the weather is lovely today", "blocks store weights"]
     AutoModel.from_pretrained(dense, quantization_config=rbe.hf.RbeConfig(
-        ratio=4, calibration=texts, calibration_batch_size=2, calibration_max_length=5))
-    assert seen["kind"] == "hybrid" and seen["ratio"] == 4
+        bits=2, calibration=texts, calibration_batch_size=2, calibration_max_length=5))
+    assert seen["kind"] == "code" and seen["bits"] == 2          # code blocks by default
     batches = seen["calibration"]
     assert [len(b["input_ids"]) for b in batches] == [2, 1]
     assert batches[0]["input_ids"].shape[1] == 5              # truncated to max_length
@@ -222,7 +244,7 @@ def test_sentence_transformers_round_trip(dense, tmp_path, python_in_child):
     st = pytest.importorskip("sentence_transformers")
     from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
     transformer = Transformer(
-        str(dense), model_kwargs={"quantization_config": rbe.hf.RbeConfig(ratio=4)})
+        str(dense), model_kwargs={"quantization_config": rbe.hf.RbeConfig(**HYBRID)})
     model = st.SentenceTransformer(modules=[transformer, Pooling(32)], device="cpu")
     assert isinstance(transformer.auto_model.encoder.layer[0].output.dense, rt.RBELinear)
     texts = ["the man eats food", "blocks store weights"]
