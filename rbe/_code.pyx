@@ -249,6 +249,14 @@ cdef class CodePlan:
         return (parts, batch * self.in_padded, parts * batch * self.groups * RBE_CODE_GROUP,
                 batch * self.out_padded)
 
+    cdef int64_t _chunk(self, int64_t batch, int threads):
+        """Rows of x per product item: at most RBE_CODE_GEMM_ROWS, the batch cut into equal
+        chunks, and enough items for every thread twice (chunks of at least 8 rows)."""
+        cdef int64_t chunks = max((batch + RBE_CODE_GEMM_ROWS - 1) // RBE_CODE_GEMM_ROWS,
+                                  min((2 * threads + self.groups - 1) // self.groups,
+                                      (batch + 7) // 8))
+        return (batch + chunks - 1) // chunks
+
     def threads(self, int64_t batch):
         """Threads a forward product of ``batch`` rows uses."""
         if self.out_padded * self.in_padded * batch < _PARALLEL_MIN:
@@ -283,11 +291,11 @@ cdef class CodePlan:
                 raise ValueError(f"bias must have {p.out_features} entries")
             job.bias = &b[0]
         job.plan, job.ops = p, _ops(simd)
-        job.batch, job.parts, job.chunk = nb, parts, RBE_CODE_GEMM_ROWS
+        job.batch, job.parts, job.chunk = nb, parts, self._chunk(nb, threads)
         job.x, job.factor = &x[0, 0], &factor[0]
         job.xr, job.raw, job.yr, job.y = &xr[0], &raw[0], &yr[0], &y[0, 0]
         cdef int64_t products = p.groups * (parts if nb == 1 else
-                                            (nb + RBE_CODE_GEMM_ROWS - 1) // RBE_CODE_GEMM_ROWS)
+                                            (nb + job.chunk - 1) // job.chunk)
         cdef int64_t counts[3]
         cdef rbe_item_fn fns[3]
         counts[0], counts[1], counts[2] = nb, products, nb

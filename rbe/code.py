@@ -30,13 +30,11 @@ from .encoder import check_matrix
 HEADER_BYTES = 6 * 8
 #: Floats of a decoded panel in ``backward`` and ``to_dense`` (bounds their temporary memory).
 _PANEL_FLOATS = 1 << 20
-
-
 #: Largest exponent of the stored scales (so that they stay within the file's bound, 2^60).
 MAX_EXPONENT = 60
 
 
-def _stored_scale(scale: np.ndarray) -> tuple[np.ndarray, int]:
+def stored_scale(scale: np.ndarray) -> tuple[np.ndarray, int]:
     """(float16 scale / 2^exponent, exponent): the stored form of float32 row scales, the
     exponent chosen so that the largest magnitude is in (0.5, 1]."""
     largest = float(np.max(np.abs(scale), initial=0.0))
@@ -140,7 +138,7 @@ class CodeLinear:
         # a read-only view of writable memory, which rbe.torch shares with a buffer
         self.codes = (codes if codes.flags.writeable else codes.copy()).view()
         self.codes.flags.writeable = False
-        stored, exponent = _stored_scale(np.asarray(scale, np.float32))
+        stored, exponent = stored_scale(np.asarray(scale, np.float32))
         self.scale = np.ldexp(stored.astype(np.float32), exponent)
         self.bias = None if bias is None else self._check_bias(bias)
         self._plan = self._build_plan()
@@ -208,7 +206,7 @@ class CodeLinear:
     def _factors(self) -> np.ndarray:
         """The row factors of the products: scale in its stored precision / 147.8."""
         if self._factor is None:
-            stored, exponent = _stored_scale(self.scale)
+            stored, exponent = stored_scale(self.scale)
             self._factor = (np.ldexp(stored.astype(np.float32), exponent)
                             / np.float32(tr.SPREAD)).astype(np.float32)
         return self._factor
@@ -286,7 +284,7 @@ class CodeLinear:
 
     def _state(self) -> tuple[dict, dict]:
         """Config and arrays for rbe.save."""
-        stored, exponent = _stored_scale(self.scale)
+        stored, exponent = stored_scale(self.scale)
         config = {"in_features": self.in_features, "out_features": self.out_features,
                   "bits": self.bits, "state_bits": self.state_bits, "seed": self.seed,
                   "exponent": exponent}

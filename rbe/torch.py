@@ -54,7 +54,7 @@ from tqdm.auto import tqdm
 
 from . import _core
 from .calibration import InputMoments
-from .code import CodeLinear, _stored_scale
+from .code import CodeLinear, stored_scale
 from .fused import FusedLinear
 from .hybrid import HybridLinear
 from .io import ModelTensor, layer_from_arrays, layer_kinds, load_model, model_entries
@@ -140,7 +140,7 @@ def _stored_form(kind: str, config: dict, arrays: dict) -> tuple[dict, dict]:
             return config, arrays
         config = dict(config)
         if "scale" in arrays:       # the float32 training scales
-            arrays["scale"], config["exponent"] = _stored_scale(arrays["scale"])
+            arrays["scale"], config["exponent"] = stored_scale(arrays["scale"])
         seed = arrays.pop("seed", None)
         if seed is not None:
             if seed.shape != (1,) or seed.dtype != np.int64:

@@ -70,7 +70,8 @@ def test_compiled_training_equals_eager(kind):
 
 def test_inductor_forward_and_backward_equal_eager():
     model = nn.Sequential(rt.RBELinear(16, 12, block=(4, 4), k=4, seed=0),
-                          rt.RBELinear(12, 8, kind="fused", block=(4, 4), seed=1))
+                          rt.RBELinear(12, 8, kind="fused", block=(4, 4), seed=1),
+                          rt.RBELinear(8, 8, kind="code", bits=2, state_bits=8, seed=2))
     compiled = torch.compile(model, fullgraph=True)
     x = inputs(3, 16).requires_grad_()
     y = compiled(x)
@@ -84,7 +85,8 @@ def test_inductor_forward_and_backward_equal_eager():
 # r and theta are interleaved views of one seed array: saving finds no tensor covering it all.
 @pytest.mark.filterwarnings("ignore:No complete tensor found in the group")
 def test_export_runs_and_survives_save_and_load(tmp_path):
-    model = nn.Sequential(tiny("hybrid"), rt.RBELinear(8, 8, kind="fused", block=(4, 4), seed=3))
+    model = nn.Sequential(tiny("hybrid"), rt.RBELinear(8, 8, kind="fused", block=(4, 4), seed=3),
+                          rt.RBELinear(8, 8, kind="code", bits=2, state_bits=8, seed=4))
     x = inputs(5, 16)
     program = torch.export.export(model, (x,))
     assert torch.equal(program.module()(x), model(x))
@@ -93,7 +95,7 @@ def test_export_runs_and_survives_save_and_load(tmp_path):
     loaded = torch.export.load(tmp_path / "model.pt2").module()
     # The loaded program holds copies of the tensors: the operators rebuild the layers from
     # them, as in a process that never built the model.
-    assert torch.equal(loaded(x), model(x)) and len(rt._REBUILT) == 3
+    assert torch.equal(loaded(x), model(x)) and len(rt._REBUILT) == 4
 
 
 # The input checks become constants of the trace (in_features is one).

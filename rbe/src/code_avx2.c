@@ -103,11 +103,7 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_code_gemv_pair(const uint32_t *words, int k,
     const uint32_t *w = words + 8 * (pair * k);    /* 32 steps start on a word */
     __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
                    _mm256_setzero_ps()};
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC unroll 32
-#elif defined(__clang__)
-#pragma unroll
-#endif
+    RBE_UNROLL_STEPS
     for (int s = 0; s < 32; ++s)
         a[(s >> 4) * 2 + (s & 1)] = _mm256_fmadd_ps(rbe_code_values8(w, k, s, mask),
                                                     _mm256_broadcast_ss(x + (s & 15)),
@@ -163,11 +159,7 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_code_panel_k(int k, const rbe_code_plan *p, 
         float *columns = panel + tile * RBE_CODE_TILE * RBE_CODE_GROUP;
         for (int pair = 0; pair < RBE_CODE_TILE / 2; ++pair) {
             const uint32_t *w = words + 8 * (pair * k);
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC unroll 32
-#elif defined(__clang__)
-#pragma unroll
-#endif
+            RBE_UNROLL_STEPS
             for (int s = 0; s < 32; ++s)
                 _mm256_store_ps(columns + (s & 15) * RBE_CODE_GROUP
                                     + (2 * pair + (s >> 4)) * RBE_CODE_LANES,

@@ -13,6 +13,16 @@
 #define RBE_ALIGN32 __attribute__((aligned(32)))
 #endif
 
+/* Unrolls the loop over the 32 steps of a pair of tile rows, whose shifts then become
+ * compile-time constants. */
+#if defined(__clang__)
+#define RBE_UNROLL_STEPS _Pragma("unroll")
+#elif defined(__GNUC__)
+#define RBE_UNROLL_STEPS _Pragma("GCC unroll 32")
+#else
+#define RBE_UNROLL_STEPS
+#endif
+
 /* Padding between the slices of the search's arrays (rbe_code_values_size), in floats. */
 #define RBE_CODE_SLICE_PAD 16
 

@@ -135,7 +135,7 @@ typedef struct {
  *          all tile columns, the group's weights decoded into panels of RBE_CODE_PANEL_COLUMNS
  *          columns (on the stack) and multiplied by every row of x. */
 #define RBE_CODE_PANEL_COLUMNS 32
-#define RBE_CODE_GEMM_ROWS 48                 /* rows of x per panel pass (and per item) */
+#define RBE_CODE_GEMM_ROWS 48                 /* rows of x per panel pass (and at most per item) */
 typedef void rbe_code_gemv_kernel(const rbe_code_plan *p, int64_t group, int64_t tj0,
                                   int64_t tj1, const float *x, float *raw);
 typedef void rbe_code_gemm_kernel(const rbe_code_plan *p, int64_t group, const float *x,
