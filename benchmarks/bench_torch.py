@@ -28,7 +28,9 @@ def contenders() -> dict:
     torch.manual_seed(0)
     return {"nn.Linear": torch.nn.Linear(SIZE, SIZE),
             "RBELinear hybrid (k=64, dct)": rt.RBELinear(SIZE, SIZE, kind="hybrid", seed=0),
-            "RBELinear hybrid, compress()ed": rt.compress(torch.nn.Linear(SIZE, SIZE)),
+            "RBELinear hybrid, compress()ed": rt.compress(torch.nn.Linear(SIZE, SIZE),
+                                                          block=(64, 64), k=64, basis=True,
+                                                          precision="float32"),
             "RBELinear fused (seed blocks)": rt.RBELinear(SIZE, SIZE, kind="fused", seed=0)}
 
 

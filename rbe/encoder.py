@@ -163,7 +163,7 @@ def _smooth_part(blocks, basis, precision):
     n, h, w = blocks.shape
     if not basis:
         return np.zeros((n, 0), np.float32), blocks
-    coef = _rounded(fit_basis(blocks), precision)
+    coef = rounded(fit_basis(blocks), precision)
     return coef, blocks - basis_pattern(coef, h, w)
 
 
@@ -185,7 +185,7 @@ def encode_blocks(blocks: np.ndarray, k: int, transform: str, wavelet: str,
     index = np.stack([c[0] for c in coded])[choice, np.arange(n)]
     values = np.stack([c[1] for c in coded])[choice, np.arange(n)]
     ids = np.array([tf.TRANSFORM_IDS[kind] for kind in kinds], np.uint8)[choice]
-    return coef, ids, index.astype(np.uint16), _rounded(values, precision)
+    return coef, ids, index.astype(np.uint16), rounded(values, precision)
 
 
 def check_matrix(W: ArrayLike, name: str = "W") -> np.ndarray:
@@ -219,7 +219,7 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def _rounded(a, precision):
+def rounded(a: ArrayLike, precision: str) -> np.ndarray:
     """a as float32 holding values representable in the stored precision."""
     return np.asarray(a, precision).astype(np.float32)
 
@@ -246,7 +246,7 @@ def low_rank_factors(W: np.ndarray, rank: int,
         return None
     u, s, vt = np.linalg.svd(W, full_matrices=False)
     root = np.sqrt(s[:rank])
-    return _rounded(u[:, :rank] * root, precision), _rounded(vt[:rank].T * root, precision)
+    return rounded(u[:, :rank] * root, precision), rounded(vt[:rank].T * root, precision)
 
 
 def encode(W: ArrayLike, block: tuple[int, int] = (64, 64), k: int | None = None,
@@ -390,7 +390,7 @@ def _largest(grid, full, keep, precision):
             rows = np.flatnonzero(mask.sum(axis=1) == n)
             index = np.nonzero(mask[rows])[1].reshape(len(rows), n)
             parts.append((block_ids[rows], index.astype(np.uint16),
-                          _rounded(np.take_along_axis(coefs[rows], index, axis=1), precision)))
+                          rounded(np.take_along_axis(coefs[rows], index, axis=1), precision)))
     return ragged_arrays(grid.nblocks, parts)
 
 
@@ -468,10 +468,10 @@ class HybridMatrix(HybridBlocks):
         self.values = _check_array(values, "values", np.float32, self.index.shape)
         self.factors = None if factors is None else _check_factors(factors, self.grid.shape)
         if precision != "float32":
-            self.coef = _rounded(self.coef, precision)
-            self.values = _rounded(self.values, precision)
+            self.coef = rounded(self.coef, precision)
+            self.values = rounded(self.values, precision)
             if self.factors is not None:
-                self.factors = tuple(_rounded(f, precision) for f in self.factors)
+                self.factors = tuple(rounded(f, precision) for f in self.factors)
         check_coding(self.grid, self.transform, self.offsets, self.index)
 
     @property

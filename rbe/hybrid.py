@@ -36,6 +36,7 @@ from .encoder import (
     encode,
     index_bytes,
     ragged_arrays,
+    rounded,
 )
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
@@ -105,7 +106,9 @@ class HybridLinear(HybridBlocks):
     rank : int
         Rank of a layer-level low-rank term factor_out @ factor_in.T added to the blocks.
     precision : {"float32", "float16"}
-        Storage precision of values, basis coefficients and factors (training keeps float32).
+        Storage precision of values, basis coefficients and factors. Training updates float32
+        copies; the products compute with them rounded to ``precision``, as a file stores them
+        (gradients pass straight through the rounding).
     regrow_every, regrow_fraction, regrow_stop :
         Moving positions (see ``set_regrow``); on by default for a layer built here.
 
@@ -221,6 +224,7 @@ class HybridLinear(HybridBlocks):
         self.values = matrix.values.copy()
         self._factors = None if matrix.factors is None else tuple(f.copy() for f in matrix.factors)
         self.bias = None if bias is None else self._check_bias(bias)
+        self._round_parameters()
         # Transforms in use, numbered 0.. as "slots" of the transform-domain arrays.
         kinds = [kind for kind, t in tf.TRANSFORM_IDS.items() if (self.transform == t).any()]
         slot_of = np.zeros(len(tf.TRANSFORMS), np.uint8)
@@ -369,6 +373,10 @@ class HybridLinear(HybridBlocks):
         """(factor_out, factor_in) of the low-rank term, or None."""
         return self._factors
 
+    @property
+    def _computed_factors(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._computed["factor_out"], self._computed["factor_in"]
+
     # -- optimiser protocol -------------------------------------------------------------------
 
     def parameters(self) -> dict[str, np.ndarray]:
@@ -381,6 +389,24 @@ class HybridLinear(HybridBlocks):
             params["bias"] = self.bias
         return params
 
+    def _round_parameters(self) -> None:
+        """Refresh ``_computed``: the parameters as the products use them, rounded to
+        ``precision``.
+
+        A float16 layer computes with its parameters as a file stores them, so that what is
+        measured before saving is what loads (no output bit changes); training updates the
+        float32 arrays, and gradients pass straight through the rounding. The copies are
+        refreshed where the parameters change in a step (``after_step``, ``regrow``). Arrays
+        that hold their rounded values already (a float32 layer's, an encoded or loaded
+        layer's) are used themselves, so an inference model keeps no copy.
+        """
+        self._computed = {name: p for name, p in self.parameters().items() if name != "bias"}
+        if self.precision != "float32":
+            for name, p in self._computed.items():
+                stored = rounded(p, self.precision)
+                if not np.array_equal(stored, p):
+                    self._computed[name] = stored
+
     def after_step(self, loss: Callable[[], float] | None = None) -> None:
         """Count the optimiser step; on a regrow step, move positions (``regrow``) and clear
         ``grow_grads``. ``loss`` (the optimisers' closure) is not used by hybrid layers."""
@@ -389,6 +415,7 @@ class HybridLinear(HybridBlocks):
         if fraction > 0:
             self.regrow(fraction)
             self.grow_grads[...] = 0
+        self._round_parameters()
 
     def step_statistics(self) -> list[np.ndarray]:
         """The arrays the next ``after_step`` decides from, if it moves positions (else none).
@@ -468,6 +495,7 @@ class HybridLinear(HybridBlocks):
             swaps += int(better.sum())
         _overwrite(self.index, index)     # in place: the array may be shared (rbe.torch)
         self._plans = None
+        self._round_parameters()
         return swaps
 
     def _accumulate_grow_grads(self, a, z):
@@ -485,10 +513,12 @@ class HybridLinear(HybridBlocks):
 
     def forward(self, X: ArrayLike) -> np.ndarray:
         """Y = X W^T + b for X of shape (in_features,) or (batch, in_features), float32 or
-        float64 (computed in that type)."""
+        float64 (computed in that type, with the parameters as ``_round_parameters`` keeps
+        them)."""
         X = layer_input("X", X, self.in_features, values=False)    # the plan checks elements
         plan = self._forward_plans()[X.dtype]
-        return plan.forward(X, self.values, self.coef, self.bias, self.factors)
+        return plan.forward(X, self._computed["values"], self._computed.get("coef", self.coef),
+                            self.bias, None if self.factors is None else self._computed_factors)
 
     def backward(self, X: ArrayLike, dY: ArrayLike) -> np.ndarray:
         """dX for upstream gradient dY; overwrites ``grads`` with the parameter gradients (and
@@ -523,7 +553,7 @@ class HybridLinear(HybridBlocks):
 
     def _low_rank_backward(self, xt, dyt):
         """dX of the low-rank term, (in, batch); fills the factors' gradients."""
-        factor_out, factor_in = (f.astype(xt.dtype) for f in self.factors)
+        factor_out, factor_in = (f.astype(xt.dtype) for f in self._computed_factors)
         projected_x = factor_in.T @ xt              # (rank, batch)
         projected_dy = factor_out.T @ dyt
         self.grads["factor_out"][...] = dyt @ projected_x.T
@@ -532,7 +562,7 @@ class HybridLinear(HybridBlocks):
 
     def _kernel_args(self):
         return (self.grid.shape, self.grid.block, self._slots, self.offsets, self.index,
-                self.values)
+                self._computed["values"])
 
     @staticmethod
     def _apply(matrices, classes, source, slots_out):
@@ -569,7 +599,7 @@ class HybridLinear(HybridBlocks):
 
     def _coef_columns(self, sel, nr, nc, dtype):
         """Coefficients of a group as (nc, nr*8): row bj, column bi*8 + k."""
-        coef = self.coef[sel].reshape(nr, nc, tf.NUM_BASIS)
+        coef = self._computed["coef"][sel].reshape(nr, nc, tf.NUM_BASIS)
         return np.ascontiguousarray(coef.transpose(1, 0, 2), dtype).reshape(nc, -1)
 
     # -- dense view and storage -----------------------------------------------------------------
@@ -585,8 +615,8 @@ class HybridLinear(HybridBlocks):
                             precision=self.precision)
 
     def to_dense(self) -> np.ndarray:
-        """The dense float32 weight matrix (out_features, in_features), as stored (values
-        rounded to ``precision``; ``forward`` computes with the float32 training values)."""
+        """The dense float32 weight matrix (out_features, in_features), as stored and as the
+        products compute with it (values rounded to ``precision``)."""
         return self.matrix.decode(np.float32)
 
     @property

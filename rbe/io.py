@@ -8,7 +8,8 @@ A file is an ordinary safetensors file. Its metadata key ``"rbe"`` holds a JSON 
                         "config": {...},                       # shapes, block sizes, wavelet...
                         "tensors": {PART: {"dtype": "float32", "shape": [...],
                                            "sha256": "..."}}}},
-     "single": true}                                           # optional
+     "single": true,                                           # optional
+     "model": {KEY: {"dtype": ..., "shape": ..., "sha256": ...}} | true}    # optional
 
 and the tensor of part PART of entry NAME is stored as ``NAME/PART``. ``"single"`` marks a file
 that :func:`save` was given one object (not a dict) for: it holds one entry, ``"layer"``, and
@@ -31,24 +32,34 @@ part and problem at the first thing wrong:
 Version 2 stores hybrid blocks ragged and compact (see ``HybridMatrix._state``). Version-1 files
 still load: their parts are checked against the version-1 layout, then converted (``_upgraded``).
 
+A whole-model file (:func:`model_entries`, :func:`load_model`; ``rbe.torch.save``, ``rbe.hf``)
+has one layer entry per compressed module, named by the module's path, and ``"model"`` in the
+header: the model's other tensors are in the same file under their own names (state-dict keys,
+which have no ``/``), in rbe's dtypes or ``_MODEL_DTYPES``, either described like parts
+(``{KEY: {"dtype", "shape", "sha256"}}``, checked on load) or, with ``"model": true``, left to
+the framework that reads them (transformers). :func:`load` refuses such files,
+:func:`load_model` any other.
+
 Nothing is executed or unpickled; memory stays within a small multiple of the file's size.
 :func:`layer_from_arrays` applies checks 2 and 3 to a config and arrays held in memory (how
 rbe.torch loads a state dict).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
 import re
 import reprlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Callable, Union
 
 import numpy as np
 import pywt
+from tqdm.auto import tqdm
 
 from . import _checks, encoder, kernel, trellis
 from . import transforms as tf
@@ -67,6 +78,11 @@ _ALLOWED_DTYPES = {"float16", "float32", "float64", "uint8", "uint16", "uint64",
 #: safetensors dtype names of the dtypes above; any other name is refused as it is.
 _SAFETENSORS_DTYPES = {"F16": "float16", "F32": "float32", "F64": "float64", "U8": "uint8",
                        "U16": "uint16", "U64": "uint64", "I64": "int64", "I32": "int32"}
+#: Further safetensors dtypes that a whole-model file's other tensors (the model's, which rbe
+#: does not read) may have, by torch's names; rbe's own parts never have them.
+_MODEL_DTYPES = {"BF16": "bfloat16", "BOOL": "bool", "I8": "int8", "I16": "int16",
+                 "U32": "uint32", "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+_ITEMSIZES = {"bfloat16": 2, "float8_e4m3fn": 1, "float8_e5m2": 1}
 
 MAX_HEADER_BYTES = 8 << 20     #: the safetensors JSON header (names, shapes, checksums)
 MAX_JSON_DEPTH = 16            #: nesting of objects and arrays (rbe's headers use 6)
@@ -148,6 +164,20 @@ def _entry_state(name: str, obj: Entry) -> tuple[str, dict, dict]:
     return "tensor", {}, {"data": obj}
 
 
+def _stored_entries(entries: Mapping[str, Entry]) -> tuple[dict, dict]:
+    """The header's description of each entry and the arrays stored under NAME/PART."""
+    described: dict[str, dict] = {}
+    tensors: dict[str, np.ndarray] = {}
+    for name, value in entries.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"entry names must be non-empty strings without '/', got {name!r}")
+        kind, config, arrays = _entry_state(name, value)
+        arrays = {part: np.ascontiguousarray(a) for part, a in arrays.items()}
+        described[name] = {"kind": kind, "config": config, "tensors": _describe(arrays)}
+        tensors.update({f"{name}/{part}": a for part, a in arrays.items()})
+    return described, tensors
+
+
 def save(path: str | os.PathLike, obj: Entry | Mapping[str, Entry]) -> None:
     """Save a layer, a HybridMatrix or a numpy array, or a dict name -> any of them.
 
@@ -160,20 +190,33 @@ def save(path: str | os.PathLike, obj: Entry | Mapping[str, Entry]) -> None:
     entries = dict(obj) if isinstance(obj, Mapping) else {"layer": obj}
     if not entries:
         raise ValueError("nothing to save")
-    described: dict[str, dict] = {}
-    tensors: dict[str, np.ndarray] = {}
-    for name, value in entries.items():
-        if not isinstance(name, str) or not name or "/" in name:
-            raise ValueError(f"entry names must be non-empty strings without '/', got {name!r}")
-        kind, config, arrays = _entry_state(name, value)
-        arrays = {part: np.ascontiguousarray(a) for part, a in arrays.items()}
-        described[name] = {"kind": kind, "config": config, "tensors": _describe(arrays)}
-        tensors.update({f"{name}/{part}": a for part, a in arrays.items()})
+    described, tensors = _stored_entries(entries)
     header = {"format": FORMAT, "version": VERSION, "entries": described,
               **({"single": True} if single else {})}
     # Created here first, so that a missing folder or a directory is a plain OSError.
     open(os.fspath(path), "wb").close()
     save_file(tensors, os.fspath(path), metadata={FORMAT: json.dumps(header)})
+
+
+def model_entries(layers: Mapping[str, Layer],
+                  others: Mapping[str, dict] | None = None) -> tuple[str, dict[str, np.ndarray]]:
+    """The rbe header of a whole-model file (JSON, the safetensors metadata under ``"rbe"``)
+    and the stored parts of its layers (key ``MODULE/PART`` -> a copy of the array).
+
+    ``layers``: module name -> rbe layer. ``others``: the model's other tensors, which the file
+    holds under their own names, described as ``{"dtype": torch's name, "shape": [...],
+    "sha256": ...}`` and checked on load; or None: the file holds them undescribed (a file that
+    transformers writes and reads, see ``rbe.hf``).
+    """
+    if not layers:
+        raise ValueError("the model has no rbe layer to save")
+    described, parts = _stored_entries(layers)
+    unknown = [name for name in described if described[name]["kind"] not in _LAYER_KINDS]
+    if unknown:
+        raise ValueError(f"entries {unknown} are not layers")
+    header = {"format": FORMAT, "version": VERSION, "entries": described,
+              "model": True if others is None else dict(others)}
+    return json.dumps(header), {key: np.array(a) for key, a in parts.items()}
 
 
 # ---- bounded JSON ---------------------------------------------------------------------------
@@ -273,23 +316,25 @@ class _Stored:
     end: int
 
 
-def _tensor_layout(container: dict, payload_bytes: int) -> dict:
-    """key -> _Stored for every tensor; their byte ranges must tile the payload."""
+def _tensor_layout(container: dict, payload_bytes: int, dtypes: dict) -> dict:
+    """key -> _Stored for every tensor, of the safetensors ``dtypes`` (name -> rbe's name);
+    their byte ranges must tile the payload."""
     layout = {}
     for key, info in container.items():
         what = f"tensor {_shown(key)}"
         _fields(info, {"dtype", "shape", "data_offsets"}, what)
         dtype = info["dtype"]
-        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
+        if not isinstance(dtype, str) or dtype not in dtypes:
             raise FormatError(f"{what}: dtype {_shown(dtype)} is not one rbe reads "
-                              f"({', '.join(_SAFETENSORS_DTYPES)})")
+                              f"({', '.join(dtypes)})")
         shape = tuple(_integers(info["shape"], f"{what} shape"))
         begin, end = _integers(info["data_offsets"], f"{what} data_offsets", length=2)
-        size = math.prod(shape) * np.dtype(_SAFETENSORS_DTYPES[dtype]).itemsize
+        name = dtypes[dtype]
+        size = math.prod(shape) * (_ITEMSIZES.get(name) or np.dtype(name).itemsize)
         if end - begin != size:
             raise FormatError(f"{what}: {dtype}{list(shape)} needs {size} bytes, its data "
                               f"offsets span {end - begin}")
-        layout[key] = _Stored(_SAFETENSORS_DTYPES[dtype], shape, begin, end)
+        layout[key] = _Stored(name, shape, begin, end)
     position = 0
     for key, stored in sorted(layout.items(), key=lambda item: item[1].begin):
         if stored.begin != position:
@@ -302,9 +347,11 @@ def _tensor_layout(container: dict, payload_bytes: int) -> dict:
 
 
 class _Container:
-    """An open safetensors file whose header and tensor layout have been checked."""
+    """An open safetensors file whose header and tensor layout have been checked; with
+    ``model``, tensors may also have the dtypes of a model's other tensors."""
 
-    def __init__(self, path):
+    def __init__(self, path, model: bool = False):
+        self.dtypes = {**_SAFETENSORS_DTYPES, **(_MODEL_DTYPES if model else {})}
         self.file = open(os.fspath(path), "rb")     # noqa: SIM115 (closed by __exit__)
         try:
             self._read_header()
@@ -332,16 +379,21 @@ class _Container:
                 or not all(isinstance(v, str) for v in metadata.values()):
             raise FormatError("the safetensors metadata is not an object of strings")
         self.metadata = metadata
-        self.layout = _tensor_layout(container, size - 8 - length)
+        self.layout = _tensor_layout(container, size - 8 - length, self.dtypes)
         self.payload_start = 8 + length
 
-    def read(self, key: str) -> tuple[np.ndarray, str]:
-        """The tensor stored under key (a writable array) and the sha256 of its bytes."""
+    def read_bytes(self, key: str) -> bytearray:
+        """The bytes of the tensor stored under key."""
         stored = self.layout[key]
         data = bytearray(stored.end - stored.begin)
         self.file.seek(self.payload_start + stored.begin)
         if self.file.readinto(data) != len(data):
             raise FormatError(f"tensor {_shown(key)}: the file ended early")
+        return data
+
+    def read(self, key: str) -> tuple[np.ndarray, str]:
+        """The tensor stored under key (a writable array) and the sha256 of its bytes."""
+        stored, data = self.layout[key], self.read_bytes(key)
         array = np.frombuffer(data, np.dtype(stored.dtype).newbyteorder("<"))
         return array.reshape(stored.shape), hashlib.sha256(data).hexdigest()
 
@@ -602,7 +654,7 @@ def _parse_header(metadata: dict) -> dict:
         raise FormatError("no rbe header in the file's metadata (not written by rbe.save)")
     raw = metadata[FORMAT].encode("utf-8", "surrogatepass")
     header = _fields(_parse_json(raw, "the rbe header"), {"format", "version", "entries"},
-                     "the rbe header", optional=frozenset({"single"}))
+                     "the rbe header", optional=frozenset({"single", "model"}))
     if header["format"] != FORMAT:
         raise FormatError("the rbe header does not describe an rbe file")
     if not isinstance(header["entries"], dict) or not header["entries"]:
@@ -612,6 +664,10 @@ def _parse_header(metadata: dict) -> dict:
         raise FormatError(f"the rbe header's \"single\" must be true or false, and true only "
                           f"with one entry; got {_shown(single)} with "
                           f"{len(header['entries'])} entries")
+    model = header.get("model", True)
+    if not (model is True or isinstance(model, dict)) or (single and "model" in header):
+        raise FormatError(f"the rbe header's \"model\" must be true or an object describing the "
+                          f"model's tensors, in a file of several entries; got {_shown(model)}")
     return header
 
 
@@ -627,18 +683,27 @@ class _Plan:
     parts: dict                                   # part -> (container key, sha256)
 
 
+def _check_description(what: str, described, stored: _Stored) -> str:
+    """The header's description of a tensor (dtype, shape, sha256) matches the container;
+    returns the checksum."""
+    _fields(described, {"dtype", "shape", "sha256"}, what)
+    if described["dtype"] != stored.dtype or described["shape"] != list(stored.shape):
+        raise FormatError(f"{what} is {stored.dtype}{list(stored.shape)}, the header says "
+                          f"{_shown(described['dtype'])} {_shown(described['shape'])}")
+    sha = described["sha256"]
+    if not isinstance(sha, str) or not re.fullmatch("[0-9a-f]{64}", sha):
+        raise FormatError(f"{what} has no valid sha256")
+    return sha
+
+
 def _check_part(where: str, part: str, described, stored: _Stored, expected: _Part,
                 dims: dict) -> None:
     """The header's description of a part matches the container and the kind."""
-    _fields(described, {"dtype", "shape", "sha256"}, f"{where}: tensor {part!r}")
-    if described["dtype"] != stored.dtype or described["shape"] != list(stored.shape):
-        raise FormatError(f"{where}: tensor {part!r} is {stored.dtype}{list(stored.shape)}, "
-                          f"the header says {_shown(described['dtype'])} "
-                          f"{_shown(described['shape'])}")
-    sha = described["sha256"]
-    if not isinstance(sha, str) or not re.fullmatch("[0-9a-f]{64}", sha):
-        raise FormatError(f"{where}: tensor {part!r} has no valid sha256")
+    _check_description(f"{where}: tensor {part!r}", described, stored)
     if expected.dtype is None:
+        if stored.dtype not in _ALLOWED_DTYPES:
+            raise FormatError(f"{where}: tensor {part!r} is {stored.dtype}, not a dtype rbe "
+                              f"reads ({', '.join(sorted(_ALLOWED_DTYPES))})")
         return
     dtypes = dims.get(expected.dtype, expected.dtype) if isinstance(expected.dtype, str) \
         else expected.dtype
@@ -704,10 +769,11 @@ def _plan(header: dict, layout: dict) -> list:
     return plans
 
 
-def _read_entry(plan: _Plan, container: _Container) -> dict:
+def _read_entry(plan: _Plan, read: Callable[[str], tuple[np.ndarray, str]]) -> dict:
+    """The entry's arrays, read by ``read(key)`` (array and sha256), then checked."""
     arrays = {}
     for part, (key, sha256) in plan.parts.items():
-        array, digest = container.read(key)
+        array, digest = read(key)
         if digest != sha256:
             raise FormatError(f"entry {_shown(plan.name)}: tensor {part!r} fails its checksum "
                               "(corrupted)")
@@ -794,6 +860,82 @@ def load(path: str | os.PathLike) -> Entry | dict[str, Entry]:
     """
     with _Container(path) as container:
         header = _parse_header(container.metadata)
+        if "model" in header:
+            raise FormatError(f"{os.fspath(path)} holds a whole model (rbe.torch.save, or "
+                              "save_pretrained with rbe.hf): load it into the model with "
+                              "rbe.torch.load(path, model) or from_pretrained")
         plans = _plan(header, container.layout)
-        entries = {plan.name: _build(plan, _read_entry(plan, container)) for plan in plans}
+        entries = {plan.name: _build(plan, _read_entry(plan, container.read)) for plan in plans}
     return next(iter(entries.values())) if header.get("single") else entries
+
+
+# ---- whole-model files ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelTensor:
+    """One of a whole-model file's other tensors: its dtype (torch's name), shape and bytes
+    (little-endian, as safetensors stores them)."""
+
+    dtype: str
+    shape: tuple
+    data: bytearray
+
+
+def load_model(paths: str | os.PathLike | Sequence[str | os.PathLike], tensors: bool = True
+               ) -> tuple[dict[str, Layer], dict[str, ModelTensor]]:
+    """Read a whole-model file written with :func:`model_entries` (or its shards, each holding
+    the same header): its layers, module name -> layer, each checked as :func:`load` checks an
+    entry, and (with ``tensors``) the model's other tensors, checked against their description
+    where the header has one.
+
+    Raises FormatError as :func:`load` does (also for a file that :func:`save` wrote), OSError
+    when a file cannot be read.
+    """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    with contextlib.ExitStack() as stack:
+        containers = [stack.enter_context(_Container(path, model=True)) for path in paths]
+        header = _parse_header(containers[0].metadata)
+        if "model" not in header:
+            raise FormatError(f"{os.fspath(paths[0])} holds rbe layers, not a whole model: "
+                              "load it with rbe.load")
+        if any(_parse_header(c.metadata) != header for c in containers[1:]):
+            raise FormatError("the shards hold different rbe headers")
+        holder = {}
+        for container in containers:
+            for key in container.layout:
+                if holder.setdefault(key, container) is not container:
+                    raise FormatError(f"tensor {_shown(key)} is stored in two shards")
+        layout = {key: container.layout[key] for key, container in holder.items()}
+        kinds = _kind_table(header["version"])
+        plans = [_plan_entry(name, entry, header["version"], kinds, layout)
+                 for name, entry in header["entries"].items()]
+        for plan in plans:
+            if plan.kind not in _LAYER_KINDS:
+                raise FormatError(f"entry {_shown(plan.name)}: kind {plan.kind!r} is not a layer")
+        parts = {key for plan in plans for key, _ in plan.parts.values()}
+        others = _check_model_tensors(header["model"], layout, set(layout) - parts)
+        layers = {plan.name: _build(plan, _read_entry(plan, lambda key: holder[key].read(key)))
+                  for plan in tqdm(plans, desc="rbe layers", unit="layer", disable=None)}
+        read = {}
+        for key in sorted(others) if tensors else ():
+            data = holder[key].read_bytes(key)
+            if others[key] is not None and hashlib.sha256(data).hexdigest() != others[key]:
+                raise FormatError(f"tensor {_shown(key)} fails its checksum (corrupted)")
+            read[key] = ModelTensor(layout[key].dtype, layout[key].shape, data)
+    return layers, read
+
+
+def _check_model_tensors(model, layout: dict, keys: set) -> dict:
+    """The model's other tensors (not the layers' parts): key -> sha256 from their description,
+    or None for the tensors of a header that does not describe them (``"model": true``)."""
+    if model is True:
+        parts = sorted(key for key in keys if "/" in key)
+        if parts:
+            raise FormatError(f"tensors not described by the header: {_shown(parts)}")
+        return dict.fromkeys(keys)
+    missing, extra = sorted(set(model) - keys), sorted(keys - set(model))
+    if missing or extra:
+        raise FormatError(f"the model's tensors: missing {_shown(missing)}, not described "
+                          f"{_shown(extra)}")
+    return {key: _check_description(f"model tensor {_shown(key)}", model[key], layout[key])
+            for key in sorted(keys)}

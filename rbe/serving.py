@@ -11,11 +11,11 @@ Three tables (``rbe bench --serving``, ``benchmarks/bench_serving.py``; needs to
 2. A 6-layer model, ``Linear(1024, 1024) -> LayerNorm -> GELU`` six times, under
    ``torch.inference_mode``, at batch 1 and 32: float32, int8 dynamic, and the ``rbe.torch``
    replacements of its linear layers (``compress``: hybrid blocks encoded from the float32
-   weights, code blocks coded from them at 2 bits per weight, or fresh seed blocks). Each in
-   three settings: alone (back-to-back calls); right after a numpy ``sgemm`` of 64 x 4096 x
-   4096 before every call (numpy's BLAS threads are still spinning when the call starts); four
-   Python threads calling the model at once (throughput, and the latency each call sees). p50
-   and p99 of the per-call latency.
+   weights in the layout of table 1, code blocks coded from them at 2 bits per weight, or
+   fresh seed blocks). Each in three settings: alone (back-to-back calls); right after a numpy
+   ``sgemm`` of 64 x 4096 x 4096 before every call (numpy's BLAS threads are still spinning
+   when the call starts); four Python threads calling the model at once (throughput, and the
+   latency each call sees). p50 and p99 of the per-call latency.
 3. One 1024 x 1024 layer, one vector, alone and right after the sgemm: the latency that
    survives a spinning neighbour, as p99 after the sgemm over p50 alone.
 
@@ -51,6 +51,8 @@ RBE_KINDS = LAYER_KINDS[2:]
 MODEL_WIDTH, MODEL_DEPTH, MODEL_BATCHES = 1024, 6, (1, 32)
 NEIGHBOUR_SHAPE = (64, 4096, 4096)      # the numpy sgemm run before each call: m, k, n
 THREADS = 4
+#: ``compress`` options of the model's hybrid layers: the layout of the single hybrid layers.
+HYBRID_LAYOUT = {"block": (64, 64), "k": 64, "basis": True, "precision": "float32"}
 
 
 # -- contenders (built inside a worker process) ---------------------------------------------
@@ -106,7 +108,8 @@ def _model(kind: str):
         return _int8(model)
     if kind in RBE_KINDS:
         import rbe.torch as rt
-        options = {"bits": CODE_BITS, "state_bits": CODE_STATE_BITS} if kind == "code" else {}
+        options = {"hybrid": HYBRID_LAYOUT,
+                   "code": {"bits": CODE_BITS, "state_bits": CODE_STATE_BITS}}.get(kind, {})
         return rt.compress(model, kind=kind, **options)
     return model
 

@@ -1,4 +1,5 @@
-"""PyTorch modules over rbe layers: :class:`RBELinear` and :func:`compress`.
+"""PyTorch modules over rbe layers: :class:`RBELinear`, :func:`compress`, and whole-model files
+(:func:`save`, :func:`load`).
 
 Import explicitly (``import rbe.torch``); ``import rbe`` never imports PyTorch. Needs the
 ``torch`` extra (``pip install "rbe[torch]"``).
@@ -20,13 +21,19 @@ torch.distributed is initialised), and before the next eager forward or ``state_
 whenever a parameter's version counter has moved (any other in-place torch update). A written
 buffer rebuilds the layer from the module's tensors, validated. Changes that bypass both (writes
 through ``.data`` or through the numpy arrays) need an explicit :meth:`RBELinear.sync`.
+
+:func:`save` writes a model's rbe layers (rbe's checked format, one entry per module) and its
+other tensors to one safetensors file; :func:`load` rebuilds the model from it into a skeleton
+(the ``meta`` device will do) without encoding or allocating a dense weight.
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
+import os
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
@@ -50,7 +57,7 @@ from .calibration import InputMoments
 from .code import CodeLinear, stored_scale
 from .fused import FusedLinear
 from .hybrid import HybridLinear
-from .io import layer_from_arrays, layer_kinds
+from .io import ModelTensor, layer_from_arrays, layer_kinds, load_model, model_entries
 
 KINDS = ("fused", "hybrid", "code")
 #: Options of CodeLinear that RBELinear and compress take with kind "code" (compress also takes
@@ -682,8 +689,15 @@ class RBELinear(nn.Module):
                 f"ratio={self._layer.compression_ratio:.1f}")
 
 
-def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int | None = None,
-             transform: str = "adaptive",
+#: The layout ``compress`` gives a kind when the call does not choose it. Hybrid: the best one
+#: measured, at equal bytes, on the MiniLM weights and on the quality benchmark's MLPs
+#: (docs/torch.md, "compress").
+COMPRESS_DEFAULTS = {"hybrid": {"block": (16, 16), "basis": False, "precision": "float16"},
+                     "fused": {"block": (64, 64)}, "code": {}}
+
+
+def compress(model: nn.Module, kind: str = "hybrid", block: tuple[int, int] | None = None,
+             k: int | None = None, transform: str = "adaptive",
              filter: Callable[[str, nn.Module], bool] | None = None,
              **options) -> nn.Module:
     """Replace the model's ``nn.Linear`` layers by :class:`RBELinear`, in place.
@@ -700,17 +714,23 @@ def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int | No
         from scratch: seed blocks cannot encode a trained matrix, so the original weights are
         discarded.
     block, k, transform :
-        Block shape (clamped to the layer size) and, for "hybrid", the encoder's k and
-        transform ("dct", "dwt" or "adaptive"). Not used by "code".
+        Block shape (clamped to the layer size; by default the kind's ``COMPRESS_DEFAULTS``)
+        and, for "hybrid", the encoder's k and transform ("dct", "dwt" or "adaptive"). Not
+        used by "code".
     filter : callable(name, module) -> bool, optional
         Replace only the layers it accepts (names as in ``model.named_modules()``).
     **options :
-        For "hybrid", ``budget`` or ``ratio`` (per layer, instead of k), ``basis``, ``rank``
-        and ``precision`` of ``rbe.HybridLinear.from_dense``. For "code", ``bits`` (default
+        For "hybrid", ``budget`` or ``ratio`` (per layer, bias included, instead of k),
+        ``basis``, ``rank`` and ``precision`` of ``rbe.HybridLinear.from_dense``; ``basis``
+        and ``precision`` default to ``COMPRESS_DEFAULTS``. For "code", ``bits`` (default
         3), ``state_bits``, ``damping`` and ``seed`` of ``rbe.CodeLinear.from_dense``, and
         ``calibration``: sample inputs of the model (an iterable of batches, as
         :func:`calibrate` takes them) or the moments :func:`calibrate` returned; with it every
         layer minimises the error of its outputs on those inputs and corrects its bias.
+
+    Any of ``block``, ``k`` and the options but ``calibration`` may be a callable(name,
+    module) returning the value for each layer, e.g. ``ratio=lambda name, m: 4 if
+    m.in_features == m.out_features else 8``.
 
     Returns
     -------
@@ -724,34 +744,48 @@ def compress(model: nn.Module, kind: str = "hybrid", block=(64, 64), k: int | No
     moments = {}
     if kind == "code":
         moments = _layer_moments(model, options.pop("calibration", None), accepts)
+    options = {**COMPRESS_DEFAULTS[kind], **options}
+    if kind == "hybrid":
+        options.update(k=k, transform=transform)
+    if block is not None and kind != "code":
+        options["block"] = block
     if accepts("", model):
-        return _replacement(model, kind, block, k, transform, options, moments.get(""))
+        return _replacement("", model, kind, options, moments.get(""))
     # A layer used at several places is replaced once, by the same module everywhere.
     places = [(name, m) for name, m in model.named_modules(remove_duplicate=False)
               if name and accepts(name, m)]
-    unique: dict = {}
+    first_places: dict = {}
     for name, linear in places:
-        unique.setdefault(id(linear), (name, linear))
+        first_places.setdefault(id(linear), (name, linear))
     replacements = {}
-    for name, linear in tqdm(list(unique.values()), desc="rbe.compress", unit="layer",
+    for name, linear in tqdm(list(first_places.values()), desc="rbe.compress", unit="layer",
                              disable=None):
-        replacements[id(linear)] = _replacement(linear, kind, block, k, transform, options,
-                                                moments.get(name))
-    for name, linear in places:
-        parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name), attr, replacements[id(linear)])
+        replacements[id(linear)] = _replacement(name, linear, kind, options, moments.get(name))
+    _install(model, replacements)
     return model
 
 
-def _replacement(linear: nn.Linear, kind: str, block, k, transform: str, options: dict,
+def _install(model: nn.Module, replacements: dict[int, nn.Module]) -> None:
+    """Put ``replacements[id(module)]`` at every place of each replaced module."""
+    for place, module in list(model.named_modules(remove_duplicate=False)):
+        if place and id(module) in replacements:
+            parent, _, attr = place.rpartition(".")
+            setattr(model.get_submodule(parent), attr, replacements[id(module)])
+
+
+def _replacement(name: str, linear: nn.Linear, kind: str, options: dict,
                  moments: InputMoments | None) -> RBELinear:
     if linear.weight.device.type != "cpu":
         raise ValueError(f"rbe layers compute on the CPU; the model is on {linear.weight.device}")
-    block = (min(block[0], linear.out_features), min(block[1], linear.in_features))
+    options = {key: value(name, linear) if callable(value) else value
+               for key, value in options.items()}
+    if "block" in options:
+        block = options["block"]
+        options["block"] = (min(block[0], linear.out_features), min(block[1], linear.in_features))
     has_bias = linear.bias is not None
     if kind == "fused":
-        return RBELinear(linear.in_features, linear.out_features, kind="fused", block=block,
-                         bias=has_bias)
+        return RBELinear(linear.in_features, linear.out_features, kind="fused",
+                         block=options["block"], bias=has_bias)
     weight = linear.weight.detach().to(torch.float32).numpy()
     bias = linear.bias.detach().to(torch.float32).numpy() if has_bias else None
     if kind == "code":
@@ -759,8 +793,7 @@ def _replacement(linear: nn.Linear, kind: str, block, k, transform: str, options
             weight, bias, hessian=None if moments is None else moments.second_moment,
             input_mean=None if moments is None else moments.mean, progress=False, **options)
     else:
-        layer = HybridLinear.from_dense(weight, bias, block=block, k=k, transform=transform,
-                                        progress=False, **options)
+        layer = HybridLinear.from_dense(weight, bias, progress=False, **options)
     return RBELinear.from_layer(layer)
 
 
@@ -842,3 +875,169 @@ def _layer_moments(model: nn.Module, calibration, accepts) -> dict[str, InputMom
         raise ValueError(f"calibration has no input moments for layers {missing} (the "
                          "batches did not reach them, or the moments are another model's)")
     return moments
+
+
+# -- whole-model files ---------------------------------------------------------------------------
+
+def save(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write the whole model to one safetensors file.
+
+    The file holds every :class:`RBELinear`'s stored parts and configuration, in the format and
+    under the checks of ``rbe.save`` (one entry per module, named by its path in the model), and
+    the model's other tensors (its ``state_dict`` and non-persistent buffers; tensors sharing
+    memory, such as tied weights, once), with their checksums. :func:`load` rebuilds the model
+    from it without encoding anything.
+    """
+    from safetensors.torch import save_file
+
+    if isinstance(model, RBELinear):
+        raise ValueError("the model is a single RBELinear: save its layer with "
+                         "rbe.save(path, module.layer)")
+    layers, others = _split_state(model)
+    objects = sorted(key for key, t in others.items() if not isinstance(t, torch.Tensor))
+    if objects:
+        raise ValueError(f"the model's state holds objects that are not tensors: {objects}")
+    others = _once({**others, **_non_persistent_buffers(model)})
+    header, parts = model_entries(layers, {key: _description(t) for key, t in others.items()})
+    tensors = {**{key: torch.from_numpy(a) for key, a in parts.items()},
+               **{key: t.detach().contiguous() for key, t in others.items()}}
+    save_file(tensors, os.fspath(path), metadata={"rbe": header})
+
+
+def load(path: str | os.PathLike, model: nn.Module) -> nn.Module:
+    """Load a file of :func:`save` into ``model`` and return it.
+
+    ``model`` is built from its configuration; its weights are not needed (a skeleton made
+    under ``torch.device("meta")`` works). Each module the file lists (an ``nn.Linear`` of the
+    same shape, or an ``RBELinear``) is replaced by an :class:`RBELinear` built directly from the
+    stored parts, with the checks of ``rbe.load``: nothing is encoded and no dense weight is
+    allocated. The model's other tensors are then assigned (``load_state_dict(assign=True)``),
+    and weights the model ties are tied again.
+
+    Raises
+    ------
+    rbe.FormatError
+        If the file is not a valid whole-model file (truncated, corrupted, forged).
+    ValueError
+        If the model does not match the file: modules that are missing or of another type or
+        shape, tensors the model lacks or has but the file does not (named in the message).
+    """
+    layers, tensors = load_model(path)
+    _check_modules(model, layers)
+    loaded_modules = {id(model.get_submodule(name)): RBELinear.from_layer(layer)
+                      for name, layer in layers.items()}
+    _install(model, loaded_modules)
+    built = {id(m) for m in loaded_modules.values()}
+    places = {name for name, m in model.named_modules(remove_duplicate=False) if id(m) in built}
+    ties = [[key for key in keys if key.rpartition(".")[0] not in places]
+            for keys in _tied_tensors(model)]
+    state = {key: _as_tensor(t) for key, t in tensors.items()}
+    try:
+        result = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as exc:      # shapes that differ from the model's
+        raise ValueError(f"{os.fspath(path)} does not fit the model: {exc}") from None
+    buffers = _non_persistent_buffers(model)
+    unexpected = [key for key in result.unexpected_keys if key not in buffers]
+    for key in set(result.unexpected_keys) & set(buffers):
+        _set_tensor(model, key, state[key])
+    loaded = set(state) - set(unexpected)
+    for keys in ties:
+        source = next((key for key in keys if key in loaded), None)
+        for key in keys if source is not None else ():
+            _set_tensor(model, key, _get_tensor(model, source))
+            loaded.add(key)
+    missing = [key for key in result.missing_keys
+               if key not in loaded and key.rpartition(".")[0] not in places]
+    if missing or unexpected:
+        raise ValueError(f"{os.fspath(path)} does not fit the model: tensors missing from the "
+                         f"file {missing}, tensors the model does not have {unexpected}")
+    return model
+
+
+def _split_state(model: nn.Module) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The model's rbe layers by module name (a module used at several places once, under its
+    first name) and its ``state_dict`` without the entries of its RBELinear modules."""
+    layers = {name: m.layer for name, m in model.named_modules() if isinstance(m, RBELinear)}
+    places = {name for name, m in model.named_modules(remove_duplicate=False)
+              if isinstance(m, RBELinear)}
+    others = {key: t for key, t in model.state_dict().items()
+              if key.rpartition(".")[0] not in places}
+    return layers, others
+
+
+def _non_persistent_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers that ``state_dict`` leaves out, which a model built on the meta device lacks."""
+    return {f"{name}.{buffer}" if name else buffer: module._buffers[buffer]
+            for name, module in model.named_modules()
+            for buffer in module._non_persistent_buffers_set
+            if module._buffers.get(buffer) is not None}
+
+
+def _once(tensors: dict) -> dict:
+    """The first name of every group of tensors sharing memory (tied weights), which
+    safetensors stores once; ``load`` ties them again where the model ties them."""
+    seen, kept = set(), {}
+    for key, t in tensors.items():
+        memory = (t.untyped_storage().data_ptr(), t.storage_offset(), t.dtype, t.shape,
+                  t.stride())
+        if t.numel() == 0 or memory not in seen:
+            seen.add(memory)
+            kept[key] = t
+    return kept
+
+
+def _description(t: torch.Tensor) -> dict:
+    """dtype (torch's name), shape and sha256 of a tensor's bytes, as the file stores them."""
+    data = t.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+    return {"dtype": str(t.dtype).removeprefix("torch."), "shape": list(t.shape),
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _as_tensor(stored: ModelTensor) -> torch.Tensor:
+    """A tensor over the bytes read from the file (not copied)."""
+    dtype = getattr(torch, stored.dtype)
+    if not stored.data:
+        return torch.empty(stored.shape, dtype=dtype)
+    return torch.frombuffer(stored.data, dtype=dtype).reshape(stored.shape)
+
+
+def _check_modules(model: nn.Module, layers: dict) -> None:
+    """Every module the file lists is an nn.Linear (or RBELinear) of its layer's shape."""
+    problems = []
+    for name, layer in layers.items():
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            problems.append(f"the model has no module {name!r}")
+            continue
+        if not isinstance(module, (nn.Linear, RBELinear)):
+            problems.append(f"{name!r} is a {type(module).__name__}, not an nn.Linear")
+        elif (module.in_features, module.out_features) != (layer.in_features,
+                                                           layer.out_features):
+            problems.append(f"{name!r} maps {module.in_features} -> {module.out_features} "
+                            f"features, the file's layer {layer.in_features} -> "
+                            f"{layer.out_features}")
+    if problems:
+        raise ValueError("the file's rbe layers do not fit the model: " + "; ".join(problems))
+
+
+def _tied_tensors(model: nn.Module) -> list[list[str]]:
+    """Names of the parameters and buffers that are one tensor at several places."""
+    places: dict[int, list[str]] = {}
+    for key, t in itertools.chain(model.named_parameters(remove_duplicate=False),
+                                  model.named_buffers(remove_duplicate=False)):
+        places.setdefault(id(t), []).append(key)
+    return [keys for keys in places.values() if len(keys) > 1]
+
+
+def _get_tensor(model: nn.Module, key: str) -> torch.Tensor:
+    module, _, attr = key.rpartition(".")
+    return getattr(model.get_submodule(module), attr)
+
+
+def _set_tensor(model: nn.Module, key: str, tensor: torch.Tensor) -> None:
+    """Point the parameter or buffer ``key`` at ``tensor``."""
+    path, _, attr = key.rpartition(".")
+    module = model.get_submodule(path)
+    table = module._parameters if attr in module._parameters else module._buffers
+    table[attr] = tensor

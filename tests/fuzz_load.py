@@ -1,4 +1,5 @@
-"""Fuzz rbe.load with mutated and forged model files; every case runs in its own process.
+"""Fuzz rbe.load (and rbe.io.load_model, which rbe.torch.load and rbe.hf read whole models
+with) with mutated and forged files; every case runs in its own process.
 
 Run with rbe importable (installed, or built in place and on PYTHONPATH)::
 
@@ -6,7 +7,8 @@ Run with rbe importable (installed, or built in place and on PYTHONPATH)::
 
 tests/test_fuzz.py runs a short campaign of it in the test suite.
 
-Valid files of every entry kind are written by ``rbe.save``; each case mutates one of them
+Valid files of every entry kind are written by ``rbe.save``, and whole-model files by
+``rbe.io.model_entries`` (other tensors described or not); each case mutates one of them
 (byte flips, truncation, container edits, rbe-header JSON edits with hostile values and raw
 text, and consistent forgeries whose sha256 checksums are recomputed so that the deeper checks
 are reached). A forked child loads the case under an address-space limit and an alarm; when
@@ -80,10 +82,34 @@ def base_files(directory: str) -> list:
         rbe.save(path, entries)
         with open(path, "rb") as f:
             files.append((name, f.read()))
+    files += model_files(directory, W)
     version_1 = os.path.join(os.path.dirname(__file__), "..", "tests", "data",
                              "format_v1.safetensors")
     with open(version_1, "rb") as f:           # hybrid entries in the layout of version 1
         files.append(("version_1", f.read()))
+    return files
+
+
+def model_files(directory: str, W: np.ndarray) -> list:
+    """(name, bytes) of whole-model files (rbe.io.model_entries): layers and the model's other
+    tensors, described with checksums ("model") or left undescribed ("model_undescribed")."""
+    from safetensors.numpy import save_file
+
+    layers = {"enc.fc": rbe.HybridLinear.from_dense(W, block=(16, 16), ratio=6, basis=False,
+                                                    precision="float16"),
+              "enc.seeded": rbe.FusedLinear(24, 16, block=(8, 8), seed=7)}
+    tensors = {"embed.weight": np.linspace(-1, 1, 40, dtype=np.float32).reshape(10, 4),
+               "counts": np.arange(-2, 3, dtype=np.int8)}
+    files = []
+    for name, described in (("model", True), ("model_undescribed", False)):
+        descriptions = {key: {"dtype": a.dtype.name, "shape": list(a.shape),
+                              "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+                        for key, a in tensors.items()} if described else None
+        header, parts = rbe.io.model_entries(layers, descriptions)
+        path = os.path.join(directory, f"{name}.safetensors")
+        save_file({**parts, **tensors}, path, metadata={"rbe": header})
+        with open(path, "rb") as f:
+            files.append((name, f.read()))
     return files
 
 
@@ -235,11 +261,13 @@ def forge(data: bytes, rng) -> bytes:
     for key in tensor_keys(container):
         info = container[key]
         begin, end = info["data_offsets"]
-        dtype = np.dtype(rbe.io._SAFETENSORS_DTYPES[info["dtype"]])
+        dtype = np.dtype(_NUMPY_DTYPES[info["dtype"]])
         tensors[key] = np.frombuffer(payload[begin:end], dtype).reshape(info["shape"]).copy()
     key = sorted(tensors)[int(rng.integers(len(tensors)))]
-    name, part = key.split("/", 1)
-    entry = header["entries"][name]
+    name, _, part = key.partition("/")
+    # An entry's part, or a whole-model file's other tensor (described there, or not at all).
+    entry = header["entries"][name] if part else {"config": {}, "tensors": header["model"]}
+    part = part or key
     how = str(rng.choice(["values", "values", "dtype", "shape", "config", "drop"]))
     a = tensors[key]
     if how == "values":
@@ -259,11 +287,13 @@ def forge(data: bytes, rng) -> bytes:
             _nearby(entry["config"][field], rng)
     elif how == "drop" and part != "data":
         del tensors[key]
-        del entry["tensors"][part]
+        if isinstance(entry["tensors"], dict):
+            del entry["tensors"][part]
     if key in tensors:
         tensors[key] = a
-        entry["tensors"][part] = {"dtype": a.dtype.name, "shape": list(a.shape),
-                                  "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
+        if isinstance(entry["tensors"], dict):
+            entry["tensors"][part] = {"dtype": a.dtype.name, "shape": list(a.shape),
+                                      "sha256": hashlib.sha256(a.tobytes()).hexdigest()}
     return _write(tensors, header, rng)
 
 
@@ -278,7 +308,7 @@ def _nearby(value, rng):
 
 
 def _write(tensors: dict, header: dict, rng) -> bytes:
-    names = {np.dtype(v).name: k for k, v in rbe.io._SAFETENSORS_DTYPES.items()}
+    names = {v: k for k, v in _NUMPY_DTYPES.items()}
     container, chunks, offset = {}, [], 0
     for key, a in tensors.items():
         raw = a.tobytes()
@@ -289,6 +319,9 @@ def _write(tensors: dict, header: dict, rng) -> bytes:
     container["__metadata__"] = {"rbe": raw_text(json.dumps(header), rng)}
     return join(container, b"".join(chunks))
 
+
+#: safetensors dtype -> numpy dtype name, for the dtypes the base files use.
+_NUMPY_DTYPES = {**rbe.io._SAFETENSORS_DTYPES, "I8": "int8"}
 
 MUTATIONS = {"flip": flip_bytes, "truncate": truncate, "container": edit_container,
              "header": edit_header, "forge": forge}
@@ -331,8 +364,9 @@ def _exercise(loaded, rng) -> str:
     return ""
 
 
-def run_case(path: str, seed: int) -> dict:
-    """Load path in a child (fork) under the limits; the child's report."""
+def run_case(path: str, seed: int, model: bool = False) -> dict:
+    """Load path in a child (fork) under the limits, with ``rbe.io.load_model`` if ``model``
+    (a whole-model file), else ``rbe.load``; the child's report."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:                                          # the child
@@ -346,7 +380,7 @@ def run_case(path: str, seed: int) -> dict:
                 f.write("5")                              # the peak restarts from here
             report["rss_before"] = _status_bytes("VmRSS")
             try:
-                entries = rbe.load(path)
+                entries = rbe.io.load_model(path)[0] if model else rbe.load(path)
                 report["outcome"] = "loaded"
             except rbe.FormatError as exc:
                 report["outcome"], report["message"] = "FormatError", str(exc)[:300]
@@ -354,7 +388,8 @@ def run_case(path: str, seed: int) -> dict:
             if report["outcome"] == "loaded":
                 report["problem"] = _exercise(entries, np.random.default_rng(seed))
                 with contextlib.redirect_stdout(io.StringIO()) as out:
-                    cli.main(["info", path])
+                    if not model:
+                        cli.main(["info", path])
                 if any(not line.isprintable() for line in out.getvalue().splitlines()):
                     report["problem"] = "rbe info printed a control character"
         except BaseException as exc:  # noqa: BLE001 (anything else is a finding)
@@ -386,7 +421,7 @@ def campaign(cases: int, seed: int, first: int = 0, verbose: bool = False) -> di
             what, data = make_case(bases, seed, case)
             with open(path, "wb") as f:
                 f.write(data)
-            result = run_case(path, seed + case)
+            result = run_case(path, seed + case, model=what.startswith("model"))
             counts[result["outcome"]] += 1
             if result["outcome"] == "FormatError":
                 used = result["peak"] - result["rss_before"]

@@ -535,3 +535,46 @@ def test_layer_from_arrays_checks_like_load(make):
         rbe.io.layer_from_arrays(kind, config, forged)
     with pytest.raises(rbe.FormatError, match="extra"):
         rbe.io.layer_from_arrays(kind, {**config, "extra": 1}, arrays)
+
+
+# ---- whole-model files ----------------------------------------------------------------------
+
+def write_model(directory, layers, tensors, shards):
+    """A whole-model file whose layers' parts and other tensors (undescribed, as transformers
+    writes them) are spread over ``shards`` files holding the same header."""
+    from safetensors.numpy import save_file
+    header, parts = rbe.io.model_entries(layers)
+    everything = sorted({**parts, **tensors}.items())
+    paths = []
+    for shard in range(shards):
+        paths.append(directory / f"model-{shard}.safetensors")
+        save_file(dict(everything[shard::shards]), paths[-1], metadata={"rbe": header})
+    return paths
+
+
+def test_a_whole_model_loads_from_its_shards(layers, tmp_path):
+    model_layers = {"enc.fc": layers["hybrid"], "enc.seeded": layers["seeded"]}
+    tensors = {"embed.weight": np.arange(12, dtype=np.float32).reshape(3, 4),
+               "flags": np.array([1, 0, 1], np.int8)}
+    paths = write_model(tmp_path, model_layers, tensors, shards=3)
+    loaded, others = rbe.io.load_model(paths)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 100)).astype(np.float32)
+    for name, layer in model_layers.items():
+        np.testing.assert_array_equal(loaded[name].forward(x), layer.forward(x))
+    assert set(others) == set(tensors)
+    for key, array in tensors.items():
+        assert (others[key].dtype, others[key].shape) == (array.dtype.name, array.shape)
+        assert bytes(others[key].data) == array.tobytes()
+    assert rbe.io.load_model(paths, tensors=False)[1] == {}
+
+
+def test_shards_must_agree(layers, tmp_path):
+    paths = write_model(tmp_path, {"fc": layers["hybrid"]}, {"t": np.ones(2, np.float32)}, 2)
+    (tmp_path / "other").mkdir()
+    other = write_model(tmp_path / "other", {"fc": layers["seeded"]}, {}, 1)
+    with pytest.raises(rbe.FormatError, match="different rbe headers"):
+        rbe.io.load_model([*paths, *other])
+    with pytest.raises(rbe.FormatError, match="stored in two shards"):
+        rbe.io.load_model([paths[0], paths[0]])
+    with pytest.raises(rbe.FormatError, match="missing"):
+        rbe.io.load_model(paths[:1])

@@ -71,6 +71,34 @@ def test_float16_storage_error_is_the_value_rounding():
     assert 0 < difference <= 2.0 ** -11 * np.linalg.norm(full.values)
 
 
+@pytest.mark.parametrize("options", [{"basis": True}, {"basis": False, "rank": 4}])
+def test_float16_layer_computes_what_it_stores(options, tmp_path):
+    """Trained float16 parameters are off the float16 grid; the products use them rounded, so
+    saving and loading changes no output bit, and forward, dX and the parameter gradients equal
+    those of a float32 layer holding the rounded values (gradients pass straight through)."""
+    rng = np.random.default_rng(4)
+    layer = scratch(k=12, precision="float16", regrow_every=2, **options)
+    opt = rbe.optim.Adam(layer, lr=1e-2)
+    X = rng.standard_normal((8, 40)).astype(np.float32)
+    for _ in range(3):                      # the second step moves positions
+        layer.backward(X, layer.forward(X))
+        opt.step()
+    assert not np.array_equal(rbe.encoder.rounded(layer.values, "float16"), layer.values)
+    stored = rbe.HybridLinear.from_matrix(
+        rbe.HybridMatrix(layer.grid.shape, layer.block, layer.coef, layer.transform,
+                         layer.offsets, layer.index, layer.values, factors=layer.factors,
+                         precision="float16"), layer.bias)
+    stored.precision = "float32"            # the same rounded values, computed as float32
+    stored._round_parameters()
+    rbe.save(tmp_path / "layer.safetensors", layer)
+    loaded = rbe.load(tmp_path / "layer.safetensors")
+    dY = rng.standard_normal((8, 36)).astype(np.float32)
+    for other in (stored, loaded):
+        np.testing.assert_array_equal(other.forward(X), layer.forward(X))
+        np.testing.assert_array_equal(other.backward(X, dY), layer.backward(X, dY))
+        for name, grad in layer.grads.items():
+            np.testing.assert_array_equal(other.grads[name], grad)
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"budget": 100}, "budget"), ({"budget": 0}, "budget"), ({"ratio": 0.5}, "ratio"),
     ({"ratio": 4, "budget": 1000}, "budget or ratio"), ({"ratio": 4, "k": 3}, "k or"),

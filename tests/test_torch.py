@@ -280,8 +280,8 @@ def test_fused_transitions_applied_by_the_optimizer_step():
 def trained_pair(kind):
     """Two modules of the same shape with different structure and values."""
     if kind == "hybrid":
-        a = rt.compress(nn.Linear(40, 24), block=(8, 8), k=16)
-        b = rt.compress(nn.Linear(40, 24), block=(8, 8), k=16)
+        a = rt.compress(nn.Linear(40, 24), block=(8, 8), k=16, basis=True)
+        b = rt.compress(nn.Linear(40, 24), block=(8, 8), k=16, basis=True)
         return a, b
     return small(kind, seed=5), small(kind, seed=6)
 
@@ -401,7 +401,7 @@ def test_compress_replaces_linear_layers():
             i, j = np.meshgrid(*map(np.arange, linear.weight.shape), indexing="ij")
             linear.weight.copy_(torch.from_numpy(np.cos(0.1 * i + 0.05 * j, dtype=np.float32)))
         expected = model(x)
-    result = rt.compress(model, block=(16, 16), k=32, transform="dct")
+    result = rt.compress(model, block=(16, 16), k=32, transform="dct", basis=True)
     assert result is model
     assert isinstance(model[0], rt.RBELinear) and isinstance(model[2][0], rt.RBELinear)
     assert model[2][0].bias is None
@@ -431,6 +431,25 @@ def test_compress_fused_makes_fresh_layers_of_the_same_shape():
     rt.compress(model, kind="fused", block=(8, 8))
     assert [m.kind for m in model] == ["fused", "fused"]
     assert model(inputs(3, 40)).shape == (3, 24) and model[1].bias is None
+
+
+def test_compress_with_a_budget_alone_uses_the_best_measured_layout():
+    model = nn.Sequential(nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 64, bias=False))
+    rt.compress(model, ratio=8)
+    for module in (model[0], model[2]):
+        layer = module.layer
+        assert layer.block == (16, 16) and not layer.has_basis and layer.precision == "float16"
+        # The ratio counts the layer's float32 bytes, bias included.
+        dense = 4 * module.out_features * (module.in_features + (module.bias is not None))
+        assert dense / 8 - 3 <= layer.nbytes <= dense / 8
+
+
+def test_compress_options_may_be_chosen_per_layer():
+    model = nn.Sequential(nn.Linear(96, 64), nn.ReLU(), nn.Linear(64, 64))
+    rt.compress(model, ratio=lambda name, m: 4 if m.in_features == m.out_features else 16,
+                block=lambda name, m: (8, 8) if name == "2" else (16, 16))
+    assert model[0].layer.block == (16, 16) and model[2].layer.block == (8, 8)
+    assert 15.5 < model[0].layer.compression_ratio and 3.9 < model[2].layer.compression_ratio < 4.5
 
 
 @pytest.mark.parametrize("kind", KINDS)
