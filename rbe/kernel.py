@@ -5,10 +5,11 @@ block for an array of Packed128 seeds. Two modes:
 
 - ``"fast"`` (default): float32, per-shape tables (cached), no per-weight libm call. The
   transcendentals come from one of three approximation families (``"poly"``, ``"lut"``,
-  ``"cordic"``); the SIMD path is chosen at run time from the CPU: ``"avx2_vl"`` (the AVX2
-  code compiled for AVX-512VL's 32 vector registers: same results, fewer register spills;
-  formerly named ``"avx512"``, which is still accepted), ``"avx2"`` or ``"scalar"``. Both can
-  be overridden with the ``RBE_APPROX`` and ``RBE_SIMD`` environment variables (read at
+  ``"cordic"``); the SIMD path is chosen at run time from the CPU: ``"avx512_vnni"`` (the
+  ``"avx2_vl"`` kernels, and code-block products with AVX-512 VNNI and VBMI2), ``"avx2_vl"``
+  (the AVX2 code compiled for AVX-512VL's 32 vector registers: same results, fewer register
+  spills; formerly named ``"avx512"``, which is still accepted), ``"avx2"`` or ``"scalar"``.
+  Both can be overridden with the ``RBE_APPROX`` and ``RBE_SIMD`` environment variables (read at
   import) or :func:`use_approx` / :func:`use_simd` (and ``approx=`` here). The choice holds for
   every kernel with such variants: the weight generation here, and the layers' products.
 - ``"precise"``: float64 with libm, straight from the formula; the oracle for everything else.

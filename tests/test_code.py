@@ -14,8 +14,9 @@ from rbe import _code, kernel, trellis
 from rbe.code import CodeLinear
 
 SIMD = kernel.simd_paths()
-#: Relative error of float32 products against float64 oracles (sums of up to 400 products).
-PRODUCT_TOL = 2e-6
+#: Relative error of float32 products against float64 oracles: sums of up to 400 products of
+#: byte sums (0 .. 1020) and inputs, the centre (510) times the inputs' sum subtracted after.
+PRODUCT_TOL = 5e-6
 
 
 def rel(a, b):

@@ -58,114 +58,49 @@ RBE_TARGET_AVX2 double rbe_code_viterbi_avx2(const rbe_trellis *t, const float *
 
 /* The stream words of the group's eight tiles in tile column tj, lane by lane: words[8 w + i]
  * is word w of lane i's stream, w = 0 .. 8 k, the last a copy of the first (the wrap-around).
- * Lanes past the last tile row get zeros. */
-static void rbe_code_gather_words(const rbe_code_plan *p, int64_t group, int64_t tj,
-                                  uint32_t *words)
+ * Lanes past the last tile row get zeros. Eight words of the eight lanes at a time, transposed
+ * in registers. */
+static RBE_TARGET_AVX2 void rbe_code_gather_words(const rbe_code_plan *p, int64_t group,
+                                                  int64_t tj, uint32_t *words)
 {
-    const int64_t count = 8 * p->bits;
+    const uint8_t *streams[RBE_CODE_LANES];
     for (int lane = 0; lane < RBE_CODE_LANES; ++lane) {
         const int64_t row = group * RBE_CODE_LANES + lane;
-        if (row >= p->tile_rows) {
-            for (int64_t w = 0; w <= count; ++w) words[8 * w + lane] = 0;
-            continue;
-        }
-        const uint8_t *stream = rbe_code_stream(p, row, tj);
-        for (int64_t w = 0; w <= count; ++w) words[8 * w + lane] = rbe_code_word(stream, w, count);
+        streams[lane] = row < p->tile_rows ? rbe_code_stream(p, row, tj) : NULL;
     }
+    for (int q = 0; q < p->bits; ++q) {
+        __m256i r[8], t[8], u[8];
+        for (int lane = 0; lane < RBE_CODE_LANES; ++lane)
+            r[lane] = streams[lane] ? _mm256_loadu_si256((const __m256i *)(streams[lane] + 32 * q))
+                                    : _mm256_setzero_si256();
+        for (int i = 0; i < 8; i += 2) {
+            t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
+            t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
+        }
+        for (int i = 0; i < 8; i += 4)
+            for (int j = 0; j < 2; ++j) {
+                u[i + 2 * j] = _mm256_unpacklo_epi64(t[i + j], t[i + j + 2]);
+                u[i + 2 * j + 1] = _mm256_unpackhi_epi64(t[i + j], t[i + j + 2]);
+            }
+        for (int j = 0; j < 4; ++j) {
+            _mm256_store_si256((__m256i *)(words + 8 * (8 * q + j)),
+                               _mm256_permute2x128_si256(u[j], u[j + 4], 0x20));
+            _mm256_store_si256((__m256i *)(words + 8 * (8 * q + j + 4)),
+                               _mm256_permute2x128_si256(u[j], u[j + 4], 0x31));
+        }
+    }
+    _mm256_store_si256((__m256i *)(words + 64 * p->bits),
+                       _mm256_load_si256((const __m256i *)words));
 }
 
-/* The centred values of step s = 0 .. 31 of a pair of tile rows whose bits start at `words`
- * (eight lanes). bit, word and shift are compile-time constants once the caller's loop over s
- * is unrolled; a window that ends inside its first word needs one load. */
-RBE_INLINE RBE_TARGET_AVX2 __m256 rbe_code_values8(const uint32_t *words, int k, int s,
-                                                    __m256i mask)
-{
-    const int bit = s * k, w = bit >> 5, shift = bit & 31;
-    __m256i state = _mm256_srli_epi32(_mm256_load_si256((const __m256i *)(words + 8 * w)), shift);
-    if (shift > 32 - RBE_CODE_MAX_STATE_BITS)
-        state = _mm256_or_si256(state, _mm256_slli_epi32(
-            _mm256_load_si256((const __m256i *)(words + 8 * (w + 1))), 32 - shift));
-    state = _mm256_and_si256(state, mask);
-    const __m256i hash = _mm256_add_epi32(_mm256_mullo_epi32(state, _mm256_set1_epi32(
-                                              (int)RBE_CODE_MUL)),
-                                          _mm256_set1_epi32((int)RBE_CODE_ADD));
-    /* the four bytes summed: pairs as 16-bit words, then the two words */
-    const __m256i pairs = _mm256_maddubs_epi16(hash, _mm256_set1_epi8(1));
-    const __m256i sum = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
-    return _mm256_cvtepi32_ps(_mm256_sub_epi32(sum, _mm256_set1_epi32((int)RBE_CODE_CENTRE)));
-}
-
-/* acc[r] += the products of tile rows r = 2 pair, 2 pair + 1 of eight tiles with x (16
- * columns). Two accumulators per row keep two multiply-add chains in flight. */
-RBE_INLINE RBE_TARGET_AVX2 void rbe_code_gemv_pair(const uint32_t *words, int k, int pair,
-                                                   const float *x, __m256i mask, __m256 *acc)
-{
-    const uint32_t *w = words + 8 * (pair * k);    /* 32 steps start on a word */
-    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(),
-                   _mm256_setzero_ps()};
-    RBE_UNROLL_STEPS
-    for (int s = 0; s < 32; ++s)
-        a[(s >> 4) * 2 + (s & 1)] = _mm256_fmadd_ps(rbe_code_values8(w, k, s, mask),
-                                                    _mm256_broadcast_ss(x + (s & 15)),
-                                                    a[(s >> 4) * 2 + (s & 1)]);
-    acc[2 * pair] = _mm256_add_ps(acc[2 * pair], _mm256_add_ps(a[0], a[1]));
-    acc[2 * pair + 1] = _mm256_add_ps(acc[2 * pair + 1], _mm256_add_ps(a[2], a[3]));
-}
-
-/* raw[16 lane + r] from acc[r] (lane = tile row of the group, r = row in the tile). */
-static RBE_TARGET_AVX2 void rbe_code_store_rows(const __m256 *acc, float *raw)
+/* raw[16 lane + r] = acc[r] - offset (lane = tile row of the group, r = row in the tile). */
+static RBE_TARGET_AVX2 void rbe_code_store_rows(const __m256 *acc, float offset, float *raw)
 {
     float lanes[RBE_CODE_TILE][RBE_CODE_LANES];
     for (int r = 0; r < RBE_CODE_TILE; ++r) _mm256_storeu_ps(lanes[r], acc[r]);
     for (int lane = 0; lane < RBE_CODE_LANES; ++lane)
-        for (int r = 0; r < RBE_CODE_TILE; ++r) raw[lane * RBE_CODE_TILE + r] = lanes[r][lane];
-}
-
-RBE_INLINE RBE_TARGET_AVX2 void rbe_code_gemv_k(int k, const rbe_code_plan *p, int64_t group,
-                                                int64_t tj0, int64_t tj1, const float *x,
-                                                float *raw)
-{
-    RBE_ALIGN32 uint32_t words[8 * (8 * RBE_CODE_MAX_BITS + 1)];
-    const __m256i mask = _mm256_set1_epi32((int)((UINT32_C(1) << p->state_bits) - 1));
-    __m256 acc[RBE_CODE_TILE];
-    for (int r = 0; r < RBE_CODE_TILE; ++r) acc[r] = _mm256_setzero_ps();
-    for (int64_t tj = tj0; tj < tj1; ++tj) {
-        rbe_code_gather_words(p, group, tj, words);
-        for (int pair = 0; pair < RBE_CODE_TILE / 2; ++pair)
-            rbe_code_gemv_pair(words, k, pair, x + tj * RBE_CODE_TILE, mask, acc);
-    }
-    rbe_code_store_rows(acc, raw);
-}
-
-RBE_TARGET_AVX2 void rbe_code_gemv_avx2(const rbe_code_plan *p, int64_t group, int64_t tj0,
-                                        int64_t tj1, const float *x, float *raw)
-{
-    switch (p->bits) {
-    case 2: rbe_code_gemv_k(2, p, group, tj0, tj1, x, raw); break;
-    case 3: rbe_code_gemv_k(3, p, group, tj0, tj1, x, raw); break;
-    default: rbe_code_gemv_k(4, p, group, tj0, tj1, x, raw); break;
-    }
-}
-
-/* A panel of the group's weights: panel[c][8 r + lane] for RBE_CODE_PANEL_COLUMNS columns c
- * (tile columns tj0 ..), row r of the tile in each lane. */
-RBE_INLINE RBE_TARGET_AVX2 void rbe_code_panel_k(int k, const rbe_code_plan *p, int64_t group,
-                                                 int64_t tj0, int64_t tiles, float *panel)
-{
-    RBE_ALIGN32 uint32_t words[8 * (8 * RBE_CODE_MAX_BITS + 1)];
-    const __m256i mask = _mm256_set1_epi32((int)((UINT32_C(1) << p->state_bits) - 1));
-    for (int64_t tile = 0; tile < tiles; ++tile) {
-        rbe_code_gather_words(p, group, tj0 + tile, words);
-        float *columns = panel + tile * RBE_CODE_TILE * RBE_CODE_GROUP;
-        for (int pair = 0; pair < RBE_CODE_TILE / 2; ++pair) {
-            const uint32_t *w = words + 8 * (pair * k);
-            RBE_UNROLL_STEPS
-            for (int s = 0; s < 32; ++s)
-                _mm256_store_ps(columns + (s & 15) * RBE_CODE_GROUP
-                                    + (2 * pair + (s >> 4)) * RBE_CODE_LANES,
-                                rbe_code_values8(w, k, s, mask));
-        }
-    }
+        for (int r = 0; r < RBE_CODE_TILE; ++r)
+            raw[lane * RBE_CODE_TILE + r] = lanes[r][lane] - offset;
 }
 
 /* acc (ROWS x 16 panel rows) = sum_c x[b][c] panel[c][16 block ..], ROWS rows of x. */
@@ -214,40 +149,20 @@ static RBE_TARGET_AVX2 void rbe_code_panel_product(const float *panel, int colum
         }
 }
 
-RBE_INLINE RBE_TARGET_AVX2 void rbe_code_gemm_k(int k, const rbe_code_plan *p, int64_t group,
-                                                const float *x, int64_t batch, float *raw,
-                                                int64_t ldr)
-{
-    RBE_ALIGN32 float panel[RBE_CODE_PANEL_COLUMNS * RBE_CODE_GROUP];
-    const int64_t step = RBE_CODE_PANEL_COLUMNS / RBE_CODE_TILE;
-    /* the sums in panel order (8 r + lane), RBE_CODE_GEMM_ROWS rows of x at a time */
-    RBE_ALIGN32 float sums[RBE_CODE_GEMM_ROWS * RBE_CODE_GROUP];
-    for (int64_t b0 = 0; b0 < batch; b0 += RBE_CODE_GEMM_ROWS) {
-        const int64_t rows = batch - b0 < RBE_CODE_GEMM_ROWS ? batch - b0 : RBE_CODE_GEMM_ROWS;
-        memset(sums, 0, sizeof(float) * (size_t)(rows * RBE_CODE_GROUP));
-        for (int64_t tj = 0; tj < p->tile_cols; tj += step) {
-            const int64_t tiles = p->tile_cols - tj < step ? p->tile_cols - tj : step;
-            rbe_code_panel_k(k, p, group, tj, tiles, panel);
-            rbe_code_panel_product(panel, (int)(tiles * RBE_CODE_TILE),
-                                   x + b0 * p->in_padded + tj * RBE_CODE_TILE, p->in_padded, rows,
-                                   sums);
-        }
-        for (int64_t b = 0; b < rows; ++b)
-            for (int lane = 0; lane < RBE_CODE_LANES; ++lane)
-                for (int r = 0; r < RBE_CODE_TILE; ++r)
-                    raw[(b0 + b) * ldr + lane * RBE_CODE_TILE + r] =
-                        sums[b * RBE_CODE_GROUP + r * RBE_CODE_LANES + lane];
-    }
-}
+/* The products, compiled once for AVX2 + FMA and once for the CPUs with AVX-512 VNNI and
+ * VBMI2, where a window that straddles two words is one concatenating shift and the bytes of a
+ * hash sum in one instruction (code_products_avx.h). */
+#define RBE_CODE_TARGET RBE_TARGET_AVX2
+#define RBE_CODE_FN(name) name##_avx2
+#define RBE_CODE_VNNI 0
+#include "code_products_avx.h"
+#undef RBE_CODE_TARGET
+#undef RBE_CODE_FN
+#undef RBE_CODE_VNNI
 
-RBE_TARGET_AVX2 void rbe_code_gemm_avx2(const rbe_code_plan *p, int64_t group, const float *x,
-                                        int64_t batch, float *raw, int64_t ldr)
-{
-    switch (p->bits) {
-    case 2: rbe_code_gemm_k(2, p, group, x, batch, raw, ldr); break;
-    case 3: rbe_code_gemm_k(3, p, group, x, batch, raw, ldr); break;
-    default: rbe_code_gemm_k(4, p, group, x, batch, raw, ldr); break;
-    }
-}
+#define RBE_CODE_TARGET RBE_TARGET_AVX512_VNNI
+#define RBE_CODE_FN(name) name##_avx512_vnni
+#define RBE_CODE_VNNI 1
+#include "code_products_avx.h"
 
 #endif

@@ -24,7 +24,8 @@ static unsigned long long xgetbv0(void)
 #endif
 
 /* AVX2 and FMA in the CPU with YMM state enabled by the OS (OSXSAVE, XCR0 bits 1, 2);
- * AVX-512F and VL with opmask and ZMM state enabled (XCR0 bits 5-7). */
+ * AVX-512F and VL with opmask and ZMM state enabled (XCR0 bits 5-7); VNNI and VBMI2 with
+ * them. */
 unsigned rbe_cpu_caps(void)
 {
     int r[4];
@@ -38,8 +39,10 @@ unsigned rbe_cpu_caps(void)
     cpuid(7, 0, r);
     unsigned caps = 0;
     if (fma && ((r[1] >> 5) & 1)) caps |= RBE_CPU_AVX2_FMA;
-    if (((r[1] >> 16) & 1) && ((r[1] >> 31) & 1) && (xcr0 & 0xE0) == 0xE0)
+    if (((r[1] >> 16) & 1) && ((r[1] >> 31) & 1) && (xcr0 & 0xE0) == 0xE0) {
         caps |= RBE_CPU_AVX512VL;
+        if (((r[2] >> 11) & 1) && ((r[2] >> 6) & 1)) caps |= RBE_CPU_AVX512_VNNI_VBMI2;
+    }
     return caps;
 }
 

@@ -13,7 +13,27 @@ static const struct {
     [RBE_SIMD_SCALAR] = {"scalar", 0},
     [RBE_SIMD_AVX2] = {"avx2", RBE_CPU_AVX2_FMA},
     [RBE_SIMD_AVX2_VL] = {"avx2_vl", RBE_CPU_AVX2_FMA | RBE_CPU_AVX512VL},
+    [RBE_SIMD_AVX512_VNNI] = {"avx512_vnni",
+                              RBE_CPU_AVX2_FMA | RBE_CPU_AVX512VL | RBE_CPU_AVX512_VNNI_VBMI2},
 };
+
+/* The avx2_vl kernels, which the avx512_vnni path runs too: it adds code-block products only. */
+#define RBE_BLOCK_AVX2_VL {                                                                   \
+        [RBE_APPROX_POLY] = rbe_block_poly_avx2_vl,                                           \
+        [RBE_APPROX_LUT] = rbe_block_lut_avx2_vl,                                             \
+        [RBE_APPROX_CORDIC] = rbe_block_cordic_avx2_vl,                                       \
+    }
+#define RBE_FUSED_AVX2_VL(family) {                                                           \
+        .gemv = rbe_fused_gemv_##family##_avx2_vl,                                            \
+        .panel = rbe_fused_panel_##family##_avx2_vl,                                          \
+        .backward = rbe_fused_backward_##family##_avx2_vl,                                    \
+        .backward_vec = rbe_fused_backward_vec_##family##_avx2_vl,                            \
+    }
+#define RBE_FUSED_AVX2_VL_FAMILIES {                                                          \
+        [RBE_APPROX_POLY] = RBE_FUSED_AVX2_VL(poly),                                          \
+        [RBE_APPROX_LUT] = RBE_FUSED_AVX2_VL(lut),                                            \
+        [RBE_APPROX_CORDIC] = RBE_FUSED_AVX2_VL(cordic),                                      \
+    }
 
 static const rbe_block_fn block_kernels[RBE_N_SIMD][RBE_N_APPROX] = {
     [RBE_SIMD_SCALAR] = {
@@ -27,11 +47,8 @@ static const rbe_block_fn block_kernels[RBE_N_SIMD][RBE_N_APPROX] = {
         [RBE_APPROX_LUT] = rbe_block_lut_avx2,
         [RBE_APPROX_CORDIC] = rbe_block_cordic_avx2,
     },
-    [RBE_SIMD_AVX2_VL] = {
-        [RBE_APPROX_POLY] = rbe_block_poly_avx2_vl,
-        [RBE_APPROX_LUT] = rbe_block_lut_avx2_vl,
-        [RBE_APPROX_CORDIC] = rbe_block_cordic_avx2_vl,
-    },
+    [RBE_SIMD_AVX2_VL] = RBE_BLOCK_AVX2_VL,
+    [RBE_SIMD_AVX512_VNNI] = RBE_BLOCK_AVX2_VL,
 #endif
 };
 
@@ -77,26 +94,8 @@ static const rbe_fused_ops fused_kernels[RBE_N_SIMD][RBE_N_APPROX] = {
             .backward_vec = rbe_fused_backward_vec_cordic_avx2,
         },
     },
-    [RBE_SIMD_AVX2_VL] = {
-        [RBE_APPROX_POLY] = {
-            .gemv = rbe_fused_gemv_poly_avx2_vl,
-            .panel = rbe_fused_panel_poly_avx2_vl,
-            .backward = rbe_fused_backward_poly_avx2_vl,
-            .backward_vec = rbe_fused_backward_vec_poly_avx2_vl,
-        },
-        [RBE_APPROX_LUT] = {
-            .gemv = rbe_fused_gemv_lut_avx2_vl,
-            .panel = rbe_fused_panel_lut_avx2_vl,
-            .backward = rbe_fused_backward_lut_avx2_vl,
-            .backward_vec = rbe_fused_backward_vec_lut_avx2_vl,
-        },
-        [RBE_APPROX_CORDIC] = {
-            .gemv = rbe_fused_gemv_cordic_avx2_vl,
-            .panel = rbe_fused_panel_cordic_avx2_vl,
-            .backward = rbe_fused_backward_cordic_avx2_vl,
-            .backward_vec = rbe_fused_backward_vec_cordic_avx2_vl,
-        },
-    },
+    [RBE_SIMD_AVX2_VL] = RBE_FUSED_AVX2_VL_FAMILIES,
+    [RBE_SIMD_AVX512_VNNI] = RBE_FUSED_AVX2_VL_FAMILIES,
 #endif
 };
 
@@ -106,10 +105,12 @@ static const rbe_hybrid_rows_ops hybrid_rows_kernels[RBE_N_SIMD] = {
 #ifdef RBE_HAVE_X86_SIMD
     [RBE_SIMD_AVX2] = {.f32 = rbe_hybrid_rows_f32_avx2, .f64 = rbe_hybrid_rows_f64_avx2},
     [RBE_SIMD_AVX2_VL] = {.f32 = rbe_hybrid_rows_f32_avx2, .f64 = rbe_hybrid_rows_f64_avx2},
+    [RBE_SIMD_AVX512_VNNI] = {.f32 = rbe_hybrid_rows_f32_avx2, .f64 = rbe_hybrid_rows_f64_avx2},
 #endif
 };
 
-/* The code-block kernels have no per-family code; AVX-512VL adds nothing to them. */
+/* The code-block kernels have no per-family code; AVX-512VL's registers add nothing to them,
+ * VNNI and VBMI2 shorten the products' steps. */
 static const rbe_code_ops code_kernels[RBE_N_SIMD] = {
     [RBE_SIMD_SCALAR] = {.viterbi = rbe_code_viterbi_scalar, .gemv = rbe_code_gemv_scalar,
                          .gemm = rbe_code_gemm_scalar},
@@ -118,6 +119,9 @@ static const rbe_code_ops code_kernels[RBE_N_SIMD] = {
                        .gemm = rbe_code_gemm_avx2},
     [RBE_SIMD_AVX2_VL] = {.viterbi = rbe_code_viterbi_avx2, .gemv = rbe_code_gemv_avx2,
                           .gemm = rbe_code_gemm_avx2},
+    [RBE_SIMD_AVX512_VNNI] = {.viterbi = rbe_code_viterbi_avx2,
+                              .gemv = rbe_code_gemv_avx512_vnni,
+                              .gemm = rbe_code_gemm_avx512_vnni},
 #endif
 };
 

@@ -46,11 +46,11 @@ static inline uint32_t rbe_code_bytesum(uint32_t state)
     return (x & 255u) + ((x >> 8) & 255u) + ((x >> 16) & 255u) + (x >> 24);
 }
 
-/* Stream word w (bits 32 w .. 32 w + 31) of a tile's stream of `words` words, little-endian
- * from the bytes, wrapping around at the end. */
-static inline uint32_t rbe_code_word(const uint8_t *stream, int64_t w, int64_t words)
+/* Stream word w (bits 32 w .. 32 w + 31) of a tile's stream, little-endian from the bytes
+ * (one load where the CPU is little-endian). */
+static inline uint32_t rbe_code_word(const uint8_t *stream, int64_t w)
 {
-    const uint8_t *b = stream + 4 * (w % words);
+    const uint8_t *b = stream + 4 * w;
     return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 | (uint32_t)b[3] << 24;
 }
 
@@ -147,6 +147,8 @@ rbe_code_gemm_kernel rbe_code_gemm_scalar;
 #ifdef RBE_HAVE_X86_SIMD
 rbe_code_gemv_kernel rbe_code_gemv_avx2;
 rbe_code_gemm_kernel rbe_code_gemm_avx2;
+rbe_code_gemv_kernel rbe_code_gemv_avx512_vnni;
+rbe_code_gemm_kernel rbe_code_gemm_avx512_vnni;
 #endif
 
 

@@ -18,14 +18,18 @@ enum {
     RBE_SIMD_SCALAR = 0,   /* portable C */
     RBE_SIMD_AVX2 = 1,     /* AVX2 + FMA, 16 vector registers */
     RBE_SIMD_AVX2_VL = 2,  /* the AVX2 code with AVX-512VL's 32 vector registers */
-    RBE_N_SIMD = 3
+    RBE_SIMD_AVX512_VNNI = 3,  /* avx2_vl, and the code-block products with AVX-512 VNNI and
+                                * VBMI2 (still 256-bit vectors) */
+    RBE_N_SIMD = 4
 };
 
 /* CPU capabilities, the bits of rbe_cpu_caps(): a SIMD path runs where the CPU has every
  * capability the path needs. */
 enum {
     RBE_CPU_AVX2_FMA = 1u << 0,   /* AVX2 and FMA, with the YMM state enabled by the OS */
-    RBE_CPU_AVX512VL = 1u << 1    /* AVX-512F and VL, with the opmask and ZMM state enabled */
+    RBE_CPU_AVX512VL = 1u << 1,   /* AVX-512F and VL, with the opmask and ZMM state enabled */
+    RBE_CPU_AVX512_VNNI_VBMI2 = 1u << 2   /* AVX-512 VNNI and VBMI2 (dot products of bytes,
+                                           * concatenating shifts) */
 };
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -34,9 +38,12 @@ enum {
 #if defined(_MSC_VER) && !defined(__clang__)
 #define RBE_TARGET_AVX2
 #define RBE_TARGET_AVX2_VL
+#define RBE_TARGET_AVX512_VNNI
 #else
 #define RBE_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #define RBE_TARGET_AVX2_VL __attribute__((target("avx2,fma,avx512f,avx512vl")))
+#define RBE_TARGET_AVX512_VNNI \
+    __attribute__((target("avx2,fma,avx512f,avx512vl,avx512vnni,avx512vbmi2")))
 #endif
 #endif
 
