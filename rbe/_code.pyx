@@ -29,7 +29,6 @@ MAX_ODD = RBE_CODE_MAX_ODD
 WRAP_WINDOW = RBE_CODE_WRAP_WINDOW
 
 
-
 cdef rbe_code_ops _ops(int simd) except *:
     cdef rbe_code_ops ops = rbe_code_select(simd)
     if ops.viterbi == NULL:

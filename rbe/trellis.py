@@ -5,9 +5,9 @@ A matrix W (out_features x in_features) is coded in a rotated basis,
     R = H_out (s_out * pad(W) * s_in^T) H_in^T,
 
 pad() adding zero rows and columns up to the rotated sides (:func:`rotated_side`), s random
-signs drawn from a seed (:func:`signs`) and H = H_{2^a} kron Q_b an orthonormal rotation: the
-Sylvester Hadamard matrix of the power-of-two factor of the side and an orthonormal DCT-II of its
-odd factor b <= 63 (:func:`odd_factor`). Rotated, a trained matrix's entries are close to
+signs drawn from a seed (:func:`signs`) and H = Q_b kron H_{2^a} an orthonormal rotation: an
+orthonormal DCT-II of the side's odd factor b <= 63 (:func:`odd_factor`) and the Sylvester
+Hadamard matrix of its power-of-two factor. Rotated, a trained matrix's entries are close to
 Gaussian whatever its structure, which is what the trellis codes well. R is cut into tiles of
 16 x 16; each tile is one sequence of 256 weights (row-major) coded by a tail-biting bitshift
 trellis of k bits per weight and L state bits whose values are computed from the states

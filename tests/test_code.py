@@ -33,8 +33,8 @@ def oracle_value(state):
 
 
 def oracle_rotation(features, seed, side):
-    """V (padded x padded, float64) with x' = V pad(x): scipy's Hadamard matrix kron an
-    orthonormal DCT-II of the odd factor, times the signs."""
+    """V (padded x padded, float64) with x' = V pad(x): an orthonormal DCT-II of the odd
+    factor kron scipy's Hadamard matrix, times the signs."""
     padded = trellis.rotated_side(features)
     odd = padded
     while odd % 2 == 0:
@@ -42,7 +42,7 @@ def oracle_rotation(features, seed, side):
     pow2 = padded // odd
     hadamard = scipy.linalg.hadamard(pow2) / np.sqrt(pow2)
     dct = scipy.fft.dct(np.eye(odd), norm="ortho", axis=0)
-    return np.kron(hadamard, dct) * trellis.signs(seed, side, padded).astype(np.float64)
+    return np.kron(dct, hadamard) * trellis.signs(seed, side, padded).astype(np.float64)
 
 
 def oracle_dense(layer):

@@ -450,9 +450,9 @@ def test_hybrid_rows(simd, dtype, batch):
 #: group of tile rows; every k
 CODE_LAYERS = {"power of two, k = 2": (256, 128, 2), "odd factors, k = 3": (100, 300, 3),
                "partial group, k = 4": (48, 200, 4)}
-#: rows of x: one vector (gemv, its columns split in parts on two threads), batches below,
-#: at and above one panel pass (RBE_CODE_GEMM_ROWS = 48) and a partial tile of six rows
-CODE_BATCHES = [1, 2, 7, 48, 50]
+#: rows of x: one vector (gemv, its columns split in parts on two threads), small batches, and
+#: batches cut into items (RBE_CODE_GEMM_ROWS = 240 rows at most) ending in a partial tile of six
+CODE_BATCHES = [1, 2, 7, 50, 241]
 
 
 @cache

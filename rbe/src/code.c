@@ -8,30 +8,55 @@
 #include "rbe/plan.h"
 #include "rbe/pool.h"
 
+/* Sylvester's Hadamard matrix (symmetric, unnormalised) on n contiguous values, n a power of
+ * two >= 8: the first three levels on each chunk of eight in registers, the others as
+ * butterflies of contiguous runs, which compilers vectorise. */
+static void rbe_code_hadamard(float *v, int64_t n)
+{
+    for (int64_t i = 0; i < n; i += 8) {
+        float *c = v + i;
+        const float a0 = c[0] + c[1], a1 = c[0] - c[1], a2 = c[2] + c[3], a3 = c[2] - c[3];
+        const float a4 = c[4] + c[5], a5 = c[4] - c[5], a6 = c[6] + c[7], a7 = c[6] - c[7];
+        const float b0 = a0 + a2, b1 = a1 + a3, b2 = a0 - a2, b3 = a1 - a3;
+        const float b4 = a4 + a6, b5 = a5 + a7, b6 = a4 - a6, b7 = a5 - a7;
+        c[0] = b0 + b4; c[1] = b1 + b5; c[2] = b2 + b6; c[3] = b3 + b7;
+        c[4] = b0 - b4; c[5] = b1 - b5; c[6] = b2 - b6; c[7] = b3 - b7;
+    }
+    for (int64_t h = 8; h < n; h *= 2)
+        for (int64_t i = 0; i < n; i += 2 * h)
+            for (int64_t j = i; j < i + h; ++j) {
+                const float x = v[j], y = v[j + h];
+                v[j] = x + y;
+                v[j + h] = x - y;
+            }
+}
+
+/* Columns of the odd factor mixed per chunk of this many values (a stack buffer of
+ * RBE_CODE_MAX_ODD chunks). */
+#define RBE_CODE_ODD_CHUNK 64
+
 void rbe_code_rotate(const rbe_rotation *r, float *v, int transpose)
 {
     const int64_t n = r->pow2, b = r->odd;
-    if (b > 1) {
+    if (b > 1) {      /* v[q n + p] <- sum_q' Q[q, q'] v[q' n + p], over runs of p */
         const float *q = r->odd_matrix;
-        float in[RBE_CODE_MAX_ODD];
-        for (int64_t p = 0; p < n; ++p) {
-            float *g = v + p * b;
-            memcpy(in, g, (size_t)b * sizeof(float));
+        float in[RBE_CODE_MAX_ODD * RBE_CODE_ODD_CHUNK];
+        for (int64_t p0 = 0; p0 < n; p0 += RBE_CODE_ODD_CHUNK) {
+            const int64_t width = n - p0 < RBE_CODE_ODD_CHUNK ? n - p0 : RBE_CODE_ODD_CHUNK;
+            for (int64_t j = 0; j < b; ++j)
+                memcpy(in + j * RBE_CODE_ODD_CHUNK, v + j * n + p0, (size_t)width * sizeof(float));
             for (int64_t i = 0; i < b; ++i) {
-                float sum = 0;
-                for (int64_t j = 0; j < b; ++j) sum += (transpose ? q[j * b + i] : q[i * b + j]) * in[j];
-                g[i] = sum;
+                float *out = v + i * n + p0;
+                for (int64_t p = 0; p < width; ++p) out[p] = 0;
+                for (int64_t j = 0; j < b; ++j) {
+                    const float w = transpose ? q[j * b + i] : q[i * b + j];
+                    const float *src = in + j * RBE_CODE_ODD_CHUNK;
+                    for (int64_t p = 0; p < width; ++p) out[p] += w * src[p];
+                }
             }
         }
     }
-    /* Sylvester's Hadamard matrix (symmetric) over the power-of-two index, stride b */
-    for (int64_t h = 1; h < n; h *= 2)
-        for (int64_t i = 0; i < n; i += 2 * h)
-            for (int64_t j = i * b; j < (i + h) * b; ++j) {
-                const float x = v[j], y = v[j + h * b];
-                v[j] = x + y;
-                v[j + h * b] = x - y;
-            }
+    for (int64_t i = 0; i < b; ++i) rbe_code_hadamard(v + i * n, n);
     const float scale = (float)(1.0 / sqrt((double)n));
     for (int64_t j = 0; j < n * b; ++j) v[j] *= scale;
 }

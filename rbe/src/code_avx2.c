@@ -129,24 +129,39 @@ RBE_INLINE RBE_TARGET_AVX2 void rbe_code_tile_rows(int rows, const float *panel,
 }
 
 /* out[b][8 r + lane] += x rows times the panel, six rows of x at a time (the last tile of the
- * batch with what is left, each count compiled on its own so that its sums stay in registers). */
+ * batch with what is left, each count compiled on its own so that its sums stay in registers),
+ * all of the panel's rows for each six rows of x (which stay in L1 while the panel does). */
 static RBE_TARGET_AVX2 void rbe_code_panel_product(const float *panel, int columns,
                                                    const float *x, int64_t ldx, int64_t batch,
-                                                   float *out)
+                                                   float *out, int64_t ldo)
 {
-    for (int block = 0; block < RBE_CODE_GROUP / 16; ++block)
-        for (int64_t b = 0; b < batch; b += 6) {
-            const float *xb = x + b * ldx;
-            float *ob = out + b * RBE_CODE_GROUP;
+    for (int64_t b = 0; b < batch; b += 6) {
+        const float *xb = x + b * ldx;
+        float *ob = out + b * ldo;
+        for (int block = 0; block < RBE_CODE_GROUP / 16; ++block)
             switch (batch - b < 6 ? batch - b : 6) {
-            case 1: rbe_code_tile_rows(1, panel, columns, block, xb, ldx, ob, RBE_CODE_GROUP); break;
-            case 2: rbe_code_tile_rows(2, panel, columns, block, xb, ldx, ob, RBE_CODE_GROUP); break;
-            case 3: rbe_code_tile_rows(3, panel, columns, block, xb, ldx, ob, RBE_CODE_GROUP); break;
-            case 4: rbe_code_tile_rows(4, panel, columns, block, xb, ldx, ob, RBE_CODE_GROUP); break;
-            case 5: rbe_code_tile_rows(5, panel, columns, block, xb, ldx, ob, RBE_CODE_GROUP); break;
-            default: rbe_code_tile_rows(6, panel, columns, block, xb, ldx, ob, RBE_CODE_GROUP);
+            case 1: rbe_code_tile_rows(1, panel, columns, block, xb, ldx, ob, ldo); break;
+            case 2: rbe_code_tile_rows(2, panel, columns, block, xb, ldx, ob, ldo); break;
+            case 3: rbe_code_tile_rows(3, panel, columns, block, xb, ldx, ob, ldo); break;
+            case 4: rbe_code_tile_rows(4, panel, columns, block, xb, ldx, ob, ldo); break;
+            case 5: rbe_code_tile_rows(5, panel, columns, block, xb, ldx, ob, ldo); break;
+            default: rbe_code_tile_rows(6, panel, columns, block, xb, ldx, ob, ldo);
             }
-        }
+    }
+}
+
+/* Each of the batch's rows of 128 sums (stride ld) from the panel order (8 r + lane) to the
+ * group's row order (16 lane + r), in place. */
+static void rbe_code_unpermute_rows(float *sums, int64_t batch, int64_t ld)
+{
+    float row[RBE_CODE_GROUP];
+    for (int64_t b = 0; b < batch; ++b) {
+        float *s = sums + b * ld;
+        memcpy(row, s, sizeof(row));
+        for (int lane = 0; lane < RBE_CODE_LANES; ++lane)
+            for (int r = 0; r < RBE_CODE_TILE; ++r)
+                s[lane * RBE_CODE_TILE + r] = row[r * RBE_CODE_LANES + lane];
+    }
 }
 
 /* The products, compiled once for AVX2 + FMA and once for the CPUs with AVX-512 VNNI and

@@ -108,30 +108,21 @@ RBE_INLINE RBE_CODE_TARGET void RBE_CODE_FN(rbe_code_panel_k)(int k, const rbe_c
     }
 }
 
-RBE_INLINE RBE_CODE_TARGET void RBE_CODE_FN(rbe_code_gemm_k)(int k, const rbe_code_plan *p, int64_t group,
-                                                const float *x, int64_t batch, float *raw,
-                                                int64_t ldr)
+RBE_INLINE RBE_CODE_TARGET void RBE_CODE_FN(rbe_code_gemm_k)(int k, const rbe_code_plan *p,
+                                                              int64_t group, const float *x,
+                                                              int64_t batch, float *raw,
+                                                              int64_t ldr)
 {
     RBE_ALIGN32 float panel[RBE_CODE_PANEL_COLUMNS * RBE_CODE_GROUP];
     const int64_t step = RBE_CODE_PANEL_COLUMNS / RBE_CODE_TILE;
-    /* the sums in panel order (8 r + lane), RBE_CODE_GEMM_ROWS rows of x at a time */
-    RBE_ALIGN32 float sums[RBE_CODE_GEMM_ROWS * RBE_CODE_GROUP];
-    for (int64_t b0 = 0; b0 < batch; b0 += RBE_CODE_GEMM_ROWS) {
-        const int64_t rows = batch - b0 < RBE_CODE_GEMM_ROWS ? batch - b0 : RBE_CODE_GEMM_ROWS;
-        memset(sums, 0, sizeof(float) * (size_t)(rows * RBE_CODE_GROUP));
-        for (int64_t tj = 0; tj < p->tile_cols; tj += step) {
-            const int64_t tiles = p->tile_cols - tj < step ? p->tile_cols - tj : step;
-            RBE_CODE_FN(rbe_code_panel_k)(k, p, group, tj, tiles, panel);
-            rbe_code_panel_product(panel, (int)(tiles * RBE_CODE_TILE),
-                                   x + b0 * p->in_padded + tj * RBE_CODE_TILE, p->in_padded, rows,
-                                   sums);
-        }
-        for (int64_t b = 0; b < rows; ++b)
-            for (int lane = 0; lane < RBE_CODE_LANES; ++lane)
-                for (int r = 0; r < RBE_CODE_TILE; ++r)
-                    raw[(b0 + b) * ldr + lane * RBE_CODE_TILE + r] =
-                        sums[b * RBE_CODE_GROUP + r * RBE_CODE_LANES + lane];
+    for (int64_t b = 0; b < batch; ++b) memset(raw + b * ldr, 0, RBE_CODE_GROUP * sizeof(float));
+    for (int64_t tj = 0; tj < p->tile_cols; tj += step) {
+        const int64_t tiles = p->tile_cols - tj < step ? p->tile_cols - tj : step;
+        RBE_CODE_FN(rbe_code_panel_k)(k, p, group, tj, tiles, panel);
+        rbe_code_panel_product(panel, (int)(tiles * RBE_CODE_TILE), x + tj * RBE_CODE_TILE,
+                               p->in_padded, batch, raw, ldr);
     }
+    rbe_code_unpermute_rows(raw, batch, ldr);
 }
 
 RBE_CODE_TARGET void RBE_CODE_FN(rbe_code_gemm)(const rbe_code_plan *p, int64_t group,

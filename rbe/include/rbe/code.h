@@ -16,8 +16,8 @@
  * bytesum - RBE_CODE_CENTRE exactly in float32 and apply the factors to the row sums.
  *
  * Rotations. y = W x is computed as x' = H_in (s_in * pad(x)), y' = R x', y = (s_out * H_out^T
- * y')[:out_features], with H = H_{2^a} (Sylvester Hadamard / sqrt(2^a)) kron Q_b (b x b
- * orthonormal, b odd; none when b = 1) and s random signs.
+ * y')[:out_features], with H = Q_b kron H_{2^a} (b x b orthonormal Q_b, b odd, none when
+ * b = 1; H_{2^a} Sylvester's Hadamard matrix / sqrt(2^a)) and s random signs.
  */
 #ifndef RBE_CODE_H
 #define RBE_CODE_H
@@ -132,9 +132,10 @@ typedef struct {
  *          tj0 .. tj1 - 1, for the group's 128 rows p (x rotated, in_padded floats);
  *   gemm:  raw[b * ldr + p] = the same for the rows b < batch of x (row stride in_padded) over
  *          all tile columns, the group's weights decoded into panels of RBE_CODE_PANEL_COLUMNS
- *          columns (on the stack) and multiplied by every row of x. */
+ *          columns (on the stack) and multiplied by every row of x, so that each weight is
+ *          decoded once per call whatever the batch. */
 #define RBE_CODE_PANEL_COLUMNS 32
-#define RBE_CODE_GEMM_ROWS 48                 /* rows of x per panel pass (and at most per item) */
+#define RBE_CODE_GEMM_ROWS 240                /* rows of x per item at most */
 typedef void rbe_code_gemv_kernel(const rbe_code_plan *p, int64_t group, int64_t tj0,
                                   int64_t tj1, const float *x, float *raw);
 typedef void rbe_code_gemm_kernel(const rbe_code_plan *p, int64_t group, const float *x,
