@@ -13,7 +13,7 @@ from libc.stdlib cimport free, malloc
 import numpy as np
 
 from rbe._cache import workspace
-from rbe._core cimport _check_plan_status, _chosen_simd, _threads
+from rbe._core cimport _check_plan_status, _chosen_simd, _forward_output, _threads
 from rbe._kernels cimport RBE_POOL_MIN_WORK
 
 rbe_kernel_init()   # this module's copy of the CPU's capabilities
@@ -242,19 +242,8 @@ cdef class CodePlan:
         count; raises ValueError when x or the result holds NaN or inf, or x values beyond
         float32's range."""
         cdef rbe_code_plan *p = &self.plan
-        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) \
-                or x.ndim not in (1, 2) or x.shape[x.ndim - 1] != p.in_features or x.size == 0 \
-                or not x.flags.c_contiguous:
-            raise ValueError(f"x must be a C-contiguous float32 or float64 array of shape "
-                             f"({p.in_features},) or (batch, {p.in_features})")
+        out = _forward_output(x, out, p.in_features, p.out_features, (np.float32, np.float64))
         cdef int64_t nb = x.size // p.in_features
-        shape = x.shape[:x.ndim - 1] + (p.out_features,)
-        if out is None:
-            out = np.empty(shape, x.dtype)
-        elif not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != shape \
-                or not (out.flags.c_contiguous and out.flags.writeable):
-            raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape "
-                             f"{shape}")
         cdef const float[::1] f = factor, b
         if f.shape[0] != p.out_padded:
             raise ValueError(f"factor must have {p.out_padded} entries, got {f.shape[0]}")

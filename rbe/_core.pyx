@@ -7,7 +7,7 @@ before any pointer is touched; every loop runs without the GIL. rbe._fused and r
 cimport the thread count, the kernel choice and the checks declared in _core.pxd.
 """
 from cython.parallel cimport prange, threadid
-from libc.stdint cimport uint64_t
+from libc.stdint cimport int64_t, uint64_t
 
 from rbe._kernels cimport (
     RBE_APPROX_CORDIC, RBE_APPROX_LUT, RBE_APPROX_POLY, RBE_FN_COS, RBE_FN_EXP, RBE_FN_LOG1P,
@@ -165,6 +165,24 @@ cdef int _chosen_family() noexcept nogil:
 
 
 # ---- what the forward plans share ------------------------------------------------------------
+
+cdef object _forward_output(x, out, int64_t in_features, int64_t out_features, tuple dtypes):
+    """The array a forward plan writes: ``out`` if it fits, else a new one; x checked first
+    (C-contiguous, one of ``dtypes``, shape (in_features,) or (batch, in_features))."""
+    if not isinstance(x, np.ndarray) or x.dtype not in dtypes or x.ndim not in (1, 2) \
+            or x.shape[x.ndim - 1] != in_features or x.size == 0 or not x.flags.c_contiguous:
+        names = " or ".join(np.dtype(d).name for d in dtypes)
+        raise ValueError(f"x must be a C-contiguous {names} array of shape ({in_features},) "
+                         f"or (batch, {in_features})")
+    shape = x.shape[:x.ndim - 1] + (out_features,)
+    if out is None:
+        return np.empty(shape, x.dtype)
+    if not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != shape \
+            or not (out.flags.c_contiguous and out.flags.writeable):
+        raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape "
+                         f"{shape}")
+    return out
+
 
 cdef void _check_plan_status(int status) except *:
     """The ValueError a forward plan's status (rbe/plan.h) stands for, worded as rbe._checks

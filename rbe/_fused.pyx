@@ -17,8 +17,8 @@ import numpy as np
 
 from rbe._cache import workspace
 from rbe._core cimport (
-    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _shape_tables,
-    _threads,
+    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _forward_output,
+    _shape_tables, _threads,
 )
 from rbe._kernels cimport (
     RBE_FUSED_ABS, RBE_FUSED_CLASS, RBE_FUSED_CUR, RBE_FUSED_DR, RBE_FUSED_DTH, RBE_FUSED_GW,
@@ -415,21 +415,10 @@ cdef class ForwardPlan:
         new array; hi, scale (or None), alpha, beta and bias (or None) are the layer's
         parameters. Raises ValueError when x, a parameter or the result holds NaN or inf."""
         cdef rbe_fused_plan *p = &self.plan
-        if not isinstance(x, np.ndarray) or x.dtype not in (np.float32, np.float64) \
-                or x.ndim not in (1, 2) or x.shape[x.ndim - 1] != p.in_features \
-                or x.size == 0 or not x.flags.c_contiguous:
-            raise ValueError(f"x must be a C-contiguous float32 or float64 array of shape "
-                             f"({p.in_features},) or (batch, {p.in_features})")
+        out = _forward_output(x, out, p.in_features, p.out_features, (np.float32, np.float64))
         cdef int64_t nb = x.size // p.in_features
         if nb > _INT_MAX:
             raise ValueError(f"batch of {nb} is too large for the BLAS index type")
-        shape = x.shape[:x.ndim - 1] + (p.out_features,)
-        if out is None:
-            out = np.empty(shape, x.dtype)
-        elif not isinstance(out, np.ndarray) or out.dtype != x.dtype or out.shape != shape \
-                or not (out.flags.c_contiguous and out.flags.writeable):
-            raise ValueError(f"out must be a writeable C-contiguous {x.dtype} array of shape "
-                             f"{shape}")
         cdef rbe_fused_forward_job job
         job.plan, job.batch, job.f64 = p, nb, x.dtype == np.float64
         cdef const float[:, ::1] x32

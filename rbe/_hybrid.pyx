@@ -16,7 +16,8 @@ import numpy as np
 
 from rbe._cache import workspace
 from rbe._core cimport (
-    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _threads,
+    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _forward_output,
+    _threads,
 )
 from rbe._kernels cimport RBE_POOL_MIN_WORK
 
@@ -350,21 +351,10 @@ cdef class ForwardPlan:
         rows run on the chosen SIMD path. Raises ValueError when x or the result holds NaN
         or inf, or x values beyond float32's range."""
         cdef rbe_hybrid_plan *p = &self.plan
-        if not isinstance(x, np.ndarray) or x.dtype != self.dtype or x.ndim not in (1, 2) \
-                or x.shape[x.ndim - 1] != p.in_features or x.size == 0 \
-                or not x.flags.c_contiguous:
-            raise ValueError(f"x must be a C-contiguous {self.dtype} array of shape "
-                             f"({p.in_features},) or (batch, {p.in_features})")
+        out = _forward_output(x, out, p.in_features, p.out_features, (self.dtype,))
         cdef int64_t nb = x.size // p.in_features
         if max(self.z_rows, self.u_rows, p.out_features) * nb > _BLAS_INT_MAX:
             raise ValueError(f"batch of {nb} is too large for the BLAS index type")
-        shape = x.shape[:x.ndim - 1] + (p.out_features,)
-        if out is None:
-            out = np.empty(shape, self.dtype)
-        elif not isinstance(out, np.ndarray) or out.dtype != self.dtype \
-                or out.shape != shape or not (out.flags.c_contiguous and out.flags.writeable):
-            raise ValueError(f"out must be a writeable C-contiguous {self.dtype} array of "
-                             f"shape {shape}")
         cdef rbe_hybrid_forward_job job
         job.plan, job.batch = &self.plan, nb
         cdef const float[::1] v = values, c = coef.reshape(-1), b, f_in, f_out

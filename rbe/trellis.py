@@ -37,7 +37,7 @@ from ._cache import cached
 BITS = (2, 3, 4)
 TILE = _code.TILE
 #: Default state bits per bits per weight, from the time/error table in docs/code.md.
-DEFAULT_STATE_BITS = {2: 14, 3: 14, 4: 14}
+DEFAULT_STATE_BITS = {2: 15, 3: 15, 4: 15}
 MIN_STATE_BITS = 8
 MAX_STATE_BITS = _code.MAX_STATE_BITS
 MAX_ODD = _code.MAX_ODD
