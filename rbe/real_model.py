@@ -25,7 +25,7 @@ Code and hybrid rows run the compressed model itself (rbe's kernels); the roundi
 their rounded weights back into a float32 model. The times of encoding, and the model's latency
 (the median of timed calls, after warm-up) at batch 1 and 32 of 64-token sequences for
 float32, int8 dynamic and the rbe kinds, are measured in the same process, one method after
-the other.
+the other; :func:`latency` measures them alone (under another thread setting, say).
 """
 from __future__ import annotations
 
@@ -287,6 +287,32 @@ def run(calibration: int = 1024, code_bits: Sequence[int] = CODE_BITS, latency: 
         models = {"float32": model, **{k: v for k, v in models.items() if "calibrated" not in k}}
         print_latency(models, tokenizer, held, rounds)
     return rows
+
+
+def latency(code_bits: Sequence[int] = CODE_BITS, rounds: int = 20) -> None:
+    """The latency table alone: float32, int8 dynamic, code blocks (data-free, with the fewest
+    state bits: the products' speed does not depend on them) and hybrid blocks."""
+    import torch
+
+    import rbe.torch
+    from rbe import trellis
+
+    model, tokenizer = load_model()
+    in_names = set(encoder_matrices(model))
+    models = {"float32": model,
+              "int8 dynamic": torch.ao.quantization.quantize_dynamic(
+                  copy.deepcopy(model), in_names, dtype=torch.qint8)}
+    for bits in code_bits:
+        models[f"rbe code k = {bits}"] = rbe.torch.compress(
+            copy.deepcopy(model), kind="code", bits=bits, state_bits=trellis.MIN_STATE_BITS,
+            filter=lambda name, m: name in in_names)
+    models["rbe hybrid"] = rbe.torch.compress(
+        copy.deepcopy(model), kind="hybrid", block=(16, 16), ratio=8, basis=False,
+        precision="float16", filter=lambda name, m: name in in_names)
+    held, _ = split_sentences(0)
+    print(f"torch threads {torch.get_num_threads()}, rbe threads {rbe.get_num_threads()}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
+    print_latency(models, tokenizer, held, rounds)
 
 
 def _timed(model, batch, rounds: int) -> float:
