@@ -232,7 +232,6 @@ def _stored_bits(model, names) -> float:
 def run(calibration: int = 1024, code_bits: Sequence[int] = CODE_BITS, latency: bool = True,
         rounds: int = 20) -> list[Row]:
     """Score every method, print the tables, return the rows."""
-    import torch
 
     import rbe.torch
 
@@ -261,10 +260,8 @@ def run(calibration: int = 1024, code_bits: Sequence[int] = CODE_BITS, latency: 
     for bits in (4, 3, 2):
         add(f"int{bits}, groups of 32, round to nearest", bits + 0.5,
             lambda bits=bits: _with_weights(model, names, lambda W: round_groups(W, bits, 32)))
-    models["int8 dynamic"] = add(
-        "torch int8 dynamic", 8 + 8 * row_bytes / weights,
-        lambda: torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), in_names,
-                                                       dtype=torch.qint8))
+    models["int8 dynamic"] = add("torch int8 dynamic", 8 + 8 * row_bytes / weights,
+                                 lambda: _int8_dynamic(model, in_names))
     for bits in code_bits:
         for calibrated in (False, True):
             label = f"rbe code k = {bits}{', calibrated' if calibrated else ''}"
@@ -273,11 +270,9 @@ def run(calibration: int = 1024, code_bits: Sequence[int] = CODE_BITS, latency: 
                                     copy.deepcopy(model), kind="code", bits=bits,
                                     filter=lambda name, m: name in in_names,
                                     calibration=calibration_batches if calibrated else None))
-    models["rbe hybrid"] = add(
-        "rbe hybrid, 16 x 16, float16", lambda built: _stored_bits(built, names),
-        lambda: rbe.torch.compress(copy.deepcopy(model), kind="hybrid", block=(16, 16),
-                                   ratio=8, basis=False, precision="float16",
-                                   filter=lambda name, m: name in in_names))
+    models["rbe hybrid"] = add("rbe hybrid, 16 x 16, float16",
+                               lambda built: _stored_bits(built, names),
+                               lambda: _hybrid(model, in_names))
     print_table(["method", "bits per weight", "cosine", "top-1 neighbour", "Spearman",
                  "encode s"],
                 [[r.method, f"{r.bits:.2f}", f"{r.scores.cosine:.4f}",
@@ -299,20 +294,31 @@ def latency(code_bits: Sequence[int] = CODE_BITS, rounds: int = 20) -> None:
 
     model, tokenizer = load_model()
     in_names = set(encoder_matrices(model))
-    models = {"float32": model,
-              "int8 dynamic": torch.ao.quantization.quantize_dynamic(
-                  copy.deepcopy(model), in_names, dtype=torch.qint8)}
+    models = {"float32": model, "int8 dynamic": _int8_dynamic(model, in_names)}
     for bits in code_bits:
         models[f"rbe code k = {bits}"] = rbe.torch.compress(
             copy.deepcopy(model), kind="code", bits=bits, state_bits=trellis.MIN_STATE_BITS,
             filter=lambda name, m: name in in_names)
-    models["rbe hybrid"] = rbe.torch.compress(
-        copy.deepcopy(model), kind="hybrid", block=(16, 16), ratio=8, basis=False,
-        precision="float16", filter=lambda name, m: name in in_names)
+    models["rbe hybrid"] = _hybrid(model, in_names)
     held, _ = split_sentences(0)
     print(f"torch threads {torch.get_num_threads()}, rbe threads {rbe.get_num_threads()}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     print_latency(models, tokenizer, held, rounds)
+
+
+def _int8_dynamic(model, names):
+    """A copy of the model with torch's int8 dynamic quantisation of the named layers."""
+    import torch
+    return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model), names, dtype=torch.qint8)
+
+
+def _hybrid(model, names):
+    """A copy of the model with the named layers as hybrid blocks at 4 bits per weight (16 x 16,
+    no basis, float16: the layout measured best at equal bytes)."""
+    import rbe.torch
+    return rbe.torch.compress(copy.deepcopy(model), kind="hybrid", block=(16, 16), ratio=8,
+                              basis=False, precision="float16",
+                              filter=lambda name, m: name in names)
 
 
 def _timed(model, batch, rounds: int) -> float:
