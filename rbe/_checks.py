@@ -32,6 +32,13 @@ def positive_int(name: str, value: object, maximum: int | None = None) -> int:
     return int(value)
 
 
+def int_in_range(name: str, value: object, low: int, high: int) -> int:
+    """value as an int, if it is an integer (bools are not) in [low, high]."""
+    if not _is_integer(value) or not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return int(value)
+
+
 def positive_pair(name: str, value: object, max_side: int | None = None,
                   max_area: int | None = None, why: str = "") -> tuple[int, int]:
     """value as a pair of positive ints: Python or NumPy integers only (a float such as 2.7,

@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Typed wrappers of rbe/include/rbe/code.h, used by rbe.code and rbe.code_encoder.
+"""Typed wrappers of rbe/include/rbe/code.h, used by rbe.code and rbe.trellis.
 
 Every wrapper checks sizes and values that address memory (trellis sizes, overlaps, the plan's
 arrays) before any pointer is used; loops run without the GIL. The encoder runs one tile per
@@ -13,7 +13,9 @@ from libc.stdlib cimport free, malloc
 import numpy as np
 
 from rbe._cache import workspace
-from rbe._core cimport _check_plan_status, _chosen_simd, _forward_output, _threads
+from rbe._core cimport (
+    _bias_pointer, _check_plan_status, _chosen_simd, _forward_output, _threads,
+)
 from rbe._kernels cimport RBE_POOL_MIN_WORK
 
 rbe_kernel_init()   # this module's copy of the CPU's capabilities
@@ -40,12 +42,16 @@ cdef rbe_code_ops _ops(int simd) except *:
 _VALUES = {}
 
 
-cdef rbe_trellis _trellis(int bits, int state_bits) except *:
+cdef void _check_trellis(int bits, int state_bits) except *:
     if not RBE_CODE_MIN_BITS <= bits <= RBE_CODE_MAX_BITS:
         raise ValueError(f"bits must be {RBE_CODE_MIN_BITS} .. {RBE_CODE_MAX_BITS}, got {bits}")
     if not bits < state_bits <= RBE_CODE_MAX_STATE_BITS:
         raise ValueError(f"state_bits must be {bits + 1} .. {RBE_CODE_MAX_STATE_BITS}, "
                          f"got {state_bits}")
+
+
+cdef rbe_trellis _trellis(int bits, int state_bits) except *:
+    _check_trellis(bits, state_bits)
     cdef float[::1] built
     values = _VALUES.get((bits, state_bits))
     if values is None:
@@ -199,9 +205,7 @@ cdef class CodePlan:
     def __init__(self, int64_t in_features, int64_t out_features, int bits, int state_bits,
                  const uint8_t[:, :, ::1] codes, in_signs, out_signs, in_odd_matrix=None,
                  out_odd_matrix=None):
-        if not RBE_CODE_MIN_BITS <= bits <= RBE_CODE_MAX_BITS \
-                or not bits < state_bits <= RBE_CODE_MAX_STATE_BITS:
-            raise ValueError(f"bad trellis: bits {bits}, state_bits {state_bits}")
+        _check_trellis(bits, state_bits)
         cdef rbe_code_plan *p = &self.plan
         p.tile_rows, p.tile_cols = codes.shape[0], codes.shape[1]
         if p.tile_rows < 1 or p.tile_cols < 1 or codes.shape[2] != 32 * bits:
@@ -244,16 +248,11 @@ cdef class CodePlan:
         cdef rbe_code_plan *p = &self.plan
         out = _forward_output(x, out, p.in_features, p.out_features, (np.float32, np.float64))
         cdef int64_t nb = x.size // p.in_features
-        cdef const float[::1] f = factor, b
+        cdef const float[::1] f = factor
         if f.shape[0] != p.out_padded:
             raise ValueError(f"factor must have {p.out_padded} entries, got {f.shape[0]}")
         cdef rbe_code_forward_job job
-        job.bias = NULL
-        if bias is not None:
-            b = bias
-            if b.shape[0] != p.out_features:
-                raise ValueError(f"bias must have {p.out_features} entries, got {b.shape[0]}")
-            job.bias = &b[0]
+        job.bias = _bias_pointer(bias, p.out_features)
         cdef int threads = 1 if p.out_padded * p.in_padded * nb < RBE_POOL_MIN_WORK \
             else _threads()
         job.plan, job.ops, job.batch = p, _ops(_chosen_simd()), nb

@@ -12,4 +12,5 @@ cdef void _check_kernel_choice(int simd, int family) except *
 cdef rbe_tables _shape_tables(const float[:, :, ::1] rho, const float[:, :, ::1] sin_phi,
                               const float[:, :, ::1] cos_phi, int w) except *
 cdef object _forward_output(x, out, int64_t in_features, int64_t out_features, tuple dtypes)
+cdef const float *_bias_pointer(bias, int64_t out_features) except *
 cdef void _check_plan_status(int status) except *

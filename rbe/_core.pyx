@@ -184,6 +184,17 @@ cdef object _forward_output(x, out, int64_t in_features, int64_t out_features, t
     return out
 
 
+cdef const float *_bias_pointer(bias, int64_t out_features) except *:
+    """The float32 values of a forward plan's bias (None: NULL), checked to have
+    ``out_features`` entries; valid while the caller holds ``bias``."""
+    if bias is None:
+        return NULL
+    cdef const float[::1] b = bias
+    if b.shape[0] != out_features:
+        raise ValueError(f"bias must have {out_features} entries, got {b.shape[0]}")
+    return &b[0]
+
+
 cdef void _check_plan_status(int status) except *:
     """The ValueError a forward plan's status (rbe/plan.h) stands for, worded as rbe._checks
     words the same problems elsewhere."""

@@ -17,8 +17,8 @@ import numpy as np
 
 from rbe._cache import workspace
 from rbe._core cimport (
-    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _forward_output,
-    _shape_tables, _threads,
+    _bias_pointer, _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd,
+    _forward_output, _shape_tables, _threads,
 )
 from rbe._kernels cimport (
     RBE_FUSED_ABS, RBE_FUSED_CLASS, RBE_FUSED_CUR, RBE_FUSED_DR, RBE_FUSED_DTH, RBE_FUSED_GW,
@@ -457,14 +457,9 @@ cdef class ForwardPlan:
         job.alpha, job.beta = alpha, beta
         _check_finite_parameter(&job.alpha, 1, "alpha")
         _check_finite_parameter(&job.beta, 1, "beta")
-        cdef const float[::1] b
-        job.bias = NULL
-        if bias is not None:
-            b = bias
-            if b.shape[0] != p.out_features:
-                raise ValueError(f"bias must have {p.out_features} entries")
-            _check_finite_parameter(&b[0], b.shape[0], "bias")
-            job.bias = &b[0]
+        job.bias = _bias_pointer(bias, p.out_features)
+        if job.bias != NULL:
+            _check_finite_parameter(job.bias, p.out_features, "bias")
         cdef int simd = _chosen_simd(), family = _chosen_family()
         _check_kernel_choice(simd, family)
         job.ops, job.sgemm = rbe_fused_select(simd, family), sgemm

@@ -16,8 +16,8 @@ import numpy as np
 
 from rbe._cache import workspace
 from rbe._core cimport (
-    _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd, _forward_output,
-    _threads,
+    _bias_pointer, _check_kernel_choice, _check_plan_status, _chosen_family, _chosen_simd,
+    _forward_output, _threads,
 )
 from rbe._kernels cimport RBE_POOL_MIN_WORK
 
@@ -357,19 +357,14 @@ cdef class ForwardPlan:
             raise ValueError(f"batch of {nb} is too large for the BLAS index type")
         cdef rbe_hybrid_forward_job job
         job.plan, job.batch = &self.plan, nb
-        cdef const float[::1] v = values, c = coef.reshape(-1), b, f_in, f_out
+        cdef const float[::1] v = values, c = coef.reshape(-1), f_in, f_out
         if v.shape[0] != self.n_values or c.shape[0] != self.n_coef:
             raise ValueError(f"expected {self.n_values} values and {self.n_coef} coefficients, "
                              f"got {v.shape[0]} and {c.shape[0]}")
         job.values = &v[0] if v.shape[0] else NULL
         job.coef = &c[0] if c.shape[0] else NULL
         job.n_coef = c.shape[0]
-        job.bias = NULL
-        if bias is not None:
-            b = bias
-            if b.shape[0] != p.out_features:
-                raise ValueError(f"bias must have {p.out_features} entries")
-            job.bias = &b[0]
+        job.bias = _bias_pointer(bias, p.out_features)
         job.rank, job.factor_in, job.factor_out = 0, NULL, NULL
         if factors is not None:
             f_out, f_in = factors[0].reshape(-1), factors[1].reshape(-1)

@@ -45,6 +45,13 @@ def stored_scale(scale: np.ndarray) -> tuple[np.ndarray, int]:
         return np.ldexp(scale, -exponent).astype(np.float16), exponent
 
 
+def _in_stored_precision(scale: np.ndarray) -> np.ndarray:
+    """The float32 values of the stored form of ``scale`` (what a file keeps, what the products
+    compute with)."""
+    stored, exponent = stored_scale(scale)
+    return np.ldexp(stored.astype(np.float32), exponent)
+
+
 class CodeLinear:
     """y = W x + b with W (out_features x in_features) stored as trellis-coded tiles.
 
@@ -137,8 +144,7 @@ class CodeLinear:
         # a read-only view of writable memory, which rbe.torch shares with a buffer
         self.codes = (codes if codes.flags.writeable else codes.copy()).view()
         self.codes.flags.writeable = False
-        stored, exponent = stored_scale(np.asarray(scale, np.float32))
-        self.scale = np.ldexp(stored.astype(np.float32), exponent)
+        self.scale = _in_stored_precision(np.asarray(scale, np.float32))
         self.bias = None if bias is None else self._check_bias(bias)
         self._plan = self._build_plan()
         self._factor = None
@@ -205,8 +211,7 @@ class CodeLinear:
     def _factors(self) -> np.ndarray:
         """The row factors of the products: scale in its stored precision / 147.8."""
         if self._factor is None:
-            stored, exponent = stored_scale(self.scale)
-            self._factor = (np.ldexp(stored.astype(np.float32), exponent)
+            self._factor = (_in_stored_precision(self.scale)
                             / np.float32(tr.SPREAD)).astype(np.float32)
         return self._factor
 

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from tqdm.auto import tqdm
 
 from . import transforms as tf
-from ._checks import block_count, positive_int, positive_pair
+from ._checks import block_count, int_in_range, positive_int, positive_pair
 
 MODES = ("dct", "dwt", "adaptive")
 PRECISIONS = ("float32", "float16")
@@ -232,10 +232,7 @@ def _progress(total, progress):
 
 def check_rank(rank: int, shape: tuple[int, int]) -> int:
     """rank as an int in [0, min(shape)], or ValueError naming it."""
-    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) \
-            or not 0 <= rank <= min(shape):
-        raise ValueError(f"rank must be an integer in [0, {min(shape)}], got {rank!r}")
-    return int(rank)
+    return int_in_range("rank", rank, 0, min(shape))
 
 
 def low_rank_factors(W: np.ndarray, rank: int,

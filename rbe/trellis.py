@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from . import _code, _core, kernel
 from ._cache import cached
+from ._checks import int_in_range
 
 BITS = (2, 3, 4)
 TILE = _code.TILE
@@ -53,29 +54,20 @@ _PROGRESS_MIN_TILES = 4096
 
 
 def check_bits(bits: int) -> int:
-    """bits, if it is one of BITS."""
-    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits not in BITS:
-        raise ValueError(f"bits must be one of {BITS}, got {bits!r}")
-    return int(bits)
+    """bits, if it is one of BITS (2, 3 or 4)."""
+    return int_in_range("bits", bits, BITS[0], BITS[-1])
 
 
 def check_state_bits(state_bits: int | None, bits: int) -> int:
     """The state bits for ``bits`` (the default when None), MIN_STATE_BITS .. 16."""
     if state_bits is None:
         return DEFAULT_STATE_BITS[bits]
-    if isinstance(state_bits, bool) or not isinstance(state_bits, (int, np.integer)) \
-            or not MIN_STATE_BITS <= state_bits <= MAX_STATE_BITS:
-        raise ValueError(f"state_bits must be an integer in [{MIN_STATE_BITS}, "
-                         f"{MAX_STATE_BITS}], got {state_bits!r}")
-    return int(state_bits)
+    return int_in_range("state_bits", state_bits, MIN_STATE_BITS, MAX_STATE_BITS)
 
 
 def check_seed(seed: int) -> int:
     """seed, if it is an integer in [0, 2**62)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) \
-            or not 0 <= seed <= _MAX_SEED:
-        raise ValueError(f"seed must be an integer in [0, 2**62), got {seed!r}")
-    return int(seed)
+    return int_in_range("seed", seed, 0, _MAX_SEED)
 
 
 def state_values(state_bits: int) -> np.ndarray:
