@@ -18,14 +18,15 @@ pairs' similarities. Bits per weight count every stored byte of the 36 matrices 
 streams, headers); the biases and the other tensors stay float32 in every row.
 
 Rows: round to nearest, int8 per row (float32 scales) and int4 / int3 / int2 in groups of 32
-(float16 scales, each group's clipping chosen to minimise its error); torch's int8 dynamic
-quantisation; rbe code blocks (``rbe.torch.compress(kind="code")``) at 2, 3 and 4 bits, without
-data and calibrated on the calibration sentences; rbe hybrid blocks at 4 bits per weight.
-Code and hybrid rows run the compressed model itself (rbe's kernels); the rounding rows put
-their rounded weights back into a float32 model. The times of encoding, and the model's latency
-(the median of timed calls, after warm-up) at batch 1 and 32 of 64-token sequences for
-float32, int8 dynamic and the rbe kinds, are measured in the same process, one method after
-the other; :func:`latency` measures them alone (under another thread setting, say).
+(float16 scales, each group's clipping chosen to minimise its error); a low-rank matrix
+(truncated SVD, float16 factors) at 4 bits per weight; torch's int8 dynamic quantisation; rbe
+code blocks (``rbe.torch.compress(kind="code")``) at 2, 3 and 4 bits, without data and
+calibrated on the calibration sentences; rbe hybrid blocks at 4 bits per weight. Code and
+hybrid rows run the compressed model itself (rbe's kernels); the rounding and low-rank rows put
+their weights back into a float32 model. The times of encoding, and the model's latency (the
+median of timed calls, after warm-up) at batch 1 and 32 of 64-token sequences for float32, int8
+dynamic and the rbe kinds, are measured in the same process, one method after the other;
+:func:`latency` measures them alone (under another thread setting, say).
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ MAX_TOKENS = 64
 BATCH = 64
 LATENCY_BATCHES = (1, 32)
 CODE_BITS = (2, 3, 4)
+#: Budget of the low-rank row: that of the hybrid row.
+LOW_RANK_BITS = 4
 _SKIPPED_DIRS = {"site-packages", "test", "tests", "idlelib", "lib2to3", "__pycache__"}
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
@@ -198,6 +201,22 @@ def round_rows(W: np.ndarray) -> np.ndarray:
     return np.round(W / scale) * scale
 
 
+def _rank(shape: tuple[int, int], bits: float) -> int:
+    """The largest rank whose float16 factors of a matrix of ``shape`` take at most ``bits``
+    bits per weight (at least 1)."""
+    m, n = shape
+    return max(1, int(bits * m * n // (16 * (m + n))))
+
+
+def low_rank(W: np.ndarray, bits: float) -> np.ndarray:
+    """W's truncated SVD U_r S_r V_r^T with float16 factors (S folded into U), of the largest
+    rank r whose factors take at most ``bits`` bits per weight of W."""
+    rank = _rank(W.shape, bits)
+    U, S, Vt = np.linalg.svd(W, full_matrices=False)
+    left = (U[:, :rank] * S[:rank]).astype(np.float16).astype(np.float64)
+    return left @ Vt[:rank].astype(np.float16).astype(np.float64)
+
+
 # -- the benchmark -----------------------------------------------------------------------------
 
 @dataclass
@@ -217,6 +236,16 @@ def _with_weights(model, names, transform):
         W = linear.weight.detach().double().numpy()
         linear.weight.data = torch.from_numpy(transform(W)).float()
     return copied
+
+
+def _factor_bits(names, model) -> float:
+    """Bits per weight of :func:`low_rank`'s float16 factors of the matrices ``names``."""
+    weights = stored = 0
+    for name in names:
+        m, n = model.get_submodule(name).weight.shape
+        weights += m * n
+        stored += 16 * _rank((m, n), LOW_RANK_BITS) * (m + n)
+    return stored / weights
 
 
 def _stored_bits(model, names) -> float:
@@ -260,6 +289,9 @@ def run(calibration: int = 1024, code_bits: Sequence[int] = CODE_BITS, latency: 
     for bits in (4, 3, 2):
         add(f"int{bits}, groups of 32, round to nearest", bits + 0.5,
             lambda bits=bits: _with_weights(model, names, lambda W: round_groups(W, bits, 32)))
+    add(f"low rank, float16 factors, {LOW_RANK_BITS} bits per weight",
+        lambda built: _factor_bits(names, model), lambda: _with_weights(
+            model, names, lambda W: low_rank(W, LOW_RANK_BITS)))
     models["int8 dynamic"] = add("torch int8 dynamic", 8 + 8 * row_bytes / weights,
                                  lambda: _int8_dynamic(model, in_names))
     for bits in code_bits:
